@@ -1,0 +1,74 @@
+# lmcollapse — every command a user needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Installed before the project so that pip never resolves `torch` to a multi-GB CUDA build on a
+# CPU machine. On a GPU machine the same pin installs PyPI's CUDA wheel; override to choose another.
+TORCH ?= torch==2.13.0
+
+PIPELINE ?= pipelines/tiny.yaml
+RUN ?= runs/$(basename $(notdir $(PIPELINE)))
+SET ?=
+SEEDS ?=
+LMC := $(BIN)/python -m lmcollapse
+STAGE_ARGS = --pipeline $(PIPELINE) --run $(RUN) $(if $(strip $(SET)),--set $(SET)) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
+
+.PHONY: help install run test lint status report dry-run config data bench theory clean-venv
+
+help:
+	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table"
+	@echo "make test                the whole test suite (what CI runs)"
+	@echo "make lint                ruff over the code"
+	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
+	@echo "make status              what is complete, partial or missing in RUN, and what comes next"
+	@echo "make report              tables and figures for RUN (a run or a folder of runs)"
+	@echo "make dry-run             print the plan of PIPELINE without computing anything"
+	@echo "make config              the resolved config of PIPELINE, every key documented"
+	@echo "make data                fetch the corpus PIPELINE names into data/ (needs network)"
+	@echo "make bench               the benchmarks in bench/"
+	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\""
+
+install: $(BIN)/.installed
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	@touch $@
+
+run: install
+	$(LMC) run $(STAGE_ARGS)
+
+generation-%: install
+	$(LMC) generation $* $(STAGE_ARGS)
+
+status: install
+	$(LMC) status --run $(RUN)
+
+report: install
+	$(LMC) report --run $(RUN)
+
+dry-run: install
+	$(LMC) run --dry-run $(STAGE_ARGS)
+
+config: install
+	$(LMC) config --pipeline $(PIPELINE) $(if $(strip $(SET)),--set $(SET))
+
+data: install
+	$(LMC) data --pipeline $(PIPELINE)
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check lmcollapse tests bench
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+theory: install
+	$(LMC) theory
+
+clean-venv:
+	rm -rf $(VENV)

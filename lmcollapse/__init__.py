@@ -1,0 +1,11 @@
+"""lmcollapse: model collapse in language models, generation after generation.
+
+Generation 0 fine-tunes a causal LM on human text; every later generation trains on text written
+by the one before it; every generation is measured on held-out human text, for diversity and for
+its tails. See README.md for the commands and DESIGN in the shared docs for the contract.
+"""
+
+from lmcollapse.errors import ConfigError, LmcollapseError
+
+__version__ = "0.1.0"
+__all__ = ["ConfigError", "LmcollapseError", "__version__"]

@@ -1,0 +1,5 @@
+"""``python -m lmcollapse``: the same verbs as the ``lmcollapse`` command."""
+
+from lmcollapse.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""Crash-safe writes and content fingerprints.
+
+Every artefact a stage produces is written to a temporary sibling, flushed and fsynced, then
+renamed into place with ``os.replace``: a reader sees the old file, the new one, or nothing,
+never half of one. A ``kill -9`` at any instant leaves at most a ``.<name>.tmp`` sibling, which
+the next attempt at the same artefact removes.
+
+    with atomic_path(run / "metrics.json") as tmp:
+        tmp.write_text(text)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+def temporary_sibling(final: Path) -> Path:
+    """The fixed scratch name for ``final``: one writer per run (the run lock) makes it unique."""
+    return final.with_name(f".{final.name}.tmp")
+
+
+def remove_path(path: Path) -> None:
+    """Remove a file or a directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def fsync_path(path: Path) -> None:
+    """fsync a file, or every file and folder under a directory, so a rename publishes data."""
+    if path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file():
+                _fsync_fd(child, os.O_RDONLY)
+        for folder in sorted({p.parent for p in path.rglob("*")} | {path}):
+            _fsync_fd(folder, os.O_RDONLY)
+    else:
+        _fsync_fd(path, os.O_RDONLY)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory entry list (after a rename inside it), not the files below it."""
+    _fsync_fd(path, os.O_RDONLY)
+
+
+def _fsync_fd(path: Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a scratch path beside ``final``; publish it as ``final`` only if the block succeeds.
+
+    The scratch path may become a file or a directory. An existing ``final`` is replaced
+    (a directory is swapped out first, since ``os.replace`` cannot overwrite a non-empty one).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = temporary_sibling(final)
+    remove_path(scratch)
+    try:
+        yield scratch
+        if not scratch.exists():
+            raise FileNotFoundError(f"nothing was written to {scratch}")
+        fsync_path(scratch)
+        if final.is_dir():
+            retired = final.with_name(f".{final.name}.old")
+            remove_path(retired)
+            os.replace(final, retired)
+            os.replace(scratch, final)
+            remove_path(retired)
+        else:
+            os.replace(scratch, final)
+        _fsync_fd(final.parent, os.O_RDONLY)
+    except BaseException:
+        remove_path(scratch)
+        raise
+
+
+def write_text_atomic(final: Path, text: str) -> None:
+    with atomic_path(final) as scratch:
+        scratch.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(final: Path, obj: Any) -> None:
+    write_text_atomic(final, canonical_json(obj, indent=2) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def canonical_json(obj: Any, indent: int | None = None) -> str:
+    """JSON with sorted keys: equal objects give equal bytes, so hashes are stable."""
+    return json.dumps(obj, sort_keys=True, indent=indent, ensure_ascii=False, allow_nan=True)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``, keyed by its path relative to ``root``."""
+    root = Path(root)
+    return {
+        path.relative_to(root).as_posix(): sha256_file(path)
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }

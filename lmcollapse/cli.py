@@ -1,0 +1,166 @@
+"""The command line: ``lmcollapse <verb>`` (also ``python -m lmcollapse``; the Makefile calls it).
+
+    lmcollapse run --pipeline pipelines/tiny.yaml                 # generations 0..generations-1
+    lmcollapse generation 3 --pipeline pipelines/tiny.yaml --set train.epochs=1
+    lmcollapse run --dry-run --pipeline pipelines/shumailov-opt125m.yaml
+    lmcollapse status --run runs/tiny
+    lmcollapse config --pipeline pipelines/tiny.yaml              # every key, documented
+
+Errors the user can fix print one line (``lmcollapse: error: ...``) and exit non-zero; a
+stopped stage (SIGINT/SIGTERM) exits 130 and resumes with the same command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import logging
+import os
+import sys
+from pathlib import Path
+
+from lmcollapse.errors import LmcollapseError
+
+log = logging.getLogger("lmcollapse")
+
+
+def _add_pipeline_arguments(parser: argparse.ArgumentParser, with_run: bool = True) -> None:
+    parser.add_argument("--pipeline", type=Path, default=Path("pipelines/tiny.yaml"),
+                        help="pipeline YAML (default: pipelines/tiny.yaml)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="dotted config overrides, e.g. --set train.epochs=1 seed=3")
+    if with_run:
+        parser.add_argument("--run", type=Path, default=None,
+                            help="run directory (default: runs/<pipeline name>)")
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the plan (stages, sizes, settings) and compute nothing")
+        parser.add_argument("--accept-changed", action="store_true",
+                            default=os.environ.get("ACCEPT_CHANGED", "") not in ("", "0"),
+                            help="use earlier artefacts whose files changed since they were recorded")
+        parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lmcollapse", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    run = verbs.add_parser("run", help="build every generation of a pipeline and print the metrics table")
+    _add_pipeline_arguments(run)
+    run.set_defaults(func=command_run)
+
+    generation = verbs.add_parser("generation", help="make generations 0..N complete (skip done, resume partial)")
+    generation.add_argument("last", type=int, metavar="N", help="last generation to build")
+    _add_pipeline_arguments(generation)
+    generation.set_defaults(func=command_generation)
+
+    status = verbs.add_parser("status", help="per generation: complete, partial or missing; and what comes next")
+    status.add_argument("--run", type=Path, required=True)
+    status.set_defaults(func=command_status)
+
+    config = verbs.add_parser("config", help="print the resolved config with every key documented")
+    _add_pipeline_arguments(config, with_run=False)
+    config.set_defaults(func=command_config)
+
+    data = verbs.add_parser("data", help="download the corpus a pipeline names into data/ (needs network)")
+    _add_pipeline_arguments(data, with_run=False)
+    data.set_defaults(func=command_data)
+    return parser
+
+
+def _load(args):
+    from lmcollapse.config import load_config
+
+    config = load_config(args.pipeline, args.set)
+    run_root = args.run if getattr(args, "run", None) else Path("runs") / config.name
+    return config, run_root
+
+
+def _build(args, last: int) -> int:
+    from lmcollapse.pipeline import build, summary_table
+    from lmcollapse.plan import describe_plan
+    from lmcollapse.rundir import RunDir
+
+    config, run_root = _load(args)
+    if args.dry_run:
+        print(describe_plan(config, RunDir(run_root), last))
+        return 0
+    build(config, run_root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
+    if _is_main_process():
+        print(f"\n{run_root}/metrics.csv\n{summary_table(RunDir(run_root))}")
+    return 0
+
+
+def command_run(args) -> int:
+    from lmcollapse.config import load_config
+
+    return _build(args, load_config(args.pipeline, args.set).generations - 1)
+
+
+def command_generation(args) -> int:
+    return _build(args, args.last)
+
+
+def command_status(args) -> int:
+    from lmcollapse.plan import describe_status
+    from lmcollapse.rundir import RunDir
+
+    print(describe_status(RunDir(args.run)))
+    return 0
+
+
+def command_config(args) -> int:
+    from lmcollapse.config import describe_config, load_config
+
+    print(describe_config(load_config(args.pipeline, args.set)), end="")
+    return 0
+
+
+def command_data(args) -> int:
+    from lmcollapse.config import load_config
+    from lmcollapse.corpus import fetch_named_corpus
+
+    config = load_config(args.pipeline, args.set)
+    print(f"{config.data.corpus} -> {fetch_named_corpus(config.data.corpus, Path('data'))}")
+    return 0
+
+
+def quiet_libraries() -> None:
+    """Our own progress bars and log lines only; the libraries' per-call bars and notices are noise."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    for noisy in ("datasets", "transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # accelerate warns on every checkpoint that tied embeddings are saved once: expected for OPT.
+    logging.getLogger("accelerate").setLevel(logging.ERROR)
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="lmcollapse: %(message)s", stream=sys.stderr)
+    quiet_libraries()
+    try:
+        return args.func(args)
+    except LmcollapseError as err:
+        print(f"lmcollapse: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            print(f"lmcollapse: error: disk full while writing {err.filename or 'the run'}: free space and rerun "
+                  "the same command; completed stages are intact", file=sys.stderr)
+            return 3
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,520 @@
+"""Typed, validated pipeline configuration.
+
+A pipeline is a YAML file in ``pipelines/`` whose sections map onto the frozen dataclasses below;
+the docstring under each field is its documentation (``lmcollapse config`` prints them). Dotted
+overrides come from the command line (``SET="train.epochs=1 seed=3"``). Unknown keys, wrong types
+and impossible values are one-line :class:`ConfigError` messages that name the key. A config is
+never executed, only parsed.
+
+    config = load_config(Path("pipelines/tiny.yaml"), ["train.epochs=1"])
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import functools
+import inspect
+import math
+import textwrap
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lmcollapse.atomic import canonical_json, sha256_bytes
+from lmcollapse.errors import ConfigError
+from lmcollapse.presets import ARCHITECTURE_PRESETS
+
+SMOOTHING_METHODS = ("method0", "method1", "method2", "method3", "method4", "method5", "method7")
+TEXT_TOKENIZATIONS = ("whitespace", "nltk-wordpunct", "nltk-tweet")
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str = "wikitext-2-raw-v1"
+    """Named corpus (``wikitext-2-raw-v1``, ``wikitext-2-v1``) or a local folder of text files."""
+    train_split: str = "train"
+    """Split of the corpus that generation 0 trains on (``train``, ``validation`` or ``test``)."""
+    heldout_split: str = "test"
+    """Split held out for perplexity; it must differ from ``train_split``."""
+    block_size: int = 64
+    """Tokens per training block: the tokenized split is concatenated and cut into blocks."""
+    max_train_blocks: int | None = None
+    """Keep at most this many human training blocks (a fixed random subset); null keeps all."""
+    max_heldout_blocks: int | None = None
+    """Evaluate on at most this many held-out blocks (the first ones); null uses all."""
+    subset_seed: int = 0
+    """Seed that picks the ``max_train_blocks`` subset; fixed across run seeds by design."""
+    regime: Literal["replace", "keep-fraction"] = "replace"
+    """``replace``: train only on the previous generation's text; ``keep-fraction``: mix in
+    ``human_fraction`` of the human blocks every generation."""
+    human_fraction: float = 0.0
+    """Fraction of each generation's training set drawn from the human blocks (keep-fraction)."""
+    human_resample: bool = True
+    """Draw a new human subset every generation (true) or keep the generation-1 draw (false)."""
+
+    def __post_init__(self) -> None:
+        _require(self.block_size >= 2, "block_size", "must be at least 2 (a block predicts block_size - 1 tokens)")
+        _require(self.train_split != self.heldout_split, "heldout_split",
+                 f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
+        for key in ("max_train_blocks", "max_heldout_blocks"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key, f"must be at least 1 or null, got {value}")
+        _require(0.0 <= self.human_fraction <= 1.0, "human_fraction",
+                 f"must be between 0 and 1, got {self.human_fraction}")
+        if self.regime == "replace":
+            _require(self.human_fraction == 0.0, "human_fraction",
+                     "has no effect with data.regime=replace; set data.regime=keep-fraction")
+        else:
+            _require(self.human_fraction > 0.0, "human_fraction",
+                     "must be above 0 with data.regime=keep-fraction (use data.regime=replace for none)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "tiny-opt"
+    """An architecture preset (``tiny-opt``, ``opt-125m``: fresh weights and a BPE tokenizer trained
+    on the human train split), or a hub id / local folder loaded with ``from_pretrained``
+    (e.g. ``facebook/opt-125m``; write a local folder named like a preset as ``./tiny-opt``)."""
+    init: Literal["base", "previous"] = "base"
+    """Where each generation starts: the base model (the paper's choice) or the previous
+    generation's trained model."""
+    vocab_size: int | None = None
+    """Vocabulary of the trained BPE tokenizer (presets only); null takes the preset's."""
+    hidden_size: int | None = None
+    """Preset override: model width."""
+    num_layers: int | None = None
+    """Preset override: number of decoder layers."""
+    num_heads: int | None = None
+    """Preset override: attention heads (must divide hidden_size)."""
+    ffn_dim: int | None = None
+    """Preset override: feed-forward width."""
+    max_positions: int | None = None
+    """Preset override: longest sequence the model accepts (prompt + new tokens)."""
+    dropout: float | None = None
+    """Preset override: dropout probability during training."""
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    """Attention kernel: PyTorch scaled-dot-product attention or the eager reference."""
+
+    @property
+    def is_preset(self) -> bool:
+        return self.name in ARCHITECTURE_PRESETS
+
+    def __post_init__(self) -> None:
+        _require(bool(self.name.strip()), "name", "must name a preset, a hub id or a local folder")
+        if not self.is_preset:
+            for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_dim",
+                        "max_positions", "dropout"):
+                _require(getattr(self, key) is None, key,
+                         f"only applies to the presets ({', '.join(ARCHITECTURE_PRESETS)}); "
+                         f"the pretrained model {self.name} keeps its own shape")
+        for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions"):
+            value = getattr(self, key)
+            _require(value is None or value >= 1, key, f"must be a positive integer, got {value}")
+        if self.vocab_size is not None:
+            _require(self.vocab_size >= 260, "vocab_size",
+                     "must be at least 260 (256 bytes plus the special tokens)")
+        if self.dropout is not None:
+            _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.is_preset:
+            self.architecture()  # checks that the overrides fit together
+
+    def architecture(self) -> dict[str, int | float]:
+        """The preset's OPTConfig arguments with this config's overrides applied."""
+        shape = dict(ARCHITECTURE_PRESETS[self.name])
+        overrides = {
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers, "num_attention_heads": self.num_heads,
+            "ffn_dim": self.ffn_dim, "max_position_embeddings": self.max_positions,
+            "dropout": self.dropout,
+        }
+        shape.update({k: v for k, v in overrides.items() if v is not None})
+        _require(shape["hidden_size"] % shape["num_attention_heads"] == 0, "num_heads",
+                 f"must divide hidden_size ({shape['hidden_size']}), got {shape['num_attention_heads']}")
+        return shape
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    """Passes over the generation's training set."""
+    batch_size: int = 128
+    """Blocks per optimizer step, over all processes together."""
+    micro_batch_size: int | None = None
+    """Blocks per forward pass on one process; gradients are accumulated up to ``batch_size``.
+    null: ``batch_size`` divided by the number of processes."""
+    learning_rate: float = 2e-5
+    """Peak AdamW learning rate."""
+    min_learning_rate: float = 1e-6
+    """The cosine schedule decays to this value at the last step."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (PyTorch's default, as the reference code uses)."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm to this value; null: no clipping (the reference)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision through accelerate (bf16 on recent GPUs and CPUs; fp16 on GPUs)."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every this many optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep while a generation trains."""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints"):
+            _require(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        if self.micro_batch_size is not None:
+            _require(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1 or null")
+        _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        _require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate",
+                 f"must be between 0 and train.learning_rate ({self.learning_rate})")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
+        _require(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        if self.max_grad_norm is not None:
+            _require(self.max_grad_norm > 0, "max_grad_norm", "must be positive or null")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    num_beams: int = 5
+    """Beam width; 1 is greedy (or plain sampling with ``do_sample``)."""
+    do_sample: bool = False
+    """Sample from the distribution instead of searching for the most likely continuation."""
+    temperature: float | None = None
+    """Sampling temperature (needs do_sample); null: 1.0."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens (needs do_sample); null: no top-k filter."""
+    top_p: float | None = None
+    """Nucleus sampling mass (needs do_sample); null: no nucleus filter."""
+    typical_p: float | None = None
+    """Locally typical sampling mass (needs do_sample); null: off."""
+    repetition_penalty: float = 3.0
+    """Divide the logits of tokens already present by this factor (1.0: off; the paper uses 3.0)."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating any n-gram of this size (0: off)."""
+    min_new_tokens: int = 64
+    """Fewest new tokens per sample (end-of-text is suppressed before)."""
+    max_new_tokens: int = 64
+    """Most new tokens per sample; the paper uses min = max = 64."""
+    prompt_tokens: int | None = None
+    """Continue only the last this many tokens of each training block; null: the whole block."""
+    batch_size: int = 64
+    """Prompts per ``generate`` call."""
+    shard_size: int = 1024
+    """Records per Parquet shard: the unit of resumption and of work across processes."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}")
+        for key in ("temperature", "top_k", "top_p", "typical_p"):
+            if getattr(self, key) is not None:
+                _require(self.do_sample, key, "only applies when sampling; set generate.do_sample=true")
+        if self.temperature is not None:
+            _require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        if self.top_k is not None:
+            _require(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
+        for key in ("top_p", "typical_p"):
+            value = getattr(self, key)
+            _require(value is None or 0.0 < value <= 1.0, key, f"must be in (0, 1], got {value}")
+        _require(self.repetition_penalty > 0, "repetition_penalty",
+                 f"must be positive (1.0 is off), got {self.repetition_penalty}")
+        _require(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be 0 (off) or more")
+        _require(self.min_new_tokens >= 0, "min_new_tokens", "must be 0 or more")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
+        _require(self.min_new_tokens <= self.max_new_tokens, "min_new_tokens",
+                 f"must not exceed generate.max_new_tokens ({self.max_new_tokens})")
+        if self.prompt_tokens is not None:
+            _require(self.prompt_tokens >= 1, "prompt_tokens", "must be at least 1 or null")
+        _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        _require(self.shard_size >= 1, "shard_size", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    block_size: int | None = None
+    """Block length for ``ppl_blocks``; null: data.block_size (the paper's 64)."""
+    window: int = 128
+    """Context window of ``ppl_sliding``."""
+    stride: int = 64
+    """Step between sliding windows; every token is scored once, with up to window-1 tokens of
+    context. stride = window reproduces the block method."""
+    batch_size: int = 64
+    """Sequences per forward pass while evaluating."""
+    self_bleu_samples: int | None = 1000
+    """Self-BLEU on a fixed seeded subsample of this many synthetic samples; null: all of them."""
+    self_bleu_max_n: int = 4
+    """Highest n-gram order in self-BLEU (uniform weights 1/n)."""
+    self_bleu_smoothing: Literal["method0", "method1", "method2", "method3", "method4", "method5", "method7"] = "method1"
+    """NLTK smoothing function for self-BLEU."""
+    text_tokenization: Literal["whitespace", "nltk-wordpunct", "nltk-tweet"] = "whitespace"
+    """How decoded text is split into words for self-BLEU, distinct-n and rare n-grams."""
+    distinct_max_n: int = 4
+    """distinct-1 .. distinct-n are reported."""
+    tails: bool = True
+    """Score every generation's synthetic corpus with the generation-0 model (the paper's tails)."""
+    rare_ngram_n: int = 1
+    """n-gram order of the rare-n-gram survival metric."""
+    rare_ngram_max_count: int = 1
+    """An n-gram is rare when it occurs at most this often in the human training corpus."""
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None:
+            _require(self.block_size >= 2, "block_size", "must be at least 2 or null")
+        _require(self.window >= 2, "window", "must be at least 2")
+        _require(1 <= self.stride <= self.window, "stride",
+                 f"must be between 1 and evaluate.window ({self.window}), got {self.stride}")
+        _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        if self.self_bleu_samples is not None:
+            _require(self.self_bleu_samples >= 2, "self_bleu_samples",
+                     "must be at least 2 (leave-one-out needs references) or null for all")
+        _require(1 <= self.self_bleu_max_n <= 8, "self_bleu_max_n", "must be between 1 and 8")
+        _require(1 <= self.distinct_max_n <= 8, "distinct_max_n", "must be between 1 and 8")
+        _require(self.rare_ngram_n >= 1, "rare_ngram_n", "must be at least 1")
+        _require(self.rare_ngram_max_count >= 1, "rare_ngram_max_count", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "pipeline"
+    """Pipeline name: the default run directory is runs/<name>."""
+    description: str = ""
+    """What the pipeline reproduces (free text, recorded with the run)."""
+    seed: int = 0
+    """Seed of everything random: initialisation, data order, dropout, sampling, subsamples."""
+    generations: int = 5
+    """How many generations ``lmcollapse run`` (``make run``) builds: 0 .. generations-1."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The human corpus, its blocks, and what each generation trains on."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The model every generation starts from."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Fine-tuning of each generation (AdamW, cosine schedule, accelerate)."""
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    """How each generation writes the next generation's corpus (passed to ``generate``)."""
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    """What is measured for every generation."""
+
+    def __post_init__(self) -> None:
+        _require(self.generations >= 1, "generations", f"must be at least 1, got {self.generations}")
+        _require(self.seed >= 0, "seed", f"must be 0 or more, got {self.seed}")
+        prompt = self.generate.prompt_tokens or self.data.block_size
+        _require(prompt <= self.data.block_size, "generate.prompt_tokens",
+                 f"must not exceed data.block_size ({self.data.block_size})")
+        if self.model.is_preset:
+            positions = self.model.architecture()["max_position_embeddings"]
+            longest = max(prompt + self.generate.max_new_tokens, self.evaluate.window, self.eval_block_size)
+            _require(longest <= positions, "model.max_positions",
+                     f"is {positions} but sequences reach {longest} tokens (prompt + new tokens, "
+                     "evaluation window); raise model.max_positions or shorten them")
+
+    @property
+    def eval_block_size(self) -> int:
+        return self.evaluate.block_size or self.data.block_size
+
+    def fingerprint(self) -> str:
+        """sha256 of every result-affecting setting: two runs agree on it iff they compute the same."""
+        return sha256_bytes(canonical_json(_result_affecting(config_to_dict(self))).encode())
+
+
+# Settings that change how a run is carried out, never what it computes: a run directory
+# accepts them changing between invocations.
+OPERATIONAL_KEYS = frozenset({
+    "name", "description", "generations",
+    "train.checkpoint_every", "train.keep_checkpoints", "evaluate.batch_size",
+})
+
+
+def _result_affecting(flat_or_nested: dict[str, Any]) -> dict[str, Any]:
+    flat = flatten(flat_or_nested)
+    return {k: v for k, v in flat.items() if k not in OPERATIONAL_KEYS}
+
+
+# ---------------------------------------------------------------------------- loading
+
+def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Read a pipeline YAML (or the defaults when ``path`` is None) and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"pipeline file {path} not found: pick one from pipelines/ (e.g. pipelines/tiny.yaml)")
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        raw.setdefault("name", path.stem)
+    for key, value in parse_overrides(overrides).items():
+        _set_dotted(raw, key, value)
+    return build_config(raw)
+
+
+def build_config(raw: dict[str, Any]) -> PipelineConfig:
+    return _build(PipelineConfig, raw, "")
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``["train.epochs=1", "seed=3"]`` -> ``{"train.epochs": 1, "seed": 3}`` (values as YAML)."""
+    parsed: dict[str, Any] = {}
+    for item in overrides:
+        for token in item.split():
+            key, sep, text = token.partition("=")
+            if not sep or not key:
+                raise ConfigError(f"override {token!r} is not key=value (e.g. SET=\"train.epochs=1\")")
+            try:
+                parsed[key] = yaml.safe_load(text) if text else ""
+            except yaml.YAMLError:
+                parsed[key] = text
+    return parsed
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(parts[:depth + 1])} is a value, not a section: cannot set {key}")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a section (a mapping), got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {prefix}{key}{hint}")
+    kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in names if name in data}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        # __post_init__ names keys relative to its own section.
+        raise ConfigError(f"{prefix}{err}") from None
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for option in options:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-5" (no dot) as a string; accept what Python reads as a number.
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected text, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")
+
+
+# ---------------------------------------------------------------------------- saving and comparing
+
+def config_to_dict(config: PipelineConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def flatten(nested: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def result_affecting_differences(old: PipelineConfig, new: PipelineConfig) -> list[tuple[str, Any, Any]]:
+    """Result-affecting keys whose values differ, as (key, old value, new value)."""
+    a = _result_affecting(config_to_dict(old))
+    b = _result_affecting(config_to_dict(new))
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+@functools.cache
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a config dataclass, keyed by field name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, following in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def describe_config(config: PipelineConfig) -> str:
+    """The resolved config as YAML with each field's documentation as a comment above it."""
+    lines: list[str] = []
+
+    def walk(obj: Any, indent: str) -> None:
+        docs = field_docs(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.name in docs:
+                lines.extend(f"{indent}# {line}" for line in textwrap.wrap(docs[f.name], 96 - len(indent)))
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{indent}{f.name}:")
+                walk(value, indent + "  ")
+            else:
+                dumped = yaml.safe_dump({f.name: value}, default_flow_style=True, width=1000).strip()
+                lines.append(f"{indent}{dumped.strip('{}')}")
+    walk(config, "")
+    return "\n".join(lines) + "\n"

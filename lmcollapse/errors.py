@@ -1,0 +1,21 @@
+"""The one exception type the command line turns into a one-line message and a non-zero exit."""
+
+
+class LmcollapseError(Exception):
+    """A problem the user can fix: bad input, bad config, a busy or inconsistent run directory.
+
+    The message is one line that names the problem and the fix. Anything else that escapes is a
+    bug and keeps its traceback.
+    """
+
+    exit_code = 2
+
+
+class ConfigError(LmcollapseError):
+    """An invalid pipeline config or override; the message names the dotted key."""
+
+
+class InterruptedStage(LmcollapseError):
+    """SIGINT or SIGTERM arrived; the stage stopped at a safe point and can be resumed."""
+
+    exit_code = 130

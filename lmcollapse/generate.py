@@ -1,0 +1,170 @@
+"""Write a generation's synthetic corpus: the model continues every block of its training set.
+
+As in the paper, each training block (or its last ``prompt_tokens`` tokens) is a prompt, and the
+new tokens, without the prompt, become one record of the next generation's corpus, so the corpus
+keeps the training set's size. Every decoding option in ``GenerateConfig`` goes into one
+``transformers.GenerationConfig``; it is saved beside the shards and passed to ``generate``.
+
+Work is cut into shards of ``shard_size`` prompts. A shard's sampling seed is derived from
+(seed, generation, shard) and its prompts are batched in a fixed order (sorted by length, so
+batches need little padding), so a shard regenerated after an interruption, or by another
+process under ``accelerate launch``, is byte-identical. Each shard is written atomically with a
+sidecar ``shard-00000.json`` holding its sha256; a shard counts as done only if both agree.
+
+    shards = write_synthetic_corpus(model, tokenizer, prompts, config.generate, seed=0,
+                                    generation=1, model_label="tiny/generation-01/model",
+                                    out_dir=gen / "synthetic", accelerator=accelerator)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from lmcollapse.atomic import read_json, sha256_file, write_json_atomic
+from lmcollapse.config import GenerateConfig
+from lmcollapse.interrupts import check_stop
+from lmcollapse.records import SYNTHETIC, make_records, write_records
+from lmcollapse.seeding import derive_seed
+
+log = logging.getLogger(__name__)
+
+GENERATION_CONFIG_FILE = "generation_config.json"
+
+
+def build_generation_config(config: GenerateConfig, tokenizer):
+    """The ``GenerationConfig`` for ``config``; every value explicit, none left to library defaults."""
+    from transformers import GenerationConfig
+
+    settings = dict(
+        num_beams=config.num_beams, do_sample=config.do_sample,
+        repetition_penalty=config.repetition_penalty, no_repeat_ngram_size=config.no_repeat_ngram_size,
+        min_new_tokens=config.min_new_tokens, max_new_tokens=config.max_new_tokens,
+        num_return_sequences=1, use_cache=True, pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    if config.do_sample:
+        # Neutral values where the config says null: transformers would otherwise apply its
+        # own defaults (top_k=50), a filter the user never asked for.
+        settings.update(
+            temperature=1.0 if config.temperature is None else config.temperature,
+            top_k=0 if config.top_k is None else config.top_k,
+            top_p=1.0 if config.top_p is None else config.top_p,
+            typical_p=1.0 if config.typical_p is None else config.typical_p,
+        )
+    if config.num_beams > 1:
+        settings.update(length_penalty=1.0, early_stopping=False)
+    generation_config = GenerationConfig(**settings)
+    generation_config.validate(strict=True)
+    return generation_config
+
+
+def shard_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
+    return [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
+
+
+def shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
+    return out_dir / f"shard-{index:05d}.parquet", out_dir / f"shard-{index:05d}.json"
+
+
+def completed_shard(out_dir: Path, index: int) -> dict | None:
+    """The sidecar of a finished shard, or None if the shard is missing, partial or altered."""
+    data, sidecar = shard_paths(out_dir, index)
+    if not (data.is_file() and sidecar.is_file()):
+        return None
+    try:
+        meta = read_json(sidecar)
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("sha256") == sha256_file(data) else None
+
+
+def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *, seed: int, generation: int,
+                           model_label: str, out_dir: Path, accelerator, progress: bool = True) -> list[dict]:
+    """Continue every record of ``prompts`` (a records Dataset); return every shard's sidecar."""
+    out_dir = Path(out_dir)
+    generation_config = build_generation_config(config, tokenizer)
+    if accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / GENERATION_CONFIG_FILE, generation_config.to_diff_dict())
+    accelerator.wait_for_everyone()
+
+    ranges = shard_ranges(len(prompts), config.shard_size)
+    world, rank = accelerator.num_processes, accelerator.process_index
+    todo = [i for i in range(rank, len(ranges), world) if completed_shard(out_dir, i) is None]
+    model.eval()
+    bar = tqdm(total=sum(ranges[i][1] - ranges[i][0] for i in todo), desc=f"generate gen {generation}",
+               unit="sample", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    for index in todo:
+        check_stop(f"while generating generation {generation}'s corpus (shard {index})")
+        lo, hi = ranges[index]
+        started = time.perf_counter()
+        rows = prompts.select(range(lo, hi))
+        continuations = _continue_prompts(model, tokenizer, rows["input_ids"], config, generation_config,
+                                          derive_seed(seed, "generate", generation, index), bar)
+        texts = tokenizer.batch_decode(continuations, skip_special_tokens=True)
+        records = make_records({
+            "id": [f"g{generation:02d}-{i:07d}" for i in range(lo, hi)],
+            "source": [SYNTHETIC] * (hi - lo),
+            "generation": [generation] * (hi - lo),
+            "parent": rows["id"],
+            "model": [model_label] * (hi - lo),
+            "input_ids": [c.tolist() for c in continuations],
+            "text": texts,
+        })
+        data, sidecar = shard_paths(out_dir, index)
+        digest = write_records(records, data)
+        new_tokens = int(sum(len(c) for c in continuations))
+        # NOTE: the sidecar is written after the data; a shard without one is redone.
+        write_json_atomic(sidecar, {"shard": index, "sha256": digest, "records": hi - lo, "first": lo,
+                                    "new_tokens": new_tokens, "seconds": time.perf_counter() - started})
+    bar.close()
+    accelerator.wait_for_everyone()
+    return [read_json(shard_paths(out_dir, i)[1]) for i in range(len(ranges))]
+
+
+@torch.no_grad()
+def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, generation_config, shard_seed: int,
+                      bar) -> list[np.ndarray]:
+    prompts = [np.asarray(ids[-config.prompt_tokens:] if config.prompt_tokens else ids, dtype=np.int64)
+               for ids in prompt_rows]
+    order = np.argsort([len(p) for p in prompts], kind="stable")
+    device = next(model.parameters()).device
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    outputs: list[np.ndarray | None] = [None] * len(prompts)
+    torch.manual_seed(shard_seed)
+    for start in range(0, len(order), config.batch_size):
+        batch = order[start:start + config.batch_size]
+        longest = max(len(prompts[i]) for i in batch)
+        ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for k, i in enumerate(batch):  # left padding: the prompt ends where generation begins
+            ids[k, longest - len(prompts[i]):] = torch.from_numpy(prompts[i])
+            mask[k, longest - len(prompts[i]):] = 1
+        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                   generation_config=generation_config)
+        new = generated[:, longest:].cpu().numpy()
+        for k, i in enumerate(batch):
+            outputs[i] = _until_end(new[k], eos)
+        bar.update(len(batch))
+    return outputs  # type: ignore[return-value]
+
+
+def _until_end(tokens: np.ndarray, eos: int) -> np.ndarray:
+    """The new tokens up to and including the first end-of-text (what follows is padding)."""
+    ends = np.flatnonzero(tokens == eos)
+    return (tokens[: ends[0] + 1] if len(ends) else tokens).astype(np.int32)
+
+
+def corpus_sizes(shards: list[dict]) -> tuple[int, int]:
+    return sum(s["records"] for s in shards), sum(s["new_tokens"] for s in shards)
+
+
+def expected_shards(total: int, shard_size: int) -> int:
+    return math.ceil(total / shard_size)

@@ -1,0 +1,86 @@
+"""The collapse metrics: one registry of definitions, and the functions that compute them.
+
+Every column a run reports is registered here with its one-line definition (printed under every
+table), whether higher is better, and how per-item values are aggregated. The functions take
+plain samples or a model and tokenizer, never a hub id:
+
+    from lmcollapse.metrics import self_bleu, distinct_n, perplexity, REGISTRY
+    self_bleu(texts, max_n=4)           # leave-one-out, NLTK semantics, O(total n-grams)
+    distinct_n(texts, 2)                # corpus-level distinct bigrams / bigrams
+    perplexity(model, tokenizer, texts, method="sliding", window=128, stride=64)
+    print(REGISTRY["ppl_blocks"].definition)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.perplexity import (
+    PerplexityResult,
+    perplexity,
+    perplexity_blocks,
+    perplexity_sliding,
+    sample_perplexities,
+)
+from lmcollapse.metrics.self_bleu import self_bleu, self_bleu_scores
+
+TAIL_QUANTILES = (1, 5, 50, 95, 99)
+
+
+@dataclass(frozen=True)
+class MetricDefinition:
+    name: str
+    definition: str
+    higher_is_better: bool | None  # None: a description of the distribution, no better direction
+    aggregation: str  # how per-item values become the reported number
+    decimals: int = 3  # rounding in published tables
+
+
+def _register(*metrics: MetricDefinition) -> dict[str, MetricDefinition]:
+    return {m.name: m for m in metrics}
+
+
+REGISTRY: dict[str, MetricDefinition] = _register(
+    MetricDefinition(
+        "ppl_blocks",
+        "Perplexity on the held-out human split over non-overlapping blocks (the reference code's "
+        "method): exp of the mean NLL of every predicted token.",
+        False, "token-weighted mean NLL, exponentiated", 2),
+    MetricDefinition(
+        "ppl_sliding",
+        "Perplexity on the held-out human split with a sliding window: every token scored once "
+        "with up to window-1 tokens of context; exp of the mean NLL.",
+        False, "token-weighted mean NLL, exponentiated", 2),
+    *(MetricDefinition(
+        f"self_bleu_{n}",
+        f"Self-BLEU-{n} of the synthetic corpus: each sample's BLEU (NLTK sentence_bleu, weights "
+        f"1/{n}, configured smoothing) against all other samples; mean over a seeded subsample.",
+        False, "mean over hypotheses", 4) for n in range(1, 9)),
+    *(MetricDefinition(
+        f"distinct_{n}",
+        f"Distinct-{n} of the synthetic corpus: distinct {n}-grams / all {n}-grams, over all samples.",
+        True, "corpus-level ratio", 4) for n in range(1, 9)),
+    *(MetricDefinition(
+        f"distinct_{n}_per_sample",
+        f"Distinct-{n} inside each synthetic sample, averaged over samples.",
+        True, "mean over samples", 4) for n in range(1, 9)),
+    *(MetricDefinition(
+        f"tail_ppl_p{q}",
+        f"The {q}th percentile of per-sample perplexity of the synthetic corpus under the "
+        "generation-0 model (the paper's tail histograms).",
+        None, "percentile over samples", 2) for q in TAIL_QUANTILES),
+    MetricDefinition(
+        "rare_survival",
+        "Fraction of the human training corpus's rare n-grams (count at most the configured "
+        "threshold) that occur at least once in the synthetic corpus.",
+        True, "fraction of n-gram types", 4),
+)
+
+
+__all__ = [
+    "REGISTRY", "TAIL_QUANTILES", "MetricDefinition", "PerplexityResult",
+    "distinct_n", "distinct_n_per_sample", "rare_ngram_survival",
+    "perplexity", "perplexity_blocks", "perplexity_sliding", "sample_perplexities",
+    "self_bleu", "self_bleu_scores",
+]

@@ -1,0 +1,531 @@
+"""The collapse pipeline, stage by stage: base model, human data, then generations 0..N.
+
+    build(config, Path("runs/tiny"), last_generation=4)   # what `make generation-4` does
+
+Stages, each idempotent and marked complete by a file written last and atomically:
+
+1. ``base``    the starting model and tokenizer (a preset built from config with a BPE tokenizer
+               trained on the human train split, or a pretrained model), saved in the run;
+2. ``human``   the human train and held-out splits, tokenized and cut into blocks with provenance;
+3. ``generation-k`` for k = 0..N, in order:
+   a. the training set (regimes.py): human blocks for k = 0, then the previous corpus;
+   b. training from the base model (or the previous one), resumable from checkpoints;
+   c. the synthetic corpus: every training block continued by the trained model;
+   d. evaluation: held-out perplexity (blocks, sliding window), text metrics of the corpus,
+      tails (the corpus scored by the generation-0 model);
+   e. the manifest: fingerprints of everything consumed and produced, timings, the metrics row.
+
+Completed generations are skipped; a stopped one resumes where it stopped. Before a stage
+consumes an earlier stage's output it checks the sha256 recorded when that stage completed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmcollapse import corpus
+from lmcollapse.atomic import read_json, remove_path, sha256_file, sha256_tree, write_json_atomic, write_text_atomic
+from lmcollapse.config import PipelineConfig, config_to_yaml, load_config, result_affecting_differences
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.generate import write_synthetic_corpus
+from lmcollapse.interrupts import stop_on_signals
+from lmcollapse.metrics import TAIL_QUANTILES
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.ngrams import EncodedCorpus
+from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding, sample_perplexities
+from lmcollapse.metrics.self_bleu import self_bleu_scores, subsample_indices
+from lmcollapse.records import HUMAN, concatenate, make_records, read_records, write_records
+from lmcollapse.regimes import assemble_training_set, source_counts
+from lmcollapse.rundir import (
+    MANIFEST,
+    GenerationDir,
+    RunDir,
+    check_unchanged,
+    environment_record,
+    read_manifest,
+    run_lock,
+)
+from lmcollapse.seeding import derive_seed
+from lmcollapse.tables import format_table, write_metrics
+from lmcollapse.train import train_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    """Everything a stage needs: the config, the run directory, the accelerator, the options."""
+
+    config: PipelineConfig
+    run: RunDir
+    accelerator: object
+    accept_changed: bool = False
+    progress: bool = True
+    echo: object = print
+    _tokenizer: object = field(default=None, repr=False)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        if self.main:
+            self.echo(text)
+
+
+def make_accelerator(config: PipelineConfig):
+    """An ``Accelerator`` for the configured precision on whatever devices exist."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise LmcollapseError("train.mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # One process: forget any accelerator an earlier build in this process configured.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # The scheduler is stepped once per optimizer step by the training loop itself;
+    # accelerate's default would step it once per process.
+    return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False)
+
+
+def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accept_changed: bool = False,
+          progress: bool = True, echo=print) -> list[dict]:
+    """Make generations 0..``last_generation`` of the run complete; return the metrics rows."""
+    if last_generation < 0:
+        raise LmcollapseError(f"generation {last_generation} does not exist: generations count from 0")
+    run = RunDir(Path(run_root))
+    preflight(config, run)
+    accelerator = make_accelerator(config)
+    context = Context(config, run, accelerator, accept_changed, progress, echo)
+    created = not run.root.exists()
+    with run_lock(run, enabled=accelerator.is_main_process), stop_on_signals():
+        try:
+            if context.main:
+                open_run(config, run)
+            accelerator.wait_for_everyone()
+            ensure_base_and_human(context)
+        except LmcollapseError:
+            # A run this command created and could not prepare is removed: bad input leaves
+            # nothing behind (an existing run is never touched here).
+            if created and context.main:
+                shutil.rmtree(run.root, ignore_errors=True)
+            raise
+        ensure_base_eval(context)
+        for index in range(last_generation + 1):
+            generation = run.generation(index)
+            if generation.is_complete:
+                log.info("%s is complete; skipping it", generation.name)
+                continue
+            row = build_generation(context, index)
+            if context.main:
+                refresh_metrics(run, config)
+                context.say(format_table([row]))
+        rows = collect_rows(run)
+    return rows
+
+
+def preflight(config: PipelineConfig, run: RunDir) -> None:
+    """Cheap checks of every input before anything is created: run folder, corpus, model folder."""
+    from lmcollapse.modeling import check_model_folder
+
+    if not run.pipeline_file.is_file() and run.root.is_dir():
+        strangers = [p.name for p in run.root.iterdir() if p.name != ".lock"]
+        if strangers:
+            raise LmcollapseError(
+                f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
+                "choose a new RUN=... for this pipeline")
+    for split in (config.data.train_split, config.data.heldout_split):
+        source = corpus.locate_split(config.data.corpus, split)
+        for path in source.files:
+            corpus.check_text_file(path)
+    if not config.model.is_preset and Path(config.model.name).expanduser().exists():
+        check_model_folder(Path(config.model.name).expanduser())
+
+
+# ---------------------------------------------------------------------------- the run directory
+
+def open_run(config: PipelineConfig, run: RunDir) -> None:
+    """Create the run with its resolved config, or check that ``config`` is the one it was built with."""
+    if run.pipeline_file.is_file():
+        recorded = load_config(run.pipeline_file)
+        differences = result_affecting_differences(recorded, config)
+        if differences:
+            shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences[:3])
+            more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+            raise LmcollapseError(
+                f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=..., "
+                f"or the settings in {run.pipeline_file}")
+        return
+    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
+              f"#   make generation-N RUN={run.root}\n")
+    write_text_atomic(run.pipeline_file, header + config_to_yaml(config))
+
+
+# ---------------------------------------------------------------------------- base model and human data
+
+def ensure_base_and_human(context: Context) -> None:
+    """The base model and tokenizer, then the human blocks, each with its manifest.
+
+    Everything is computed and checked (corpus readable, at least one block per split) before
+    the first file is written, so bad input fails without leaving a half-made stage.
+    """
+    run, config = context.run, context.config
+    base_done, human_done = (run.base / MANIFEST).is_file(), (run.human / MANIFEST).is_file()
+    if (base_done and human_done) or not context.main:
+        context.accelerator.wait_for_everyone()
+        return
+    from lmcollapse.modeling import build_preset_model, count_parameters, load_model, save_model, train_bpe_tokenizer
+
+    started = time.perf_counter()
+    data = config.data
+    train_source = corpus.locate_split(data.corpus, data.train_split)
+    heldout_source = corpus.locate_split(data.corpus, data.heldout_split)
+    train_lines = corpus.load_split_lines(train_source)
+    heldout_lines = corpus.load_split_lines(heldout_source)
+    model = None
+    if base_done:
+        tokenizer = tokenizer_of(context)
+    elif config.model.is_preset:
+        vocab = config.model.vocab_size or int(config.model.architecture()["vocab_size"])
+        context.say(f"base: training a {vocab}-token byte-level BPE tokenizer on {train_source.describe()}")
+        tokenizer = train_bpe_tokenizer(train_lines["text"], vocab, int(config.model.architecture()["max_position_embeddings"]))
+    else:
+        context.say(f"base: loading {config.model.name} with from_pretrained")
+        model, tokenizer = load_model(config.model.name, config.model.attn_implementation)
+
+    train_stream = corpus.tokenize_lines(train_lines, tokenizer)
+    heldout_stream = corpus.tokenize_lines(heldout_lines, tokenizer)
+    train_blocks = corpus.cut_into_blocks(train_stream, data.block_size, f"{data.train_split} split")
+    heldout_blocks = corpus.cut_into_blocks(heldout_stream, config.eval_block_size, f"{data.heldout_split} split")
+
+    if not base_done:
+        if model is None:
+            model = build_preset_model(config.model, tokenizer, seed=derive_seed(config.seed, "init"))
+        save_model(model, tokenizer, run.base_model)
+        write_json_atomic(run.base / MANIFEST, {
+            "kind": "preset" if config.model.is_preset else "pretrained", "source": config.model.name,
+            "parameters": count_parameters(model), "vocab_size": len(tokenizer),
+            "tokenizer_trained_on": {str(p): sha256_file(p) for p in train_source.files} if config.model.is_preset else None,
+            "files": sha256_tree(run.base_model), "seconds": time.perf_counter() - started, **environment_record()})
+        context._tokenizer = None  # reload the saved one: what every later stage uses
+
+    kept = np.arange(len(train_blocks))
+    if data.max_train_blocks is not None and data.max_train_blocks < len(train_blocks):
+        kept = subsample_indices(len(train_blocks), data.max_train_blocks, data.subset_seed)
+    if data.max_heldout_blocks is not None:
+        heldout_blocks = heldout_blocks[: data.max_heldout_blocks]
+    tokenizer = tokenizer_of(context)
+    train = _human_records(tokenizer, train_blocks[kept], kept, data.train_split)
+    heldout = _human_records(tokenizer, heldout_blocks, np.arange(len(heldout_blocks)), data.heldout_split)
+    run.human.mkdir(parents=True, exist_ok=True)
+    write_records(train, run.human / "train.parquet")
+    write_records(heldout, run.human / "heldout.parquet")
+    context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
+                f"(of {len(train_blocks)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
+    write_json_atomic(run.human / MANIFEST, {
+        "train": {"split": data.train_split, "source": train_source.describe(), "blocks": len(train),
+                  "blocks_in_split": len(train_blocks), "tokens_in_split": int(len(train_stream)),
+                  "corpus_sha256": {str(p): sha256_file(p) for p in train_source.files}},
+        "heldout": {"split": data.heldout_split, "source": heldout_source.describe(), "blocks": len(heldout),
+                    "tokens_in_split": int(len(heldout_stream)),
+                    "corpus_sha256": {str(p): sha256_file(p) for p in heldout_source.files}},
+        "files": {name: sha256_file(run.human / name) for name in ("train.parquet", "heldout.parquet")},
+        "text_metrics": corpus_text_metrics(config, train["text"]), "seconds": time.perf_counter() - started})
+    context.accelerator.wait_for_everyone()
+
+
+def tokenizer_of(context: Context):
+    if context._tokenizer is None:
+        from transformers import AutoTokenizer
+
+        from lmcollapse.modeling import prepare_tokenizer
+
+        context._tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(context.run.base_model))
+    return context._tokenizer
+
+
+def _human_records(tokenizer, blocks: np.ndarray, indices: np.ndarray, split: str):
+    count = len(blocks)
+    return make_records({
+        "id": [f"{HUMAN}-{split}-{i:06d}" for i in indices], "source": [HUMAN] * count,
+        "generation": [None] * count, "parent": [None] * count, "model": [None] * count,
+        "input_ids": blocks.astype(np.int32).tolist(),
+        "text": tokenizer.batch_decode(blocks.tolist(), skip_special_tokens=True),
+    })
+
+
+def ensure_base_eval(context: Context) -> None:
+    """Zero-shot perplexity of the base model: the paper's 'about 115' reference point."""
+    path = context.run.base / "eval.json"
+    if path.is_file():
+        return
+    from lmcollapse.modeling import load_model
+
+    model, _ = load_model(context.run.base_model, context.config.model.attn_implementation, with_tokenizer=False)
+    model = model.to(context.accelerator.device)
+    result = heldout_perplexity(context, model, "base model")
+    if context.main:
+        write_json_atomic(path, result)
+    context.accelerator.wait_for_everyone()
+
+
+# ---------------------------------------------------------------------------- one generation
+
+def build_generation(context: Context, index: int) -> dict:
+    run, config, accelerator = context.run, context.config, context.accelerator
+    generation = run.generation(index)
+    consumed = verify_inputs(context, index)
+    timings: dict[str, float] = {}
+    tokenizer = tokenizer_of(context)
+
+    # a. the training set
+    if context.main and not generation.train_set.is_file():
+        previous = read_synthetic(run.generation(index - 1)) if index > 0 else None
+        human_train = read_records(run.human / "train.parquet")
+        write_records(assemble_training_set(config, index, human_train, previous), generation.train_set)
+    accelerator.wait_for_everyone()
+    train_set = read_records(generation.train_set)
+    train_sha = sha256_file(generation.train_set)
+    sources = source_counts(train_set)
+
+    # b. training
+    from lmcollapse.modeling import load_model, save_model
+
+    if generation.model.is_dir():
+        model, _ = load_model(generation.model, config.model.attn_implementation, with_tokenizer=False)
+        train_log = read_json(generation.model / "train_log.json")
+    else:
+        start = run.base_model if (index == 0 or config.model.init == "base") else run.generation(index - 1).model
+        model, _ = load_model(start, config.model.attn_implementation, with_tokenizer=False)
+        context.say(f"{generation.name}: training on {len(train_set)} blocks "
+                    f"({', '.join(f'{v} {k}' for k, v in sorted(sources.items()))}) from {start.relative_to(run.root)}")
+        sequences = [np.asarray(ids, dtype=np.int64) for ids in train_set["input_ids"]]
+        model, outcome = train_model(
+            model, sequences, config.train, seed=config.seed, generation=index,
+            checkpoint_dir=generation.checkpoints, accelerator=accelerator,
+            data_fingerprint=train_sha, pad_id=tokenizer.pad_token_id, progress=context.progress)
+        train_log = {"steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
+                     "final_loss": outcome.final_loss, "resumed_from_step": outcome.resumed_from_step,
+                     "started_from": str(start.relative_to(run.root)), "log": outcome.log}
+        if context.main:
+            save_model(model, tokenizer, generation.model, {"train_log.json": json.dumps(train_log, indent=1)})
+            remove_path(generation.checkpoints)
+        accelerator.wait_for_everyone()
+    model = model.to(accelerator.device)
+    timings["train_seconds"] = train_log["seconds"]
+
+    # c. the synthetic corpus
+    shards = write_synthetic_corpus(
+        model, tokenizer, train_set, config.generate, seed=config.seed, generation=index,
+        model_label=f"{run.name}/{generation.name}/model", out_dir=generation.synthetic,
+        accelerator=accelerator, progress=context.progress)
+    timings["generate_seconds"] = sum(s["seconds"] for s in shards)
+    synthetic = read_synthetic(generation)
+
+    # d. evaluation
+    perplexities = ensure_json(context, generation.eval / "perplexity.json",
+                               lambda: heldout_perplexity(context, model, generation.name, generation.eval))
+    text_metrics = ensure_json(context, generation.eval / "text_metrics.json",
+                               lambda: synthetic_text_metrics(context, synthetic))
+    tails = ensure_json(context, generation.eval / "tails.json",
+                        lambda: synthetic_tails(context, index, model, synthetic, generation.eval))
+    timings["eval_seconds"] = perplexities["seconds"] + text_metrics["seconds"] + tails["seconds"]
+
+    # e. the manifest, last
+    row = metrics_row(config, index, train_set, sources, train_log, shards, perplexities, text_metrics, tails, timings)
+    if context.main:
+        outputs = {name: digest for name, digest in sha256_tree(generation.root).items()
+                   if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
+        parent = run.generation(index - 1).manifest if index > 0 else run.human / MANIFEST
+        write_json_atomic(generation.manifest, {
+            "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
+            "parent_manifest_sha256": sha256_file(parent), "consumed": consumed,
+            "train_set_sha256": train_sha, "outputs": outputs, "timings": timings,
+            "metrics": row, **environment_record()})
+    accelerator.wait_for_everyone()
+    return row
+
+
+def verify_inputs(context: Context, index: int) -> dict[str, str]:
+    """Check every earlier artefact this generation consumes against its recorded sha256."""
+    run, config, accept = context.run, context.config, context.accept_changed
+    consumed: dict[str, str] = {}
+
+    def check(recorded: dict[str, str], root: Path, what: str, prefix: str) -> None:
+        check_unchanged(recorded, root, what, accept)
+        for name in recorded:
+            path = root / name
+            consumed[f"{prefix}{name}"] = sha256_file(path) if path.is_file() else "missing"
+
+    base = read_manifest(run.base / MANIFEST)
+    human = read_manifest(run.human / MANIFEST)
+    check(human["files"], run.human, "the human-data stage", "human/")
+    if index == 0 or config.model.init == "base":
+        check(base["files"], run.base_model, "the base stage", "base/model/")
+    if index > 0:
+        previous = run.generation(index - 1)
+        recorded = read_manifest(previous.manifest)["outputs"]
+        shards = {k: v for k, v in recorded.items() if k.startswith("synthetic/shard-") and k.endswith(".parquet")}
+        check(shards, previous.root, previous.name, f"{previous.name}/")
+        if config.model.init == "previous":
+            check({k: v for k, v in recorded.items() if k.startswith("model/")}, previous.root, previous.name, f"{previous.name}/")
+        first = run.generation(0)
+        if config.evaluate.tails:
+            recorded0 = read_manifest(first.manifest)["outputs"]
+            check({k: v for k, v in recorded0.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
+    return consumed
+
+
+def read_synthetic(generation: GenerationDir):
+    shards = generation.synthetic_shards()
+    if not shards:
+        raise LmcollapseError(f"{generation.root} has no synthetic corpus: delete the folder to rebuild the generation")
+    return concatenate([read_records(path) for path in shards])
+
+
+def ensure_json(context: Context, path: Path, compute) -> dict:
+    """Read a finished evaluation result, or compute and write it (idempotent)."""
+    if path.is_file():
+        return read_json(path)
+    started = time.perf_counter()
+    value = compute() | {"seconds": 0.0}
+    value["seconds"] = time.perf_counter() - started
+    if context.main:
+        write_json_atomic(path, value)
+    context.accelerator.wait_for_everyone()
+    return value
+
+
+# ---------------------------------------------------------------------------- measurements
+
+def heldout_perplexity(context: Context, model, label: str, save_dir: Path | None = None) -> dict:
+    config = context.config
+    heldout = read_records(context.run.human / "heldout.parquet")
+    stream = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in heldout["input_ids"]])
+    batch = config.evaluate.batch_size
+    blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
+                               progress=f"ppl blocks ({label})" if context.progress else None)
+    sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
+                                 context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None)
+    if save_dir is not None and context.main:
+        from lmcollapse.atomic import atomic_path
+
+        save_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_path(save_dir / "heldout_block_nll.npy") as scratch:
+            with open(scratch, "wb") as handle:
+                np.save(handle, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
+    return {"ppl_blocks": blocks.perplexity, "ppl_sliding": sliding.perplexity,
+            "blocks": blocks.summary(), "sliding": sliding.summary()}
+
+
+def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
+    """Self-BLEU and distinct-n of a corpus of texts, with the settings they were computed with."""
+    settings = config.evaluate
+    encoded = EncodedCorpus.from_texts(texts, settings.text_tokenization)
+    metrics: dict[str, float | int | str | None] = {
+        "tokenization": settings.text_tokenization, "samples": encoded.num_samples,
+        "self_bleu_samples": None, "self_bleu_smoothing": settings.self_bleu_smoothing}
+    if encoded.num_samples >= 2:
+        subset = encoded
+        if settings.self_bleu_samples is not None and settings.self_bleu_samples < encoded.num_samples:
+            # The same indices every generation (corpora keep their size): paired comparisons.
+            subset = encoded.subset(subsample_indices(encoded.num_samples, settings.self_bleu_samples,
+                                                      derive_seed(config.seed, "self-bleu")))
+        scores = self_bleu_scores(subset, settings.self_bleu_max_n, settings.self_bleu_smoothing)
+        metrics[f"self_bleu_{settings.self_bleu_max_n}"] = float(np.mean(scores))
+        metrics["self_bleu_samples"] = subset.num_samples
+    for n in range(1, settings.distinct_max_n + 1):
+        metrics[f"distinct_{n}"] = distinct_n(encoded, n)
+        metrics[f"distinct_{n}_per_sample"] = distinct_n_per_sample(encoded, n)
+    return metrics
+
+
+def synthetic_text_metrics(context: Context, synthetic) -> dict:
+    config = context.config
+    metrics = corpus_text_metrics(config, synthetic["text"])
+    human_texts = read_records(context.run.human / "train.parquet")["text"]
+    survival, rare = rare_ngram_survival(human_texts, synthetic["text"], config.evaluate.rare_ngram_n,
+                                         config.evaluate.rare_ngram_max_count, config.evaluate.text_tokenization)
+    metrics.update(rare_survival=survival, rare_ngrams=rare)
+    return metrics
+
+
+def synthetic_tails(context: Context, index: int, model, synthetic, save_dir: Path) -> dict:
+    """Per-sample perplexity of the corpus under the generation-0 model, and its quantiles."""
+    config = context.config
+    if not config.evaluate.tails:
+        return {}
+    scorer = model
+    if index > 0:
+        from lmcollapse.modeling import load_model
+
+        scorer, _ = load_model(context.run.generation(0).model, config.model.attn_implementation, with_tokenizer=False)
+        scorer = scorer.to(context.accelerator.device)
+    values = sample_perplexities(scorer, [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]],
+                                 config.evaluate.batch_size, context.accelerator,
+                                 progress="tails" if context.progress else None)
+    if context.main:
+        from lmcollapse.atomic import atomic_path
+
+        with atomic_path(save_dir / "tails.npy") as scratch:
+            with open(scratch, "wb") as handle:
+                np.save(handle, values)
+    finite = values[np.isfinite(values)]
+    quantiles = np.percentile(finite, TAIL_QUANTILES) if len(finite) else [math.nan] * len(TAIL_QUANTILES)
+    return {f"tail_ppl_p{q}": float(v) for q, v in zip(TAIL_QUANTILES, quantiles)} | {
+        "scored_by": "generation-00/model", "samples": int(len(finite))}
+
+
+def metrics_row(config, index, train_set, sources, train_log, shards, perplexities, text_metrics, tails, timings) -> dict:
+    samples = sum(s["records"] for s in shards)
+    new_tokens = sum(s["new_tokens"] for s in shards)
+    row = {"generation": index, "seed": config.seed,
+           "ppl_blocks": perplexities["ppl_blocks"], "ppl_sliding": perplexities["ppl_sliding"]}
+    row.update({k: v for k, v in text_metrics.items() if k.startswith(("self_bleu_", "distinct_", "rare_survival"))
+                and k not in ("self_bleu_samples", "self_bleu_smoothing")})
+    row.update({k: v for k, v in tails.items() if k.startswith("tail_ppl_")})
+    row.update({
+        "train_blocks": len(train_set), "train_human_fraction": sources.get(HUMAN, 0) / max(len(train_set), 1),
+        "train_tokens": train_log["tokens"], "train_steps": train_log["steps"], "train_loss": train_log["final_loss"],
+        "train_seconds": timings["train_seconds"],
+        "train_tokens_per_second": train_log["tokens"] / train_log["seconds"] if train_log["seconds"] else math.nan,
+        "synthetic_samples": samples, "synthetic_tokens": new_tokens,
+        "generate_seconds": timings["generate_seconds"],
+        "generate_tokens_per_second": new_tokens / timings["generate_seconds"] if timings["generate_seconds"] else math.nan,
+        "eval_seconds": timings["eval_seconds"]})
+    return row
+
+
+# ---------------------------------------------------------------------------- the table
+
+def collect_rows(run: RunDir) -> list[dict]:
+    return [read_manifest(g.manifest)["metrics"] for g in run.complete_generations()]
+
+
+def reference_rows(run: RunDir) -> dict[str, dict]:
+    reference = {}
+    if (run.base / "eval.json").is_file():
+        reference["base"] = {k: v for k, v in read_json(run.base / "eval.json").items() if k.startswith("ppl_")}
+    if (run.human / MANIFEST).is_file():
+        reference["human"] = dict(read_json(run.human / MANIFEST).get("text_metrics", {}))
+    return reference
+
+
+def refresh_metrics(run: RunDir, config: PipelineConfig) -> None:
+    header = {"run": run.name, "pipeline": config.name, "config_fingerprint": config.fingerprint(),
+              "seed": config.seed, "reference": reference_rows(run)}
+    write_metrics(run.root, collect_rows(run), header)
+
+
+def summary_table(run: RunDir) -> str:
+    return format_table(collect_rows(run), reference_rows(run))

@@ -1,0 +1,167 @@
+"""Read-only views of a run: the plan (``--dry-run``) and the status (``lmcollapse status``).
+
+Neither computes, downloads nor writes anything: the plan reads the config, the corpus files'
+sizes and whatever the run directory already holds; the status reads markers, checkpoints and
+shard sidecars.
+
+    print(describe_plan(config, RunDir(Path("runs/tiny")), last_generation=4))
+    print(describe_status(RunDir(Path("runs/tiny"))))
+"""
+
+from __future__ import annotations
+
+from lmcollapse import corpus
+from lmcollapse.atomic import read_json
+from lmcollapse.config import PipelineConfig, load_config, result_affecting_differences
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.generate import completed_shard, shard_ranges
+from lmcollapse.rundir import MANIFEST, GenerationDir, RunDir, lock_holder
+from lmcollapse.train import latest_checkpoint, steps_per_epoch
+
+BYTES_PER_TOKEN_ESTIMATE = 4.0  # byte-level BPE on English Wikipedia text, roughly
+
+
+def preset_parameters(config: PipelineConfig) -> int:
+    """Parameter count of a preset, from its shape on the meta device (no memory, no weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    shape = config.model.architecture()
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(OPTConfig(**shape, word_embed_proj_dim=shape["hidden_size"]))
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> str:
+    data, train, gen, ev = config.data, config.train, config.generate, config.evaluate
+    lines = [f"pipeline {config.name} -> run {run.root}  (config fingerprint {config.fingerprint()[:12]}, seed {config.seed})"]
+    if config.description:
+        lines.append(f"  {config.description}")
+    if run.pipeline_file.is_file():
+        differences = result_affecting_differences(load_config(run.pipeline_file), config)
+        if differences:
+            key, old, new = differences[0]
+            lines.append(f"  WARNING: the run was built from a different config ({key}: {old!r} -> {new!r}); building would stop")
+
+    if config.model.is_preset:
+        shape = config.model.architecture()
+        lines.append(
+            f"model: preset {config.model.name} with fresh weights: {shape['num_hidden_layers']} layers x "
+            f"{shape['hidden_size']} wide, {shape['num_attention_heads']} heads, ffn {shape['ffn_dim']}, "
+            f"{preset_parameters(config) / 1e6:.2f}M parameters with a {shape['vocab_size']}-token BPE tokenizer "
+            f"trained on the {data.train_split} split")
+    else:
+        lines.append(f"model: pretrained {config.model.name} (from_pretrained; copied into {run.base_model})")
+    lines.append(f"  every generation starts from {'the base model' if config.model.init == 'base' else 'the previous generation'}")
+
+    human_blocks = None
+    if (run.human / MANIFEST).is_file():
+        human_blocks = read_json(run.human / MANIFEST)["train"]["blocks"]
+    for role, split in (("train", data.train_split), ("held out", data.heldout_split)):
+        source = corpus.locate_split(data.corpus, split)
+        if source.is_local:
+            size = sum(p.stat().st_size for p in source.files)
+        else:
+            size = corpus.NAMED_CORPORA[data.corpus].sizes.get(split, 0)
+        estimate = int(size / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
+        lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{estimate} blocks)")
+        if role == "train" and human_blocks is None:
+            human_blocks = estimate if data.max_train_blocks is None else min(estimate, data.max_train_blocks)
+    if data.max_train_blocks is not None:
+        lines.append(f"  training set capped at {data.max_train_blocks} blocks (fixed subset, seed {data.subset_seed})")
+    regime = "replace: each generation trains only on the previous generation's text" if data.regime == "replace" else \
+        f"keep-fraction: {data.human_fraction:.0%} human blocks ({'resampled' if data.human_resample else 'fixed'}) + synthetic"
+    lines.append(f"regime: {regime}")
+
+    micro = train.micro_batch_size or train.batch_size
+    steps = f"{train.epochs * steps_per_epoch(human_blocks, train.batch_size)}" if human_blocks else "?"
+    exact = "" if (run.human / MANIFEST).is_file() else "~"
+    lines.append(
+        f"train: {train.epochs} epochs, batch {train.batch_size} blocks (micro-batch {micro}), AdamW lr "
+        f"{train.learning_rate:g} -> {train.min_learning_rate:g} cosine, warm-up {train.warmup_steps}, "
+        f"weight decay {train.weight_decay:g}, precision {train.mixed_precision}; {exact}{steps} steps per generation")
+    decoding = ("sampling" + "".join(
+        f", {k} {v}" for k, v in (("temperature", gen.temperature), ("top_k", gen.top_k), ("top_p", gen.top_p),
+                                  ("typical_p", gen.typical_p)) if v is not None)) if gen.do_sample else "search"
+    lines.append(
+        f"generate: {decoding}, {gen.num_beams} beam(s), repetition penalty {gen.repetition_penalty:g}, "
+        f"no-repeat n-gram {gen.no_repeat_ngram_size}, {gen.min_new_tokens}-{gen.max_new_tokens} new tokens per "
+        f"prompt of {gen.prompt_tokens or data.block_size} tokens, batch {gen.batch_size}, shards of {gen.shard_size}")
+    lines.append(
+        f"evaluate: ppl over {config.eval_block_size}-token blocks and a {ev.window}-token window (stride {ev.stride}); "
+        f"self-BLEU-{ev.self_bleu_max_n} ({ev.self_bleu_smoothing}) on {ev.self_bleu_samples or 'all'} samples, "
+        f"distinct-1..{ev.distinct_max_n}, rare {ev.rare_ngram_n}-gram survival, tails {'on' if ev.tails else 'off'}; "
+        f"words: {ev.text_tokenization}")
+    lines.append("stages:")
+    lines.extend(f"  {line}" for line in stage_lines(run, last_generation, config))
+    return "\n".join(lines)
+
+
+def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None) -> list[str]:
+    lines = [
+        f"base           {'complete' if (run.base / MANIFEST).is_file() else 'to build'}",
+        f"human          {'complete' if (run.human / MANIFEST).is_file() else 'to build'}",
+    ]
+    for index in range(last_generation + 1):
+        generation = run.generation(index)
+        lines.append(f"{generation.name:<14} {generation_state(generation, config)}")
+    return lines
+
+
+def generation_state(generation: GenerationDir, config: PipelineConfig | None) -> str:
+    """complete / partial (what is done) / missing, from what is on disk."""
+    if generation.is_complete:
+        return "complete"
+    if not generation.root.exists():
+        return "missing"
+    done = []
+    if generation.train_set.is_file():
+        done.append("training set")
+    if generation.model.is_dir():
+        done.append("model trained")
+    else:
+        checkpoint = latest_checkpoint(generation.checkpoints)
+        if checkpoint is not None:
+            total = ""
+            if config is not None and generation.train_set.is_file():
+                import pyarrow.parquet as pq
+
+                blocks = pq.ParquetFile(generation.train_set).metadata.num_rows
+                total = f" of {config.train.epochs * steps_per_epoch(blocks, config.train.batch_size)}"
+            done.append(f"training at step {checkpoint.step}{total}")
+    sidecars = sorted(generation.synthetic.glob("shard-*.json")) if generation.synthetic.is_dir() else []
+    if sidecars:
+        finished = sum(1 for s in sidecars if completed_shard(generation.synthetic, int(s.stem.split("-")[1])))
+        total = ""
+        if config is not None and generation.train_set.is_file():
+            import pyarrow.parquet as pq
+
+            rows = pq.ParquetFile(generation.train_set).metadata.num_rows
+            total = f" of {len(shard_ranges(rows, config.generate.shard_size))}"
+        done.append(f"{finished}{total} shards")
+    evaluated = [p.stem for p in sorted(generation.eval.glob("*.json"))] if generation.eval.is_dir() else []
+    if evaluated:
+        done.append("eval: " + ", ".join(evaluated))
+    return "partial (" + (", ".join(done) if done else "started") + ")"
+
+
+def describe_status(run: RunDir) -> str:
+    if not run.pipeline_file.is_file():
+        raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with make generation-N RUN={run.root}")
+    config = load_config(run.pipeline_file)
+    on_disk = [g.index for g in run.generations_on_disk()]
+    last = max(on_disk + [config.generations - 1])
+    lines = [f"run {run.root}: pipeline {config.name}, seed {config.seed}, fingerprint {config.fingerprint()[:12]}"]
+    holder = lock_holder(run)
+    lines.append(f"writer: {holder}" if holder else "writer: none (the run is not being written)")
+    lines.extend(stage_lines(run, last, config))
+    complete = [g.index for g in run.complete_generations()]
+    first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
+    if first_missing <= last:
+        state = generation_state(run.generation(first_missing), config)
+        action = "resume" if state.startswith("partial") else "build"
+        lines.append(f"next: make generation-{last} RUN={run.root} would {action} {run.generation(first_missing).name}"
+                     + (f" and build up to generation-{last:02d}" if first_missing < last else ""))
+    else:
+        lines.append(f"next: all {last + 1} generations are complete; make generation-{last + 1} RUN={run.root} builds one more")
+    return "\n".join(lines)

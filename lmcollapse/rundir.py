@@ -1,0 +1,261 @@
+"""The run directory: where every artefact of a run lives, who may write it, what is complete.
+
+    runs/<run>/
+      pipeline.yaml           the resolved config, exactly as used
+      .lock                   held (flock) by the one process writing the run
+      base/model/             the starting weights and tokenizer; base/manifest.json
+      base/eval.json          zero-shot perplexity of the base model
+      human/                  train.parquet, heldout.parquet (token blocks with provenance),
+                              manifest.json (sizes, sha256, human-corpus text metrics)
+      generation-00/
+        train-set.parquet     exactly what this generation trains on
+        checkpoints/          step-000200/ ... while training (removed once model/ exists)
+        model/                the trained model (from_pretrained-loadable)
+        synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json
+        eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json, tails.json
+        manifest.json         written last, atomically: the generation is complete iff it exists
+      metrics.csv, metrics.json
+
+A stage is complete when its marker file exists; markers are written last and atomically, so
+a half-written folder is never mistaken for a done one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmcollapse.atomic import read_json, sha256_file
+from lmcollapse.errors import LmcollapseError
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class GenerationDir:
+    root: Path
+    index: int
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def train_set(self) -> Path:
+        return self.root / "train-set.parquet"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model"
+
+    @property
+    def synthetic(self) -> Path:
+        return self.root / "synthetic"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / MANIFEST
+
+    @property
+    def is_complete(self) -> bool:
+        return self.manifest.is_file()
+
+    def synthetic_shards(self) -> list[Path]:
+        return sorted(self.synthetic.glob("shard-*.parquet"))
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def pipeline_file(self) -> Path:
+        return self.root / "pipeline.yaml"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def base_model(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def human(self) -> Path:
+        return self.root / "human"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def metrics_json(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    def generation(self, index: int) -> GenerationDir:
+        return GenerationDir(self.root / f"generation-{index:02d}", index)
+
+    def generations_on_disk(self) -> list[GenerationDir]:
+        found = []
+        for path in sorted(self.root.glob("generation-*")):
+            suffix = path.name.removeprefix("generation-")
+            if path.is_dir() and suffix.isdigit():
+                found.append(GenerationDir(path, int(suffix)))
+        return sorted(found, key=lambda g: g.index)
+
+    def complete_generations(self) -> list[GenerationDir]:
+        return [g for g in self.generations_on_disk() if g.is_complete]
+
+
+# ---------------------------------------------------------------------------- one writer per run
+
+@contextlib.contextmanager
+def run_lock(run: RunDir, enabled: bool = True) -> Iterator[None]:
+    """Hold the run's lock for the duration, or fail at once if another live process holds it.
+
+    ``flock`` is released by the kernel when its holder dies, so a lock left by a killed
+    process never blocks: the file may still name it, but nobody holds it.
+    """
+    if not enabled:
+        yield
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(run.lock_file)
+            raise LmcollapseError(
+                f"run {run.root} is being written by another process ({holder}): wait for it to finish "
+                "or stop it; two writers would corrupt the run") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                 "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+        yield
+    finally:
+        os.close(fd)
+
+
+def _read_holder(lock_file: Path) -> str:
+    try:
+        info = json.loads(lock_file.read_text() or "{}")
+        return f"pid {info.get('pid')} on {info.get('host')}, since {info.get('since')}"
+    except (OSError, ValueError):
+        return "unknown process"
+
+
+def lock_holder(run: RunDir) -> str | None:
+    """Who holds the run's lock now, or None if nobody does (a stale file is not a holder)."""
+    if not run.lock_file.exists():
+        return None
+    fd = os.open(run.lock_file, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except BlockingIOError:
+        return _read_holder(run.lock_file)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------- provenance
+
+def environment_record() -> dict:
+    """Package versions, git commit, machine: what a reader needs to trust a number."""
+    import accelerate
+    import datasets
+    import tokenizers
+    import torch
+    import transformers
+
+    import lmcollapse
+
+    versions = {
+        "python": platform.python_version(), "lmcollapse": lmcollapse.__version__, "torch": torch.__version__,
+        "transformers": transformers.__version__, "datasets": datasets.__version__,
+        "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__,
+    }
+    return {"versions": versions, "git_commit": git_commit(), "machine": platform.machine(),
+            "device": _device_name()}
+
+
+def git_commit() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _device_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({os.cpu_count()} cores)"
+
+
+def manifest_sha256(path: Path) -> str | None:
+    return sha256_file(path) if path.is_file() else None
+
+
+def read_manifest(path: Path) -> dict:
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        raise LmcollapseError(f"{path} is unreadable (modified by hand?): restore it, or delete its folder to rebuild that stage") from None
+
+
+def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_changed: bool) -> list[str]:
+    """Compare files under ``root`` with the sha256 recorded when ``what`` completed.
+
+    Raises naming the first changed file unless ``accept_changed``; returns the changed names.
+    """
+    changed = []
+    for name, expected in sorted(recorded.items()):
+        path = root / name
+        actual = sha256_file(path) if path.is_file() else None
+        if actual != expected:
+            changed.append(name)
+            if not accept_changed:
+                state = "is missing" if actual is None else f"changed (sha256 {actual[:12]}, recorded {expected[:12]})"
+                raise LmcollapseError(
+                    f"{path} {state} since {what} completed: restore it, delete {root.name if root.name else root} "
+                    "to rebuild it, or pass --accept-changed (ACCEPT_CHANGED=1) to use it as it is now")
+    return changed

@@ -1,0 +1,96 @@
+"""A run's metrics as ``metrics.csv`` / ``metrics.json``, and as a table on the terminal.
+
+One row per generation, in the column order below; the reference rows (the base model's
+zero-shot perplexity, the human corpus's own diversity) live in ``metrics.json`` and head the
+printed table.
+
+    write_metrics(run, rows, reference)
+    print(format_table(rows, reference))
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from lmcollapse.atomic import write_json_atomic, write_text_atomic
+from lmcollapse.metrics import REGISTRY, TAIL_QUANTILES
+
+IDENTITY_COLUMNS = ["generation", "seed"]
+RUN_COLUMNS = {
+    "train_blocks": "Blocks in the generation's training set.",
+    "train_human_fraction": "Fraction of those blocks that are human text (from the provenance column).",
+    "train_tokens": "Tokens seen in training (all epochs).",
+    "train_steps": "Optimizer steps.",
+    "train_loss": "Mean training loss (token NLL) over the last epoch.",
+    "train_seconds": "Wall time of training.",
+    "train_tokens_per_second": "Training throughput.",
+    "synthetic_samples": "Records in the synthetic corpus the generation wrote.",
+    "synthetic_tokens": "New tokens in that corpus.",
+    "generate_seconds": "Wall time of writing the synthetic corpus.",
+    "generate_tokens_per_second": "New tokens per second while generating.",
+    "eval_seconds": "Wall time of evaluation (perplexities, text metrics, tails).",
+}
+
+
+def metric_columns(self_bleu_max_n: int, distinct_max_n: int) -> list[str]:
+    return ([
+        "ppl_blocks", "ppl_sliding", f"self_bleu_{self_bleu_max_n}"]
+        + [f"distinct_{n}" for n in range(1, distinct_max_n + 1)]
+        + [f"distinct_{n}_per_sample" for n in range(1, distinct_max_n + 1)]
+        + [f"tail_ppl_p{q}" for q in TAIL_QUANTILES]
+        + ["rare_survival"])
+
+
+def all_columns(rows: list[dict]) -> list[str]:
+    """Identity, metric and run columns present in ``rows``, in a stable order."""
+    present = {key for row in rows for key in row}
+    ordered = IDENTITY_COLUMNS + [m for m in REGISTRY if m in present] + [c for c in RUN_COLUMNS if c in present]
+    return ordered + sorted(present - set(ordered))
+
+
+def write_metrics(run_root: Path, rows: list[dict], header: dict) -> None:
+    columns = all_columns(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    write_text_atomic(run_root / "metrics.csv", buffer.getvalue())
+    write_json_atomic(run_root / "metrics.json", {**header, "columns": columns, "generations": rows})
+
+
+def _csv_value(value):
+    if isinstance(value, float):
+        return "" if math.isnan(value) else repr(value)
+    return "" if value is None else value
+
+
+TERMINAL_COLUMNS = ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "tail_ppl_p99",
+                    "rare_survival", "train_loss", "train_seconds"]
+
+
+def format_table(rows: list[dict], reference: dict | None = None, columns: list[str] | None = None) -> str:
+    """A fixed-width table: reference rows (base, human) first, then one row per generation."""
+    present = {k for row in rows for k in row} | {k for r in (reference or {}).values() for k in r}
+    columns = [c for c in (columns or TERMINAL_COLUMNS) if c in present]
+    table = [["generation"] + columns]
+    for label, values in (reference or {}).items():
+        table.append([label] + [_fmt(c, values.get(c)) for c in columns])
+    for row in rows:
+        table.append([str(row["generation"])] + [_fmt(c, row.get(c)) for c in columns])
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(column: str, value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        decimals = REGISTRY[column].decimals if column in REGISTRY else (1 if "seconds" in column else 3)
+        return f"{value:.{decimals}f}"
+    return str(value)

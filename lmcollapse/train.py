@@ -1,0 +1,267 @@
+"""Train one generation's model with ``accelerate``: resumable, and bit-reproducible on CPU.
+
+* Data order is a pure function of (seed, generation, epoch): step ``s`` always sees the same
+  global batch, so a resumed run feeds exactly the batches an uninterrupted one feeds (no
+  ``skip_first_batches``). Each process takes every P-th block of the global batch.
+* The loss is the (weighted) sum of token NLL divided by the token count of the *global* batch,
+  so gradient accumulation and the number of processes do not change the arithmetic.
+* Dropout is reseeded from (seed, generation, step, process) before every step.
+* AdamW, then a linear warm-up and a cosine decay to ``min_learning_rate`` at the last step.
+* Every ``checkpoint_every`` steps, ``accelerator.save_state`` (model, optimizer, scheduler, RNG)
+  plus ``trainer_state.json`` (step, loss log, data fingerprint, sha256 of each file) is written
+  to ``.step-000123.tmp`` and renamed to ``step-000123`` once complete; the last
+  ``keep_checkpoints`` are kept. Resumption takes the newest complete one by step number.
+
+    outcome = train_model(model, sequences, config.train, seed=0, generation=1,
+                          checkpoint_dir=gen / "checkpoints", accelerator=accelerator,
+                          data_fingerprint=sha, pad_id=1)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from lmcollapse.atomic import (
+    canonical_json,
+    fsync_dir,
+    fsync_path,
+    read_json,
+    remove_path,
+    sha256_file,
+    temporary_sibling,
+)
+from lmcollapse.config import TrainConfig
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.interrupts import check_stop
+from lmcollapse.seeding import derive_seed, rng
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainOutcome:
+    steps: int
+    tokens: int
+    seconds: float
+    final_loss: float
+    log: list[dict] = field(default_factory=list)
+    resumed_from_step: int | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+def schedule(config: TrainConfig, total_steps: int):
+    """Learning-rate multiplier per step: linear warm-up, then cosine down to the floor."""
+    floor = config.min_learning_rate / config.learning_rate
+    warmup = config.warmup_steps
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        span = max(total_steps - 1 - warmup, 1)
+        progress = min(max(step - warmup, 0) / span, 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def steps_per_epoch(num_blocks: int, batch_size: int) -> int:
+    return math.ceil(num_blocks / batch_size)
+
+
+def epoch_order(seed: int, generation: int, epoch: int, num_blocks: int) -> np.ndarray:
+    return rng(seed, "order", generation, epoch).permutation(num_blocks)
+
+
+def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed: int, generation: int,
+                checkpoint_dir: Path, accelerator, data_fingerprint: str, pad_id: int,
+                weights: np.ndarray | None = None, progress: bool = True) -> tuple[object, TrainOutcome]:
+    """Train ``model`` on ``sequences`` (token-id arrays); returns the unwrapped model and a log."""
+    n = len(sequences)
+    if n == 0:
+        raise LmcollapseError(f"generation {generation} has an empty training set")
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batch = config.batch_size
+    micro = config.micro_batch_size or math.ceil(batch / world)
+    per_epoch = steps_per_epoch(n, batch)
+    total_steps = config.epochs * per_epoch
+    weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    lengths = np.array([len(s) for s in sequences], dtype=np.int64)
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    start_step, history, resumed = 0, [], None
+    latest = latest_checkpoint(checkpoint_dir)
+    if latest is not None:
+        state = verify_checkpoint(latest, data_fingerprint)
+        accelerator.load_state(str(latest.path))
+        start_step, history, resumed = latest.step, list(state["log"]), latest.step
+        log.info("generation %d: resuming training at step %d of %d from %s", generation, start_step, total_steps, latest.path)
+
+    def save(step: int) -> None:
+        save_checkpoint(accelerator, checkpoint_dir, step, history, data_fingerprint, config.keep_checkpoints)
+
+    model.train()
+    started = time.perf_counter()
+    tokens_seen = 0
+    orders: dict[int, np.ndarray] = {}
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train gen {generation}", unit="step",
+               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    for step in range(start_step, total_steps):
+        check_stop(f"while training generation {generation} (step {step}/{total_steps})",
+                   save=(lambda s=step: save(s)) if step > start_step else None, accelerator=accelerator)
+        epoch, index = divmod(step, per_epoch)
+        if epoch not in orders:
+            orders = {epoch: epoch_order(seed, generation, epoch, n)}
+        global_batch = orders[epoch][index * batch:(index + 1) * batch]
+        normalizer = float(np.sum(weights[global_batch] * np.maximum(lengths[global_batch] - 1, 0)))
+        mine = global_batch[rank::world]
+        chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)] or [mine[:0]]
+
+        torch.manual_seed(derive_seed(seed, "dropout", generation, step, rank))
+        step_loss = torch.zeros((), device=accelerator.device)
+        for k, chunk in enumerate(chunks):
+            last = k == len(chunks) - 1
+            sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
+            with sync:
+                loss = _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer)
+                # DDP averages gradients over processes; scaling by the world size turns that
+                # average back into the sum the global normalizer expects.
+                accelerator.backward(loss * world)
+            step_loss += loss.detach()
+        if config.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        if world > 1:
+            step_loss = accelerator.reduce(step_loss, reduction="sum")
+        batch_tokens = int(np.sum(lengths[global_batch]))
+        tokens_seen += batch_tokens
+        elapsed = time.perf_counter() - started
+        history.append({"step": step + 1, "epoch": epoch, "loss": float(step_loss.item()),
+                        "lr": float(scheduler.get_last_lr()[0]), "tokens": batch_tokens})
+        bar.update(1)
+        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
+            save(step + 1)
+    bar.close()
+    seconds = time.perf_counter() - started
+    last_epoch = [h["loss"] for h in history if h["epoch"] == config.epochs - 1]
+    outcome = TrainOutcome(total_steps, tokens_seen, seconds, float(np.mean(last_epoch)) if last_epoch else float("nan"),
+                           history, resumed)
+    return accelerator.unwrap_model(model), outcome
+
+
+def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer):
+    if len(chunk) == 0:
+        # This process has no block in a short last batch; DDP still needs its backward
+        # pass to join the gradient all-reduce, so run a zero-weight one.
+        ids = torch.full((1, 2), pad_id, dtype=torch.long, device=accelerator.device)
+        with accelerator.autocast():
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        return logits.float().sum() * 0.0
+    rows = [sequences[i] for i in chunk]
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for k, row in enumerate(rows):
+        ids[k, :len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+        mask[k, :len(row)] = 1
+    ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+    with accelerator.autocast():
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    token_nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
+    scored = mask[:, 1:].to(token_nll.dtype)
+    row_weights = torch.as_tensor(weights[chunk], dtype=token_nll.dtype, device=token_nll.device)
+    return (token_nll * scored * row_weights[:, None]).sum() / max(normalizer, 1e-12)
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first, by the step number in their name (never by mtime)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoint_dir.iterdir():
+        match = CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            found.append(Checkpoint(int(match.group(1)), path))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Checkpoint | None:
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def verify_checkpoint(checkpoint: Checkpoint, data_fingerprint: str) -> dict:
+    """Check a checkpoint's files against the sha256 it recorded and its data fingerprint."""
+    try:
+        state = read_json(checkpoint.path / STATE_FILE)
+    except (OSError, ValueError):
+        raise LmcollapseError(f"checkpoint {checkpoint.path} has an unreadable {STATE_FILE}: delete the folder to resume from an earlier checkpoint") from None
+    if state.get("data_fingerprint") != data_fingerprint:
+        raise LmcollapseError(
+            f"checkpoint {checkpoint.path} was trained on other data (fingerprint does not match "
+            "this generation's training set): delete the checkpoints folder to retrain from the start")
+    for name, expected in state.get("files", {}).items():
+        path = checkpoint.path / name
+        if not path.is_file() or sha256_file(path) != expected:
+            raise LmcollapseError(
+                f"checkpoint file {path} is missing or does not match its recorded sha256 (truncated or "
+                f"modified): delete {checkpoint.path} to resume from an earlier checkpoint")
+    return state
+
+
+def save_checkpoint(accelerator, checkpoint_dir: Path, step: int, history: list[dict],
+                    data_fingerprint: str, keep: int) -> Path:
+    final = checkpoint_dir / f"step-{step:06d}"
+    scratch = temporary_sibling(final)
+    if accelerator.is_main_process:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        remove_path(scratch)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(scratch), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        files = {p.name: sha256_file(p) for p in sorted(scratch.iterdir()) if p.is_file()}
+        state = {"step": step, "data_fingerprint": data_fingerprint, "log": history, "files": files}
+        (scratch / STATE_FILE).write_text(canonical_json(state, indent=1), encoding="utf-8")
+        fsync_path(scratch)
+        # NOTE: trainer_state.json is written last and the folder renamed in one step, so a
+        # folder named step-NNNNNN is always complete.
+        remove_path(final)
+        os.replace(scratch, final)
+        fsync_dir(checkpoint_dir)
+        for old in list_checkpoints(checkpoint_dir)[:-keep]:
+            remove_path(old.path)
+    accelerator.wait_for_everyone()
+    return final

@@ -1,0 +1,53 @@
+"""Fixtures: the WikiText-2 corpus (from LMCOLLAPSE_DATA_DIR, never copied into the repository),
+a small corpus folder cut from it in a temporary directory, and an offline environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+
+CORPUS_LINES = {"train.txt": ("wiki.valid.raw", 260), "test.txt": ("wiki.test.raw", 160)}
+
+
+def _data_dir() -> Path | None:
+    candidates = [os.environ.get("LMCOLLAPSE_DATA_DIR"), str(REPO.parent / "shared" / "data")]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "wikitext-2-raw" / "wiki.valid.raw").is_file():
+            return Path(candidate).resolve()
+    return None
+
+
+DATA_DIR = _data_dir()
+requires_corpus = pytest.mark.skipif(DATA_DIR is None, reason="WikiText-2 not found: set LMCOLLAPSE_DATA_DIR")
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """Tests never reach the network: the hub is off, the corpus comes from LMCOLLAPSE_DATA_DIR."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    if DATA_DIR is not None:
+        monkeypatch.setenv("LMCOLLAPSE_DATA_DIR", str(DATA_DIR))
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if DATA_DIR is None:
+        pytest.skip("WikiText-2 not found: set LMCOLLAPSE_DATA_DIR")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, data_dir) -> Path:
+    """A local corpus folder (train.txt, test.txt) holding the first lines of the real splits."""
+    folder = tmp_path_factory.mktemp("corpus")
+    for name, (source, lines) in CORPUS_LINES.items():
+        with open(data_dir / "wikitext-2-raw" / source, encoding="utf-8") as handle:
+            text = "".join(handle.readline() for _ in range(lines))
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder

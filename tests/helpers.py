@@ -1,0 +1,74 @@
+"""Shared test helpers: a micro pipeline config and tree snapshots.
+
+The micro pipeline (a 1-layer OPT of width 16, 16-token blocks, 24 training blocks) runs a
+generation in about a second on a CPU, so end-to-end tests exercise the real stages.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmcollapse.atomic import sha256_file
+from lmcollapse.config import PipelineConfig, build_config, parse_overrides
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def micro_raw_config(corpus: Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "name": "micro", "seed": 0, "generations": 2,
+        "data": {"corpus": str(corpus), "train_split": "train", "heldout_split": "test",
+                 "block_size": 16, "max_train_blocks": 24, "max_heldout_blocks": 12},
+        "model": {"name": "tiny-opt", "vocab_size": 300, "hidden_size": 16, "num_layers": 1,
+                  "num_heads": 2, "ffn_dim": 32, "max_positions": 64},
+        "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3.0e-3, "min_learning_rate": 1.0e-4,
+                  "checkpoint_every": 2, "keep_checkpoints": 2},
+        "generate": {"num_beams": 1, "do_sample": True, "repetition_penalty": 1.0,
+                     "min_new_tokens": 8, "max_new_tokens": 8, "batch_size": 8, "shard_size": 10},
+        "evaluate": {"window": 16, "stride": 8, "batch_size": 8, "self_bleu_samples": 10},
+    }
+    for key, value in parse_overrides(overrides or []).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return raw
+
+
+def micro_config(corpus: Path, overrides: list[str] | None = None) -> PipelineConfig:
+    return build_config(micro_raw_config(corpus, overrides))
+
+
+def write_pipeline(path: Path, raw: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def tree_state(root: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime (ns) of every file under ``root``: equal iff nothing was rewritten."""
+    return {
+        p.relative_to(root).as_posix(): (sha256_file(p), p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"
+    }
+
+
+def tree_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock" and not any(part in skip for part in p.relative_to(root).parts)
+    }
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m lmcollapse ...`` in a subprocess (the real entry point, exit codes included)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=cwd or REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,100 @@
+"""The command line: bad input is one line on stderr, a non-zero exit, and no change on disk."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import REPO, micro_raw_config, run_cli, tree_state, write_pipeline
+from lmcollapse.cli import main
+
+
+@pytest.fixture(scope="module")
+def built_run(tmp_path_factory, small_corpus):
+    """A complete micro run (generation 0) and its pipeline file."""
+    folder = tmp_path_factory.mktemp("cli")
+    pipeline = write_pipeline(folder / "micro.yaml", micro_raw_config(small_corpus, ["train.epochs=1"]))
+    run = folder / "run"
+    assert main(["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress"]) == 0
+    return pipeline, run
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith("lmcollapse: error: ")
+    return err[0]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.epoch=1"], "unknown config key train.epoch (did you mean train.epochs?)"),
+    (["generate.do_sample=true", "generate.temperature=-0.5"], "generate.temperature: must be positive"),
+    (["data.regime=keep-fraction", "data.human_fraction=1.5"], "data.human_fraction: must be between 0 and 1"),
+    (["train.epochs=2"], "was built from a different config (train.epochs: 1 -> 2)"),
+    (["data.corpus=/nonexistent/corpus"], "corpus '/nonexistent/corpus' not found"),
+    (["model.init=previous"], "was built from a different config (model.init: 'base' -> 'previous')"),
+])
+def test_bad_input_on_an_existing_run_changes_nothing(built_run, capsys, overrides, message):
+    pipeline, run = built_run
+    before = tree_state(run)
+    code = main(["generation", "1", "--pipeline", str(pipeline), "--run", str(run), "--no-progress", "--set", *overrides])
+    assert code == 2
+    assert message in one_line_error(capsys)
+    assert tree_state(run) == before
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"\xff\xfe binary \x00 data\n", "is not UTF-8"),
+    (b"tiny\n", "fewer than one block"),
+])
+def test_bad_corpus_on_a_new_run_leaves_no_run_behind(tmp_path, small_corpus, capsys, content, message):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.txt").write_bytes(content)
+    (corpus / "test.txt").write_bytes((small_corpus / "test.txt").read_bytes())
+    pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(corpus))
+    run = tmp_path / "run"
+    assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress"]) == 2
+    assert message in one_line_error(capsys)
+    assert not run.exists()
+
+
+def test_model_folder_without_weights(tmp_path, small_corpus, capsys):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    raw = micro_raw_config(small_corpus)
+    raw["model"] = {"name": str(folder)}
+    pipeline = write_pipeline(tmp_path / "p.yaml", raw)
+    assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run")]) == 2
+    assert "has no weights (model.safetensors, pytorch_model.bin)" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_refused(tmp_path, small_corpus, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(small_corpus))
+    assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run")]) == 2
+    assert "holds no pipeline.yaml" in one_line_error(capsys)
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("pipeline", ["shumailov-opt125m", "shumailov-opt125m-keep10"])
+def test_paper_pipelines_dry_run_offline(pipeline, tmp_path, capsys, data_dir):
+    run = tmp_path / "run"
+    assert main(["run", "--dry-run", "--pipeline", str(REPO / "pipelines" / f"{pipeline}.yaml"), "--run", str(run)]) == 0
+    plan = capsys.readouterr().out
+    assert "model: pretrained facebook/opt-125m" in plan
+    assert "train: wikitext-2-raw-v1 train <- hub Salesforce/wikitext" in plan  # not on disk here
+    assert "5 beam(s), repetition penalty 3" in plan and "64-64 new tokens" in plan
+    assert "generation-09  missing" in plan and "steps per generation" in plan
+    assert not run.exists()
+
+
+def test_the_real_entry_point_exits_non_zero_with_one_line(tmp_path):
+    result = run_cli("generation", "0", "--pipeline", "pipelines/shumailov-opt125m.yaml", "--run", str(tmp_path / "r"),
+                     "--set", "generate.top_k=5")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "lmcollapse: error: generate.top_k: only applies when sampling; set generate.do_sample=true"
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,120 @@
+"""Config: shipped pipelines load, overrides apply, bad keys and values are one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from lmcollapse.config import (
+    PipelineConfig,
+    describe_config,
+    field_docs,
+    load_config,
+    parse_overrides,
+    result_affecting_differences,
+)
+from lmcollapse.errors import ConfigError
+
+PIPELINES = sorted((REPO / "pipelines").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.stem)
+def test_shipped_pipelines_load_and_open_with_their_command(path: Path):
+    config = load_config(path)
+    assert config.name == path.stem
+    first_line = path.read_text().splitlines()[0]
+    assert first_line.startswith("# make "), "each pipeline opens with the command that runs it"
+    assert config.description
+
+
+def test_paper_pipelines_match_the_reference_experiment():
+    paper = load_config(REPO / "pipelines" / "shumailov-opt125m.yaml")
+    keep = load_config(REPO / "pipelines" / "shumailov-opt125m-keep10.yaml")
+    for config in (paper, keep):
+        assert config.model.name == "facebook/opt-125m" and config.model.init == "base"
+        assert (config.data.corpus, config.data.block_size) == ("wikitext-2-raw-v1", 64)
+        assert (config.generate.num_beams, config.generate.repetition_penalty) == (5, 3.0)
+        assert config.generate.min_new_tokens == config.generate.max_new_tokens == 64
+        assert (config.train.learning_rate, config.train.min_learning_rate, config.train.batch_size) == (2e-5, 1e-6, 128)
+    assert (paper.train.epochs, paper.data.regime) == (5, "replace")
+    assert (keep.train.epochs, keep.data.regime, keep.data.human_fraction) == (10, "keep-fraction", 0.1)
+
+
+def test_dotted_overrides_are_parsed_as_yaml_values():
+    assert parse_overrides(["train.epochs=1 generate.num_beams=1", "seed=3", "model.name=facebook/opt-125m"]) == {
+        "train.epochs": 1, "generate.num_beams": 1, "seed": 3, "model.name": "facebook/opt-125m"}
+    config = load_config(REPO / "pipelines" / "tiny.yaml", ["train.epochs=1", "train.learning_rate=1e-3", "data.max_train_blocks=null"])
+    assert config.train.epochs == 1
+    assert config.train.learning_rate == 1e-3  # "1e-3" is a string in YAML 1.1; accepted as a number
+    assert config.data.max_train_blocks is None
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=1", "unknown config key train.epoch (did you mean train.epochs?)"),
+    ("trian.epochs=1", "unknown config key trian"),
+    ("train.epochs=abc", "train.epochs: expected an integer, got 'abc'"),
+    ("train.epochs=0", "train.epochs: must be at least 1, got 0"),
+    ("generate.do_sample=yes-please", "generate.do_sample: expected true or false"),
+    ("data.regime=accumulate-everything", "data.regime: expected one of replace, keep-fraction"),
+    ("generate.do_sample=false generate.temperature=0.7", "generate.temperature: only applies when sampling; set generate.do_sample=true"),
+    ("data.human_fraction=1.5", "data.human_fraction: must be between 0 and 1, got 1.5"),
+    ("data.human_fraction=0.1", "data.human_fraction: has no effect with data.regime=replace"),
+    ("generate.min_new_tokens=100", "generate.min_new_tokens: must not exceed generate.max_new_tokens (64)"),
+    ("model.num_heads=3", "model.num_heads: must divide hidden_size (128), got 3"),
+    ("data.heldout_split=validation", "data.heldout_split: must differ from train_split"),
+    ("train.epochs", "override 'train.epochs' is not key=value"),
+    ("train=3", "train: expected a section"),
+])
+def test_bad_overrides_name_the_key(override: str, message: str):
+    with pytest.raises(ConfigError) as err:
+        load_config(REPO / "pipelines" / "tiny.yaml", [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["generate.do_sample=true", "generate.temperature=-1"], "generate.temperature: must be positive, got -1.0"),
+    (["generate.do_sample=true", "generate.top_p=1.5"], "generate.top_p: must be in (0, 1]"),
+    (["data.regime=keep-fraction", "data.human_fraction=0"], "data.human_fraction: must be above 0"),
+    (["model.name=facebook/opt-125m", "model.hidden_size=64"], "model.hidden_size: only applies to the presets"),
+    (["generate.max_new_tokens=250"], "model.max_positions: is 256 but sequences reach 314 tokens"),
+])
+def test_impossible_values_are_rejected(overrides, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        load_config(REPO / "pipelines" / "tiny.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_yaml_problems_are_one_line(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="pipeline file .*nope.yaml not found"):
+        load_config(missing)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train: [1, 2\n")
+    with pytest.raises(ConfigError, match="broken.yaml line .*not valid YAML"):
+        load_config(broken)
+
+
+def test_every_field_is_documented():
+    def walk(cls):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            assert f.name in docs, f"{cls.__name__}.{f.name} has no docstring"
+            if dataclasses.is_dataclass(f.type) or isinstance(f.default_factory, type):
+                walk(f.default_factory)
+    walk(PipelineConfig)
+    text = describe_config(load_config(REPO / "pipelines" / "tiny.yaml"))
+    assert "# Peak AdamW learning rate." in text and "  learning_rate: 0.002" in text
+
+
+def test_fingerprint_ignores_operational_keys_only():
+    base = load_config(REPO / "pipelines" / "tiny.yaml")
+    operational = load_config(REPO / "pipelines" / "tiny.yaml", ["train.checkpoint_every=7", "evaluate.batch_size=3", "generations=9"])
+    assert base.fingerprint() == operational.fingerprint()
+    assert result_affecting_differences(base, operational) == []
+    changed = load_config(REPO / "pipelines" / "tiny.yaml", ["train.epochs=1"])
+    assert base.fingerprint() != changed.fingerprint()
+    assert result_affecting_differences(base, changed) == [("train.epochs", 6, 1)]

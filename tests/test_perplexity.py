@@ -1,0 +1,110 @@
+"""Perplexity: a hand-computed NLL, sliding window vs blocks, batch-size independence."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lmcollapse.metrics.perplexity import (
+    perplexity,
+    perplexity_blocks,
+    perplexity_sliding,
+    sample_perplexities,
+    sliding_windows,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
+                       max_position_embeddings=64, word_embed_proj_dim=16, pad_token_id=1, bos_token_id=2, eos_token_id=2)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.fixture(scope="module")
+def stream():
+    return np.random.default_rng(0).integers(3, 50, size=203)
+
+
+def hand_nll(model, tokens: np.ndarray, first_scored: int = 1) -> tuple[float, int]:
+    """Sum of -log p(token t | tokens < t) for t >= first_scored, in float64, one sequence at a time."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(tokens)[None]).logits[0].double()
+    log_probs = torch.log_softmax(logits, dim=-1)
+    total = -sum(log_probs[t - 1, tokens[t]].item() for t in range(first_scored, len(tokens)))
+    return total, len(tokens) - first_scored
+
+
+def test_blocks_reproduce_a_hand_computed_nll(tiny_model, stream):
+    result = perplexity_blocks(tiny_model, stream, block_size=16, batch_size=5)
+    blocks = stream[: (len(stream) // 16) * 16].reshape(-1, 16)
+    total, count = 0.0, 0
+    for block in blocks:
+        nll, n = hand_nll(tiny_model, block)
+        total, count = total + nll, count + n
+    assert result.tokens == count == len(blocks) * 15
+    assert abs(result.mean_nll - total / count) < 1e-6
+    assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-6)
+    assert np.allclose(result.sequence_nll, [hand_nll(tiny_model, b)[0] for b in blocks], atol=1e-5)
+
+
+def test_sliding_window_scores_every_token_once_with_its_context(tiny_model, stream):
+    spans = sliding_windows(len(stream), window=32, stride=8)
+    covered = [b + t for b, e, first in spans for t in range(first, e - b)]
+    assert covered == list(range(1, len(stream)))  # every token but the first, once, in order
+    result = perplexity_sliding(tiny_model, stream, window=32, stride=8, batch_size=4)
+    total = sum(hand_nll(tiny_model, stream[b:e], first)[0] for b, e, first in spans)
+    assert result.tokens == len(stream) - 1
+    assert abs(result.mean_nll - total / result.tokens) < 1e-6
+
+
+def test_sliding_with_stride_equal_to_window_is_the_block_method(tiny_model, stream):
+    usable = stream[: (len(stream) // 16) * 16]
+    blocks = perplexity_blocks(tiny_model, usable, 16, batch_size=4)
+    sliding = perplexity_sliding(tiny_model, usable, window=16, stride=16, batch_size=4)
+    assert sliding.tokens == blocks.tokens
+    assert sliding.perplexity == pytest.approx(blocks.perplexity, rel=1e-9)
+
+
+@pytest.mark.parametrize("method", ["blocks", "sliding"])
+def test_results_do_not_depend_on_batch_size(tiny_model, stream, method):
+    def run(batch):
+        if method == "blocks":
+            return perplexity_blocks(tiny_model, stream, 16, batch_size=batch)
+        return perplexity_sliding(tiny_model, stream, window=24, stride=10, batch_size=batch)
+    reference = run(1)
+    for batch in (2, 3, 7, 64):
+        other = run(batch)
+        assert other.tokens == reference.tokens
+        assert other.mean_nll == pytest.approx(reference.mean_nll, abs=1e-6)
+        assert np.allclose(other.sequence_nll, reference.sequence_nll, atol=1e-5)
+
+
+def test_per_sample_perplexity_of_unequal_lengths(tiny_model):
+    rng = np.random.default_rng(1)
+    samples = [rng.integers(3, 50, size=n) for n in (9, 1, 4, 17)]
+    values = sample_perplexities(tiny_model, samples, batch_size=3)
+    assert math.isnan(values[1])  # one token: nothing to predict
+    for sample, value in zip(samples, values):
+        if len(sample) > 1:
+            nll, count = hand_nll(tiny_model, sample)
+            assert value == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_public_function_takes_model_and_tokenizer(tiny_model):
+    class Tokenizer:  # the interface perplexity() needs: __call__ returning input_ids
+        def __call__(self, texts):
+            return {"input_ids": [[2] + [3 + (ord(c) % 40) for c in t] for t in texts]}
+
+    texts = ["hello world\n", "collapse is gradual\n"] * 4
+    by_text = perplexity(tiny_model, Tokenizer(), texts, method="blocks", block_size=8)
+    stream = np.array([t for ids in Tokenizer()(texts)["input_ids"] for t in ids])
+    assert by_text.perplexity == perplexity_blocks(tiny_model, stream, 8).perplexity
+    with pytest.raises(ValueError, match="unknown perplexity method"):
+        perplexity(tiny_model, Tokenizer(), texts, method="mean")

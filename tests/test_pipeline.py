@@ -1,0 +1,126 @@
+"""The pipeline end to end on the micro config: stages, skipping, provenance, from_pretrained."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+
+import pytest
+
+from helpers import REPO, micro_config, tree_state
+from lmcollapse.pipeline import build
+from lmcollapse.records import read_records
+from lmcollapse.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def staged_run(tmp_path_factory, small_corpus):
+    """generation-1 built, a snapshot taken, then generation-3 built on the same run."""
+    root = tmp_path_factory.mktemp("runs") / "micro"
+    config = micro_config(small_corpus)
+    build(config, root, 1, progress=False, echo=lambda _: None)
+    before = {name: tree_state(root / name) for name in ("base", "human", "generation-00", "generation-01")}
+    build(config, root, 3, progress=False, echo=lambda _: None)
+    return config, RunDir(root), before
+
+
+def test_generation_3_after_generation_1_builds_only_2_and_3(staged_run):
+    config, run, before = staged_run
+    for name, state in before.items():
+        assert tree_state(run.root / name) == state, f"{name} was rewritten"
+    for index in (2, 3):
+        generation = run.generation(index)
+        assert generation.is_complete
+        log = json.loads((generation.model / "train_log.json").read_text())
+        assert log["steps"] == config.train.epochs * 3  # 24 blocks, batch 8
+    assert [g.index for g in run.complete_generations()] == [0, 1, 2, 3]
+
+
+def test_run_layout_is_exactly_the_documented_one(staged_run):
+    _, run, _ = staged_run
+    generation = run.generation(2)
+    files = {p.relative_to(generation.root).as_posix() for p in generation.root.rglob("*") if p.is_file()}
+    model_files = {f for f in files if f.startswith("model/")}
+    assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/train_log.json",
+            "model/generation_config.json"} <= model_files
+    assert files - model_files == {
+        "manifest.json", "train-set.parquet",
+        "synthetic/generation_config.json", "synthetic/shard-00000.parquet", "synthetic/shard-00000.json",
+        "synthetic/shard-00001.parquet", "synthetic/shard-00001.json",
+        "synthetic/shard-00002.parquet", "synthetic/shard-00002.json",
+        "eval/perplexity.json", "eval/heldout_block_nll.npy", "eval/text_metrics.json", "eval/tails.json", "eval/tails.npy"}
+    assert not generation.checkpoints.exists()  # removed once the model is saved
+    top = {p.name for p in run.root.iterdir()}
+    assert {"pipeline.yaml", "base", "human", "metrics.csv", "metrics.json"} <= top
+
+
+def test_a_complete_run_is_not_touched_again(staged_run):
+    config, run, _ = staged_run
+    state = tree_state(run.root)
+    rows = build(config, run.root, 3, progress=False, echo=lambda _: None)
+    assert tree_state(run.root) == state
+    assert [r["generation"] for r in rows] == [0, 1, 2, 3]
+
+
+def test_metrics_table_has_a_finite_row_per_generation(staged_run):
+    _, run, _ = staged_run
+    with open(run.metrics_csv) as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["generation"]) for r in rows] == [0, 1, 2, 3]
+    for row in rows:
+        for column in ("ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "train_loss"):
+            assert math.isfinite(float(row[column])) and float(row[column]) >= 0, column
+    summary = json.loads(run.metrics_json.read_text())
+    assert summary["reference"]["base"]["ppl_blocks"] > 0 and "distinct_1" in summary["reference"]["human"]
+    manifest = json.loads(run.generation(1).manifest.read_text())
+    assert manifest["metrics"]["ppl_blocks"] == float(rows[1]["ppl_blocks"])
+    assert manifest["parent_manifest_sha256"] and manifest["versions"]["torch"]
+    assert all(len(h) == 64 for h in manifest["outputs"].values())
+
+
+def test_each_generation_trains_on_the_previous_corpus_with_provenance(staged_run):
+    _, run, _ = staged_run
+    human = read_records(run.root / "human" / "train.parquet")
+    assert set(human["source"]) == {"human"} and set(human["generation"]) == {None}
+    gen0_corpus = read_records(run.generation(0).synthetic / "shard-00000.parquet")
+    gen1_train = read_records(run.generation(1).train_set)
+    assert gen1_train["id"][:10] == gen0_corpus["id"]  # replace: generation 1 trains on generation 0's text
+    gen1_corpus = read_records(run.generation(1).synthetic / "shard-00000.parquet")
+    for record, parent in zip(gen1_corpus, gen1_train):
+        assert record["generation"] == 1 and record["source"] == "synthetic"
+        assert record["parent"] == parent["id"] and record["model"] == f"{run.name}/generation-01/model"
+
+
+def test_keep_fraction_mixes_fresh_human_blocks_each_generation(tmp_path, small_corpus):
+    config = micro_config(small_corpus, ["data.regime=keep-fraction", "data.human_fraction=0.25", "train.epochs=1"])
+    run = RunDir(tmp_path / "keep")
+    build(config, run.root, 2, progress=False, echo=lambda _: None)
+    drawn = []
+    for index in (1, 2):
+        records = read_records(run.generation(index).train_set)
+        sources = list(records["source"])
+        assert len(records) == 24 and sources.count("human") == 6 and sources.count("synthetic") == 18
+        assert set(records.filter(lambda r: r["source"] == "synthetic")["generation"]) == {index - 1}
+        drawn.append({r["id"] for r in records if r["source"] == "human"})
+    assert drawn[0] != drawn[1]  # resampled every generation
+
+
+def test_from_pretrained_on_a_saved_local_model(staged_run, tmp_path, small_corpus):
+    _, run, _ = staged_run
+    config = micro_config(small_corpus, [f"model.name={run.base_model}", "model.vocab_size=null", "model.hidden_size=null",
+                                         "model.num_layers=null", "model.num_heads=null", "model.ffn_dim=null",
+                                         "model.max_positions=null", "train.epochs=1"])
+    new = RunDir(tmp_path / "pretrained")
+    build(config, new.root, 0, progress=False, echo=lambda _: None)
+    manifest = json.loads((new.base / "manifest.json").read_text())
+    assert manifest["kind"] == "pretrained" and manifest["source"] == str(run.base_model)
+    assert new.generation(0).is_complete
+    assert (new.base_model / "model.safetensors").read_bytes() == (run.base_model / "model.safetensors").read_bytes()
+
+
+def test_make_passes_pipeline_run_and_overrides(tmp_path):
+    out = subprocess.run(["make", "-n", "generation-3", "PIPELINE=pipelines/tiny.yaml", f"RUN={tmp_path}/r",
+                          "SET=train.epochs=1 seed=3"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert f"-m lmcollapse generation 3 --pipeline pipelines/tiny.yaml --run {tmp_path}/r --set train.epochs=1 seed=3" in out
