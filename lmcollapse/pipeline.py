@@ -433,14 +433,13 @@ def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
     settings = config.evaluate
     encoded = EncodedCorpus.from_texts(texts, settings.text_tokenization)
     metrics: dict[str, float | int | str | None] = {
-        "tokenization": settings.text_tokenization, "samples": encoded.num_samples,
-        "self_bleu_samples": None, "self_bleu_smoothing": settings.self_bleu_smoothing}
+        "text_tokenization": settings.text_tokenization, "samples": encoded.num_samples,
+        "self_bleu_samples": None, "self_bleu_seed": config.seed, "self_bleu_smoothing": settings.self_bleu_smoothing}
     if encoded.num_samples >= 2:
         subset = encoded
         if settings.self_bleu_samples is not None and settings.self_bleu_samples < encoded.num_samples:
             # The same indices every generation (corpora keep their size): paired comparisons.
-            subset = encoded.subset(subsample_indices(encoded.num_samples, settings.self_bleu_samples,
-                                                      derive_seed(config.seed, "self-bleu")))
+            subset = encoded.subset(subsample_indices(encoded.num_samples, settings.self_bleu_samples, config.seed))
         scores = self_bleu_scores(subset, settings.self_bleu_max_n, settings.self_bleu_smoothing)
         metrics[f"self_bleu_{settings.self_bleu_max_n}"] = float(np.mean(scores))
         metrics["self_bleu_samples"] = subset.num_samples
@@ -491,8 +490,8 @@ def metrics_row(config, index, train_set, sources, train_log, shards, perplexiti
     new_tokens = sum(s["new_tokens"] for s in shards)
     row = {"generation": index, "seed": config.seed,
            "ppl_blocks": perplexities["ppl_blocks"], "ppl_sliding": perplexities["ppl_sliding"]}
-    row.update({k: v for k, v in text_metrics.items() if k.startswith(("self_bleu_", "distinct_", "rare_survival"))
-                and k not in ("self_bleu_samples", "self_bleu_smoothing")})
+    row.update({k: v for k, v in text_metrics.items()
+                if k.startswith(("self_bleu_", "distinct_", "rare_survival", "text_tokenization"))})
     row.update({k: v for k, v in tails.items() if k.startswith("tail_ppl_")})
     row.update({
         "train_blocks": len(train_set), "train_human_fraction": sources.get(HUMAN, 0) / max(len(train_set), 1),

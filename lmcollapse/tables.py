@@ -20,6 +20,10 @@ from lmcollapse.metrics import REGISTRY, TAIL_QUANTILES
 
 IDENTITY_COLUMNS = ["generation", "seed"]
 RUN_COLUMNS = {
+    "self_bleu_samples": "How many synthetic samples self-BLEU was computed on (a seeded subsample, or all).",
+    "self_bleu_seed": "Seed of that subsample (the same indices every generation).",
+    "self_bleu_smoothing": "NLTK smoothing function used in self-BLEU.",
+    "text_tokenization": "How text was split into words for self-BLEU, distinct-n and rare n-grams.",
     "train_blocks": "Blocks in the generation's training set.",
     "train_human_fraction": "Fraction of those blocks that are human text (from the provenance column).",
     "train_tokens": "Tokens seen in training (all epochs).",

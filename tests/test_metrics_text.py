@@ -121,3 +121,21 @@ def test_every_metric_is_defined_in_the_registry():
         entry = REGISTRY[name]
         assert entry.definition and entry.aggregation
     assert REGISTRY["ppl_blocks"].higher_is_better is False and REGISTRY["distinct_2"].higher_is_better is True
+
+
+@pytest.mark.parametrize("name", ["self_bleu", "distinct_n"])
+def test_evaluate_modules_load_from_a_local_path(name):
+    import evaluate
+
+    from lmcollapse.metrics import evaluate_module_path
+
+    texts = ["the cat sat on the mat", "the cat ran", "a dog ran on the mat", "the cat sat on the mat"]
+    module = evaluate.load(evaluate_module_path(name))
+    if name == "self_bleu":
+        result = module.compute(predictions=texts, max_n=3, smoothing="method2")
+        assert result == {"self_bleu": self_bleu(texts, max_n=3, smoothing="method2", num_samples=None), "samples": 4}
+        assert module.compute(predictions=texts, num_samples=3, seed=1)["self_bleu"] == self_bleu(texts, num_samples=3, seed=1)
+    else:
+        result = module.compute(predictions=texts, max_n=2)
+        assert result["distinct_2"] == distinct_n(texts, 2) and result["distinct_1_per_sample"] == distinct_n_per_sample(texts, 1)
+        assert set(result) == {"distinct_1", "distinct_2", "distinct_1_per_sample", "distinct_2_per_sample"}

@@ -9,11 +9,13 @@ plain samples or a model and tokenizer, never a hub id:
     distinct_n(texts, 2)                # corpus-level distinct bigrams / bigrams
     perplexity(model, tokenizer, texts, method="sliding", window=128, stride=64)
     print(REGISTRY["ppl_blocks"].definition)
+    evaluate.load(evaluate_module_path("self_bleu"))   # the same, as `evaluate` modules
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.perplexity import (
@@ -26,6 +28,15 @@ from lmcollapse.metrics.perplexity import (
 from lmcollapse.metrics.self_bleu import self_bleu, self_bleu_scores
 
 TAIL_QUANTILES = (1, 5, 50, 95, 99)
+EVALUATE_MODULES = Path(__file__).resolve().parent.parent / "evaluate_modules"
+
+
+def evaluate_module_path(name: str) -> str:
+    """Folder of an ``evaluate`` metric module shipped here: ``evaluate.load(evaluate_module_path("self_bleu"))``."""
+    folder = EVALUATE_MODULES / name
+    if not (folder / f"{name}.py").is_file():
+        raise ValueError(f"no evaluate module {name!r}: choose one of {sorted(p.name for p in EVALUATE_MODULES.iterdir() if p.is_dir())}")
+    return str(folder)
 
 
 @dataclass(frozen=True)
@@ -79,7 +90,7 @@ REGISTRY: dict[str, MetricDefinition] = _register(
 
 
 __all__ = [
-    "REGISTRY", "TAIL_QUANTILES", "MetricDefinition", "PerplexityResult",
+    "REGISTRY", "evaluate_module_path", "TAIL_QUANTILES", "MetricDefinition", "PerplexityResult",
     "distinct_n", "distinct_n_per_sample", "rare_ngram_survival",
     "perplexity", "perplexity_blocks", "perplexity_sliding", "sample_perplexities",
     "self_bleu", "self_bleu_scores",
