@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lmcollapse.failpoints import failpoint
+
 _CHUNK = 1 << 20
 
 
@@ -77,6 +79,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         if not scratch.exists():
             raise FileNotFoundError(f"nothing was written to {scratch}")
         fsync_path(scratch)
+        failpoint(f"write:{final.name}")
         if final.is_dir():
             retired = final.with_name(f".{final.name}.old")
             remove_path(retired)

@@ -16,6 +16,7 @@ import argparse
 import errno
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -73,6 +74,7 @@ def _load(args):
 
     config = load_config(args.pipeline, args.set)
     run_root = args.run if getattr(args, "run", None) else Path("runs") / config.name
+    args.resolved_run = run_root  # for the error handler: which filesystem may be full
     return config, run_root
 
 
@@ -154,12 +156,37 @@ def main(argv: list[str] | None = None) -> int:
     except LmcollapseError as err:
         print(f"lmcollapse: error: {err}", file=sys.stderr)
         return err.exit_code
-    except OSError as err:
-        if err.errno == errno.ENOSPC:
-            print(f"lmcollapse: error: disk full while writing {err.filename or 'the run'}: free space and rerun "
-                  "the same command; completed stages are intact", file=sys.stderr)
-            return 3
-        raise
+    except Exception as err:
+        full = disk_full(err, getattr(args, "resolved_run", None))
+        if full is None:
+            raise
+        print(f"lmcollapse: error: disk full while writing {full}: free space and rerun the same command; "
+              "completed stages are intact", file=sys.stderr)
+        return 3
+
+
+DISK_NEARLY_FULL = 1 << 20  # bytes
+
+
+def disk_full(err: BaseException, run_root: Path | None = None) -> str | None:
+    """What was being written when the disk filled, or None if ``err`` is something else.
+
+    Python reports ENOSPC/EDQUOT with an errno and pyarrow in its message, but torch's zip
+    writer only says "unexpected pos"; so an error while the run's filesystem is (nearly) full
+    counts as a full disk too.
+    """
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(seen.filename or run_root or "the run")
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return str(run_root or "the run")
+        seen = seen.__cause__ or seen.__context__
+    if run_root is not None:
+        existing = next((p for p in (Path(run_root), *Path(run_root).parents) if p.exists()), None)
+        if existing is not None and shutil.disk_usage(existing).free < DISK_NEARLY_FULL:
+            return str(run_root)
+    return None
 
 
 if __name__ == "__main__":

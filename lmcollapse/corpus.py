@@ -195,7 +195,8 @@ def tokenize_lines(lines, tokenizer) -> np.ndarray:
     import pyarrow.compute as pc
 
     tokenized = lines.map(
-        lambda batch: {"input_ids": tokenizer(batch["text"])["input_ids"]},
+        # verbose=False: lines longer than the model's context are fine, they are cut into blocks.
+        lambda batch: {"input_ids": tokenizer(batch["text"], verbose=False)["input_ids"]},
         batched=True, remove_columns=lines.column_names, keep_in_memory=True,
         desc="tokenizing", load_from_cache_file=False)
     column = tokenized.data.column("input_ids").combine_chunks()

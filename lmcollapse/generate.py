@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from lmcollapse.atomic import read_json, sha256_file, write_json_atomic
 from lmcollapse.config import GenerateConfig
+from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.records import SYNTHETIC, make_records, write_records
 from lmcollapse.seeding import derive_seed
@@ -98,6 +99,9 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
     ranges = shard_ranges(len(prompts), config.shard_size)
     world, rank = accelerator.num_processes, accelerator.process_index
     todo = [i for i in range(rank, len(ranges), world) if completed_shard(out_dir, i) is None]
+    for index in todo:
+        if shard_paths(out_dir, index)[1].is_file():
+            log.warning("shard %d of %s does not match its recorded sha256: regenerating it", index, out_dir)
     model.eval()
     bar = tqdm(total=sum(ranges[i][1] - ranges[i][0] for i in todo), desc=f"generate gen {generation}",
                unit="sample", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
@@ -153,6 +157,7 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
         for k, i in enumerate(batch):
             outputs[i] = _until_end(new[k], eos)
         bar.update(len(batch))
+        failpoint("generate-batch")
     return outputs  # type: ignore[return-value]
 
 

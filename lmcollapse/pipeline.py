@@ -78,8 +78,9 @@ class Context:
         return self.accelerator.is_main_process
 
     def say(self, text: str) -> None:
+        """A progress line (stderr, silenced by -q); results go to ``echo``."""
         if self.main:
-            self.echo(text)
+            log.info(text)
 
 
 def make_accelerator(config: PipelineConfig):
@@ -129,7 +130,7 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
             row = build_generation(context, index)
             if context.main:
                 refresh_metrics(run, config)
-                context.say(format_table([row]))
+                context.echo(format_table([row]))
         rows = collect_rows(run)
     return rows
 
@@ -373,16 +374,14 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
     if index == 0 or config.model.init == "base":
         check(base["files"], run.base_model, "the base stage", "base/model/")
     if index > 0:
+        # Everything the previous generation recorded: its corpus is this one's training data,
+        # its model this one's start (init=previous), its numbers part of the same table.
         previous = run.generation(index - 1)
-        recorded = read_manifest(previous.manifest)["outputs"]
-        shards = {k: v for k, v in recorded.items() if k.startswith("synthetic/shard-") and k.endswith(".parquet")}
-        check(shards, previous.root, previous.name, f"{previous.name}/")
-        if config.model.init == "previous":
-            check({k: v for k, v in recorded.items() if k.startswith("model/")}, previous.root, previous.name, f"{previous.name}/")
+        check(read_manifest(previous.manifest)["outputs"], previous.root, previous.name, f"{previous.name}/")
         first = run.generation(0)
-        if config.evaluate.tails:
-            recorded0 = read_manifest(first.manifest)["outputs"]
-            check({k: v for k, v in recorded0.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
+        if config.evaluate.tails and index > 1:
+            recorded = read_manifest(first.manifest)["outputs"]
+            check({k: v for k, v in recorded.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
     return consumed
 
 

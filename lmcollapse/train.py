@@ -44,6 +44,7 @@ from lmcollapse.atomic import (
 )
 from lmcollapse.config import TrainConfig
 from lmcollapse.errors import LmcollapseError
+from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.seeding import derive_seed, rng
 
@@ -115,20 +116,23 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start_step, history, resumed = 0, [], None
+    start_step, history, resumed, earlier_seconds = 0, [], None, 0.0
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None:
         state = verify_checkpoint(latest, data_fingerprint)
         accelerator.load_state(str(latest.path))
         start_step, history, resumed = latest.step, list(state["log"]), latest.step
+        earlier_seconds = float(state.get("seconds", 0.0))
         log.info("generation %d: resuming training at step %d of %d from %s", generation, start_step, total_steps, latest.path)
 
+    started = time.perf_counter()
+
     def save(step: int) -> None:
-        save_checkpoint(accelerator, checkpoint_dir, step, history, data_fingerprint, config.keep_checkpoints)
+        save_checkpoint(accelerator, checkpoint_dir, step, history, data_fingerprint, config.keep_checkpoints,
+                        earlier_seconds + time.perf_counter() - started)
 
     model.train()
-    started = time.perf_counter()
-    tokens_seen = 0
+    tokens_seen = 0  # in this session, for the throughput shown
     orders: dict[int, np.ndarray] = {}
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train gen {generation}", unit="step",
                disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
@@ -159,6 +163,7 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        failpoint("train-step")
 
         if world > 1:
             step_loss = accelerator.reduce(step_loss, reduction="sum")
@@ -172,10 +177,13 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
             save(step + 1)
     bar.close()
-    seconds = time.perf_counter() - started
+    seconds = earlier_seconds + time.perf_counter() - started
     last_epoch = [h["loss"] for h in history if h["epoch"] == config.epochs - 1]
-    outcome = TrainOutcome(total_steps, tokens_seen, seconds, float(np.mean(last_epoch)) if last_epoch else float("nan"),
-                           history, resumed)
+    log.info("generation %d: %d steps, last-epoch loss %.4f, %.0f tokens/s", generation, total_steps,
+             float(np.mean(last_epoch)) if last_epoch else float("nan"),
+             tokens_seen / max(time.perf_counter() - started, 1e-9))
+    outcome = TrainOutcome(total_steps, int(sum(h["tokens"] for h in history)), seconds,
+                           float(np.mean(last_epoch)) if last_epoch else float("nan"), history, resumed)
     return accelerator.unwrap_model(model), outcome
 
 
@@ -242,26 +250,33 @@ def verify_checkpoint(checkpoint: Checkpoint, data_fingerprint: str) -> dict:
 
 
 def save_checkpoint(accelerator, checkpoint_dir: Path, step: int, history: list[dict],
-                    data_fingerprint: str, keep: int) -> Path:
+                    data_fingerprint: str, keep: int, seconds: float = 0.0) -> Path:
     final = checkpoint_dir / f"step-{step:06d}"
     scratch = temporary_sibling(final)
     if accelerator.is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         remove_path(scratch)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(scratch), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        files = {p.name: sha256_file(p) for p in sorted(scratch.iterdir()) if p.is_file()}
-        state = {"step": step, "data_fingerprint": data_fingerprint, "log": history, "files": files}
-        (scratch / STATE_FILE).write_text(canonical_json(state, indent=1), encoding="utf-8")
-        fsync_path(scratch)
-        # NOTE: trainer_state.json is written last and the folder renamed in one step, so a
-        # folder named step-NNNNNN is always complete.
-        remove_path(final)
-        os.replace(scratch, final)
-        fsync_dir(checkpoint_dir)
-        for old in list_checkpoints(checkpoint_dir)[:-keep]:
-            remove_path(old.path)
+    try:
+        accelerator.save_state(str(scratch), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {p.name: sha256_file(p) for p in sorted(scratch.iterdir()) if p.is_file()}
+            state = {"step": step, "data_fingerprint": data_fingerprint, "log": history, "files": files,
+                     "seconds": seconds}
+            (scratch / STATE_FILE).write_text(canonical_json(state, indent=1), encoding="utf-8")
+            fsync_path(scratch)
+            failpoint("checkpoint-write")
+            # NOTE: trainer_state.json is written last and the folder renamed in one step, so a
+            # folder named step-NNNNNN is always complete.
+            remove_path(final)
+            os.replace(scratch, final)
+            fsync_dir(checkpoint_dir)
+            for old in list_checkpoints(checkpoint_dir)[:-keep]:
+                remove_path(old.path)
+    except BaseException:
+        if accelerator.is_main_process:
+            remove_path(scratch)  # a failed write (disk full) must not keep eating space
+        raise
     accelerator.wait_for_everyone()
     return final

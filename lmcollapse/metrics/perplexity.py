@@ -28,6 +28,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from lmcollapse.failpoints import failpoint
+from lmcollapse.interrupts import check_stop
+
 
 @dataclass(frozen=True)
 class PerplexityResult:
@@ -152,6 +155,8 @@ def score_sequences(model, sequences: list[np.ndarray], first_scored: Sequence[i
         counts = scored.sum(dim=1).numpy()
         for k, i in enumerate(batch):
             results[i] = (float(token_nll[k]), int(counts[k]))
+        failpoint("eval-batch")
+        check_stop("while evaluating")  # process-local: ranks run different numbers of batches
     if world > 1:
         from accelerate.utils import gather_object
 

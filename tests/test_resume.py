@@ -1,0 +1,258 @@
+"""Interrupt anything, lose nothing: kills, signals, a second writer, a full disk, damaged files.
+
+A reference run is built uninterrupted. The same config is then run through the real command
+line in subprocesses that die at exact instants (failpoints, see lmcollapse/failpoints.py), and
+resumed each time; the end result must be byte-identical to the reference on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, micro_raw_config, run_cli, tree_hashes, write_pipeline
+from lmcollapse.atomic import sha256_file
+from lmcollapse.config import build_config
+from lmcollapse.pipeline import build
+from lmcollapse.rundir import RunDir, lock_holder
+
+TIMING = ("seconds", "train_seconds", "generate_seconds", "eval_seconds", "train_tokens_per_second",
+          "generate_tokens_per_second")
+
+
+@pytest.fixture(scope="module")
+def raw(small_corpus):
+    return micro_raw_config(small_corpus)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, raw) -> RunDir:
+    run = RunDir(tmp_path_factory.mktemp("reference") / "run")
+    build(build_config(raw), run.root, 1, progress=False, echo=lambda _: None)
+    return run
+
+
+@pytest.fixture
+def pipeline(tmp_path, raw) -> Path:
+    return write_pipeline(tmp_path / "micro.yaml", raw)
+
+
+def lmc(pipeline: Path, run: Path, last: int = 1, failpoint: str | None = None, *extra: str):
+    env = {"LMCOLLAPSE_FAILPOINT": failpoint} if failpoint else {"LMCOLLAPSE_FAILPOINT": ""}
+    return run_cli("-q", "generation", str(last), "--pipeline", str(pipeline), "--run", str(run), "--no-progress",
+                   *extra, env=env)
+
+
+def without_timing(mapping: dict) -> dict:
+    return {k: v for k, v in mapping.items() if k not in TIMING}
+
+
+def assert_same_results(reference: RunDir, run: RunDir, generations=(0, 1)) -> None:
+    for index in generations:
+        ref, got = reference.generation(index), run.generation(index)
+        assert got.is_complete
+        assert sha256_file(got.model / "model.safetensors") == sha256_file(ref.model / "model.safetensors")
+        assert json.loads((got.model / "train_log.json").read_text())["log"] == \
+            json.loads((ref.model / "train_log.json").read_text())["log"]
+        assert sha256_file(got.train_set) == sha256_file(ref.train_set)
+        assert tree_hashes(got.synthetic, skip=()) .keys() == tree_hashes(ref.synthetic).keys()
+        for shard in ref.synthetic_shards():
+            assert sha256_file(got.synthetic / shard.name) == sha256_file(shard), shard.name
+        for name in ("heldout_block_nll.npy", "tails.npy"):
+            assert sha256_file(got.eval / name) == sha256_file(ref.eval / name), name
+        for name in ("perplexity.json", "text_metrics.json", "tails.json"):
+            assert without_timing(json.loads((got.eval / name).read_text())) == \
+                without_timing(json.loads((ref.eval / name).read_text())), name
+        assert without_timing(json.loads(got.manifest.read_text())["metrics"]) == \
+            without_timing(json.loads(ref.manifest.read_text())["metrics"])
+    with open(reference.metrics_csv) as a, open(run.metrics_csv) as b:
+        assert [without_timing(r) for r in csv.DictReader(a)] == [without_timing(r) for r in csv.DictReader(b)]
+
+
+def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference, pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    gen0, gen1 = run.generation(0), run.generation(1)
+    # Each step: (failpoint, what must be on disk right after the kill). Counts restart in every
+    # process, so each line names a point that the resumed process reaches for the first time.
+    steps = [
+        ("train-step@3", lambda: (gen0.checkpoints / "step-000002").is_dir() and not gen0.model.exists()),
+        ("checkpoint-write", lambda: (gen0.checkpoints / ".step-000004.tmp").is_dir()
+            and not (gen0.checkpoints / "step-000004").exists()),
+        ("write:model", lambda: (gen0.root / ".model.tmp").is_dir() and not gen0.model.exists()),
+        ("generate-batch@2", lambda: gen0.model.is_dir() and not list(gen0.synthetic.glob("shard-*.parquet"))),
+        ("write:shard-00001.parquet", lambda: (gen0.synthetic / ".shard-00001.parquet.tmp").is_file()
+            and (gen0.synthetic / "shard-00000.json").is_file()),
+        ("write:shard-00001.json", lambda: (gen0.synthetic / "shard-00001.parquet").is_file()
+            and not (gen0.synthetic / "shard-00001.json").exists()),
+        ("eval-batch@2", lambda: (gen0.synthetic / "shard-00002.json").is_file() and not gen0.eval.exists()),
+        ("write:tails.json", lambda: (gen0.eval / "text_metrics.json").is_file() and not (gen0.eval / "tails.json").exists()),
+        ("write:manifest.json", lambda: (gen0.eval / "tails.json").is_file() and not gen0.is_complete),
+        ("train-step@2", lambda: gen0.is_complete and not gen1.model.exists()),
+    ]
+    for point, state in steps:
+        result = lmc(pipeline, run.root, 1, point)
+        assert result.returncode == -signal.SIGKILL, (point, result.returncode, result.stderr[-2000:])
+        assert state(), f"not where {point} should have stopped it"
+        # The dead writer's lock file stays behind and names it, but nobody holds the lock.
+        assert json.loads(run.lock_file.read_text())["pid"] > 0 and lock_holder(run) is None
+    result = lmc(pipeline, run.root, 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_results(reference, run)
+
+
+@pytest.mark.parametrize("point, signal_name, where", [
+    ("train-step@3=sigterm", "SIGTERM", "while training generation 0 (step 3/6)"),
+    ("generate-batch@1=sigint", "SIGINT", "while generating generation 0's corpus (shard 1)"),
+    ("eval-batch@1=sigterm", "SIGTERM", "while evaluating"),
+])
+def test_sigint_and_sigterm_stop_cleanly_and_resume(reference, pipeline, tmp_path, point, signal_name, where):
+    run = RunDir(tmp_path / "run")
+    result = lmc(pipeline, run.root, 1, point)
+    assert result.returncode == 130
+    assert result.stderr.strip().splitlines()[-1] == \
+        f"lmcollapse: error: stopped by {signal_name} {where}; rerun the same command to resume"
+    if signal_name == "SIGTERM" and "training" in where:
+        assert (run.generation(0).checkpoints / "step-000003").is_dir()  # the step in hand was saved
+    if "generating" in where:
+        assert (run.generation(0).synthetic / "shard-00000.json").is_file()  # the shard in hand was finished
+    assert lock_holder(run) is None
+    assert lmc(pipeline, run.root, 1).returncode == 0
+    assert_same_results(reference, run)
+
+
+def test_two_concurrent_make_generation_one_proceeds(reference, pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    make = ["make", "-s", "-o", ".venv/bin/.installed", "generation-1", f"PIPELINE={pipeline}", f"RUN={run.root}",
+            f"PYTHON={sys.executable}", f"BIN={Path(sys.executable).parent}"]
+    first = subprocess.Popen(make, cwd=REPO, env={**_env(), "LMCOLLAPSE_FAILPOINT": "train-step@1=sleep:6"},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while lock_holder(run) is None:
+        assert first.poll() is None and time.time() < deadline, "the first writer never took the lock"
+        time.sleep(0.1)
+    second = subprocess.run(make, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert second.returncode != 0
+    assert re.search(rf"lmcollapse: error: run {re.escape(str(run.root))} is being written by another process "
+                     r"\(pid \d+ on \S+, since [\d: -]+\): wait for it to finish or stop it", second.stderr), second.stderr
+    assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    assert_same_results(reference, run)
+
+
+def _env() -> dict:
+    import os
+
+    return {**os.environ, "LMCOLLAPSE_FAILPOINT": ""}
+
+
+def test_disk_full_while_writing_a_shard(reference, pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert lmc(pipeline, run.root, 0).returncode == 0
+    before = tree_hashes(run.root, skip=("generation-01", "metrics.csv", "metrics.json"))
+    result = lmc(pipeline, run.root, 1, "write:shard-00001.parquet=enospc")
+    assert result.returncode == 3
+    assert result.stderr.strip().splitlines()[-1].startswith("lmcollapse: error: disk full while writing shard-00001.parquet: free space")
+    assert not (run.generation(1).synthetic / ".shard-00001.parquet.tmp").exists()  # nothing half-written left
+    assert tree_hashes(run.root, skip=("generation-01", "metrics.csv", "metrics.json")) == before
+    assert lmc(pipeline, run.root, 1).returncode == 0
+    assert_same_results(reference, run)
+
+
+def _can_mount_tmpfs(where: Path) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True).returncode == 0
+    if ok:
+        subprocess.run(["umount", str(where)], check=True)
+    return ok
+
+
+def test_a_real_full_disk(reference, pipeline, tmp_path):
+    """On a small tmpfs that fills up mid-generation (where this machine allows mounting one)."""
+    mount = tmp_path / "disk"
+    if not _can_mount_tmpfs(mount):
+        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN; the failpoint test above covers the logic")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        run = RunDir(mount / "run")
+        shutil.copytree(reference.root, run.root, ignore=shutil.ignore_patterns("generation-01", "metrics.*"))
+        (run.root / "metrics.csv").unlink(missing_ok=True)
+        before = tree_hashes(run.root)
+        filler = mount / "filler"
+        free = shutil.disk_usage(mount).free
+        filler.write_bytes(b"\0" * max(free - 96 * 1024, 0))  # leave room for a little, not a checkpoint
+        result = lmc(pipeline, run.root, 1)
+        assert result.returncode == 3, result.stderr[-2000:]
+        assert "lmcollapse: error: disk full while writing" in result.stderr
+        assert tree_hashes(run.root, skip=("generation-01", "metrics.csv", "metrics.json")) == before
+        filler.unlink()
+        assert lmc(pipeline, run.root, 1).returncode == 0
+        assert_same_results(reference, run)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_damaged_shard_of_a_completed_generation_stops_the_next(reference, pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(reference.root, run.root)
+    shard = run.generation(1).synthetic / "shard-00001.parquet"
+    shard.write_bytes(shard.read_bytes()[:200])  # truncated
+    before = tree_hashes(run.root)
+    result = lmc(pipeline, run.root, 2)
+    assert result.returncode == 2
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"lmcollapse: error: {shard} changed (sha256 ")
+    assert "since generation-01 completed: restore it, delete generation-01 to rebuild it, or pass --accept-changed" in message
+    assert tree_hashes(run.root) == before
+
+
+def test_accept_changed_uses_a_modified_shard_and_records_its_hash(reference, pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(reference.root, run.root)
+    shard = run.generation(1).synthetic / "shard-00002.parquet"
+    replacement = run.generation(1).synthetic / "shard-00001.parquet"
+    shard.write_bytes(replacement.read_bytes())  # valid Parquet, other records
+    assert lmc(pipeline, run.root, 2).returncode == 2
+    result = lmc(pipeline, run.root, 2, None, "--accept-changed")
+    assert result.returncode == 0, result.stderr[-2000:]
+    consumed = json.loads(run.generation(2).manifest.read_text())["consumed"]
+    assert consumed["generation-01/synthetic/shard-00002.parquet"] == sha256_file(shard)
+
+
+def test_a_truncated_checkpoint_is_an_error_not_a_silent_restart(pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert lmc(pipeline, run.root, 0, "train-step@5").returncode == -signal.SIGKILL
+    checkpoint = run.generation(0).checkpoints / "step-000004"
+    weights = checkpoint / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:64])
+    before = tree_hashes(run.root)
+    result = lmc(pipeline, run.root, 0)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"lmcollapse: error: checkpoint file {weights} is missing or does not match its recorded sha256 "
+        f"(truncated or modified): delete {checkpoint} to resume from an earlier checkpoint")
+    assert tree_hashes(run.root) == before
+    shutil.rmtree(checkpoint)
+    assert lmc(pipeline, run.root, 0).returncode == 0  # resumes from step-000002
+
+
+def test_status_shows_complete_partial_and_missing(pipeline, tmp_path):
+    run = RunDir(tmp_path / "run")
+    assert lmc(pipeline, run.root, 1, "write:shard-00001.parquet@2").returncode == -signal.SIGKILL
+    result = run_cli("status", "--run", str(run.root))
+    assert result.returncode == 0
+    assert result.stdout.splitlines()[1:] == [
+        "writer: none (the run is not being written)",
+        "base           complete",
+        "human          complete",
+        "generation-00  complete",
+        "generation-01  partial (training set, model trained, 1 of 3 shards)",
+        f"next: make generation-1 RUN={run.root} would resume generation-01",
+    ]
