@@ -38,7 +38,7 @@ from lmcollapse.config import PipelineConfig, config_to_yaml, load_config, resul
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.generate import write_synthetic_corpus
 from lmcollapse.interrupts import stop_on_signals
-from lmcollapse.metrics import TAIL_QUANTILES
+from lmcollapse.metrics import REGISTRY, TAIL_QUANTILES
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding, sample_perplexities
@@ -478,10 +478,8 @@ def synthetic_tails(context: Context, index: int, model, synthetic, save_dir: Pa
         with atomic_path(save_dir / "tails.npy") as scratch:
             with open(scratch, "wb") as handle:
                 np.save(handle, values)
-    finite = values[np.isfinite(values)]
-    quantiles = np.percentile(finite, TAIL_QUANTILES) if len(finite) else [math.nan] * len(TAIL_QUANTILES)
-    return {f"tail_ppl_p{q}": float(v) for q, v in zip(TAIL_QUANTILES, quantiles)} | {
-        "scored_by": "generation-00/model", "samples": int(len(finite))}
+    return {f"tail_ppl_p{q}": REGISTRY[f"tail_ppl_p{q}"].function(values) for q in TAIL_QUANTILES} | {
+        "scored_by": "generation-00/model", "samples": int(np.isfinite(values).sum())}
 
 
 def metrics_row(config, index, train_set, sources, train_log, shards, perplexities, text_metrics, tails, timings) -> dict:

@@ -22,6 +22,9 @@ def _data_dir() -> Path | None:
 
 
 DATA_DIR = _data_dir()
+if DATA_DIR is None and os.environ.get("CI"):
+    # In CI every test must run: a skipped corpus test would pass without testing anything.
+    raise pytest.UsageError("CI=true but WikiText-2 was not found: set LMCOLLAPSE_DATA_DIR")
 requires_corpus = pytest.mark.skipif(DATA_DIR is None, reason="WikiText-2 not found: set LMCOLLAPSE_DATA_DIR")
 
 

@@ -107,6 +107,21 @@ def test_keep_fraction_mixes_fresh_human_blocks_each_generation(tmp_path, small_
     assert drawn[0] != drawn[1]  # resampled every generation
 
 
+def test_init_previous_starts_each_generation_from_the_one_before(tmp_path, small_corpus):
+    config = micro_config(small_corpus, ["model.init=previous", "train.epochs=1"])
+    run = RunDir(tmp_path / "previous")
+    build(config, run.root, 2, progress=False, echo=lambda _: None)
+    starts = [json.loads((run.generation(i).model / "train_log.json").read_text())["started_from"] for i in range(3)]
+    assert starts == ["base/model", "generation-00/model", "generation-01/model"]
+    base = micro_config(small_corpus, ["train.epochs=1"])
+    other = RunDir(tmp_path / "base")
+    build(base, other.root, 1, progress=False, echo=lambda _: None)
+    assert json.loads((other.generation(1).model / "train_log.json").read_text())["started_from"] == "base/model"
+    # Same generation-0 model, different starting points for generation 1: different weights.
+    assert (run.generation(0).model / "model.safetensors").read_bytes() == (other.generation(0).model / "model.safetensors").read_bytes()
+    assert (run.generation(1).model / "model.safetensors").read_bytes() != (other.generation(1).model / "model.safetensors").read_bytes()
+
+
 def test_from_pretrained_on_a_saved_local_model(staged_run, tmp_path, small_corpus):
     _, run, _ = staged_run
     config = micro_config(small_corpus, [f"model.name={run.base_model}", "model.vocab_size=null", "model.hidden_size=null",

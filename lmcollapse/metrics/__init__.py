@@ -14,8 +14,12 @@ plain samples or a model and tokenizer, never a hub id:
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.perplexity import (
@@ -45,6 +49,7 @@ class MetricDefinition:
     definition: str
     higher_is_better: bool | None  # None: a description of the distribution, no better direction
     aggregation: str  # how per-item values become the reported number
+    function: Callable  # computes it (see each function's signature)
     decimals: int = 3  # rounding in published tables
 
 
@@ -52,45 +57,54 @@ def _register(*metrics: MetricDefinition) -> dict[str, MetricDefinition]:
     return {m.name: m for m in metrics}
 
 
+def tail_quantile(q: float) -> Callable[[np.ndarray], float]:
+    """The q-th percentile of per-sample perplexities (``sample_perplexities``), ignoring nan."""
+    def quantile(values: np.ndarray) -> float:
+        finite = np.asarray(values, dtype=np.float64)
+        finite = finite[np.isfinite(finite)]
+        return float(np.percentile(finite, q)) if len(finite) else float("nan")
+    return quantile
+
+
 REGISTRY: dict[str, MetricDefinition] = _register(
     MetricDefinition(
         "ppl_blocks",
         "Perplexity on the held-out human split over non-overlapping blocks (the reference code's "
         "method): exp of the mean NLL of every predicted token.",
-        False, "token-weighted mean NLL, exponentiated", 2),
+        False, "token-weighted mean NLL, exponentiated", perplexity_blocks, 2),
     MetricDefinition(
         "ppl_sliding",
         "Perplexity on the held-out human split with a sliding window: every token scored once "
         "with up to window-1 tokens of context; exp of the mean NLL.",
-        False, "token-weighted mean NLL, exponentiated", 2),
+        False, "token-weighted mean NLL, exponentiated", perplexity_sliding, 2),
     *(MetricDefinition(
         f"self_bleu_{n}",
         f"Self-BLEU-{n} of the synthetic corpus: each sample's BLEU (NLTK sentence_bleu, weights "
         f"1/{n}, configured smoothing) against all other samples; mean over a seeded subsample.",
-        False, "mean over hypotheses", 4) for n in range(1, 9)),
+        False, "mean over hypotheses", functools.partial(self_bleu, max_n=n), 4) for n in range(1, 9)),
     *(MetricDefinition(
         f"distinct_{n}",
         f"Distinct-{n} of the synthetic corpus: distinct {n}-grams / all {n}-grams, over all samples.",
-        True, "corpus-level ratio", 4) for n in range(1, 9)),
+        True, "corpus-level ratio", functools.partial(distinct_n, n=n), 4) for n in range(1, 9)),
     *(MetricDefinition(
         f"distinct_{n}_per_sample",
         f"Distinct-{n} inside each synthetic sample, averaged over samples.",
-        True, "mean over samples", 4) for n in range(1, 9)),
+        True, "mean over samples", functools.partial(distinct_n_per_sample, n=n), 4) for n in range(1, 9)),
     *(MetricDefinition(
         f"tail_ppl_p{q}",
         f"The {q}th percentile of per-sample perplexity of the synthetic corpus under the "
         "generation-0 model (the paper's tail histograms).",
-        None, "percentile over samples", 2) for q in TAIL_QUANTILES),
+        None, "percentile over samples", tail_quantile(q), 2) for q in TAIL_QUANTILES),
     MetricDefinition(
         "rare_survival",
         "Fraction of the human training corpus's rare n-grams (count at most the configured "
         "threshold) that occur at least once in the synthetic corpus.",
-        True, "fraction of n-gram types", 4),
+        True, "fraction of n-gram types", rare_ngram_survival, 4),
 )
 
 
 __all__ = [
-    "REGISTRY", "evaluate_module_path", "TAIL_QUANTILES", "MetricDefinition", "PerplexityResult",
+    "REGISTRY", "evaluate_module_path", "tail_quantile", "TAIL_QUANTILES", "MetricDefinition", "PerplexityResult",
     "distinct_n", "distinct_n_per_sample", "rare_ngram_survival",
     "perplexity", "perplexity_blocks", "perplexity_sliding", "sample_perplexities",
     "self_bleu", "self_bleu_scores",
