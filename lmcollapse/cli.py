@@ -63,6 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_arguments(config, with_run=False)
     config.set_defaults(func=command_config)
 
+    theory = verbs.add_parser("theory", help="simulate the Gaussian and categorical cases against their closed forms")
+    from lmcollapse.theory import TheorySettings
+
+    defaults = TheorySettings()
+    theory.add_argument("--out", type=Path, default=Path("runs/theory"), help="output folder (default: runs/theory)")
+    theory.add_argument("--chains", type=int, default=defaults.chains, help="independent Gaussian chains")
+    theory.add_argument("--generations", type=int, default=defaults.generations, help="Gaussian generations")
+    theory.add_argument("--samples", type=int, default=defaults.samples, help="N, samples per Gaussian generation")
+    theory.add_argument("--real-fraction", type=float, default=defaults.real_fraction, help="keep-fraction regime's r")
+    theory.add_argument("--seed", type=int, default=defaults.seed)
+    theory.set_defaults(func=command_theory)
+
     data = verbs.add_parser("data", help="download the corpus a pipeline names into data/ (needs network)")
     _add_pipeline_arguments(data, with_run=False)
     data.set_defaults(func=command_data)
@@ -115,6 +127,23 @@ def command_config(args) -> int:
     from lmcollapse.config import describe_config, load_config
 
     print(describe_config(load_config(args.pipeline, args.set)), end="")
+    return 0
+
+
+def command_theory(args) -> int:
+    import dataclasses
+    import time
+
+    from lmcollapse.theory import TheorySettings, write_theory_report
+
+    if args.chains < 2 or args.generations < 1 or args.samples < 2 or not 0 <= args.real_fraction < 1:
+        raise LmcollapseError("theory needs --chains >= 2, --generations >= 1, --samples >= 2 and 0 <= --real-fraction < 1")
+    settings = dataclasses.replace(TheorySettings(), chains=args.chains, generations=args.generations,
+                                   samples=args.samples, real_fraction=args.real_fraction, seed=args.seed)
+    started = time.perf_counter()
+    written = write_theory_report(args.out, settings)
+    print((args.out / "theory.md").read_text(encoding="utf-8"))
+    print(f"{len(written)} files in {args.out} ({time.perf_counter() - started:.1f} s)")
     return 0
 
 

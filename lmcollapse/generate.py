@@ -25,12 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from lmcollapse.atomic import read_json, sha256_file, write_json_atomic
 from lmcollapse.config import GenerateConfig
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
+from lmcollapse.progress import progress_bar
 from lmcollapse.records import SYNTHETIC, make_records, write_records
 from lmcollapse.seeding import derive_seed
 
@@ -103,8 +103,8 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
         if shard_paths(out_dir, index)[1].is_file():
             log.warning("shard %d of %s does not match its recorded sha256: regenerating it", index, out_dir)
     model.eval()
-    bar = tqdm(total=sum(ranges[i][1] - ranges[i][0] for i in todo), desc=f"generate gen {generation}",
-               unit="sample", disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(total=sum(ranges[i][1] - ranges[i][0] for i in todo), desc=f"generate gen {generation}",
+                       unit="sample", enabled=progress and accelerator.is_main_process)
     for index in todo:
         check_stop(f"while generating generation {generation}'s corpus (shard {index})")
         lo, hi = ranges[index]

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lmcollapse.atomic import (
     canonical_json,
@@ -46,6 +45,7 @@ from lmcollapse.config import TrainConfig
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
+from lmcollapse.progress import progress_bar
 from lmcollapse.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     model.train()
     tokens_seen = 0  # in this session, for the throughput shown
     orders: dict[int, np.ndarray] = {}
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train gen {generation}", unit="step",
-               disable=not progress or not accelerator.is_main_process, dynamic_ncols=True)
+    bar = progress_bar(total=total_steps, initial=start_step, desc=f"train gen {generation}", unit="step",
+                       enabled=progress and accelerator.is_main_process)
     for step in range(start_step, total_steps):
         check_stop(f"while training generation {generation} (step {step}/{total_steps})",
                    save=(lambda s=step: save(s)) if step > start_step else None, accelerator=accelerator)

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
+from lmcollapse.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def score_sequences(model, sequences: list[np.ndarray], first_scored: Sequence[i
     batches = [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
     mine = batches[rank::world]
     results: dict[int, tuple[float, int]] = {}
-    bar = tqdm(mine, desc=progress, unit="batch", disable=progress is None or rank != 0, leave=False)
+    bar = progress_bar(mine, desc=progress, unit="batch", enabled=progress is not None and rank == 0, leave=False)
     for batch in bar:
         rows = [np.asarray(sequences[i], dtype=np.int64) for i in batch]
         longest = max(len(r) for r in rows)
