@@ -39,6 +39,8 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser, with_run: bool = Tr
                             default=os.environ.get("ACCEPT_CHANGED", "") not in ("", "0"),
                             help="use earlier artefacts whose files changed since they were recorded")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+        parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                            help="run the pipeline once per seed into RUN/seed-<seed> (RUN default: runs/<name>-seeds)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     generation.add_argument("last", type=int, metavar="N", help="last generation to build")
     _add_pipeline_arguments(generation)
     generation.set_defaults(func=command_generation)
+
+    report = verbs.add_parser("report", help="tables (md, csv, tex, json), figures and index.md for a run or a folder of runs")
+    report.add_argument("--run", type=Path, required=True, help="a run directory, or a folder of runs (seeds, regimes)")
+    report.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/report)")
+    report.set_defaults(func=command_report)
 
     status = verbs.add_parser("status", help="per generation: complete, partial or missing; and what comes next")
     status.add_argument("--run", type=Path, required=True)
@@ -90,29 +97,52 @@ def _load(args):
     return config, run_root
 
 
-def _build(args, last: int) -> int:
+def _build(args, last: int | None) -> int:
+    """Build generations 0..last (None: the config's ``generations``) of one run, or one run per seed."""
+    from lmcollapse.config import load_config
     from lmcollapse.pipeline import build, summary_table
     from lmcollapse.plan import describe_plan
     from lmcollapse.rundir import RunDir
 
     config, run_root = _load(args)
-    if args.dry_run:
-        print(describe_plan(config, RunDir(run_root), last))
-        return 0
-    build(config, run_root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
-    if _is_main_process():
-        print(f"\n{run_root}/metrics.csv\n{summary_table(RunDir(run_root))}")
+    last = config.generations - 1 if last is None else last
+    runs = [(config, run_root)]
+    if args.seeds:
+        if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
+            raise LmcollapseError(f"--seeds/SEEDS must be distinct non-negative integers, got {args.seeds}")
+        folder = args.run if args.run else Path("runs") / f"{config.name}-seeds"
+        if (folder / "pipeline.yaml").is_file():
+            raise LmcollapseError(f"{folder} is a single run: give SEEDS a folder of its own (RUN=runs/<name>-seeds)")
+        runs = [(load_config(args.pipeline, [*args.set, f"seed={seed}"]), folder / f"seed-{seed}") for seed in args.seeds]
+        args.resolved_run = folder
+    for seed_config, root in runs:
+        if args.dry_run:
+            print(describe_plan(seed_config, RunDir(root), last))
+            continue
+        build(seed_config, root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
+        if _is_main_process():
+            print(f"\n{root}/metrics.csv\n{summary_table(RunDir(root))}")
+    if args.seeds and not args.dry_run and _is_main_process():
+        print(f"\n{len(runs)} seeds in {args.resolved_run}: make report RUN={args.resolved_run} aggregates them")
     return 0
 
 
 def command_run(args) -> int:
-    from lmcollapse.config import load_config
-
-    return _build(args, load_config(args.pipeline, args.set).generations - 1)
+    return _build(args, None)
 
 
 def command_generation(args) -> int:
     return _build(args, args.last)
+
+
+def command_report(args) -> int:
+    from lmcollapse.report import write_report
+
+    args.resolved_run = args.run
+    out = write_report(args.run, args.out)
+    print((out / "index.md").read_text(encoding="utf-8").split("## Figures")[0].rstrip())
+    print(f"\nreport written to {out}/ (index.md, metrics.md/.csv/.tex/.json, figures .png/.svg)")
+    return 0
 
 
 def command_status(args) -> int:

@@ -54,7 +54,7 @@ def new_figure(title: str, xlabel: str, ylabel: str, ncols: int = 1, width: floa
     if ncols == 1:
         axes[0][0].set_title(title)
         return fig, axes[0][0]
-    fig.suptitle(title, fontsize=12)
+    fig.suptitle(title, fontsize=12, y=1.03)
     return fig, list(axes[0])
 
 

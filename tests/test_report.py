@@ -1,0 +1,175 @@
+"""Reports: tables equal metrics.csv, mean ± std is right, LaTeX is valid booktabs, figures exist."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from helpers import micro_raw_config, write_pipeline
+from lmcollapse.cli import main
+from lmcollapse.report import Group, RunRecord, aggregate, cell, group_table, latex_table, write_report
+
+FIGURES = ("perplexity", "diversity", "tails", "training_loss")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory, small_corpus):
+    """A folder with two regimes: replace (seeds 0, 1, 2) and keep-fraction (seeds 0, 1)."""
+    folder = tmp_path_factory.mktemp("study")
+    replace = write_pipeline(folder / "replace.yaml", micro_raw_config(small_corpus, ["train.epochs=1"]))
+    keep = write_pipeline(folder / "keep.yaml", micro_raw_config(small_corpus, [
+        "train.epochs=1", "data.regime=keep-fraction", "data.human_fraction=0.25"]))
+    for pipeline, seeds in ((replace, ["0", "1", "2"]), (keep, ["0", "1"])):
+        assert main(["-q", "generation", "1", "--pipeline", str(pipeline), "--run", str(folder / "runs" / pipeline.stem),
+                     "--no-progress", "--seeds", *seeds]) == 0
+    return folder / "runs"
+
+
+def read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_seeds_run_into_sibling_directories(study):
+    assert sorted(p.name for p in (study / "replace").iterdir()) == ["seed-0", "seed-1", "seed-2"]
+    for seed in (0, 1, 2):
+        assert f"seed: {seed}" in (study / "replace" / f"seed-{seed}" / "pipeline.yaml").read_text()
+    a, b = (read_csv(study / "replace" / f"seed-{s}" / "metrics.csv") for s in (0, 1))
+    assert a[1]["ppl_blocks"] != b[1]["ppl_blocks"]  # the seed really changes the run
+
+
+def test_report_of_a_single_run_repeats_its_metrics_csv(study, tmp_path):
+    run = study / "replace" / "seed-1"
+    out = write_report(run, tmp_path / "single")
+    for stem in FIGURES:
+        assert (out / f"{stem}.png").stat().st_size > 5_000 and (out / f"{stem}.svg").is_file()
+    for name in ("index.md", "metrics.md", "metrics.csv", "metrics.tex", "metrics.json"):
+        assert (out / name).is_file()
+    assert not (out / "comparison.md").exists()  # one regime: nothing to compare
+    source = read_csv(run / "metrics.csv")
+    table = read_csv(out / "metrics.csv")
+    assert [int(r["generation"]) for r in table] == [int(r["generation"]) for r in source]
+    for mine, theirs in zip(table, source):
+        assert mine["seeds"] == "1"
+        for metric in ("ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_1", "distinct_4", "tail_ppl_p99", "rare_survival"):
+            assert float(mine[f"{metric}_mean"]) == float(theirs[metric]), metric
+            assert float(mine[f"{metric}_std"]) == 0.0
+    markdown = (out / "metrics.md").read_text()
+    assert f"| micro | 1 | 1 | {float(source[1]['ppl_blocks']):.2f} |" in markdown
+
+
+def test_mean_and_std_over_seeds(study):
+    out = write_report(study)
+    table = [r for r in read_csv(out / "metrics.csv") if r["pipeline"].startswith("micro") and r["seeds"] == "3"]
+    assert len(table) == 2
+    per_seed = [read_csv(study / "replace" / f"seed-{s}" / "metrics.csv") for s in (0, 1, 2)]
+    for row in table:
+        values = [float(runs[int(row["generation"])]["ppl_blocks"]) for runs in per_seed]
+        assert float(row["ppl_blocks_mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+        assert float(row["ppl_blocks_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+
+
+def test_hand_made_mean_and_std():
+    assert aggregate([1.0, 2.0, 4.0]) == (pytest.approx(7 / 3), pytest.approx(math.sqrt(7 / 3)), 3)
+    assert aggregate([5.0]) == (5.0, 0.0, 1)
+    assert aggregate([float("nan"), None, 2.0, 4.0]) == (3.0, pytest.approx(math.sqrt(2)), 2)
+    assert cell((7 / 3, math.sqrt(7 / 3), 3), "ppl_blocks") == "2.33 ± 1.53"
+    assert cell((0.5, 0.0, 1), "self_bleu_4") == "0.5000"
+    assert cell((math.nan, math.nan, 0), "distinct_2") == "-"
+    fake = Group("fake", [RunRecord(None, _SeededConfig(s), [{"generation": 0, "ppl_blocks": v},
+                                                            {"generation": 1, "ppl_blocks": v * 2}], {})
+                          for s, v in ((0, 10.0), (1, 14.0))])
+    table = group_table(fake, ["ppl_blocks"])
+    assert table == [{"generation": 0, "seeds": 2, "ppl_blocks": (12.0, pytest.approx(math.sqrt(8)), 2)},
+                     {"generation": 1, "seeds": 2, "ppl_blocks": (24.0, pytest.approx(math.sqrt(32)), 2)}]
+
+
+class _SeededConfig:
+    def __init__(self, seed):
+        self.seed = seed
+
+
+def test_regimes_side_by_side_and_the_index_page(study):
+    out = write_report(study)
+    comparison = (out / "comparison.md").read_text()
+    header = comparison.splitlines()[0]
+    assert header.count("ppl_blocks ↓") == 2 and "rare_survival ↑" in header
+    labels = sorted({r["pipeline"] for r in read_csv(out / "metrics.csv")})
+    assert len(labels) == 2 and all(label.startswith("micro (") for label in labels)
+    index = (out / "index.md").read_text()
+    for stem in FIGURES:
+        assert f"![{stem}]({stem}.png)" in index
+    assert "## Metric definitions" in index and "`ppl_sliding` ↓:" in index
+    assert "data:\n  corpus:" in index and "regime: keep-fraction" in index  # resolved configs
+    assert "| pipeline | seed | git commit | device | versions |" in index
+    assert re.search(r"\| micro \(.*\) \| 0, 1, 2 \| 0, 1 \|", index)
+    data = json.loads((out / "metrics.json").read_text())
+    assert data["definitions"]["ppl_blocks"]["higher_is_better"] is False
+    assert {len(g["seeds"]) for g in data["groups"]} == {2, 3}
+
+
+def booktabs_errors(tex: str) -> list[str]:
+    """Structural checks of a booktabs tabular, for machines without a TeX engine."""
+    errors = []
+    body = [line for line in tex.splitlines() if line and not line.startswith("%")]
+    spec = re.fullmatch(r"\\begin\{tabular\}\{([lcr]+)\}", body[0])
+    if not spec:
+        return ["no \\begin{tabular}{...} line"]
+    columns = len(spec.group(1))
+    if body[1] != "\\toprule" or body[-2] != "\\bottomrule" or body[-1] != "\\end{tabular}" or body.count("\\midrule") != 1:
+        errors.append("rules out of place")
+    for line in body[2:-2]:
+        if line == "\\midrule":
+            continue
+        if not line.endswith(" \\\\"):
+            errors.append(f"row without \\\\: {line}")
+        cells = re.split(r"(?<!\\)&", line[:-3])
+        if len(cells) != columns:
+            errors.append(f"{len(cells)} cells, {columns} columns: {line}")
+        if re.search(r"(?<!\\)[_%#]", re.sub(r"\\[a-zA-Z]+", "", line)):
+            errors.append(f"unescaped special character: {line}")
+        if line.count("$") % 2:
+            errors.append(f"unbalanced math: {line}")
+    return errors
+
+
+def test_latex_tables_are_valid_booktabs(study, tmp_path):
+    out = write_report(study)
+    for name in ("metrics.tex", "comparison.tex"):
+        tex = (out / name).read_text()
+        assert booktabs_errors(tex) == [], name
+        assert r"$\pm$" in tex and r"$\downarrow$" in tex and r"ppl\_blocks" in tex
+    engine = shutil.which("pdflatex")
+    if engine:  # compile it too where a TeX engine exists
+        document = tmp_path / "table.tex"
+        document.write_text("\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
+                            "\\begin{document}\\tiny\n" + (out / "metrics.tex").read_text() + "\\end{document}\n")
+        result = subprocess.run([engine, "-interaction=nonstopmode", "-halt-on-error", document.name],
+                                cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-2000:]
+
+
+def test_the_booktabs_checker_catches_mistakes():
+    good = latex_table(["a_b", "c"], [["1 ± 2", "x%"]], ["l", "r"], "caption")
+    assert booktabs_errors(good) == []
+    assert booktabs_errors(good.replace(r"\_", "_"))
+    assert booktabs_errors(good.replace(" \\\\\n\\bottomrule", "\n\\bottomrule"))
+    assert booktabs_errors(good.replace("\\toprule\n", ""))
+
+
+def test_report_command_and_errors(study, tmp_path, capsys):
+    assert main(["report", "--run", str(study / "keep"), "--out", str(tmp_path / "r")]) == 0
+    printed = capsys.readouterr().out
+    assert "## Results" in printed and f"report written to {tmp_path / 'r'}/" in printed
+    assert main(["report", "--run", str(tmp_path / "nothing-here")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", "--run", str(tmp_path / "empty")]) == 2
+    assert "no complete generation under" in capsys.readouterr().err
