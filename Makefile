@@ -14,7 +14,10 @@ SEEDS ?=
 LMC := $(BIN)/python -m lmcollapse
 STAGE_ARGS = --pipeline $(PIPELINE) --run $(RUN) $(if $(strip $(SET)),--set $(SET)) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 
-.PHONY: help install run test lint status report dry-run config data bench theory clean-venv
+COMPARE ?= tiny tiny-keep10 tiny-accumulate
+COMPARE_RUN ?= runs/compare
+
+.PHONY: help install run test lint status report compare dry-run config data bench theory clean-venv
 
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table"
@@ -23,11 +26,12 @@ help:
 	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
 	@echo "make status              what is complete, partial or missing in RUN, and what comes next"
 	@echo "make report              tables and figures for RUN (a run or a folder of runs)"
+	@echo "make compare             run COMPARE pipelines under SEEDS into COMPARE_RUN, then report them side by side"
 	@echo "make dry-run             print the plan of PIPELINE without computing anything"
 	@echo "make config              the resolved config of PIPELINE, every key documented"
 	@echo "make data                fetch the corpus PIPELINE names into data/ (needs network)"
 	@echo "make bench               the benchmarks in bench/"
-	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\""
+	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" COMPARE=\"$(COMPARE)\""
 
 install: $(BIN)/.installed
 
@@ -48,6 +52,14 @@ status: install
 
 report: install
 	$(LMC) report --run $(RUN)
+
+# Each pipeline of COMPARE under every seed of SEEDS (default 0 1), then one report of all of them.
+compare: install
+	@for p in $(COMPARE); do \
+	  $(LMC) run --pipeline pipelines/$$p.yaml --run $(COMPARE_RUN)/$$p --seeds $(or $(strip $(SEEDS)),0 1) \
+	    $(if $(strip $(SET)),--set $(SET)) || exit 1; \
+	done
+	$(LMC) report --run $(COMPARE_RUN)
 
 dry-run: install
 	$(LMC) run --dry-run $(STAGE_ARGS)

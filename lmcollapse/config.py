@@ -17,6 +17,7 @@ import difflib
 import functools
 import inspect
 import math
+import re
 import textwrap
 import types
 import typing
@@ -55,13 +56,20 @@ class DataConfig:
     """Evaluate on at most this many held-out blocks (the first ones); null uses all."""
     subset_seed: int = 0
     """Seed that picks the ``max_train_blocks`` subset; fixed across run seeds by design."""
-    regime: Literal["replace", "keep-fraction"] = "replace"
-    """``replace``: train only on the previous generation's text; ``keep-fraction``: mix in
-    ``human_fraction`` of the human blocks every generation."""
+    regime: Literal["replace", "keep-fraction", "accumulate", "accumulate-subsample"] = "replace"
+    """What generation k > 0 trains on. ``replace``: the previous generation's text only
+    (Shumailov et al.). ``keep-fraction``: ``human_fraction`` human blocks plus the previous text,
+    same size. ``accumulate``: all human blocks plus every earlier generation's text (Gerstgrasser
+    et al. 2024). ``accumulate-subsample``: that pool, subsampled to ``train_size`` (Kazdan et al.)."""
     human_fraction: float = 0.0
     """Fraction of each generation's training set drawn from the human blocks (keep-fraction)."""
+    human_fraction_schedule: tuple[float, ...] | None = None
+    """keep-fraction with a per-generation fraction: the values for generations 1, 2, ...; the last
+    one holds for every later generation (e.g. [0.5, 0.2, 0.05])."""
     human_resample: bool = True
-    """Draw a new human subset every generation (true) or keep the generation-1 draw (false)."""
+    """keep-fraction: draw new human blocks every generation (true) or keep generation 1's (false)."""
+    train_size: int | None = None
+    """accumulate-subsample: blocks per training set; null: the human training set's size."""
 
     def __post_init__(self) -> None:
         _require(self.block_size >= 2, "block_size", "must be at least 2 (a block predicts block_size - 1 tokens)")
@@ -72,12 +80,29 @@ class DataConfig:
             _require(value is None or value >= 1, key, f"must be at least 1 or null, got {value}")
         _require(0.0 <= self.human_fraction <= 1.0, "human_fraction",
                  f"must be between 0 and 1, got {self.human_fraction}")
-        if self.regime == "replace":
-            _require(self.human_fraction == 0.0, "human_fraction",
-                     "has no effect with data.regime=replace; set data.regime=keep-fraction")
+        if self.regime == "keep-fraction":
+            if self.human_fraction_schedule is None:
+                _require(self.human_fraction > 0.0, "human_fraction",
+                         "must be above 0 with data.regime=keep-fraction (use data.regime=replace for none)")
+            else:
+                _require(self.human_fraction == 0.0, "human_fraction_schedule",
+                         "replaces data.human_fraction: set one of the two")
+                _require(len(self.human_fraction_schedule) >= 1 and all(0.0 <= f <= 1.0 for f in self.human_fraction_schedule),
+                         "human_fraction_schedule", "must list fractions between 0 and 1")
         else:
-            _require(self.human_fraction > 0.0, "human_fraction",
-                     "must be above 0 with data.regime=keep-fraction (use data.regime=replace for none)")
+            for key in ("human_fraction", "human_fraction_schedule"):
+                _require(getattr(self, key) in (0.0, None), key,
+                         f"has no effect with data.regime={self.regime}; set data.regime=keep-fraction")
+        if self.train_size is not None:
+            _require(self.regime == "accumulate-subsample", "train_size",
+                     "only applies to data.regime=accumulate-subsample")
+            _require(self.train_size >= 1, "train_size", "must be at least 1")
+
+    def human_fraction_at(self, generation: int) -> float:
+        """keep-fraction: the human share of generation ``generation``'s training set (k >= 1)."""
+        if self.human_fraction_schedule is None:
+            return self.human_fraction
+        return self.human_fraction_schedule[min(generation, len(self.human_fraction_schedule)) - 1]
 
 
 @dataclass(frozen=True)
@@ -163,6 +188,9 @@ class TrainConfig:
     """AdamW decoupled weight decay (PyTorch's default, as the reference code uses)."""
     max_grad_norm: float | None = None
     """Clip the global gradient norm to this value; null: no clipping (the reference)."""
+    human_loss_weight: float = 1.0
+    """Provenance-aware training: the loss weight of a human record relative to a synthetic one
+    (from each record's ``source``); 1.0 treats them alike."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision through accelerate (bf16 on recent GPUs and CPUs; fp16 on GPUs)."""
     checkpoint_every: int = 200
@@ -182,6 +210,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
         if self.max_grad_norm is not None:
             _require(self.max_grad_norm > 0, "max_grad_norm", "must be positive or null")
+        _require(self.human_loss_weight > 0, "human_loss_weight", f"must be positive, got {self.human_loss_weight}")
 
 
 @dataclass(frozen=True)
@@ -283,6 +312,25 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class DecontaminateConfig:
+    enabled: bool = False
+    """Filter each generation's candidate training records with a human-vs-synthetic detector."""
+    detector: Literal["classifier", "perplexity"] = "classifier"
+    """``classifier``: logistic regression on hashed token uni- and bigrams. ``perplexity``: logistic
+    regression on each record's mean NLL under the previous generation's model."""
+    threshold: float = 0.5
+    """Drop a candidate when the detector's probability that it is synthetic exceeds this."""
+    labelled_fraction: float = 0.2
+    """Share of candidates whose provenance label fits the detector (a small annotated sample);
+    precision and recall are measured on the rest."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.threshold < 1.0, "threshold", f"must be between 0 and 1, got {self.threshold}")
+        _require(0.0 < self.labelled_fraction < 1.0, "labelled_fraction",
+                 f"must be between 0 and 1, got {self.labelled_fraction}")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pipeline"
     """Pipeline name: the default run directory is runs/<name>."""
@@ -302,10 +350,17 @@ class PipelineConfig:
     """How each generation writes the next generation's corpus (passed to ``generate``)."""
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     """What is measured for every generation."""
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
+    """Filtering synthetic records out of the training data before each generation trains."""
 
     def __post_init__(self) -> None:
         _require(self.generations >= 1, "generations", f"must be at least 1, got {self.generations}")
         _require(self.seed >= 0, "seed", f"must be 0 or more, got {self.seed}")
+        if self.data.regime == "replace":
+            _require(self.train.human_loss_weight == 1.0, "train.human_loss_weight",
+                     "has no effect with data.regime=replace (no generation mixes human and synthetic records)")
+            _require(not self.decontaminate.enabled, "decontaminate.enabled",
+                     "has nothing to separate with data.regime=replace: use a regime that mixes human data")
         prompt = self.generate.prompt_tokens or self.data.block_size
         _require(prompt <= self.data.block_size, "generate.prompt_tokens",
                  f"must not exceed data.block_size ({self.data.block_size})")
@@ -369,7 +424,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["train.epochs=1", "seed=3"]`` -> ``{"train.epochs": 1, "seed": 3}`` (values as YAML)."""
     parsed: dict[str, Any] = {}
     for item in overrides:
-        for token in item.split():
+        # Split on whitespace, but not inside a [list] value: "a=[1, 2] b=3" is two overrides.
+        for token in re.findall(r"(?:[^\s\[]+|\[[^\]]*\])+", item):
             key, sep, text = token.partition("=")
             if not sep or not key:
                 raise ConfigError(f"override {token!r} is not key=value (e.g. SET=\"train.epochs=1\")")
@@ -427,6 +483,11 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if origin is tuple:
+        item = typing.get_args(tp)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:

@@ -44,7 +44,7 @@ from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding, sample_perplexities
 from lmcollapse.metrics.self_bleu import self_bleu_scores, subsample_indices
 from lmcollapse.records import HUMAN, concatenate, make_records, read_records, write_records
-from lmcollapse.regimes import assemble_training_set, source_counts
+from lmcollapse.regimes import assemble_training_set, consumed_generations, loss_weights, prompts_for, source_counts
 from lmcollapse.rundir import (
     MANIFEST,
     GenerationDir,
@@ -289,15 +289,18 @@ def build_generation(context: Context, index: int) -> dict:
     timings: dict[str, float] = {}
     tokenizer = tokenizer_of(context)
 
-    # a. the training set
+    # a. the training set (the regime's, then decontaminated if asked)
     if context.main and not generation.train_set.is_file():
-        previous = read_synthetic(run.generation(index - 1)) if index > 0 else None
         human_train = read_records(run.human / "train.parquet")
-        write_records(assemble_training_set(config, index, human_train, previous), generation.train_set)
+        candidates = assemble_training_set(config, index, human_train, lambda g: read_synthetic(run.generation(g)))
+        if config.decontaminate.enabled and index > 0:
+            candidates = filter_candidates(context, index, candidates)
+        write_records(candidates, generation.train_set)
     accelerator.wait_for_everyone()
     train_set = read_records(generation.train_set)
     train_sha = sha256_file(generation.train_set)
     sources = source_counts(train_set)
+    corpus_size = read_json(run.human / MANIFEST)["train"]["blocks"]
 
     # b. training
     from lmcollapse.modeling import load_model, save_model
@@ -313,8 +316,8 @@ def build_generation(context: Context, index: int) -> dict:
         sequences = [np.asarray(ids, dtype=np.int64) for ids in train_set["input_ids"]]
         model, outcome = train_model(
             model, sequences, config.train, seed=config.seed, generation=index,
-            checkpoint_dir=generation.checkpoints, accelerator=accelerator,
-            data_fingerprint=train_sha, pad_id=tokenizer.pad_token_id, progress=context.progress)
+            checkpoint_dir=generation.checkpoints, accelerator=accelerator, data_fingerprint=train_sha,
+            pad_id=tokenizer.pad_token_id, weights=loss_weights(config, train_set), progress=context.progress)
         train_log = {"steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
                      "final_loss": outcome.final_loss, "resumed_from_step": outcome.resumed_from_step,
                      "started_from": str(start.relative_to(run.root)), "log": outcome.log}
@@ -327,7 +330,8 @@ def build_generation(context: Context, index: int) -> dict:
 
     # c. the synthetic corpus
     shards = write_synthetic_corpus(
-        model, tokenizer, train_set, config.generate, seed=config.seed, generation=index,
+        model, tokenizer, prompts_for(config, index, train_set, corpus_size), config.generate, seed=config.seed,
+        generation=index,
         model_label=f"{run.name}/{generation.name}/model", out_dir=generation.synthetic,
         accelerator=accelerator, progress=context.progress)
     timings["generate_seconds"] = sum(s["seconds"] for s in shards)
@@ -344,6 +348,10 @@ def build_generation(context: Context, index: int) -> dict:
 
     # e. the manifest, last
     row = metrics_row(config, index, train_set, sources, train_log, shards, perplexities, text_metrics, tails, timings)
+    if (generation.root / "decontamination.json").is_file():
+        report = read_json(generation.root / "decontamination.json")
+        row.update(decontam_precision=report["precision"], decontam_recall=report["recall"],
+                   decontam_dropped=report["candidates"] - report["kept"])
     if context.main:
         outputs = {name: digest for name, digest in sha256_tree(generation.root).items()
                    if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
@@ -355,6 +363,21 @@ def build_generation(context: Context, index: int) -> dict:
             "metrics": row, **environment_record()})
     accelerator.wait_for_everyone()
     return row
+
+
+def filter_candidates(context: Context, index: int, candidates):
+    """Decontamination: the detector's report is written before the training set it filtered."""
+    from lmcollapse.decontaminate import decontaminate
+
+    scorer = None
+    if context.config.decontaminate.detector == "perplexity":
+        from lmcollapse.modeling import load_model
+
+        scorer, _ = load_model(context.run.generation(index - 1).model, context.config.model.attn_implementation,
+                               with_tokenizer=False)
+    kept, report = decontaminate(candidates, context.config, index, scorer, context.config.evaluate.batch_size)
+    write_json_atomic(context.run.generation(index).root / "decontamination.json", report)
+    return kept
 
 
 def verify_inputs(context: Context, index: int) -> dict[str, str]:
@@ -378,6 +401,10 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
         # its model this one's start (init=previous), its numbers part of the same table.
         previous = run.generation(index - 1)
         check(read_manifest(previous.manifest)["outputs"], previous.root, previous.name, f"{previous.name}/")
+        for earlier in consumed_generations(config, index)[:-1]:  # accumulating regimes read them all
+            older = run.generation(earlier)
+            recorded = read_manifest(older.manifest)["outputs"]
+            check({k: v for k, v in recorded.items() if k.startswith("synthetic/")}, older.root, older.name, f"{older.name}/")
         first = run.generation(0)
         if config.evaluate.tails and index > 1:
             recorded = read_manifest(first.manifest)["outputs"]

@@ -69,9 +69,7 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
             human_blocks = estimate if data.max_train_blocks is None else min(estimate, data.max_train_blocks)
     if data.max_train_blocks is not None:
         lines.append(f"  training set capped at {data.max_train_blocks} blocks (fixed subset, seed {data.subset_seed})")
-    regime = "replace: each generation trains only on the previous generation's text" if data.regime == "replace" else \
-        f"keep-fraction: {data.human_fraction:.0%} human blocks ({'resampled' if data.human_resample else 'fixed'}) + synthetic"
-    lines.append(f"regime: {regime}")
+    lines.append(f"regime: {describe_regime(config)}")
 
     micro = train.micro_batch_size or train.batch_size
     steps = f"{train.epochs * steps_per_epoch(human_blocks, train.batch_size)}" if human_blocks else "?"
@@ -95,6 +93,30 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
     lines.append("stages:")
     lines.extend(f"  {line}" for line in stage_lines(run, last_generation, config))
     return "\n".join(lines)
+
+
+def describe_regime(config: PipelineConfig) -> str:
+    data = config.data
+    if data.regime == "replace":
+        text = "replace: each generation trains only on the previous generation's text"
+    elif data.regime == "keep-fraction":
+        share = (f"{data.human_fraction:.0%}" if data.human_fraction_schedule is None else
+                 "/".join(f"{f:.0%}" for f in data.human_fraction_schedule) + " (generations 1, 2, ...)")
+        text = (f"keep-fraction: {share} human blocks ({'redrawn every generation' if data.human_resample else 'drawn once'})"
+                " + the previous generation's text")
+    elif data.regime == "accumulate":
+        text = "accumulate: all human blocks + every earlier generation's text (the set grows by N each generation)"
+    else:
+        text = f"accumulate-subsample: the accumulated pool subsampled to {data.train_size or 'N (the human size)'} blocks"
+    if config.model.init == "previous":
+        text += "; each generation starts from the previous model"
+    if config.train.human_loss_weight != 1.0:
+        text += f"; human records weigh {config.train.human_loss_weight:g}x in the loss"
+    if config.decontaminate.enabled:
+        d = config.decontaminate
+        text += (f"; decontaminated by a {d.detector} detector (drop P(synthetic) > {d.threshold:g}, "
+                 f"fitted on {d.labelled_fraction:.0%} labelled candidates)")
+    return text
 
 
 def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None) -> list[str]:

@@ -1,47 +1,79 @@
 """What each generation trains on: the data regimes, as one function of the run's records.
 
-* generation 0 trains on the human training blocks;
-* ``replace`` (Shumailov et al.): generation k trains only on generation k-1's synthetic corpus;
-* ``keep-fraction``: a fraction r of the training set is human blocks (a fresh random draw every
-  generation, or one fixed draw with ``human_resample: false``) and the rest is a random subset
-  of generation k-1's synthetic corpus, so the training set keeps its size (the paper's 10%).
+N is the size of the human training set. Generation 0 trains on the N human blocks; generation
+k > 0, by ``data.regime``:
 
-Every draw is seeded from (seed, purpose, generation), so the set is a pure function of the
-inputs; the provenance columns (``source``, ``generation``) show what was chosen.
+* ``replace`` (Shumailov et al. 2024): generation k-1's synthetic corpus (N records).
+* ``keep-fraction``: round(r N) human blocks and N - round(r N) records of generation k-1's
+  corpus, both drawn at random; r is ``human_fraction``, or the generation's entry of
+  ``human_fraction_schedule``. Human blocks are redrawn every generation, or drawn once
+  (``human_resample: false``). The paper keeps 10%.
+* ``accumulate`` (Gerstgrasser et al. 2024, "Is Model Collapse Inevitable?"): the N human
+  blocks and every earlier generation's corpus: N (k + 1) records.
+* ``accumulate-subsample`` (Kazdan et al., "Collapse or Thrive?"): that pool, subsampled at
+  random to ``train_size`` records (N by default).
 
-    train_set = assemble_training_set(config, generation, human_train, previous_synthetic)
+Each generation writes a corpus of N records, continuing N of its training blocks (all of them
+when there are N, a random N when the set is larger), so corpora stay comparable across regimes.
+Every draw is seeded from (seed, purpose, generation): a training set is a pure function of the
+inputs, and its provenance columns show what was chosen.
+
+    train_set = assemble_training_set(config, generation, human_train, synthetic_of)
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import datasets
 import numpy as np
 
 from lmcollapse.config import PipelineConfig
-from lmcollapse.records import concatenate
+from lmcollapse.records import HUMAN, concatenate
 from lmcollapse.seeding import rng
 
 
 def assemble_training_set(config: PipelineConfig, generation: int, human_train: datasets.Dataset,
-                          previous_synthetic: datasets.Dataset | None) -> datasets.Dataset:
+                          synthetic_of: Callable[[int], datasets.Dataset]) -> datasets.Dataset:
+    """Generation ``generation``'s training set; ``synthetic_of(g)`` reads generation g's corpus."""
     if generation == 0:
         return human_train
-    if previous_synthetic is None:
-        raise ValueError(f"generation {generation} needs generation {generation - 1}'s synthetic corpus")
-    data = config.data
+    data, n = config.data, len(human_train)
     if data.regime == "replace":
-        return previous_synthetic
+        return synthetic_of(generation - 1)
     if data.regime == "keep-fraction":
-        total = len(previous_synthetic)
-        human_count = min(int(round(data.human_fraction * total)), len(human_train))
+        previous = synthetic_of(generation - 1)
+        human_count = min(int(round(data.human_fraction_at(generation) * n)), n)
         draw = generation if data.human_resample else 1
-        human_pick = _choose(len(human_train), human_count, config.seed, "keep-fraction/human", draw)
-        synthetic_pick = _choose(total, total - human_count, config.seed, "keep-fraction/synthetic", generation)
-        return concatenate([human_train.select(human_pick), previous_synthetic.select(synthetic_pick)])
+        human_pick = choose(n, human_count, config.seed, "keep-fraction/human", draw)
+        synthetic_pick = choose(len(previous), n - human_count, config.seed, "keep-fraction/synthetic", generation)
+        return concatenate([human_train.select(human_pick), previous.select(synthetic_pick)])
+    pool = concatenate([human_train] + [synthetic_of(g) for g in range(generation)])
+    if data.regime == "accumulate":
+        return pool
+    if data.regime == "accumulate-subsample":
+        size = data.train_size or n
+        return pool.select(choose(len(pool), size, config.seed, "accumulate-subsample", generation))
     raise ValueError(f"unknown data.regime {data.regime!r}")
 
 
-def _choose(population: int, count: int, seed: int, purpose: str, generation: int) -> np.ndarray:
+def prompts_for(config: PipelineConfig, generation: int, train_set: datasets.Dataset, corpus_size: int) -> datasets.Dataset:
+    """The training blocks a generation continues: all of them, or a random ``corpus_size``."""
+    if len(train_set) <= corpus_size:
+        return train_set
+    return train_set.select(choose(len(train_set), corpus_size, config.seed, "prompts", generation))
+
+
+def consumed_generations(config: PipelineConfig, generation: int) -> list[int]:
+    """The earlier generations whose corpora generation ``generation`` trains on."""
+    if generation == 0:
+        return []
+    if config.data.regime in ("accumulate", "accumulate-subsample"):
+        return list(range(generation))
+    return [generation - 1]
+
+
+def choose(population: int, count: int, seed: int, purpose: str, generation: int) -> np.ndarray:
     """``count`` distinct indices of ``range(population)``, seeded, in increasing order."""
     if count >= population:
         return np.arange(population)
@@ -52,3 +84,11 @@ def source_counts(records: datasets.Dataset) -> dict[str, int]:
     """How many records of each source (``human`` / ``synthetic``) a training set holds."""
     sources, counts = np.unique(np.asarray(records["source"], dtype=object).astype(str), return_counts=True)
     return {str(s): int(c) for s, c in zip(sources, counts)}
+
+
+def loss_weights(config: PipelineConfig, records: datasets.Dataset) -> np.ndarray | None:
+    """Per-record loss weights from provenance: ``train.human_loss_weight`` for human records."""
+    if config.train.human_loss_weight == 1.0:
+        return None
+    is_human = np.asarray(records["source"], dtype=object) == HUMAN
+    return np.where(is_human, config.train.human_loss_weight, 1.0)

@@ -26,6 +26,7 @@ RUN_COLUMNS = {
     "text_tokenization": "How text was split into words for self-BLEU, distinct-n and rare n-grams.",
     "train_blocks": "Blocks in the generation's training set.",
     "train_human_fraction": "Fraction of those blocks that are human text (from the provenance column).",
+    "decontam_dropped": "Candidate records the decontamination filter removed before training.",
     "train_tokens": "Tokens seen in training (all epochs).",
     "train_steps": "Optimizer steps.",
     "train_loss": "Mean training loss (token NLL) over the last epoch.",

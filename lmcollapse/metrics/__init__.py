@@ -53,6 +53,12 @@ class MetricDefinition:
     decimals: int = 3  # rounding in published tables
 
 
+def _detection_report(truth, drop, labelled):
+    from lmcollapse.decontaminate import detection_report
+
+    return detection_report(truth, drop, labelled)
+
+
 def _register(*metrics: MetricDefinition) -> dict[str, MetricDefinition]:
     return {m.name: m for m in metrics}
 
@@ -100,6 +106,15 @@ REGISTRY: dict[str, MetricDefinition] = _register(
         "Fraction of the human training corpus's rare n-grams (count at most the configured "
         "threshold) that occur at least once in the synthetic corpus.",
         True, "fraction of n-gram types", rare_ngram_survival, 4),
+    MetricDefinition(
+        "decontam_precision",
+        "Decontamination: of the candidates the detector dropped as synthetic, the fraction that were "
+        "synthetic (provenance labels; candidates the detector was not fitted on).",
+        True, "fraction of dropped records", _detection_report, 4),
+    MetricDefinition(
+        "decontam_recall",
+        "Decontamination: of the synthetic candidates, the fraction the detector dropped (same records).",
+        True, "fraction of synthetic records", _detection_report, 4),
 )
 
 

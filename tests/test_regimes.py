@@ -1,0 +1,205 @@
+"""Data regimes, provenance-aware weighting and decontamination do what they claim."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import micro_config
+from lmcollapse.config import load_config
+from lmcollapse.decontaminate import decontaminate, detection_report
+from lmcollapse.pipeline import build
+from lmcollapse.records import HUMAN, SYNTHETIC, make_records, read_records
+from lmcollapse.regimes import assemble_training_set, loss_weights, prompts_for
+from lmcollapse.rundir import RunDir
+from lmcollapse.train import _chunk_loss
+
+N = 20
+
+
+def records(source: str, generation: int | None, count: int = N, token_range=(3, 100), seed=0):
+    rng = np.random.default_rng(seed + (generation or 0) * 7 + (source == HUMAN) * 3)
+    prefix = "human-train" if source == HUMAN else f"g{generation:02d}"
+    return make_records({
+        "id": [f"{prefix}-{i:06d}" for i in range(count)], "source": [source] * count,
+        "generation": [generation] * count, "parent": [None] * count, "model": [None] * count,
+        "input_ids": [rng.integers(*token_range, size=16).tolist() for _ in range(count)], "text": ["t"] * count})
+
+
+HUMAN_TRAIN = records(HUMAN, None)
+CORPORA = {g: records(SYNTHETIC, g) for g in range(6)}
+
+
+def assemble(overrides: list[str], generation: int):
+    config = load_config(None, overrides)
+    return assemble_training_set(config, generation, HUMAN_TRAIN, CORPORA.__getitem__)
+
+
+def composition(dataset) -> Counter:
+    return Counter("human" if s == HUMAN else f"g{g}" for s, g in zip(dataset["source"], dataset["generation"]))
+
+
+def test_generation_zero_is_the_human_data_in_every_regime():
+    for regime in (["data.regime=replace"], ["data.regime=accumulate"], ["data.regime=keep-fraction", "data.human_fraction=0.3"]):
+        assert assemble(regime, 0)["id"] == HUMAN_TRAIN["id"]
+
+
+def test_replace_trains_on_the_previous_corpus_only():
+    for k in (1, 3):
+        assert composition(assemble([], k)) == {f"g{k - 1}": N}
+
+
+def test_keep_fraction_sizes_sources_and_resampling():
+    resampled = [assemble(["data.regime=keep-fraction", "data.human_fraction=0.25"], k) for k in (1, 2, 3)]
+    for k, train in zip((1, 2, 3), resampled):
+        assert len(train) == N and composition(train) == {"human": 5, f"g{k - 1}": 15}
+    human_ids = [frozenset(i for i, s in zip(t["id"], t["source"]) if s == HUMAN) for t in resampled]
+    assert len(set(human_ids)) == 3  # a fresh draw each generation
+    fixed = [assemble(["data.regime=keep-fraction", "data.human_fraction=0.25", "data.human_resample=false"], k) for k in (1, 2, 3)]
+    assert len({frozenset(i for i, s in zip(t["id"], t["source"]) if s == HUMAN) for t in fixed}) == 1
+
+
+def test_a_human_fraction_schedule_per_generation():
+    schedule = ["data.regime=keep-fraction", "data.human_fraction_schedule=[0.5, 0.2, 0.05]"]
+    assert [composition(assemble(schedule, k))["human"] for k in (1, 2, 3, 4, 5)] == [10, 4, 1, 1, 1]
+    assert all(len(assemble(schedule, k)) == N for k in (1, 4))
+
+
+def test_accumulate_keeps_everything():
+    for k in (1, 2, 4):
+        train = assemble(["data.regime=accumulate"], k)
+        assert len(train) == N * (k + 1)
+        assert composition(train) == {"human": N, **{f"g{g}": N for g in range(k)}}
+
+
+def test_accumulate_subsample_draws_a_fixed_size_from_the_pool():
+    for k in (1, 3):
+        train = assemble(["data.regime=accumulate-subsample"], k)
+        assert len(train) == N and len(set(train["id"])) == N
+        assert set(composition(train)) <= {"human", *(f"g{g}" for g in range(k))}
+    big = assemble(["data.regime=accumulate-subsample", "data.train_size=50"], 4)
+    assert len(big) == 50 and len(composition(big)) == 5  # drawn from all five sources
+    assert assemble(["data.regime=accumulate-subsample"], 3)["id"] == assemble(["data.regime=accumulate-subsample"], 3)["id"]
+
+
+def test_prompts_keep_the_corpus_at_the_human_size():
+    config = load_config(None, ["data.regime=accumulate"])
+    grown = assemble(["data.regime=accumulate"], 3)
+    prompts = prompts_for(config, 3, grown, N)
+    assert len(prompts) == N and set(prompts["id"]) <= set(grown["id"])
+    assert prompts_for(config, 0, HUMAN_TRAIN, N)["id"] == HUMAN_TRAIN["id"]
+
+
+def test_human_loss_weight_changes_the_loss_as_claimed():
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(OPTConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+        max_position_embeddings=32, word_embed_proj_dim=16, dropout=0.0)).eval()
+    mixed = assemble(["data.regime=keep-fraction", "data.human_fraction=0.5"], 1)
+    config = load_config(None, ["data.regime=keep-fraction", "data.human_fraction=0.5", "train.human_loss_weight=3"])
+    weights = loss_weights(config, mixed)
+    assert sorted(Counter(weights.tolist()).items()) == [(1.0, 10), (3.0, 10)]
+    assert loss_weights(load_config(None, []), mixed) is None
+    sequences = [np.asarray(ids) for ids in mixed["input_ids"]]
+    per_record = []
+    with torch.no_grad():
+        for seq in sequences:  # hand computation: mean token NLL of each record, alone
+            logits = model(input_ids=torch.tensor(seq)[None]).logits[0]
+            per_record.append(torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(seq[1:]), reduction="sum").item())
+    tokens = np.array([len(s) - 1 for s in sequences])
+    expected = float(np.sum(weights * per_record) / np.sum(weights * tokens))
+
+    class Accelerator:
+        device = torch.device("cpu")
+
+        def autocast(self):
+            return torch.autocast("cpu", enabled=False)
+
+    chunk = np.arange(len(sequences))
+    with torch.no_grad():
+        loss = _chunk_loss(model, sequences, chunk, weights, 1, Accelerator(), float(np.sum(weights * tokens)))
+        plain = _chunk_loss(model, sequences, chunk, np.ones(len(sequences)), 1, Accelerator(), float(tokens.sum()))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert plain.item() == pytest.approx(sum(per_record) / tokens.sum(), rel=1e-5)
+    assert loss.item() != pytest.approx(plain.item(), rel=1e-3)
+
+
+def test_detection_report_against_hand_counted_labels():
+    truth = np.array([1, 1, 1, 0, 0, 0, 1, 0], dtype=bool)
+    drop = np.array([1, 1, 0, 1, 0, 0, 1, 1], dtype=bool)
+    labelled = np.array([0, 0, 0, 0, 0, 0, 1, 1], dtype=bool)  # the last two fitted the detector
+    report = detection_report(truth, drop, labelled)
+    assert (report["true_positives"], report["false_positives"], report["false_negatives"]) == (2, 1, 1)
+    assert report["precision"] == pytest.approx(2 / 3) and report["recall"] == pytest.approx(2 / 3)
+    assert (report["dropped_human"], report["dropped_synthetic"]) == (2, 3)
+
+
+@pytest.mark.parametrize("detector", ["classifier", "perplexity"])
+def test_the_detector_is_scored_against_the_true_provenance(detector):
+    # Separable by construction: synthetic records use other tokens than human ones.
+    human = records(HUMAN, None, 120, token_range=(3, 60))
+    synthetic = records(SYNTHETIC, 0, 120, token_range=(40, 100))
+    candidates = assemble_training_set(load_config(None, ["data.regime=accumulate"]), 1, human, lambda g: synthetic)
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true", f"decontaminate.detector={detector}"])
+    scorer = None
+    if detector == "perplexity":  # a model trained on human text finds synthetic text unlikely
+        scorer = _unigram_model(candidates)
+    kept, report = decontaminate(candidates, config, 1, scorer_model=scorer)
+    truth = np.array(candidates["source"]) == SYNTHETIC
+    kept_ids = set(kept["id"])
+    dropped = np.array([i not in kept_ids for i in candidates["id"]])
+    assert report["dropped_synthetic"] == int((dropped & truth).sum())
+    assert report["dropped_human"] == int((dropped & ~truth).sum())
+    assert report["kept"] == len(kept) and report["candidates"] == 240 and report["labelled"] == 48
+    assert report["precision"] > 0.9 and report["recall"] > 0.9
+
+
+def _unigram_model(candidates):
+    """An OPT whose output layer prefers human tokens: NLL separates the sources."""
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(OPTConfig(
+        vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
+        max_position_embeddings=32, word_embed_proj_dim=16)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.model.decoder.final_layer_norm.bias.fill_(1.0)
+        model.lm_head.weight[3:40] = 0.5  # tokens only human records use
+    return model
+
+
+def test_decontamination_needs_both_sources_in_the_annotated_sample():
+    from lmcollapse.errors import LmcollapseError
+
+    only_synthetic = CORPORA[0]
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true"])
+    with pytest.raises(LmcollapseError, match="annotated sample holds only synthetic records"):
+        decontaminate(only_synthetic, config, 1)
+
+
+def test_accumulate_and_decontamination_end_to_end(tmp_path, small_corpus):
+    config = micro_config(small_corpus, ["data.regime=accumulate", "train.epochs=1", "decontaminate.enabled=true",
+                                         "decontaminate.labelled_fraction=0.5", "train.human_loss_weight=2"])
+    run = RunDir(tmp_path / "accumulate")
+    rows = build(config, run.root, 2, progress=False, echo=lambda _: None)
+    corpus = {g: [r for p in run.generation(g).synthetic_shards() for r in read_records(p)] for g in range(3)}
+    assert len(corpus[0]) == 24
+    for k in (1, 2):
+        report = json.loads((run.generation(k).root / "decontamination.json").read_text())
+        train = read_records(run.generation(k).train_set)
+        synthetic_pool = sum(len(corpus[g]) for g in range(k))
+        assert report["candidates"] == 24 + synthetic_pool and len(train) == report["kept"]
+        counts = composition(train)
+        assert counts["human"] == 24 - report["dropped_human"]
+        assert sum(v for key, v in counts.items() if key != "human") == synthetic_pool - report["dropped_synthetic"]
+        assert {key for key in counts if key != "human"} <= {f"g{g}" for g in range(k)}
+        # The corpus continues min(N, training set) of this generation's own training blocks.
+        assert len(corpus[k]) == min(24, len(train)) and {r["parent"] for r in corpus[k]} <= set(train["id"])
+        assert rows[k]["decontam_recall"] == report["recall"] and rows[k]["train_blocks"] == len(train)
