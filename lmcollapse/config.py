@@ -193,6 +193,11 @@ class TrainConfig:
     (from each record's ``source``); 1.0 treats them alike."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision through accelerate (bf16 on recent GPUs and CPUs; fp16 on GPUs)."""
+    fused_optimizer: bool = False
+    """PyTorch's fused AdamW: one kernel updates every parameter (faster on GPUs)."""
+    compile: bool = False
+    """torch.compile the model for training (accelerate's dynamo plugin, inductor backend); the
+    first steps compile, which pays off on GPUs and long runs."""
     checkpoint_every: int = 200
     """Save a resumable checkpoint every this many optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
@@ -239,6 +244,9 @@ class GenerateConfig:
     """Continue only the last this many tokens of each training block; null: the whole block."""
     batch_size: int = 64
     """Prompts per ``generate`` call."""
+    cache_implementation: Literal["dynamic", "static"] = "dynamic"
+    """KV cache of ``generate``: ``static`` preallocates it, so transformers can compile the decoding
+    step (pays on GPUs for fixed-length generation)."""
     shard_size: int = 1024
     """Records per Parquet shard: the unit of resumption and of work across processes."""
 

@@ -61,6 +61,8 @@ def build_generation_config(config: GenerateConfig, tokenizer):
         )
     if config.num_beams > 1:
         settings.update(length_penalty=1.0, early_stopping=False)
+    if config.cache_implementation == "static":
+        settings.update(cache_implementation="static")
     generation_config = GenerationConfig(**settings)
     generation_config.validate(strict=True)
     return generation_config

@@ -41,7 +41,7 @@ from lmcollapse.interrupts import stop_on_signals
 from lmcollapse.metrics import REGISTRY, TAIL_QUANTILES
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.ngrams import EncodedCorpus
-from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding, sample_perplexities
+from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding, sample_perplexities
 from lmcollapse.metrics.self_bleu import self_bleu_scores, subsample_indices
 from lmcollapse.records import HUMAN, concatenate, make_records, read_records, write_records
 from lmcollapse.regimes import assemble_training_set, consumed_generations, loss_weights, prompts_for, source_counts
@@ -94,9 +94,16 @@ def make_accelerator(config: PipelineConfig):
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         # One process: forget any accelerator an earlier build in this process configured.
         AcceleratorState._reset_state(reset_partial_state=True)
+    # Without a GPU, say so: accelerate then runs several processes (accelerate launch --multi_gpu,
+    # torchrun) on the CPU with gloo, instead of falling back to a single process.
+    xpu = getattr(torch, "xpu", None)
+    cpu_only = not (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                    or torch.backends.mps.is_available())
     # The scheduler is stepped once per optimizer step by the training loop itself;
     # accelerate's default would step it once per process.
-    return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False)
+    return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False,
+                       cpu=cpu_only, dynamo_backend="inductor" if config.train.compile else "no")
+
 
 
 def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accept_changed: bool = False,
@@ -359,6 +366,7 @@ def build_generation(context: Context, index: int) -> dict:
         write_json_atomic(generation.manifest, {
             "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
             "parent_manifest_sha256": sha256_file(parent), "consumed": consumed,
+            "processes": accelerator.num_processes,
             "train_set_sha256": train_sha, "outputs": outputs, "timings": timings,
             "metrics": row, **environment_record()})
     accelerator.wait_for_everyone()
@@ -436,8 +444,8 @@ def ensure_json(context: Context, path: Path, compute) -> dict:
 
 def heldout_perplexity(context: Context, model, label: str, save_dir: Path | None = None) -> dict:
     config = context.config
-    heldout = read_records(context.run.human / "heldout.parquet")
-    stream = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in heldout["input_ids"]])
+    # Streamed from disk: evaluation memory does not grow with the held-out split.
+    stream = TokenStream.from_parquet(context.run.human / "heldout.parquet")
     batch = config.evaluate.batch_size
     blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
                                progress=f"ppl blocks ({label})" if context.progress else None)

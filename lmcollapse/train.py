@@ -3,9 +3,11 @@
 * Data order is a pure function of (seed, generation, epoch): step ``s`` always sees the same
   global batch, so a resumed run feeds exactly the batches an uninterrupted one feeds (no
   ``skip_first_batches``). Each process takes every P-th block of the global batch.
-* The loss is the (weighted) sum of token NLL divided by the token count of the *global* batch,
-  so gradient accumulation and the number of processes do not change the arithmetic.
-* Dropout is reseeded from (seed, generation, step, process) before every step.
+* The global batch is cut into micro-batches of ``micro_batch_size`` blocks; process p takes
+  micro-batches p, p+P, ... The loss is the (weighted) sum of token NLL divided by the token count
+  of the *global* batch, and dropout is reseeded from (seed, generation, step, micro-batch) before
+  each micro-batch. So with an explicit ``micro_batch_size``, one process accumulating two
+  micro-batches computes the same gradient as two processes taking one each.
 * AdamW, then a linear warm-up and a cosine decay to ``min_learning_rate`` at the last step.
 * Every ``checkpoint_every`` steps, ``accelerator.save_state`` (model, optimizer, scheduler, RNG)
   plus ``trainer_state.json`` (step, loss log, data fingerprint, sha256 of each file) is written
@@ -30,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lmcollapse.atomic import (
     canonical_json,
@@ -45,6 +46,7 @@ from lmcollapse.config import TrainConfig
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
+from lmcollapse.metrics.perplexity import token_losses
 from lmcollapse.progress import progress_bar
 from lmcollapse.seeding import derive_seed, rng
 
@@ -112,7 +114,8 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+                                  fused=True if config.fused_optimizer else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -144,13 +147,14 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
             orders = {epoch: epoch_order(seed, generation, epoch, n)}
         global_batch = orders[epoch][index * batch:(index + 1) * batch]
         normalizer = float(np.sum(weights[global_batch] * np.maximum(lengths[global_batch] - 1, 0)))
-        mine = global_batch[rank::world]
-        chunks = [mine[i:i + micro] for i in range(0, len(mine), micro)] or [mine[:0]]
+        chunks = [global_batch[i:i + micro] for i in range(0, len(global_batch), micro)]
+        mine = list(range(rank, len(chunks), world)) or [None]
 
-        torch.manual_seed(derive_seed(seed, "dropout", generation, step, rank))
         step_loss = torch.zeros((), device=accelerator.device)
-        for k, chunk in enumerate(chunks):
-            last = k == len(chunks) - 1
+        for k, chunk_index in enumerate(mine):
+            last = k == len(mine) - 1
+            chunk = global_batch[:0] if chunk_index is None else chunks[chunk_index]
+            torch.manual_seed(derive_seed(seed, "dropout", generation, step, chunk_index or 0))
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:
                 loss = _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer)
@@ -199,16 +203,18 @@ def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalize
     longest = max(len(r) for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    targets = torch.full((len(rows), longest), -100, dtype=torch.long)  # at t: token t+1, or -100
     for k, row in enumerate(rows):
-        ids[k, :len(row)] = torch.as_tensor(np.asarray(row, dtype=np.int64))
+        row = torch.as_tensor(np.asarray(row, dtype=np.int64))
+        ids[k, :len(row)] = row
         mask[k, :len(row)] = 1
-    ids, mask = ids.to(accelerator.device), mask.to(accelerator.device)
+        targets[k, :len(row) - 1] = row[1:]
+    ids, mask, targets = ids.to(accelerator.device), mask.to(accelerator.device), targets.to(accelerator.device)
     with accelerator.autocast():
         logits = model(input_ids=ids, attention_mask=mask).logits
-    token_nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
-    scored = mask[:, 1:].to(token_nll.dtype)
+    token_nll = token_losses(logits, targets)
     row_weights = torch.as_tensor(weights[chunk], dtype=token_nll.dtype, device=token_nll.device)
-    return (token_nll * scored * row_weights[:, None]).sum() / max(normalizer, 1e-12)
+    return (token_nll * row_weights[:, None]).sum() / max(normalizer, 1e-12)
 
 
 # ---------------------------------------------------------------------------- checkpoints

@@ -132,3 +132,13 @@ def test_records_carry_provenance_and_shards_are_reproducible(model, prompts, tm
     other_seed = tmp_path / "other"
     run_stage(model, prompts, BASE, other_seed, seed=1)
     assert sha256_file(other_seed / "shard-00000.parquet") != sha256_file(out / "shard-00000.parquet")
+
+
+def test_static_kv_cache_writes_the_same_greedy_corpus(model, prompts, tmp_path):
+    greedy = dataclasses.replace(BASE, do_sample=False)
+    run_stage(model, prompts, greedy, tmp_path / "dynamic")
+    run_stage(model, prompts, dataclasses.replace(greedy, cache_implementation="static"), tmp_path / "static")
+    config = build_generation_config(dataclasses.replace(greedy, cache_implementation="static"), Tokenizer())
+    assert config.cache_implementation == "static"
+    for shard in ("shard-00000.parquet", "shard-00002.parquet"):
+        assert read_records(tmp_path / "dynamic" / shard)["input_ids"] == read_records(tmp_path / "static" / shard)["input_ids"]

@@ -108,3 +108,26 @@ def test_public_function_takes_model_and_tokenizer(tiny_model):
     assert by_text.perplexity == perplexity_blocks(tiny_model, stream, 8).perplexity
     with pytest.raises(ValueError, match="unknown perplexity method"):
         perplexity(tiny_model, Tokenizer(), texts, method="mean")
+
+
+def test_streamed_evaluation_equals_the_in_memory_one(tiny_model, stream, tmp_path):
+    from lmcollapse.metrics.perplexity import TokenStream, iter_windows, sliding_windows
+    from lmcollapse.records import make_records, write_records
+
+    # Chunks of awkward sizes, as a Parquet file of records delivers them.
+    pieces = [stream[i:i + 17] for i in range(0, len(stream), 17)]
+    write_records(make_records({"id": [str(i) for i in range(len(pieces))], "source": ["human"] * len(pieces),
+                                "generation": [None] * len(pieces), "parent": [None] * len(pieces),
+                                "model": [None] * len(pieces), "input_ids": [p.tolist() for p in pieces],
+                                "text": [""] * len(pieces)}), tmp_path / "heldout.parquet")
+    streamed = TokenStream.from_parquet(tmp_path / "heldout.parquet", rows_per_read=3)
+    assert streamed.length == len(stream)
+    assert np.array_equal(np.concatenate(list(streamed.chunks())), stream)
+    windows = list(iter_windows(streamed, window=24, stride=10))
+    expected = sliding_windows(len(stream), 24, 10)
+    assert [(len(w), f) for w, f in windows] == [(e - b, f) for b, e, f in expected]
+    assert all(np.array_equal(w, stream[b:e]) for (w, _), (b, e, _) in zip(windows, expected))
+    for method in (perplexity_blocks, perplexity_sliding):
+        kwargs = {"block_size": 16} if method is perplexity_blocks else {"window": 24, "stride": 10}
+        a, b = method(tiny_model, stream, batch_size=4, **kwargs), method(tiny_model, streamed, batch_size=4, **kwargs)
+        assert a.tokens == b.tokens and np.array_equal(a.sequence_nll, b.sequence_nll)

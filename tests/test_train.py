@@ -107,3 +107,23 @@ def test_checkpoints_keep_the_newest_and_resume_reproduces_the_run(tmp_path):
     assert again.resumed_from_step == 6
     assert torch.equal(weights(full), weights(resumed))
     assert again.log == outcome.log
+
+
+def test_fused_adamw_matches_the_default_one(tmp_path):
+    plain, _ = train(tmp_path, name="plain")
+    fused, _ = train(tmp_path, dataclasses.replace(CONFIG, fused_optimizer=True), name="fused")
+    assert not torch.equal(weights(plain), weights(fused))  # another kernel really ran
+    assert torch.allclose(weights(plain), weights(fused), atol=1e-4)  # rounding only (see above)
+
+
+def test_torch_compile_through_accelerate_trains_like_eager(tmp_path):
+    config = dataclasses.replace(CONFIG, epochs=1, compile=True)
+    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=config))
+    assert accelerator.state.dynamo_plugin.backend.value.lower() == "inductor"
+    compiled, outcome = train_model(fresh_model(), sequences(), config, seed=0, generation=0,
+                                    checkpoint_dir=tmp_path / "c", accelerator=accelerator, data_fingerprint="x",
+                                    pad_id=1, progress=False)
+    eager, reference = train(tmp_path, dataclasses.replace(CONFIG, epochs=1), name="e")
+    assert [h["step"] for h in outcome.log] == [h["step"] for h in reference.log]
+    assert np.allclose([h["loss"] for h in outcome.log], [h["loss"] for h in reference.log], rtol=1e-4)
+    assert torch.allclose(weights(compiled), weights(eager), atol=1e-4)

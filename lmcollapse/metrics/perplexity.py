@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,17 +64,48 @@ def token_stream(tokenizer, texts: Sequence[str]) -> np.ndarray:
     return np.fromiter((t for seq in ids for t in seq), dtype=np.int64)
 
 
-def perplexity_blocks(model, stream: np.ndarray, block_size: int, batch_size: int = 32,
-                      accelerator=None, progress: str | None = None) -> PerplexityResult:
-    """Non-overlapping blocks of ``block_size``; a trailing partial block is dropped."""
-    if block_size < 2:
-        raise ValueError("block_size must be at least 2")
-    count = len(stream) // block_size
-    if count == 0:
-        raise ValueError(f"the text has {len(stream)} tokens, fewer than one block of {block_size}")
-    blocks = np.asarray(stream[: count * block_size]).reshape(count, block_size)
-    nll, tokens = score_sequences(model, list(blocks), [1] * count, batch_size, accelerator, progress)
-    return _result("blocks", nll, tokens, {"block_size": block_size})
+@dataclass(frozen=True)
+class TokenStream:
+    """A token sequence read chunk by chunk, so evaluation memory does not grow with the text.
+
+    ``chunks()`` returns a fresh iterator of int arrays each time (one pass per method);
+    ``length`` is the total number of tokens.
+    """
+
+    chunks: Callable[[], Iterable[np.ndarray]]
+    length: int
+
+    @classmethod
+    def from_array(cls, tokens) -> TokenStream:
+        tokens = np.asarray(tokens, dtype=np.int64)
+        return cls(lambda: iter([tokens]), len(tokens))
+
+    @classmethod
+    def from_parquet(cls, path, column: str = "input_ids", rows_per_read: int = 512) -> TokenStream:
+        """The concatenated ``column`` of a records file, read ``rows_per_read`` rows at a time."""
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        def chunks():
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=rows_per_read, columns=[column]):
+                yield np.asarray(pc.list_flatten(batch.column(0)).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+        return cls(chunks, sum(len(c) for c in chunks()))
+
+
+def _as_stream(tokens) -> TokenStream:
+    return tokens if isinstance(tokens, TokenStream) else TokenStream.from_array(tokens)
+
+
+def iter_blocks(stream: TokenStream, block_size: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Consecutive blocks of ``block_size`` tokens (first scored position 1); the remainder is dropped."""
+    pending = np.empty(0, dtype=np.int64)
+    for chunk in stream.chunks():
+        pending = np.concatenate([pending, chunk]) if len(pending) else np.asarray(chunk, dtype=np.int64)
+        usable = (len(pending) // block_size) * block_size
+        for start in range(0, usable, block_size):
+            yield pending[start:start + block_size], 1
+        pending = pending[usable:]
 
 
 def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
@@ -92,14 +123,42 @@ def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, in
     return spans
 
 
-def perplexity_sliding(model, stream: np.ndarray, window: int, stride: int, batch_size: int = 32,
+def iter_windows(stream: TokenStream, window: int, stride: int) -> Iterator[tuple[np.ndarray, int]]:
+    """The sliding windows of ``stream``, holding at most one window plus one chunk in memory."""
+    buffer, buffer_start = np.empty(0, dtype=np.int64), 0
+    chunks = iter(stream.chunks())
+    for begin, end, first in sliding_windows(stream.length, window, stride):
+        while buffer_start + len(buffer) < end:
+            buffer = np.concatenate([buffer, np.asarray(next(chunks), dtype=np.int64)])
+        if begin > buffer_start:  # tokens before this window are never needed again
+            buffer, buffer_start = buffer[begin - buffer_start:], begin
+        yield buffer[: end - begin], first
+
+
+def perplexity_blocks(model, stream, block_size: int, batch_size: int = 32,
+                      accelerator=None, progress: str | None = None) -> PerplexityResult:
+    """Non-overlapping blocks of ``block_size`` (a trailing partial block is dropped).
+
+    ``stream``: a token array or a :class:`TokenStream`.
+    """
+    if block_size < 2:
+        raise ValueError("block_size must be at least 2")
+    stream = _as_stream(stream)
+    count = stream.length // block_size
+    if count == 0:
+        raise ValueError(f"the text has {stream.length} tokens, fewer than one block of {block_size}")
+    nll, tokens = score_stream(model, iter_blocks(stream, block_size), batch_size, accelerator, progress, count)
+    return _result("blocks", nll, tokens, {"block_size": block_size})
+
+
+def perplexity_sliding(model, stream, window: int, stride: int, batch_size: int = 32,
                        accelerator=None, progress: str | None = None) -> PerplexityResult:
     """Sliding windows of ``window`` tokens every ``stride`` tokens; each token scored once."""
-    if len(stream) < 2:
+    stream = _as_stream(stream)
+    if stream.length < 2:
         raise ValueError("the text needs at least 2 tokens")
-    spans = sliding_windows(len(stream), window, stride)
-    sequences = [np.asarray(stream[b:e]) for b, e, _ in spans]
-    nll, tokens = score_sequences(model, sequences, [s for _, _, s in spans], batch_size, accelerator, progress)
+    total = len(sliding_windows(stream.length, window, stride))
+    nll, tokens = score_stream(model, iter_windows(stream, window, stride), batch_size, accelerator, progress, total)
     return _result("sliding", nll, tokens, {"window": window, "stride": stride})
 
 
@@ -111,63 +170,90 @@ def sample_perplexities(model, sequences: Sequence[np.ndarray], batch_size: int 
         return np.where(tokens > 0, np.exp(nll / np.maximum(tokens, 1)), np.nan)
 
 
-@torch.no_grad()
-def score_sequences(model, sequences: list[np.ndarray], first_scored: Sequence[int], batch_size: int,
+def score_sequences(model, sequences: Sequence[np.ndarray], first_scored: Sequence[int], batch_size: int,
                     accelerator=None, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL and count of the scored tokens of every sequence.
+    """Summed NLL and count of the scored tokens of every sequence (see :func:`score_stream`)."""
+    return score_stream(model, zip(sequences, first_scored), batch_size, accelerator, progress, len(sequences))
 
-    Token ``t`` of sequence ``i`` is scored (predicted from tokens ``< t``) when
-    ``t >= first_scored[i]``; ``first_scored`` is at least 1, since nothing predicts token 0.
-    Batches are fixed slices of the input, so a sequence's score does not depend on how many
-    processes share the work.
+
+@torch.no_grad()
+def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int, accelerator=None,
+                 progress: str | None = None, total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and count of the scored tokens of every (sequence, first scored position) item.
+
+    Token ``t`` of a sequence is scored (predicted from tokens ``< t``) when ``t >= first``;
+    ``first`` is at least 1, since nothing predicts token 0. Items are read lazily and cut into
+    consecutive batches of ``batch_size``; under ``accelerate launch`` process p scores batches
+    p, p+P, ... and the results are gathered in order, so a sequence's score does not depend on
+    how many processes share the work.
     """
-    n = len(sequences)
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    batches = [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-    mine = batches[rank::world]
-    results: dict[int, tuple[float, int]] = {}
-    bar = progress_bar(mine, desc=progress, unit="batch", enabled=progress is not None and rank == 0, leave=False)
-    for batch in bar:
-        rows = [np.asarray(sequences[i], dtype=np.int64) for i in batch]
-        longest = max(len(r) for r in rows)
-        ids = torch.zeros((len(rows), longest), dtype=torch.long)
-        mask = torch.zeros((len(rows), longest), dtype=torch.long)
-        scored = torch.zeros((len(rows), max(longest - 1, 0)), dtype=torch.bool)
-        for k, (i, row) in enumerate(zip(batch, rows)):
-            ids[k, : len(row)] = torch.from_numpy(row)
-            mask[k, : len(row)] = 1
-            # logits at position t predict token t+1
-            scored[k, max(first_scored[i], 1) - 1: len(row) - 1] = True
-        if longest < 2:
-            for i in batch:
-                results[i] = (0.0, 0)
+    results: list[tuple[int, np.ndarray, np.ndarray]] = []
+    batches = -(-total // batch_size) if total is not None else None
+    bar = progress_bar(total=batches, desc=progress, unit="batch", enabled=progress is not None and rank == 0, leave=False)
+    for index, batch in enumerate(_batched(items, batch_size)):
+        bar.update(1)
+        if index % world != rank:
             continue
-        ids, mask = ids.to(device), mask.to(device)
-        context = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
-        with context:
-            logits = model(input_ids=ids, attention_mask=mask).logits
-        token_nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), ids[:, 1:], reduction="none")
-        token_nll = (token_nll * scored.to(device)).double().sum(dim=1).cpu().numpy()
-        counts = scored.sum(dim=1).numpy()
-        for k, i in enumerate(batch):
-            results[i] = (float(token_nll[k]), int(counts[k]))
+        results.append((index, *_score_batch(model, batch, device, accelerator)))
         failpoint("eval-batch")
         check_stop("while evaluating")  # process-local: ranks run different numbers of batches
+    bar.close()
     if world > 1:
         from accelerate.utils import gather_object
 
-        merged: dict[int, tuple[float, int]] = {}
-        for part in gather_object([results]):
-            merged.update(part)
-        results = merged
+        results = [part for parts in gather_object([results]) for part in parts]
     model.train(was_training)
-    nll = np.array([results[i][0] for i in range(n)], dtype=np.float64)
-    tokens = np.array([results[i][1] for i in range(n)], dtype=np.int64)
-    return nll, tokens
+    results.sort(key=lambda part: part[0])
+    if not results:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return (np.concatenate([nll for _, nll, _ in results]).astype(np.float64),
+            np.concatenate([count for _, _, count in results]).astype(np.int64))
+
+
+def _batched(items: Iterable, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    longest = max(len(seq) for seq, _ in batch)
+    if longest < 2:
+        return np.zeros(len(batch)), np.zeros(len(batch), dtype=np.int64)
+    ids = torch.zeros((len(batch), longest), dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    # targets[k, t] is the token that the logits at position t predict (t + 1), or -100 if unscored
+    targets = torch.full((len(batch), longest), -100, dtype=torch.long)
+    for k, (seq, first) in enumerate(batch):
+        row = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+        ids[k, : len(row)] = row
+        mask[k, : len(row)] = 1
+        start = max(first, 1)
+        targets[k, start - 1: len(row) - 1] = row[start:]
+    ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
+    context = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
+    with context:
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    token_nll = token_losses(logits, targets)
+    return token_nll.double().sum(dim=1).cpu().numpy(), (targets != -100).sum(dim=1).cpu().numpy()
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-position NLL, 0 where the target is -100. The labels are shifted, not the logits, so
+    the (batch x length x vocabulary) logits are never copied (fp32 ones, at least)."""
+    batch, length, vocab = logits.shape
+    flat = F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1), reduction="none", ignore_index=-100)
+    return flat.view(batch, length)
 
 
 def _result(method: str, nll: np.ndarray, tokens: np.ndarray, settings: dict) -> PerplexityResult:
