@@ -43,3 +43,56 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(str(x).rjust(w) for x, w in zip(row, widths)))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def tiny_assets(train_blocks: int = 1024, seed: int = 0):
+    """The tiny pipeline's ingredients without a run directory: its BPE tokenizer (trained on the
+    raw WikiText-2 validation split), that many random 64-token validation blocks, and the test
+    split as one token stream."""
+    from lmcollapse import corpus
+    from lmcollapse.metrics.self_bleu import subsample_indices
+    from lmcollapse.modeling import train_bpe_tokenizer
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    train_lines = corpus.load_split_lines(corpus.locate_split("wikitext-2-raw-v1", "validation"))
+    test_lines = corpus.load_split_lines(corpus.locate_split("wikitext-2-raw-v1", "test"))
+    tokenizer = train_bpe_tokenizer(train_lines["text"], 4096, 256)
+    blocks = corpus.cut_into_blocks(corpus.tokenize_lines(train_lines, tokenizer), 64)
+    if train_blocks < len(blocks):
+        blocks = blocks[subsample_indices(len(blocks), train_blocks, seed)]
+    return tokenizer, blocks, corpus.tokenize_lines(test_lines, tokenizer)
+
+
+def tiny_model(tokenizer, preset: str = "tiny-opt", seed: int = 0):
+    from lmcollapse.config import ModelConfig
+    from lmcollapse.modeling import build_preset_model
+
+    return build_preset_model(ModelConfig(name=preset), tokenizer, seed)
+
+
+def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[dict]:
+    """Run ``script --variant V`` for each V in a fresh process; each prints one JSON line last."""
+    import json
+    import subprocess
+    import sys
+
+    results = []
+    for variant in variants:
+        done = subprocess.run([sys.executable, str(script), "--variant", variant], capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        if done.returncode != 0:
+            raise SystemExit(f"{script.name} --variant {variant} failed:\n{done.stderr[-3000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def require_corpus() -> None:
+    if wikitext_words() is None:
+        raise SystemExit("the benchmarks read WikiText-2: set LMCOLLAPSE_DATA_DIR to the folder holding wikitext-2-raw/")

@@ -105,7 +105,6 @@ def make_accelerator(config: PipelineConfig):
                        cpu=cpu_only, dynamo_backend="inductor" if config.train.compile else "no")
 
 
-
 def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accept_changed: bool = False,
           progress: bool = True, echo=print) -> list[dict]:
     """Make generations 0..``last_generation`` of the run complete; return the metrics rows."""
@@ -143,21 +142,36 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
 
 
 def preflight(config: PipelineConfig, run: RunDir) -> None:
-    """Cheap checks of every input before anything is created: run folder, corpus, model folder."""
+    """Cheap checks before anything is created: the run folder, the config it was built with, and
+    the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
     from lmcollapse.modeling import check_model_folder
 
-    if not run.pipeline_file.is_file() and run.root.is_dir():
+    if run.pipeline_file.is_file():
+        check_same_config(config, run)
+    elif run.root.is_dir():
         strangers = [p.name for p in run.root.iterdir() if p.name != ".lock"]
         if strangers:
             raise LmcollapseError(
                 f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
                 "choose a new RUN=... for this pipeline")
-    for split in (config.data.train_split, config.data.heldout_split):
-        source = corpus.locate_split(config.data.corpus, split)
-        for path in source.files:
-            corpus.check_text_file(path)
-    if not config.model.is_preset and Path(config.model.name).expanduser().exists():
+    if not (run.human / MANIFEST).is_file():
+        for split in (config.data.train_split, config.data.heldout_split):
+            source = corpus.locate_split(config.data.corpus, split)
+            for path in source.files:
+                corpus.check_text_file(path)
+    if not (run.base / MANIFEST).is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
         check_model_folder(Path(config.model.name).expanduser())
+
+
+def check_same_config(config: PipelineConfig, run: RunDir) -> None:
+    recorded = load_config(run.pipeline_file)
+    differences = result_affecting_differences(recorded, config)
+    if differences:
+        shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences[:3])
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise LmcollapseError(
+            f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=..., "
+            f"or the settings in {run.pipeline_file}")
 
 
 # ---------------------------------------------------------------------------- the run directory
@@ -165,14 +179,7 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
 def open_run(config: PipelineConfig, run: RunDir) -> None:
     """Create the run with its resolved config, or check that ``config`` is the one it was built with."""
     if run.pipeline_file.is_file():
-        recorded = load_config(run.pipeline_file)
-        differences = result_affecting_differences(recorded, config)
-        if differences:
-            shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences[:3])
-            more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
-            raise LmcollapseError(
-                f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=..., "
-                f"or the settings in {run.pipeline_file}")
+        check_same_config(config, run)  # again, now under the lock
         return
     header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
               f"#   make generation-N RUN={run.root}\n")

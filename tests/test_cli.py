@@ -30,7 +30,7 @@ def one_line_error(capsys) -> str:
     (["generate.do_sample=true", "generate.temperature=-0.5"], "generate.temperature: must be positive"),
     (["data.regime=keep-fraction", "data.human_fraction=1.5"], "data.human_fraction: must be between 0 and 1"),
     (["train.epochs=2"], "was built from a different config (train.epochs: 1 -> 2)"),
-    (["data.corpus=/nonexistent/corpus"], "corpus '/nonexistent/corpus' not found"),
+    (["data.corpus=/nonexistent/corpus"], "was built from a different config (data.corpus: "),
     (["model.init=previous"], "was built from a different config (model.init: 'base' -> 'previous')"),
 ])
 def test_bad_input_on_an_existing_run_changes_nothing(built_run, capsys, overrides, message):
@@ -57,6 +57,23 @@ def test_bad_corpus_on_a_new_run_leaves_no_run_behind(tmp_path, small_corpus, ca
     assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress"]) == 2
     assert message in one_line_error(capsys)
     assert not run.exists()
+
+
+def test_missing_corpus_on_a_new_run(tmp_path, small_corpus, capsys):
+    pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(tmp_path / "no-such-corpus"))
+    assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run")]) == 2
+    assert f"corpus '{tmp_path / 'no-such-corpus'}' not found: it is neither a named corpus" in one_line_error(capsys)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_completed_human_stage_no_longer_needs_the_corpus(built_run, monkeypatch):
+    pipeline, run = built_run
+    monkeypatch.setattr("lmcollapse.corpus.check_text_file", _fail_if_called)
+    assert main(["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress"]) == 0
+
+
+def _fail_if_called(path):
+    raise AssertionError(f"the corpus was read again: {path}")
 
 
 def test_model_folder_without_weights(tmp_path, small_corpus, capsys):

@@ -1,0 +1,145 @@
+"""Evaluation throughput and memory: perplexity tokens/s, and memory against held-out size.
+
+* speed: scored tokens per second of ``ppl_blocks`` (64-token blocks) and ``ppl_sliding``
+  (window 64, stride 32) on the first 1,000 blocks of the WikiText-2 test split, against the loop
+  of the Hugging Face perplexity guide (one window per forward pass) for the sliding window;
+* memory: both methods streamed from a Parquet file of 1,000, 3,000 and all test blocks, each in
+  a fresh process: peak resident memory should not grow with the held-out size.
+
+    python bench/evaluate.py     # or: make bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, print_table, require_corpus, run_variants, tiny_assets, tiny_model  # noqa: E402
+
+SPEED_BLOCKS = 1000
+WINDOW, STRIDE, BATCH = 64, 32, 64
+
+
+def setup(blocks: int | None):
+    import torch
+
+    tokenizer, _, test = tiny_assets(16)
+    model = tiny_model(tokenizer).eval()
+    torch.set_grad_enabled(False)
+    usable = (len(test) // 64) * 64 if blocks is None else blocks * 64
+    return model, test[:usable]
+
+
+def variant_speed(method: str) -> dict:
+    from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding
+
+    model, tokens = setup(SPEED_BLOCKS)
+    started = time.perf_counter()
+    if method == "blocks":
+        result = perplexity_blocks(model, tokens, 64, BATCH)
+    else:
+        result = perplexity_sliding(model, tokens, WINDOW, STRIDE, BATCH)
+    seconds = time.perf_counter() - started
+    return {"variant": f"lmcollapse {method}", "tokens": result.tokens, "seconds": seconds,
+            "tokens_per_second": result.tokens / seconds, "perplexity": result.perplexity, "peak_rss_mb": peak_rss_mb()}
+
+
+def variant_guide() -> dict:
+    """The Hugging Face perplexity guide's loop: one window per forward, labels masked with -100."""
+    import math
+
+    import torch
+
+    model, tokens = setup(SPEED_BLOCKS)
+    ids = torch.as_tensor(tokens)[None]
+    nll_sum, n_tokens, previous_end = 0.0, 0, 0
+    started = time.perf_counter()
+    for begin in range(0, ids.size(1), STRIDE):
+        end = min(begin + WINDOW, ids.size(1))
+        target_length = end - previous_end
+        input_ids = ids[:, begin:end]
+        target_ids = input_ids.clone()
+        target_ids[:, :-target_length] = -100
+        loss = model(input_ids, labels=target_ids).loss
+        valid = (target_ids[:, 1:] != -100).sum().item()
+        nll_sum += loss.item() * valid
+        n_tokens += valid
+        previous_end = end
+        if end == ids.size(1):
+            break
+    seconds = time.perf_counter() - started
+    return {"variant": "HF guide loop, sliding", "tokens": n_tokens, "seconds": seconds,
+            "tokens_per_second": n_tokens / seconds, "perplexity": math.exp(nll_sum / n_tokens), "peak_rss_mb": peak_rss_mb()}
+
+
+def variant_write(blocks: str, path: str) -> dict:
+    """Write the first ``blocks`` test blocks as a records file (in its own process)."""
+    from lmcollapse.records import HUMAN, make_records, write_records
+
+    _, tokens = setup(None if blocks == "all" else int(blocks))
+    rows = tokens.reshape(-1, 64)
+    n = len(rows)
+    write_records(make_records({"id": [str(i) for i in range(n)], "source": [HUMAN] * n, "generation": [None] * n,
+                                "parent": [None] * n, "model": [None] * n, "input_ids": rows.tolist(),
+                                "text": [""] * n}), Path(path))
+    return {"blocks": n}
+
+
+def variant_memory(path: str) -> dict:
+    """Both perplexities streamed from the file: what the pipeline does with the held-out split."""
+    from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding
+
+    model, _ = setup(16)
+    before = peak_rss_mb()
+    started = time.perf_counter()
+    stream = TokenStream.from_parquet(path)
+    a = perplexity_blocks(model, stream, 64, BATCH)
+    b = perplexity_sliding(model, stream, WINDOW, STRIDE, BATCH)
+    return {"blocks": stream.length // 64, "tokens": a.tokens + b.tokens, "seconds": time.perf_counter() - started,
+            "peak_rss_mb": peak_rss_mb(), "rss_before_eval_mb": before}
+
+
+def main() -> None:
+    require_corpus()
+    speed = run_variants(Path(__file__), ["speed:blocks", "speed:sliding", "guide"])
+    with tempfile.TemporaryDirectory() as scratch:
+        files = [f"{scratch}/{size}.parquet" for size in ("1000", "3000", "all")]
+        run_variants(Path(__file__), [f"write:{size}:{f}" for size, f in zip(("1000", "3000", "all"), files)])
+        memory = run_variants(Path(__file__), [f"memory:{f}" for f in files])
+    print(f"evaluation: tiny-opt, batch {BATCH}; blocks of 64; sliding window {WINDOW}, stride {STRIDE}")
+    print(f"machine: {machine()}")
+    guide = speed[2]["tokens_per_second"]
+    print_table(["variant", "scored tokens", "seconds", "tokens/s", "ratio to guide", "perplexity"],
+                [[r["variant"], f"{r['tokens']:,}", f"{r['seconds']:.1f}", f"{r['tokens_per_second']:,.0f}",
+                  f"{r['tokens_per_second'] / guide:.1f}", f"{r['perplexity']:.2f}"] for r in speed])
+    print()
+    print_table(["held-out size", "scored tokens (both methods)", "seconds", "peak RSS MB"],
+                [[f"{r['blocks']:,} blocks", f"{r['tokens']:,}", f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:,.0f}"]
+                 for r in memory])
+    growth = memory[-1]["peak_rss_mb"] - memory[0]["peak_rss_mb"]
+    print(f"memory growth from {memory[0]['blocks']:,} to {memory[-1]['blocks']:,} blocks: {growth:+.0f} MB "
+          f"(streamed evaluation: it should stay near zero)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant")
+    args = parser.parse_args()
+    if args.variant:
+        kind, _, value = args.variant.partition(":")
+        if kind == "speed":
+            out = variant_speed(value)
+        elif kind == "guide":
+            out = variant_guide()
+        elif kind == "write":
+            out = variant_write(*value.split(":", 1))
+        else:
+            out = variant_memory(value)
+        print(json.dumps(out))
+    else:
+        main()

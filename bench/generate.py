@@ -1,0 +1,153 @@
+"""Generation throughput: lmcollapse's synthetic-corpus stage against the reference code's loop.
+
+The reference code (Shumailov et al.'s curse_recurse) writes the corpus by iterating its training
+DataLoader (batches of 128), calling ``model.generate`` on each batch, slicing off the prompt and
+building one dict per sample. Both sides here use the same tiny-opt model, the same prompts and
+the same decoding settings, and both keep the results; ours also writes Parquet shards with
+provenance and sha256. Three cases:
+
+* beam: the paper's decoding (5 beams, repetition penalty 3.0, exactly 64 new tokens);
+* sample: the tiny pipeline's decoding (ancestral sampling, 64 new tokens);
+* varlen: sampling from prompts of 8 to 64 tokens, as later generations see when text stops at
+  end-of-text; the reference pads each batch to its longest prompt in arrival order, ours sorts
+  prompts by length first (length bucketing).
+
+On a GPU, a static KV cache variant is added. Each variant runs in its own process.
+
+    python bench/generate.py     # or: make bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, print_table, require_corpus, run_variants, tiny_assets, tiny_model  # noqa: E402
+
+BATCH = 128
+NEW_TOKENS = 64
+CASES = {
+    "beam": dict(num_beams=5, do_sample=False, repetition_penalty=3.0),
+    "sample": dict(num_beams=1, do_sample=True, repetition_penalty=1.0),
+    "varlen": dict(num_beams=1, do_sample=True, repetition_penalty=1.0),
+}
+
+
+def prompts_for(case: str, count: int):
+    import numpy as np
+
+    tokenizer, blocks, _ = tiny_assets(count)
+    prompts = [b for b in blocks]
+    if case == "varlen":
+        lengths = np.random.default_rng(0).integers(8, 65, size=len(prompts))
+        prompts = [p[-n:] for p, n in zip(prompts, lengths)]
+    return tokenizer, prompts
+
+
+def count_for(case: str) -> int:
+    import torch
+
+    return 2048 if torch.cuda.is_available() else (256 if case == "beam" else 512)
+
+
+def variant_ours(case: str, static: bool = False) -> dict:
+    import torch
+
+    from lmcollapse.config import GenerateConfig, PipelineConfig
+    from lmcollapse.generate import write_synthetic_corpus
+    from lmcollapse.pipeline import make_accelerator
+    from lmcollapse.records import HUMAN, make_records
+
+    tokenizer, prompts = prompts_for(case, count_for(case))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
+    settings = CASES[case]
+    config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
+                            shard_size=4096, cache_implementation="static" if static else "dynamic")
+    records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
+                            "generation": [None] * len(prompts), "parent": [None] * len(prompts),
+                            "model": [None] * len(prompts), "input_ids": [p.tolist() for p in prompts],
+                            "text": [""] * len(prompts)})
+    accelerator = make_accelerator(PipelineConfig())
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        shards = write_synthetic_corpus(model, tokenizer, records, config, seed=0, generation=0, model_label="bench",
+                                        out_dir=Path(scratch), accelerator=accelerator, progress=False)
+        seconds = time.perf_counter() - started
+    new_tokens = sum(s["new_tokens"] for s in shards)
+    return {"variant": f"lmcollapse stage{' + static cache' if static else ''}", "case": case, "prompts": len(prompts),
+            "seconds": seconds, "tokens_per_second": new_tokens / seconds, "peak_rss_mb": peak_rss_mb(),
+            **_gpu_memory()}
+
+
+def variant_reference(case: str) -> dict:
+    import torch
+
+    tokenizer, prompts = prompts_for(case, count_for(case))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
+    settings = dict(CASES[case], max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, pad_token_id=tokenizer.pad_token_id)
+    if settings["do_sample"]:
+        settings.update(top_k=0, temperature=1.0)
+    torch.manual_seed(0)
+    kept = []
+    started = time.perf_counter()
+    with torch.no_grad():
+        for start in range(0, len(prompts), BATCH):  # the reference's DataLoader order and batch size
+            batch = prompts[start:start + BATCH]
+            longest = max(len(p) for p in batch)
+            input_ids = torch.full((len(batch), longest), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            for j, p in enumerate(batch):  # left padding, as any correct batched decoder-only call needs
+                input_ids[j, longest - len(p):] = torch.as_tensor(p)
+                attention_mask[j, longest - len(p):] = 1
+            outputs = model.generate(input_ids.to(device), attention_mask=attention_mask.to(device), **settings)
+            preds = outputs[:, longest:]
+            for j in range(len(batch)):  # one dict per sample, as the reference builds its dataset
+                kept.append({"input_ids": preds[j, :].cpu(), "attention_mask": attention_mask[j, :], "labels": preds[j, :].cpu()})
+    seconds = time.perf_counter() - started
+    return {"variant": "reference loop", "case": case, "prompts": len(prompts), "seconds": seconds,
+            "tokens_per_second": len(kept) * NEW_TOKENS / seconds, "peak_rss_mb": peak_rss_mb(), **_gpu_memory()}
+
+
+def _gpu_memory() -> dict:
+    import torch
+
+    return {"gpu_peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if torch.cuda.is_available() else {}
+
+
+def main() -> None:
+    import torch
+
+    require_corpus()
+    variants = [f"{side}:{case}" for case in CASES for side in ("ours", "reference")]
+    if torch.cuda.is_available():
+        variants += ["ours-static:beam", "ours-static:sample"]
+    results = run_variants(Path(__file__), variants)
+    print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")
+    print(f"machine: {machine()}")
+    reference = {r["case"]: r for r in results if r["variant"] == "reference loop"}
+    rows = [[r["case"], r["variant"], r["prompts"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:,.0f}",
+             f"{r['peak_rss_mb']:,.0f}", f"{r['tokens_per_second'] / reference[r['case']]['tokens_per_second']:.2f}"]
+            for r in results]
+    print_table(["case", "variant", "prompts", "seconds", "new tokens/s", "peak RSS MB", "ratio"], rows)
+    print("ratio: tokens per second over the reference loop's, same case (ours also writes Parquet shards)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant")
+    args = parser.parse_args()
+    if args.variant:
+        side, case = args.variant.split(":")
+        if side == "reference":
+            print(json.dumps(variant_reference(case)))
+        else:
+            print(json.dumps(variant_ours(case, static=side == "ours-static")))
+    else:
+        main()

@@ -1,0 +1,134 @@
+"""Training throughput: lmcollapse's train stage against transformers.Trainer.
+
+Same model (the tiny-opt preset on CPU, the opt-125m shape on a GPU), same initial weights, same
+64-token WikiText-2 blocks, same batch, epochs, optimizer (AdamW) and precision (fp32 on CPU,
+bf16 autocast on GPU), no gradient clipping, no checkpoints, no evaluation. Each variant runs in
+its own process; the table shows seconds, tokens/s, peak resident memory and the ratio
+(ours / Trainer tokens per second). On a GPU it adds model FLOPs utilisation,
+MFU = tokens/s x (6N + 12 L H Q T) / peak FLOP/s (PaLM, Chowdhery et al. 2022, appendix B), with
+N the parameters of the matmuls, L layers, H heads, Q head size, T = 64 tokens.
+
+    python bench/train.py        # or: make bench
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, peak_rss_mb, print_table, require_corpus, run_variants, tiny_assets, tiny_model  # noqa: E402
+
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def settings():
+    import torch
+
+    gpu = torch.cuda.is_available()
+    return {"preset": "opt-125m" if gpu else "tiny-opt", "blocks": 16384 if gpu else 1024, "epochs": 1 if gpu else 2,
+            "batch": 128 if gpu else 32, "micro": 64 if gpu else 32, "precision": "bf16" if gpu else "no", "lr": 2e-4}
+
+
+def prepare():
+    s = settings()
+    tokenizer, blocks, _ = tiny_assets(s["blocks"])
+    return s, tokenizer, blocks
+
+
+def variant_ours() -> dict:
+    import numpy as np
+
+    from lmcollapse.config import PipelineConfig, TrainConfig
+    from lmcollapse.pipeline import make_accelerator
+    from lmcollapse.train import train_model
+
+    s, tokenizer, blocks = prepare()
+    config = TrainConfig(epochs=s["epochs"], batch_size=s["batch"], micro_batch_size=s["micro"], learning_rate=s["lr"],
+                         min_learning_rate=0.0, weight_decay=0.01, mixed_precision=s["precision"],
+                         checkpoint_every=10**9)
+    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=config))
+    model = tiny_model(tokenizer, s["preset"])
+    sequences = [np.asarray(b) for b in blocks]
+    with tempfile.TemporaryDirectory() as scratch:
+        started = time.perf_counter()
+        _, outcome = train_model(model, sequences, config, seed=0, generation=0, checkpoint_dir=Path(scratch),
+                                 accelerator=accelerator, data_fingerprint="bench", pad_id=tokenizer.pad_token_id,
+                                 progress=False)
+        seconds = time.perf_counter() - started
+    return result("lmcollapse train stage", model, s, outcome.steps, seconds, outcome.log[-1]["loss"])
+
+
+def variant_trainer() -> dict:
+    import datasets
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    s, tokenizer, blocks = prepare()
+    model = tiny_model(tokenizer, s["preset"])
+    data = datasets.Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch, per_device_train_batch_size=s["micro"], gradient_accumulation_steps=s["batch"] // s["micro"],
+            num_train_epochs=s["epochs"], learning_rate=s["lr"], lr_scheduler_type="cosine", weight_decay=0.01,
+            max_grad_norm=0.0, optim="adamw_torch", save_strategy="no", eval_strategy="no", report_to="none",
+            logging_strategy="no", disable_tqdm=True, seed=0, dataloader_num_workers=0, bf16=s["precision"] == "bf16",
+            use_cpu=not torch.cuda.is_available())
+        trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=default_data_collator)
+        started = time.perf_counter()
+        output = trainer.train()
+        seconds = time.perf_counter() - started
+    return result("transformers.Trainer", model, s, output.global_step, seconds, output.training_loss)
+
+
+def result(name: str, model, s: dict, steps: int, seconds: float, loss: float) -> dict:
+    import torch
+
+    tokens = s["blocks"] * 64 * s["epochs"]
+    out = {"variant": name, "steps": steps, "seconds": seconds, "tokens_per_second": tokens / seconds,
+           "peak_rss_mb": peak_rss_mb(), "loss": float(loss), "preset": s["preset"]}
+    if torch.cuda.is_available():
+        config = model.config
+        matmul_params = sum(p.numel() for n, p in model.named_parameters() if "embed_positions" not in n)
+        flops_per_token = 6 * matmul_params + 12 * config.num_hidden_layers * config.num_attention_heads * \
+            (config.hidden_size // config.num_attention_heads) * 64
+        name_gpu = torch.cuda.get_device_name(0)
+        peak = next((v for k, v in GPU_PEAK_BF16.items() if k in name_gpu), None)
+        out["gpu_peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+        out["mfu"] = out["tokens_per_second"] * flops_per_token / peak if peak else None
+    return out
+
+
+def main() -> None:
+    require_corpus()
+    ours, trainer = run_variants(Path(__file__), ["ours", "trainer"])
+    s = settings()
+    print(f"training: {s['preset']} on {s['blocks']} WikiText-2 blocks x 64 tokens, {s['epochs']} epoch(s), "
+          f"batch {s['batch']} (micro {s['micro']}), AdamW, precision {s['precision']}")
+    print(f"machine: {machine()}")
+    header = ["variant", "steps", "seconds", "tokens/s", "peak RSS MB", "ratio"]
+    rows = []
+    for r in (ours, trainer):
+        rows.append([r["variant"], r["steps"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:,.0f}",
+                     f"{r['peak_rss_mb']:,.0f}", f"{r['tokens_per_second'] / trainer['tokens_per_second']:.2f}"])
+    if "mfu" in ours:
+        header += ["GPU peak GB", "MFU"]
+        for row, r in zip(rows, (ours, trainer)):
+            row += [f"{r['gpu_peak_memory_gb']:.1f}", "-" if r["mfu"] is None else f"{r['mfu']:.1%}"]
+    print_table(header, rows)
+    print("target: ratio (ours / Trainer tokens per second) >= 1.0")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--variant", choices=["ours", "trainer"])
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(variant_ours() if args.variant == "ours" else variant_trainer()))
+    else:
+        main()

@@ -1,0 +1,86 @@
+"""Scale-out: the tiny pipeline under accelerate with two CPU processes equals the one-process run.
+
+Training cuts every global batch into the same micro-batches whatever the number of processes,
+generation shards and evaluation batches are fixed slices, so two processes compute what one does.
+Bit for bit when every process uses the same number of threads (matrix products split their sums
+over threads); at different thread counts the float sums differ in the last bits, bounded below.
+
+Note: ``accelerate launch --cpu --num_processes 2`` starts *one* process in accelerate 1.x (its
+multi-CPU path needs MPI and a hostfile); ``accelerate launch --multi_gpu --num_processes 2`` on a
+machine without a GPU starts two, which lmcollapse runs on the CPU with gloo.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, run_cli
+from lmcollapse.atomic import sha256_file
+
+SMALL = ["data.max_train_blocks=64", "data.max_heldout_blocks=64", "train.epochs=1", "train.micro_batch_size=16",
+         "generate.shard_size=32", "evaluate.self_bleu_samples=32"]
+TIMING = ("train_seconds", "generate_seconds", "eval_seconds", "train_tokens_per_second", "generate_tokens_per_second")
+
+
+def one_process(run: Path, threads: int | None) -> None:
+    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    result = run_cli("-q", "generation", "0", "--pipeline", "pipelines/tiny.yaml", "--run", str(run), "--no-progress",
+                     "--set", *SMALL, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def two_processes(run: Path) -> None:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmcollapse", "-q", "generation", "0",
+               "--pipeline", "pipelines/tiny.yaml", "--run", str(run), "--no-progress", "--set", *SMALL]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "metrics.csv") as handle:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("scale")
+    two_processes(root / "two" / "run")
+    one_process(root / "one" / "run", threads=1)
+    return root / "one" / "run", root / "two" / "run"
+
+
+def test_two_processes_really_ran(runs):
+    one, two = runs
+    assert json.loads((one / "generation-00" / "manifest.json").read_text())["processes"] == 1
+    assert json.loads((two / "generation-00" / "manifest.json").read_text())["processes"] == 2
+
+
+def test_two_processes_write_the_same_model_corpus_and_metrics(runs):
+    one, two = runs
+    generation = Path("generation-00")
+    files = ["model/model.safetensors", "train-set.parquet", "eval/heldout_block_nll.npy", "eval/tails.npy"]
+    files += [f"synthetic/{p.name}" for p in sorted((one / generation / "synthetic").glob("shard-*.parquet"))]
+    assert len(files) == 4 + 2  # 64 prompts in shards of 32
+    for name in files:
+        assert sha256_file(one / generation / name) == sha256_file(two / generation / name), name
+    assert rows(one) == rows(two)
+    assert sha256_file(one / "base" / "model" / "model.safetensors") == sha256_file(two / "base" / "model" / "model.safetensors")
+
+
+def test_at_other_thread_counts_the_difference_is_float_rounding(runs, tmp_path):
+    _, two = runs
+    default = tmp_path / "run"
+    one_process(default, threads=2)
+    a, b = rows(default)[0], rows(two)[0]
+    for metric in ("ppl_blocks", "ppl_sliding", "tail_ppl_p50", "train_loss"):
+        assert float(a[metric]) == pytest.approx(float(b[metric]), rel=1e-5), metric
