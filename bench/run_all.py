@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["self_bleu", "train", "generate", "evaluate", "pipeline"]
+BENCHMARKS = ["self_bleu", "train", "generate", "evaluation", "pipeline"]
 
 
 def main(names: list[str]) -> int:

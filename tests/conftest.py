@@ -25,17 +25,16 @@ DATA_DIR = _data_dir()
 if DATA_DIR is None and os.environ.get("CI"):
     # In CI every test must run: a skipped corpus test would pass without testing anything.
     raise pytest.UsageError("CI=true but WikiText-2 was not found: set LMCOLLAPSE_DATA_DIR")
-requires_corpus = pytest.mark.skipif(DATA_DIR is None, reason="WikiText-2 not found: set LMCOLLAPSE_DATA_DIR")
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """Tests never reach the network: the hub is off, the corpus comes from LMCOLLAPSE_DATA_DIR."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    if DATA_DIR is not None:
-        monkeypatch.setenv("LMCOLLAPSE_DATA_DIR", str(DATA_DIR))
+# Tests never reach the network: the hub is off, the corpus comes from LMCOLLAPSE_DATA_DIR. Set
+# when this file is imported, before any test module imports datasets or huggingface_hub (they
+# read these variables once, at import), and inherited by every subprocess a test starts.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+if DATA_DIR is not None:
+    os.environ["LMCOLLAPSE_DATA_DIR"] = str(DATA_DIR)
 
 
 @pytest.fixture(scope="session")

@@ -192,7 +192,7 @@ def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    results: list[tuple[int, np.ndarray, np.ndarray]] = []
+    results: list[tuple[int, list[float], list[int]]] = []
     batches = -(-total // batch_size) if total is not None else None
     bar = progress_bar(total=batches, desc=progress, unit="batch", enabled=progress is not None and rank == 0, leave=False)
     for index, batch in enumerate(_batched(items, batch_size)):
@@ -209,10 +209,8 @@ def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int
         results = [part for parts in gather_object([results]) for part in parts]
     model.train(was_training)
     results.sort(key=lambda part: part[0])
-    if not results:
-        return np.zeros(0), np.zeros(0, dtype=np.int64)
-    return (np.concatenate([nll for _, nll, _ in results]).astype(np.float64),
-            np.concatenate([count for _, _, count in results]).astype(np.int64))
+    return (np.array([v for _, nll, _ in results for v in nll], dtype=np.float64),
+            np.array([c for _, _, counts in results for c in counts], dtype=np.int64))
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -226,10 +224,10 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, accelerator) -> tuple[np.ndarray, np.ndarray]:
+def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, accelerator) -> tuple[list[float], list[int]]:
     longest = max(len(seq) for seq, _ in batch)
     if longest < 2:
-        return np.zeros(len(batch)), np.zeros(len(batch), dtype=np.int64)
+        return [0.0] * len(batch), [0] * len(batch)
     ids = torch.zeros((len(batch), longest), dtype=torch.long)
     mask = torch.zeros((len(batch), longest), dtype=torch.long)
     # targets[k, t] is the token that the logits at position t predict (t + 1), or -100 if unscored
@@ -245,7 +243,10 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, accelerator
     with context:
         logits = model(input_ids=ids, attention_mask=mask).logits
     token_nll = token_losses(logits, targets)
-    return token_nll.double().sum(dim=1).cpu().numpy(), (targets != -100).sum(dim=1).cpu().numpy()
+    # NOTE: plain Python numbers, not arrays viewing tensors: a small tensor kept alive past the
+    # batch sits on top of the heap, above the freed logits, and glibc cannot give those pages
+    # back; evaluation memory then grew ~3.5 MB a batch (bench/evaluation.py caught it).
+    return token_nll.double().sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist()
 
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@
 * memory: both methods streamed from a Parquet file of 1,000, 3,000 and all test blocks, each in
   a fresh process: peak resident memory should not grow with the held-out size.
 
-    python bench/evaluate.py     # or: make bench
+    python bench/evaluation.py     # or: make bench
 """
 
 from __future__ import annotations
