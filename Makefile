@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 
 PIPELINE ?= pipelines/tiny.yaml
-RUN ?= runs/$(basename $(notdir $(PIPELINE)))
+# Several seeds go to a folder of their own (runs/<name>-seeds/seed-<k>), beside the single run.
+RUN ?= runs/$(basename $(notdir $(PIPELINE)))$(if $(strip $(SEEDS)),-seeds)
 SET ?=
 SEEDS ?=
 LMC := $(BIN)/python -m lmcollapse
@@ -20,7 +21,7 @@ COMPARE_RUN ?= runs/compare
 .PHONY: help install run test lint status report compare dry-run config data bench theory clean-venv
 
 help:
-	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table"
+	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
 	@echo "make test                the whole test suite (what CI runs)"
 	@echo "make lint                ruff over the code"
 	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
@@ -41,8 +42,11 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	@touch $@
 
+# The table on the terminal, then the report (tables and figures) of the same run beside it.
 run: install
 	$(LMC) run $(STAGE_ARGS)
+	@$(LMC) -q report --run $(RUN) > /dev/null
+	@echo "report (tables, figures): $(RUN)/report/index.md"
 
 generation-%: install
 	$(LMC) generation $* $(STAGE_ARGS)

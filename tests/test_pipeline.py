@@ -139,3 +139,16 @@ def test_make_passes_pipeline_run_and_overrides(tmp_path):
     out = subprocess.run(["make", "-n", "generation-3", "PIPELINE=pipelines/tiny.yaml", f"RUN={tmp_path}/r",
                           "SET=train.epochs=1 seed=3"], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert f"-m lmcollapse generation 3 --pipeline pipelines/tiny.yaml --run {tmp_path}/r --set train.epochs=1 seed=3" in out
+
+
+def test_make_run_writes_the_report_and_puts_seeds_beside_the_single_run():
+    def dry(*variables):
+        return subprocess.run(["make", "-n", "-o", ".venv/bin/.installed", "run", *variables], cwd=REPO,
+                              capture_output=True, text=True, check=True).stdout
+
+    single = dry("PIPELINE=pipelines/tiny-keep10.yaml")
+    assert "-m lmcollapse run --pipeline pipelines/tiny-keep10.yaml --run runs/tiny-keep10 " in single
+    assert "-m lmcollapse -q report --run runs/tiny-keep10 " in single
+    seeds = dry("PIPELINE=pipelines/tiny-keep10.yaml", "SEEDS=0 1 2")
+    assert "--run runs/tiny-keep10-seeds " in seeds and "--seeds 0 1 2" in seeds
+    assert "-m lmcollapse -q report --run runs/tiny-keep10-seeds " in seeds
