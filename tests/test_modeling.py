@@ -62,3 +62,18 @@ def test_unloadable_model_paths_are_one_line_errors(tmp_path):
         load_model(tmp_path / "empty")
     with pytest.raises(LmcollapseError, match=r"model no-such-org/no-such-model could not be loaded \("):
         load_model("no-such-org/no-such-model")  # HF_HUB_OFFLINE=1 in tests
+
+
+def test_the_opt_125m_preset_has_the_shape_of_facebook_opt_125m():
+    class OptSizedTokenizer:  # facebook/opt-125m's vocabulary size and special ids; no hub needed
+        pad_token_id, bos_token_id, eos_token_id = 1, 2, 2
+
+        def __len__(self):
+            return 50272
+
+    model = build_preset_model(ModelConfig(name="opt-125m"), OptSizedTokenizer(), seed=0)
+    config = model.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.ffn_dim,
+            config.max_position_embeddings) == (768, 12, 12, 3072, 2048)
+    # facebook/opt-125m's own parameter count (tied input and output embeddings).
+    assert sum(p.numel() for p in model.parameters()) == 125_239_296
