@@ -31,9 +31,6 @@ from lmcollapse.atomic import canonical_json, sha256_bytes
 from lmcollapse.errors import ConfigError
 from lmcollapse.presets import ARCHITECTURE_PRESETS
 
-SMOOTHING_METHODS = ("method0", "method1", "method2", "method3", "method4", "method5", "method7")
-TEXT_TOKENIZATIONS = ("whitespace", "nltk-wordpunct", "nltk-tweet")
-
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:

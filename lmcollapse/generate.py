@@ -19,7 +19,6 @@ sidecar ``shard-00000.json`` holding its sha256; a shard counts as done only if 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -169,9 +168,3 @@ def _until_end(tokens: np.ndarray, eos: int) -> np.ndarray:
     return (tokens[: ends[0] + 1] if len(ends) else tokens).astype(np.int32)
 
 
-def corpus_sizes(shards: list[dict]) -> tuple[int, int]:
-    return sum(s["records"] for s in shards), sum(s["new_tokens"] for s in shards)
-
-
-def expected_shards(total: int, shard_size: int) -> int:
-    return math.ceil(total / shard_size)

@@ -562,7 +562,7 @@ def reference_rows(run: RunDir) -> dict[str, dict]:
 def refresh_metrics(run: RunDir, config: PipelineConfig) -> None:
     header = {"run": run.name, "pipeline": config.name, "config_fingerprint": config.fingerprint(),
               "seed": config.seed, "reference": reference_rows(run)}
-    write_metrics(run.root, collect_rows(run), header)
+    write_metrics(run, collect_rows(run), header)
 
 
 def summary_table(run: RunDir) -> str:

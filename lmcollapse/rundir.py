@@ -231,10 +231,6 @@ def _device_name() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def manifest_sha256(path: Path) -> str | None:
-    return sha256_file(path) if path.is_file() else None
-
-
 def read_manifest(path: Path) -> dict:
     try:
         return read_json(path)

@@ -4,7 +4,7 @@ One row per generation, in the column order below; the reference rows (the base 
 zero-shot perplexity, the human corpus's own diversity) live in ``metrics.json`` and head the
 printed table.
 
-    write_metrics(run, rows, reference)
+    write_metrics(run, rows, header)
     print(format_table(rows, reference))
 """
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-from pathlib import Path
 
 from lmcollapse.atomic import write_json_atomic, write_text_atomic
-from lmcollapse.metrics import REGISTRY, TAIL_QUANTILES
+from lmcollapse.metrics import REGISTRY
+from lmcollapse.rundir import RunDir
 
 IDENTITY_COLUMNS = ["generation", "seed"]
 RUN_COLUMNS = {
@@ -40,15 +40,6 @@ RUN_COLUMNS = {
 }
 
 
-def metric_columns(self_bleu_max_n: int, distinct_max_n: int) -> list[str]:
-    return ([
-        "ppl_blocks", "ppl_sliding", f"self_bleu_{self_bleu_max_n}"]
-        + [f"distinct_{n}" for n in range(1, distinct_max_n + 1)]
-        + [f"distinct_{n}_per_sample" for n in range(1, distinct_max_n + 1)]
-        + [f"tail_ppl_p{q}" for q in TAIL_QUANTILES]
-        + ["rare_survival"])
-
-
 def all_columns(rows: list[dict]) -> list[str]:
     """Identity, metric and run columns present in ``rows``, in a stable order."""
     present = {key for row in rows for key in row}
@@ -56,15 +47,15 @@ def all_columns(rows: list[dict]) -> list[str]:
     return ordered + sorted(present - set(ordered))
 
 
-def write_metrics(run_root: Path, rows: list[dict], header: dict) -> None:
+def write_metrics(run: RunDir, rows: list[dict], header: dict) -> None:
     columns = all_columns(rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    write_text_atomic(run_root / "metrics.csv", buffer.getvalue())
-    write_json_atomic(run_root / "metrics.json", {**header, "columns": columns, "generations": rows})
+    write_text_atomic(run.metrics_csv, buffer.getvalue())
+    write_json_atomic(run.metrics_json, {**header, "columns": columns, "generations": rows})
 
 
 def _csv_value(value):

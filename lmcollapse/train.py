@@ -65,10 +65,6 @@ class TrainOutcome:
     log: list[dict] = field(default_factory=list)
     resumed_from_step: int | None = None
 
-    @property
-    def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
-
 
 @dataclass(frozen=True)
 class Checkpoint:
