@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-from lmcollapse.metrics import REGISTRY, distinct_n, distinct_n_per_sample, rare_ngram_survival, self_bleu
+from lmcollapse.metrics import (
+    REGISTRY,
+    distinct_n,
+    distinct_n_li,
+    distinct_n_per_sample,
+    rare_ngram_survival,
+    self_bleu,
+)
 from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.self_bleu import SUPPORTED_SMOOTHING, closest_other_lengths, subsample_indices
 
@@ -92,9 +99,38 @@ def test_distinct_n_equals_a_direct_count(samples, n):
     grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
     expected = len(set(grams)) / len(grams) if grams else 0.0
     assert distinct_n(samples, n) == pytest.approx(expected, abs=1e-12)
+    tokens = sum(len(s) for s in samples)
+    assert distinct_n_li(samples, n) == pytest.approx(len(set(grams)) / tokens if tokens else 0.0, abs=1e-12)
     per_sample = [len(set(g)) / len(g) for g in
                   ([tuple(s[i:i + n]) for i in range(len(s) - n + 1)] for s in samples) if g]
     assert distinct_n_per_sample(samples, n) == pytest.approx(float(np.mean(per_sample)) if per_sample else 0.0, abs=1e-12)
+
+
+def test_distinct_n_li_divides_by_tokens_by_hand():
+    # "the cat sat" / "the cat ran": 6 tokens; bigrams (the cat) x2, (cat sat), (cat ran): 3 distinct of 4;
+    # trigrams (the cat sat), (the cat ran): 2 distinct of 2.
+    texts = ["the cat sat", "the cat ran"]
+    assert distinct_n_li(texts, 1) == pytest.approx(4 / 6) == distinct_n(texts, 1)
+    assert distinct_n_li(texts, 2) == pytest.approx(3 / 6) and distinct_n(texts, 2) == pytest.approx(3 / 4)
+    assert distinct_n_li(texts, 3) == pytest.approx(2 / 6) and distinct_n(texts, 3) == pytest.approx(1.0)
+    # Empty and one-token samples count their tokens; n-grams never cross samples: 5 tokens,
+    # bigrams (a b) x2 and (b a) only (not "a" + "a b ...").
+    samples = [["a"], [], ["a", "b", "a", "b"]]
+    assert distinct_n_li(samples, 2) == pytest.approx(2 / 5) and distinct_n(samples, 2) == pytest.approx(2 / 3)
+    assert distinct_n_li(samples, 5) == 0.0 and distinct_n_li([[], []], 1) == 0.0
+
+
+def test_definitions_say_what_is_computed():
+    bleu = REGISTRY["self_bleu_4"].definition
+    assert "all other samples" not in bleu and "subsample of M samples" in bleu
+    assert "other M - 1 samples of the subsample" in bleu and "seed" in bleu
+    assert "the total number of 2-grams" in REGISTRY["distinct_2"].definition
+    assert "Li et al. 2016 divide by the number of tokens instead: distinct_2_li" in REGISTRY["distinct_2"].definition
+    li = REGISTRY["distinct_2_li"]
+    assert "Li et al. (2016)" in li.definition and "the total number of tokens" in li.definition
+    assert li.higher_is_better is True and li.aggregation == "corpus-level ratio" and li.decimals == 4
+    assert li.function(["the cat sat", "the cat ran"]) == pytest.approx(0.5)
+    assert list(REGISTRY).index("distinct_8") < list(REGISTRY).index("distinct_1_li") < list(REGISTRY).index("distinct_1_per_sample")
 
 
 def test_ngrams_never_cross_sample_boundaries():
@@ -138,4 +174,6 @@ def test_evaluate_modules_load_from_a_local_path(name):
     else:
         result = module.compute(predictions=texts, max_n=2)
         assert result["distinct_2"] == distinct_n(texts, 2) and result["distinct_1_per_sample"] == distinct_n_per_sample(texts, 1)
-        assert set(result) == {"distinct_1", "distinct_2", "distinct_1_per_sample", "distinct_2_per_sample"}
+        assert result["distinct_2_li"] == distinct_n_li(texts, 2) < result["distinct_2"]
+        assert set(result) == {"distinct_1", "distinct_2", "distinct_1_li", "distinct_2_li",
+                               "distinct_1_per_sample", "distinct_2_per_sample"}

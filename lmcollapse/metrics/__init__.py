@@ -5,8 +5,9 @@ table), whether higher is better, and how per-item values are aggregated. The fu
 plain samples or a model and tokenizer, never a hub id:
 
     from lmcollapse.metrics import self_bleu, distinct_n, perplexity, REGISTRY
-    self_bleu(texts, max_n=4)           # leave-one-out, NLTK semantics, O(total n-grams)
-    distinct_n(texts, 2)                # corpus-level distinct bigrams / bigrams
+    self_bleu(texts, max_n=4)           # leave-one-out inside a seeded subsample of 1,000, NLTK semantics
+    distinct_n(texts, 2)                # corpus-level distinct bigrams / total bigrams
+    distinct_n_li(texts, 2)             # Li et al. (2016): distinct bigrams / total tokens
     perplexity(model, tokenizer, texts, method="sliding", window=128, stride=64)
     print(REGISTRY["ppl_blocks"].definition)
     evaluate.load(evaluate_module_path("self_bleu"))   # the same, as `evaluate` modules
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.perplexity import (
     PerplexityResult,
     perplexity,
@@ -85,16 +86,29 @@ REGISTRY: dict[str, MetricDefinition] = _register(
         False, "token-weighted mean NLL, exponentiated", perplexity_sliding, 2),
     *(MetricDefinition(
         f"self_bleu_{n}",
-        f"Self-BLEU-{n} of the synthetic corpus: each sample's BLEU (NLTK sentence_bleu, weights "
-        f"1/{n}, configured smoothing) against all other samples; mean over a seeded subsample.",
-        False, "mean over hypotheses", functools.partial(self_bleu, max_n=n), 4) for n in range(1, 9)),
+        f"Self-BLEU-{n} of the synthetic corpus within a fixed subsample of M samples, drawn with the "
+        f"run's seed (M = evaluate.self_bleu_samples, 1,000 by default; every sample when the corpus "
+        f"has no more than M): each sample of the subsample is the hypothesis and the other M - 1 "
+        f"samples of the subsample are its references (NLTK sentence_bleu, weights 1/{n}, configured "
+        f"smoothing); mean over the M hypotheses.",
+        False, "mean over the M hypotheses of the subsample", functools.partial(self_bleu, max_n=n), 4)
+        for n in range(1, 9)),
     *(MetricDefinition(
         f"distinct_{n}",
-        f"Distinct-{n} of the synthetic corpus: distinct {n}-grams / all {n}-grams, over all samples.",
+        f"Distinct-{n} of the synthetic corpus: distinct {n}-grams / the total number of {n}-grams, "
+        f"over all samples together (n-grams never cross samples; Li et al. 2016 divide by the number "
+        f"of tokens instead: distinct_{n}_li).",
         True, "corpus-level ratio", functools.partial(distinct_n, n=n), 4) for n in range(1, 9)),
     *(MetricDefinition(
+        f"distinct_{n}_li",
+        f"Distinct-{n} as Li et al. (2016) define it: distinct {n}-grams / the total number of tokens, "
+        f"over all samples together (n-grams never cross samples)"
+        + ("; the same as distinct_1." if n == 1 else f"; never above distinct_{n}."),
+        True, "corpus-level ratio", functools.partial(distinct_n_li, n=n), 4) for n in range(1, 9)),
+    *(MetricDefinition(
         f"distinct_{n}_per_sample",
-        f"Distinct-{n} inside each synthetic sample, averaged over samples.",
+        f"Distinct-{n} inside each synthetic sample (distinct {n}-grams / total {n}-grams of the "
+        f"sample), averaged over the samples that have at least one {n}-gram.",
         True, "mean over samples", functools.partial(distinct_n_per_sample, n=n), 4) for n in range(1, 9)),
     *(MetricDefinition(
         f"tail_ppl_p{q}",
@@ -120,7 +134,7 @@ REGISTRY: dict[str, MetricDefinition] = _register(
 
 __all__ = [
     "REGISTRY", "evaluate_module_path", "tail_quantile", "TAIL_QUANTILES", "MetricDefinition", "PerplexityResult",
-    "distinct_n", "distinct_n_per_sample", "rare_ngram_survival",
+    "distinct_n", "distinct_n_li", "distinct_n_per_sample", "rare_ngram_survival",
     "perplexity", "perplexity_blocks", "perplexity_sliding", "sample_perplexities",
     "self_bleu", "self_bleu_scores",
 ]

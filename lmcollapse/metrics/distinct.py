@@ -1,12 +1,17 @@
-"""Distinct-n (Li et al. 2016) and the survival of the human corpus's rare n-grams.
+"""Distinct-n, in two conventions, and the survival of the human corpus's rare n-grams.
 
-* corpus-level ``distinct_n``: distinct n-grams / all n-grams over every sample together;
-* per-sample ``distinct_n_per_sample``: the same ratio inside each sample, averaged over the
-  samples that have at least one n-gram;
+* corpus-level ``distinct_n``: distinct n-grams / the total number of n-grams over every sample
+  together (n-grams never cross a sample boundary; a sample of k tokens has k - n + 1 of them);
+* corpus-level ``distinct_n_li``: Li et al. (2016)'s ratio, distinct n-grams / the total number of
+  tokens over every sample (the same as ``distinct_n`` for n = 1; lower for n > 1, by more the
+  shorter the samples);
+* per-sample ``distinct_n_per_sample``: ``distinct_n``'s ratio inside each sample, averaged over
+  the samples that have at least one n-gram;
 * ``rare_survival``: of the n-grams that occur at most ``max_count`` times in the human corpus
   (its tail), the fraction that occur at least once in a generation's synthetic corpus.
 
-    distinct_n(["the cat sat", "the cat ran"], 2)   # 3 distinct of 4 bigrams -> 0.75
+    distinct_n(["the cat sat", "the cat ran"], 2)      # 3 distinct of 4 bigrams -> 0.75
+    distinct_n_li(["the cat sat", "the cat ran"], 2)   # 3 distinct bigrams / 6 tokens -> 0.5
 """
 
 from __future__ import annotations
@@ -21,11 +26,21 @@ from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample
 
 def distinct_n(samples: Sequence[str] | Sequence[Sequence[str]] | EncodedCorpus, n: int,
                tokenization: str = "whitespace") -> float:
-    """Distinct n-grams over all n-grams of the corpus (0.0 when it has none)."""
+    """Distinct n-grams over the total number of n-grams of the corpus (0.0 when it has none)."""
     occurrences = _as_corpus(samples, tokenization).ngrams(n)
     if len(occurrences.ids) == 0:
         return 0.0
     return len(pd.unique(occurrences.ids)) / len(occurrences.ids)
+
+
+def distinct_n_li(samples: Sequence[str] | Sequence[Sequence[str]] | EncodedCorpus, n: int,
+                  tokenization: str = "whitespace") -> float:
+    """Li et al. (2016)'s distinct-n: distinct n-grams over the total number of tokens of the
+    corpus (0.0 when it has no tokens); n-grams never cross a sample boundary."""
+    corpus = _as_corpus(samples, tokenization)
+    if corpus.num_tokens == 0:
+        return 0.0
+    return len(pd.unique(corpus.ngrams(n).ids)) / corpus.num_tokens
 
 
 def distinct_n_per_sample(samples: Sequence[str] | Sequence[Sequence[str]] | EncodedCorpus, n: int,

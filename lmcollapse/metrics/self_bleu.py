@@ -1,7 +1,10 @@
 """Self-BLEU, exact and linear in the number of n-grams.
 
-Self-BLEU (Zhu et al. 2018, Texygen) scores each sample as a hypothesis against all the *other*
-samples as references and averages: high means the samples repeat each other. NLTK's
+Self-BLEU (Zhu et al. 2018, Texygen) scores each sample as a hypothesis against the *other*
+samples as references and averages: high means the samples repeat each other. Here the samples
+are a fixed, seeded subsample of M of the corpus (``num_samples``, 1,000 by default; all of them
+when the corpus has no more, or with ``num_samples=None``): each of the M hypotheses is scored
+against the other M - 1 samples *of the subsample*, not against the rest of the corpus. NLTK's
 ``sentence_bleu`` in a leave-one-out loop costs O(M² · n-grams): an hour at M = 10,000. NLTK is
 not used for the computation; its semantics are reproduced exactly:
 
@@ -45,8 +48,9 @@ def self_bleu(
 ) -> float:
     """Mean leave-one-out BLEU-``max_n`` of the samples (texts or lists of words).
 
-    ``num_samples``: score a seeded random subset of this many samples (against each other), or
-    all samples when None or when there are fewer.
+    ``num_samples``: draw a fixed subset of this many samples with ``seed`` and score each of them
+    against the other ``num_samples - 1`` of the subset only; all samples (each against all the
+    others) when None or when there are no more than ``num_samples``.
     """
     corpus = _encode(samples, tokenization)
     if num_samples is not None and num_samples < corpus.num_samples:

@@ -9,12 +9,14 @@
 import datasets
 import evaluate
 
-from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample
 from lmcollapse.metrics.ngrams import EncodedCorpus
 
-_DESCRIPTION = """Distinct-n (Li et al. 2016): distinct n-grams divided by all n-grams, over all predictions
-together (distinct_n) and inside each prediction, averaged over predictions that have at least
-one n-gram (distinct_n_per_sample); higher means more diverse text."""
+_DESCRIPTION = """Distinct-n, corpus level, in two conventions: distinct n-grams divided by the total number
+of n-grams over all predictions together (distinct_n), and Li et al. (2016)'s distinct n-grams divided
+by the total number of tokens over all predictions (distinct_n_li; the same for n = 1, never higher);
+and distinct_n's ratio inside each prediction, averaged over the predictions that have at least one
+n-gram (distinct_n_per_sample). n-grams never cross predictions; higher means more diverse text."""
 
 _KWARGS_DESCRIPTION = """
 Args:
@@ -22,7 +24,8 @@ Args:
     max_n: report n = 1..max_n (default 4).
     tokenization: "whitespace" (default), "nltk-wordpunct" or "nltk-tweet".
 Returns:
-    distinct_1 .. distinct_{max_n} and distinct_1_per_sample .. distinct_{max_n}_per_sample.
+    distinct_1 .. distinct_{max_n}, distinct_1_li .. distinct_{max_n}_li and
+    distinct_1_per_sample .. distinct_{max_n}_per_sample.
 """
 
 _CITATION = """@inproceedings{li2016diversity,
@@ -43,5 +46,6 @@ class DistinctN(evaluate.Metric):
         result = {}
         for n in range(1, max_n + 1):
             result[f"distinct_{n}"] = distinct_n(corpus, n)
+            result[f"distinct_{n}_li"] = distinct_n_li(corpus, n)
             result[f"distinct_{n}_per_sample"] = distinct_n_per_sample(corpus, n)
         return result

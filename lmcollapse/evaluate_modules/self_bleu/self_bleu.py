@@ -11,8 +11,11 @@ import evaluate
 
 from lmcollapse.metrics.self_bleu import self_bleu
 
-_DESCRIPTION = """Self-BLEU (Zhu et al. 2018): each prediction is scored with BLEU against all the other
+_DESCRIPTION = """Self-BLEU (Zhu et al. 2018): each prediction is scored with BLEU against the other
 predictions as references, and the scores are averaged; higher means the texts repeat each other.
+By default (num_samples=None) every prediction is scored against all the others; with num_samples=M
+a fixed subset of M predictions is drawn with the seed and each of them is scored against the other
+M - 1 of the subset only, the mean taken over those M (the pipeline uses M = 1,000).
 Exactly NLTK's sentence_bleu semantics (clipped counts, closest reference length, brevity penalty,
 uniform weights 1/max_n, the chosen smoothing), computed in O(total n-grams) instead of O(M^2)."""
 
@@ -22,7 +25,8 @@ Args:
     max_n: highest n-gram order (default 4).
     smoothing: NLTK smoothing, "method0".."method5" or "method7" (default "method1").
     tokenization: "whitespace" (default), "nltk-wordpunct" or "nltk-tweet".
-    num_samples: score a seeded random subset of this many predictions; None scores all (default).
+    num_samples: score a seeded random subset of this many predictions, each against the others of
+        the subset only; None (default), or no more predictions than this: all, each against all others.
     seed: seed of that subset (default 0).
 Returns:
     self_bleu: the mean leave-one-out BLEU; samples: how many predictions were scored.
