@@ -13,7 +13,8 @@ RUN ?= runs/$(basename $(notdir $(PIPELINE)))$(if $(strip $(SEEDS)),-seeds)
 SET ?=
 SEEDS ?=
 LMC := $(BIN)/python -m lmcollapse
-STAGE_ARGS = --pipeline $(PIPELINE) --run $(RUN) $(if $(strip $(SET)),--set $(SET)) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
+# Paths are quoted, so PIPELINE and RUN may hold spaces (RUN="runs/my run"); SET and SEEDS are lists.
+STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set $(SET)) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 
 COMPARE ?= tiny tiny-keep10 tiny-accumulate
 COMPARE_RUN ?= runs/compare
@@ -25,7 +26,7 @@ help:
 	@echo "make test                the whole test suite (what CI runs)"
 	@echo "make lint                ruff over the code"
 	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
-	@echo "make status              what is complete, partial or missing in RUN, and what comes next"
+	@echo "make status              every stage of RUN checked against its manifest: complete, damaged, stale, partial, missing"
 	@echo "make report              tables and figures for RUN (a run or a folder of runs)"
 	@echo "make compare             run COMPARE pipelines under SEEDS into COMPARE_RUN, then report them side by side"
 	@echo "make dry-run             print the plan of PIPELINE without computing anything"
@@ -45,34 +46,34 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 # The table on the terminal, then the report (tables and figures) of the same run beside it.
 run: install
 	$(LMC) run $(STAGE_ARGS)
-	@$(LMC) -q report --run $(RUN) > /dev/null
+	@$(LMC) -q report --run "$(RUN)" > /dev/null
 	@echo "report (tables, figures): $(RUN)/report/index.md"
 
 generation-%: install
 	$(LMC) generation $* $(STAGE_ARGS)
 
 status: install
-	$(LMC) status --run $(RUN)
+	$(LMC) status --run "$(RUN)"
 
 report: install
-	$(LMC) report --run $(RUN)
+	$(LMC) report --run "$(RUN)"
 
 # Each pipeline of COMPARE under every seed of SEEDS (default 0 1), then one report of all of them.
 compare: install
 	@for p in $(COMPARE); do \
-	  $(LMC) run --pipeline pipelines/$$p.yaml --run $(COMPARE_RUN)/$$p --seeds $(or $(strip $(SEEDS)),0 1) \
+	  $(LMC) run --pipeline pipelines/$$p.yaml --run "$(COMPARE_RUN)/$$p" --seeds $(or $(strip $(SEEDS)),0 1) \
 	    $(if $(strip $(SET)),--set $(SET)) || exit 1; \
 	done
-	$(LMC) report --run $(COMPARE_RUN)
+	$(LMC) report --run "$(COMPARE_RUN)"
 
 dry-run: install
 	$(LMC) run --dry-run $(STAGE_ARGS)
 
 config: install
-	$(LMC) config --pipeline $(PIPELINE) $(if $(strip $(SET)),--set $(SET))
+	$(LMC) config --pipeline "$(PIPELINE)" $(if $(strip $(SET)),--set $(SET))
 
 data: install
-	$(LMC) data --pipeline $(PIPELINE)
+	$(LMC) data --pipeline "$(PIPELINE)"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -12,6 +12,7 @@ the next attempt at the same artefact removes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lmcollapse.errors import DiskFull
 from lmcollapse.failpoints import failpoint
 
 _CHUNK = 1 << 20
@@ -89,9 +91,43 @@ def atomic_path(final: Path) -> Iterator[Path]:
         else:
             os.replace(scratch, final)
         _fsync_fd(final.parent, os.O_RDONLY)
-    except BaseException:
+    except BaseException as err:
+        # NOTE: diagnose before cleaning up: removing the scratch frees the space that shows
+        # the disk was full.
+        full = disk_full(err, final.parent)
         remove_path(scratch)
+        if full is not None:
+            raise DiskFull(f"disk full while writing {full or final}: free space and rerun the same command; "
+                           "completed stages are intact") from err
         raise
+
+
+DISK_NEARLY_FULL = 1 << 20  # bytes
+
+
+def disk_full(err: BaseException, where: Path | None = None) -> str | None:
+    """What was being written when the disk filled ('' if unknown), or None if ``err`` is something else.
+
+    Python reports ENOSPC/EDQUOT with an errno and pyarrow in its message, but torch's zip
+    writer only says "unexpected pos ..."; so an error while the filesystem of ``where`` is
+    (nearly) full counts as a full disk too. Call it before removing what was half-written.
+    """
+    if isinstance(err, DiskFull):
+        return None  # already diagnosed and cleaned up below
+    if not isinstance(err, Exception):
+        return None  # KeyboardInterrupt, SystemExit: not a write failure
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return str(seen.filename or "")
+        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
+            return ""
+        seen = seen.__cause__ or seen.__context__
+    if where is not None:
+        existing = next((p for p in (Path(where), *Path(where).parents) if p.exists()), None)
+        if existing is not None and shutil.disk_usage(existing).free < DISK_NEARLY_FULL:
+            return ""
+    return None
 
 
 def write_text_atomic(final: Path, text: str) -> None:

@@ -16,7 +16,7 @@ import argparse
 import errno
 import logging
 import os
-import shutil
+import shlex
 import sys
 from pathlib import Path
 
@@ -26,8 +26,9 @@ log = logging.getLogger("lmcollapse")
 
 
 def _add_pipeline_arguments(parser: argparse.ArgumentParser, with_run: bool = True) -> None:
-    parser.add_argument("--pipeline", type=Path, default=Path("pipelines/tiny.yaml"),
-                        help="pipeline YAML (default: pipelines/tiny.yaml)")
+    parser.add_argument("--pipeline", type=Path, default=None,
+                        help="pipeline YAML (default: the run's own pipeline.yaml when --run names an existing "
+                        "run, else pipelines/tiny.yaml)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. --set train.epochs=1 seed=3")
     if with_run:
@@ -62,8 +63,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/report)")
     report.set_defaults(func=command_report)
 
-    status = verbs.add_parser("status", help="per generation: complete, partial or missing; and what comes next")
+    status = verbs.add_parser("status", help="per stage: complete, damaged, stale, partial or missing (every file "
+                              "checked against its manifest; exit 1 if anything is damaged or stale); what comes next")
     status.add_argument("--run", type=Path, required=True)
+    status.add_argument("--quick", action="store_true",
+                        help="check that files are present, not their sha256 (manifests and lineage are still checked)")
     status.set_defaults(func=command_status)
 
     config = verbs.add_parser("config", help="print the resolved config with every key documented")
@@ -88,9 +92,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_PIPELINE = Path("pipelines/tiny.yaml")
+
+
+def _pipeline_path(args) -> Path:
+    """--pipeline, or the resolved config of the run --run names, or pipelines/tiny.yaml here."""
+    if args.pipeline is not None:
+        return args.pipeline
+    run = getattr(args, "run", None)
+    if run is not None:
+        candidates = [run / "pipeline.yaml"]
+        if getattr(args, "seeds", None) and run.is_dir():  # a folder of seeds: any seed's config, reseeded
+            candidates += sorted(run.glob("seed-*/pipeline.yaml"))
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+    if DEFAULT_PIPELINE.is_file():
+        return DEFAULT_PIPELINE
+    shipped = Path(__file__).resolve().parent.parent / DEFAULT_PIPELINE
+    example = shlex.quote(str(shipped)) if shipped.is_file() else "path/to/lmcollapse/pipelines/tiny.yaml"
+    raise LmcollapseError(f"no --pipeline given and there is no {DEFAULT_PIPELINE} in {Path.cwd()}: pass --pipeline "
+                          f"{example} (or --run an existing run, whose pipeline.yaml is used)")
+
+
 def _load(args):
     from lmcollapse.config import load_config
 
+    args.pipeline = _pipeline_path(args)
     config = load_config(args.pipeline, args.set)
     run_root = args.run if getattr(args, "run", None) else Path("runs") / config.name
     args.resolved_run = run_root  # for the error handler: which filesystem may be full
@@ -123,7 +151,7 @@ def _build(args, last: int | None) -> int:
         if _is_main_process():
             print(f"\n{root}/metrics.csv\n{summary_table(RunDir(root))}")
     if args.seeds and not args.dry_run and _is_main_process():
-        print(f"\n{len(runs)} seeds in {args.resolved_run}: make report RUN={args.resolved_run} aggregates them")
+        print(f"\n{len(runs)} seeds in {args.resolved_run}: make report RUN={shlex.quote(str(args.resolved_run))} aggregates them")
     return 0
 
 
@@ -139,7 +167,16 @@ def command_report(args) -> int:
     from lmcollapse.report import write_report
 
     args.resolved_run = args.run
-    out = write_report(args.run, args.out)
+    try:
+        out = write_report(args.run, args.out)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        target = args.out or args.run / "report"
+        raise LmcollapseError(
+            f"cannot write the report into {target}, the folder is read-only ({err.strerror}): write it elsewhere "
+            "with --out, e.g. "
+            f"{shlex.quote(sys.executable)} -m lmcollapse report --run {shlex.quote(str(args.run))} --out report-copy") from None
     print((out / "index.md").read_text(encoding="utf-8").split("## Figures")[0].rstrip())
     print(f"\nreport written to {out}/ (index.md, metrics.md/.csv/.tex/.json, figures .png/.svg)")
     return 0
@@ -149,14 +186,15 @@ def command_status(args) -> int:
     from lmcollapse.plan import describe_status
     from lmcollapse.rundir import RunDir
 
-    print(describe_status(RunDir(args.run)))
-    return 0
+    text, healthy = describe_status(RunDir(args.run), quick=args.quick)
+    print(text)
+    return 0 if healthy else 1
 
 
 def command_config(args) -> int:
     from lmcollapse.config import describe_config, load_config
 
-    print(describe_config(load_config(args.pipeline, args.set)), end="")
+    print(describe_config(load_config(_pipeline_path(args), args.set)), end="")
     return 0
 
 
@@ -181,7 +219,7 @@ def command_data(args) -> int:
     from lmcollapse.config import load_config
     from lmcollapse.corpus import fetch_named_corpus
 
-    config = load_config(args.pipeline, args.set)
+    config = load_config(_pipeline_path(args), args.set)
     print(f"{config.data.corpus} -> {fetch_named_corpus(config.data.corpus, Path('data'))}")
     return 0
 
@@ -216,36 +254,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lmcollapse: error: {err}", file=sys.stderr)
         return err.exit_code
     except Exception as err:
-        full = disk_full(err, getattr(args, "resolved_run", None))
+        # A full disk outside an atomic write (a library writing on its own) is still a full disk.
+        from lmcollapse.atomic import disk_full
+
+        run_root = getattr(args, "resolved_run", None)
+        full = disk_full(err, run_root)
         if full is None:
             raise
-        print(f"lmcollapse: error: disk full while writing {full}: free space and rerun the same command; "
-              "completed stages are intact", file=sys.stderr)
+        print(f"lmcollapse: error: disk full while writing {full or run_root or 'the run'}: free space and rerun "
+              "the same command; completed stages are intact", file=sys.stderr)
         return 3
-
-
-DISK_NEARLY_FULL = 1 << 20  # bytes
-
-
-def disk_full(err: BaseException, run_root: Path | None = None) -> str | None:
-    """What was being written when the disk filled, or None if ``err`` is something else.
-
-    Python reports ENOSPC/EDQUOT with an errno and pyarrow in its message, but torch's zip
-    writer only says "unexpected pos"; so an error while the run's filesystem is (nearly) full
-    counts as a full disk too.
-    """
-    seen: BaseException | None = err
-    while seen is not None:
-        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
-            return str(seen.filename or run_root or "the run")
-        if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
-            return str(run_root or "the run")
-        seen = seen.__cause__ or seen.__context__
-    if run_root is not None:
-        existing = next((p for p in (Path(run_root), *Path(run_root).parents) if p.exists()), None)
-        if existing is not None and shutil.disk_usage(existing).free < DISK_NEARLY_FULL:
-            return str(run_root)
-    return None
 
 
 if __name__ == "__main__":

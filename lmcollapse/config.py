@@ -64,9 +64,15 @@ class DataConfig:
     """keep-fraction with a per-generation fraction: the values for generations 1, 2, ...; the last
     one holds for every later generation (e.g. [0.5, 0.2, 0.05])."""
     human_resample: bool = True
-    """keep-fraction: draw new human blocks every generation (true) or keep generation 1's (false)."""
+    """keep-fraction: draw new human blocks every generation (true), or draw them once (false): every
+    generation keeps the first blocks of one seeded draw, so when a schedule lowers the share, each
+    generation's human blocks are a subset of the previous generation's."""
     train_size: int | None = None
     """accumulate-subsample: blocks per training set; null: the human training set's size."""
+    mixed_sources: bool = False
+    """Allow the train and held-out splits to come from different sources (local files in different
+    folders, or one local and one from the hub); off: such a run is refused, since the same corpus
+    read from two places can differ in format."""
 
     def __post_init__(self) -> None:
         _require(self.block_size >= 2, "block_size", "must be at least 2 (a block predicts block_size - 1 tokens)")
@@ -189,7 +195,8 @@ class TrainConfig:
     """Provenance-aware training: the loss weight of a human record relative to a synthetic one
     (from each record's ``source``); 1.0 treats them alike."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision through accelerate (bf16 on recent GPUs and CPUs; fp16 on GPUs)."""
+    """Autocast precision of training through accelerate (bf16 on recent GPUs and CPUs; fp16 on
+    GPUs); the weights stay fp32."""
     fused_optimizer: bool = False
     """PyTorch's fused AdamW: one kernel updates every parameter (faster on GPUs)."""
     compile: bool = False
@@ -246,6 +253,9 @@ class GenerateConfig:
     step (pays on GPUs for fixed-length generation)."""
     shard_size: int = 1024
     """Records per Parquet shard: the unit of resumption and of work across processes."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision while generating (fp32 weights either way); independent of training's,
+    and the same whether the model is fresh from training or reloaded after an interruption."""
 
     def __post_init__(self) -> None:
         _require(self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}")
@@ -299,6 +309,8 @@ class EvaluateConfig:
     """n-gram order of the rare-n-gram survival metric."""
     rare_ngram_max_count: int = 1
     """An n-gram is rare when it occurs at most this often in the human training corpus."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision of every evaluation forward pass (perplexities, tails, detectors)."""
 
     def __post_init__(self) -> None:
         if self.block_size is not None:
@@ -405,20 +417,87 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"pipeline file {path} not found: pick one from pipelines/ (e.g. pipelines/tiny.yaml)")
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as err:
-            mark = getattr(err, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        raw = _read_pipeline_file(path)
         raw.setdefault("name", path.stem)
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value)
     return build_config(raw)
+
+
+def _read_pipeline_file(path: Path) -> dict[str, Any]:
+    """The top-level mapping of a pipeline file: UTF-8, valid YAML, no duplicate keys, not empty."""
+    if path.is_dir():
+        example = next(iter(sorted(path.glob("*.yaml"))), Path("pipelines/tiny.yaml"))
+        raise ConfigError(f"pipeline file {path} is a directory: pass a YAML file (e.g. {example})")
+    if not path.exists():
+        raise ConfigError(f"pipeline file {path} not found: pick one from pipelines/ (e.g. pipelines/tiny.yaml)")
+    if not path.is_file():
+        raise ConfigError(f"pipeline file {path} is not a regular file: pass a YAML file (e.g. pipelines/tiny.yaml)")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"pipeline file {path} cannot be read ({err.strerror}): check its permissions") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path} line {line}: not UTF-8 text (byte 0x{data[err.start]:02x}): re-encode the file "
+                          f"as UTF-8 (e.g. iconv -f latin1 -t utf-8 {path} > fixed.yaml)") from None
+    try:
+        raw = _load_yaml(text, path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
+        if isinstance(err, yaml.reader.ReaderError):  # a character YAML does not allow
+            line = text.count("\n", 0, err.position) + 1
+            where = f" line {line}"
+            problem = f"character U+{err.character:04X} is not allowed: remove it"
+        raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
+    if raw is None:
+        raise ConfigError(f"pipeline file {path} is empty (no settings, only blank lines or comments): "
+                          "write its settings, e.g. start from a copy of pipelines/tiny.yaml")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return raw
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """``yaml.safe_load``, refusing duplicate keys; None for a document with no content."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_duplicate_keys(node, path)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_duplicate_keys(root: yaml.Node, path: Path) -> None:
+    """A key set twice in one mapping is an error; ``yaml.safe_load`` would keep the last silently."""
+    seen_nodes: set[int] = set()
+    todo: list[tuple[yaml.Node, str]] = [(root, "")]
+    while todo:
+        node, where = todo.pop()
+        if id(node) in seen_nodes:  # aliases share nodes (and may be recursive)
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[str, int] = {}
+            for key, value in node.value:
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                line = key.start_mark.line + 1
+                dotted = f"{where}.{key.value}" if where else str(key.value)
+                if key.value in first_line:
+                    raise ConfigError(f"{path} line {line}: duplicate key {dotted} (first set on line "
+                                      f"{first_line[key.value]}): keep one of them (YAML would silently use the last)")
+                first_line[key.value] = line
+                todo.append((value, dotted))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, f"{where}[{i}]") for i, item in enumerate(node.value))
 
 
 def build_config(raw: dict[str, Any]) -> PipelineConfig:
@@ -495,6 +574,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         allowed = typing.get_args(tp)
+        if value is False and "no" in allowed:
+            value = "no"  # YAML 1.1 reads a bare `no` (mixed_precision: no) as false
         if value not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
         return value

@@ -1,13 +1,30 @@
-"""The human corpus: find it, check it, load it with ``datasets``, cut it into token blocks.
+r"""The human corpus: find it, check it, load it, cut it into token blocks.
 
 A named corpus (``wikitext-2-raw-v1``) is looked up in ``$LMCOLLAPSE_DATA_DIR/<folder>/``, then
 ``data/<folder>/``, then on the Hugging Face hub; any local folder of text files can be named
 instead (a split is ``<split>.txt``/``.raw``/``.tokens``, ``wiki.<split>.*``, or a sub-folder
 ``<split>/`` of such files). Files are checked before use: present, non-empty, UTF-8.
 
+The lines do not depend on where the corpus was found. Every corpus, named or a plain local
+folder, and from local files or the hub alike, is read with the convention of the hub's WikiText
+builder (the ``wikitext.py`` script of ``Salesforce/wikitext``): each line of each file, in order,
+read in text mode (UTF-8, universal newlines: ``\r\n`` and ``\r`` become ``\n``; nothing else
+ends a line), is one row, its line break kept, except that a line with nothing but whitespace
+(``not row.strip()``: the blank ``" \n"`` of WikiText, ``"\t\n"``, a last line of spaces without
+a newline, ...) becomes the empty string ``""``. A file that does not end with a newline ends with
+a row without one; the files of a split are read one after the other, in sorted order. So a named
+corpus gives exactly the rows ``datasets.load_dataset("Salesforce/wikitext", config)`` gives, and a
+local folder follows the same rule, so that a corpus copied between a folder and the hub reads the
+same. (``tokenize_lines`` then turns each empty row into the tokenizer's special tokens alone, as
+the reference code does with the hub's rows.)
+
     source = locate_split("wikitext-2-raw-v1", "validation")
     lines = load_split_lines(source)                       # a datasets.Dataset of lines
     blocks = cut_into_blocks(tokenize_lines(lines, tokenizer), 64)
+
+The train and held-out splits should come from one place: ``locate_splits`` prefers a folder
+holding both, ``SplitSource.record()`` says where a split came from and in which format, and
+``check_same_source`` refuses a pair read from two places unless ``data.mixed_sources`` is set.
 """
 
 from __future__ import annotations
@@ -15,7 +32,7 @@ from __future__ import annotations
 import codecs
 import logging
 import os
-import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +50,12 @@ SPLIT_ALIASES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test",),
 }
+# How a file's suffix names its kind of text (WikiText's raw and tokenized releases, plain text).
+SUFFIX_KINDS = {".raw": "raw", ".tokens": "tokenized", ".txt": "text"}
+LINE_FORMAT = ("text lines, line breaks kept, blank and whitespace-only lines as empty strings "
+               "(the hub builder's convention)")
+MIXED_SOURCES_FIX = ("put both splits in one folder (e.g. set LMCOLLAPSE_DATA_DIR to a folder holding both, "
+                     'or run `make data`), or set SET="data.mixed_sources=true"')
 
 
 @dataclass(frozen=True)
@@ -43,6 +66,7 @@ class NamedCorpus:
     hub_config: str
     url: str  # the official archive, for `lmcollapse data`
     sizes: dict[str, int]  # bytes per split in the official archive: plans before any download
+    kind: str = "text"  # "raw" (original text) or "tokenized" (rare words replaced by <unk>)
 
 
 NAMED_CORPORA: dict[str, NamedCorpus] = {
@@ -51,14 +75,14 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         "Salesforce/wikitext", "wikitext-2-raw-v1",
         "https://wikitext.smerity.com/wikitext-2-raw-v1.zip",
-        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}),
+        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw"),
     # The tokenized release (rare words replaced by <unk>): the full-size train split.
     "wikitext-2-v1": NamedCorpus(
         ("wikitext-2", "wikitext-2-raw/tokenized-fallback-wikitext-2-v1"),
         {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"},
         "Salesforce/wikitext", "wikitext-2-v1",
         "https://wikitext.smerity.com/wikitext-2-v1.zip",
-        {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}),
+        {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}, kind="tokenized"),
 }
 
 
@@ -80,6 +104,47 @@ class SplitSource:
         if self.files:
             return ", ".join(str(f) for f in self.files)
         return f"hub {self.hub[0]} ({self.hub[1]}), not found locally" if self.hub else "nowhere"
+
+    @property
+    def folder(self) -> Path | None:
+        """The folder the split was found in: a named corpus's data folder, or the corpus folder
+        itself (also when the split is a sub-folder ``<split>/`` of it); None for the hub."""
+        if not self.files:
+            return None
+        if self.corpus in NAMED_CORPORA:
+            return self.files[0].parent
+        return Path(self.corpus).expanduser()
+
+    @property
+    def kind(self) -> str:
+        """``raw``, ``tokenized`` or ``text``: the release of a named corpus, else the files'
+        suffixes (several kinds joined by ``+``)."""
+        if self.corpus in NAMED_CORPORA:
+            return NAMED_CORPORA[self.corpus].kind
+        return "+".join(sorted({SUFFIX_KINDS.get(p.suffix, "text") for p in self.files})) or "text"
+
+    def record(self) -> dict:
+        """JSON-serialisable provenance: where the split came from and in which format.
+
+        ``origin`` is ``"local"`` (``files``: absolute paths, in reading order; ``hub``: None) or
+        ``"hub"`` (``hub``: {"path", "config"}; ``files``: []); ``format`` is the line convention
+        every split is read with; ``kind`` the release (``raw``, ``tokenized``) or kind of text.
+        """
+        return {
+            "corpus": self.corpus,
+            "split": self.split,
+            "origin": "local" if self.is_local else "hub",
+            "files": [str(p.resolve()) for p in self.files],
+            "hub": {"path": self.hub[0], "config": self.hub[1]} if self.hub else None,
+            "format": LINE_FORMAT,
+            "kind": self.kind,
+        }
+
+    def where(self) -> str:
+        """Where the split is read from, in a few words, for messages."""
+        if self.is_local:
+            return f"local files in {self.folder}"
+        return f"the hub ({self.hub[0]}, {self.hub[1]}; not found locally)" if self.hub else "nowhere"
 
 
 def data_roots() -> list[Path]:
@@ -114,6 +179,50 @@ def locate_split(corpus: str, split: str) -> SplitSource:
     if not folder.is_dir():
         raise LmcollapseError(f"corpus {corpus!r} is a file: data.corpus must name a folder of text files")
     return SplitSource(corpus, split, _split_files_in_folder(folder, split))
+
+
+def locate_splits(corpus: str, *splits: str) -> tuple[SplitSource, ...]:
+    """Locate several splits of one corpus (e.g. train and held-out), from one folder if one holds them all.
+
+    For a named corpus the first data folder, in ``locate_split``'s search order, holding every
+    split's file wins (so a ``$LMCOLLAPSE_DATA_DIR`` with only the validation and test files does not
+    split a pair with ``data/``, where ``make data`` put all three); when none holds them all, each
+    split is located on its own, as ``locate_split`` does, and ``check_same_source`` says so. A
+    folder corpus is one folder already.
+    """
+    if corpus in NAMED_CORPORA:
+        named = NAMED_CORPORA[corpus]
+        for split in splits:
+            if split not in named.files:
+                raise LmcollapseError(
+                    f"corpus {corpus} has no split {split!r}: use one of {', '.join(named.files)}")
+        for root in data_roots():
+            for folder in named.folders:
+                candidates = [root / folder / named.files[split] for split in splits]
+                if all(candidate.is_file() for candidate in candidates):
+                    return tuple(SplitSource(corpus, split, (candidate,))
+                                 for split, candidate in zip(splits, candidates, strict=True))
+    return tuple(locate_split(corpus, split) for split in splits)
+
+
+def check_same_source(train: SplitSource, heldout: SplitSource, allow_mixed: bool) -> None:
+    """Refuse (one line: the problem and the fix) a train and a held-out split read from two places.
+
+    Two places: one split from local files and the other from the hub, local files in two
+    different folders, or two different hub datasets. ``allow_mixed`` (``data.mixed_sources``)
+    lets such a pair through.
+    """
+    if allow_mixed:
+        return
+    if train.is_local and heldout.is_local:
+        same = train.folder.resolve() == heldout.folder.resolve()  # type: ignore[union-attr]
+    else:
+        same = train.is_local == heldout.is_local and train.hub == heldout.hub
+    if not same:
+        raise LmcollapseError(
+            f"the train split {train.split!r} of {train.corpus} comes from {train.where()} but the held-out "
+            f"split {heldout.split!r} of {heldout.corpus} from {heldout.where()}, and one corpus read from "
+            f"two places can differ: {MIXED_SOURCES_FIX}")
 
 
 def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
@@ -163,28 +272,55 @@ def check_text_file(path: Path) -> None:
         raise LmcollapseError(f"corpus file {path} is empty: point data.corpus at text, or remove the file")
 
 
-def load_split_lines(source: SplitSource):
-    """The split as an in-memory ``datasets.Dataset`` with one ``text`` row per line (breaks kept)."""
-    import datasets
+def hub_builder_line(row: str) -> str:
+    """One row as the hub's WikiText builder yields it: the line itself, or "" if it is only whitespace."""
+    return row if row.strip() else ""
 
+
+def read_lines(path: Path) -> Iterator[str]:
+    """The rows of one text file, as the hub's WikiText builder reads its files (see the module docstring)."""
+    with open(path, encoding="utf-8") as handle:  # text mode: universal newlines, like the builder
+        for row in handle:
+            yield hub_builder_line(row)
+
+
+def lines_dataset(lines: Iterable[str]):
+    """An in-memory ``datasets.Dataset`` with one ``text`` row per line (built in chunks, no cache files)."""
+    import datasets
+    import pyarrow as pa
+
+    chunks, batch = [], []
+    for line in lines:
+        batch.append(line)
+        if len(batch) == 1 << 16:
+            chunks.append(pa.array(batch, type=pa.string()))
+            batch = []
+    chunks.append(pa.array(batch, type=pa.string()))
+    return datasets.Dataset(pa.table({"text": pa.chunked_array(chunks, type=pa.string())}))
+
+
+def load_split_lines(source: SplitSource):
+    """The split as an in-memory ``datasets.Dataset`` with one ``text`` row per line (breaks kept;
+    whitespace-only lines as "", the hub builder's convention: see the module docstring)."""
     if source.is_local:
         for path in source.files:
             check_text_file(path)
-        # The text builder prepares an Arrow cache; a throwaway one keeps runs and ~/.cache clean.
-        with tempfile.TemporaryDirectory(prefix="lmcollapse-text-") as scratch:
-            loaded = datasets.load_dataset(
-                "text", data_files={"lines": [str(p) for p in source.files]}, split="lines",
-                keep_linebreaks=True, cache_dir=scratch, keep_in_memory=True)
+        loaded = lines_dataset(line for path in source.files for line in read_lines(path))
     else:
+        import datasets
+
         hub_path, hub_config = source.hub  # type: ignore[misc]
         try:
-            loaded = datasets.load_dataset(hub_path, hub_config, split=source.split)
+            rows = datasets.load_dataset(hub_path, hub_config, split=source.split)
         except Exception as err:  # offline, hub down, gated: all mean "not available here"
             reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
             raise LmcollapseError(
                 f"corpus {source.corpus} split {source.split!r} is not on disk (looked in "
                 f"{', '.join(source.searched)}) and the hub failed ({reason}): set {DATA_DIR_ENV} "
                 "to a folder holding it, or run `make data` where the network is reachable") from None
+        # The builder's rows already follow the convention; applying it again changes nothing there
+        # and holds the convention whatever form the hub serves the dataset in.
+        loaded = lines_dataset(hub_builder_line(row) for row in rows["text"])
     if not any(line.strip() for line in loaded["text"]):
         raise LmcollapseError(f"corpus {source.corpus} split {source.split!r} is empty ({source.describe()})")
     return loaded

@@ -52,7 +52,8 @@ def decontaminate(candidates: datasets.Dataset, config: PipelineConfig, generati
         from lmcollapse.metrics.perplexity import score_sequences
 
         sequences = [np.asarray(ids, dtype=np.int64) for ids in candidates["input_ids"]]
-        nll, tokens = score_sequences(scorer_model, sequences, [1] * n, batch_size, accelerator)
+        nll, tokens = score_sequences(scorer_model, sequences, [1] * n, batch_size, accelerator,
+                                      precision=config.evaluate.mixed_precision)
         features = (nll / np.maximum(tokens, 1)).reshape(-1, 1)
     probability = fit_and_score(features, truth, labelled, config.seed)
     drop = probability > settings.threshold

@@ -19,3 +19,9 @@ class InterruptedStage(LmcollapseError):
     """SIGINT or SIGTERM arrived; the stage stopped at a safe point and can be resumed."""
 
     exit_code = 130
+
+
+class DiskFull(LmcollapseError):
+    """The disk filled while writing; what was being written was removed, completed stages are intact."""
+
+    exit_code = 3

@@ -8,7 +8,8 @@ Every call is a no-op unless ``LMCOLLAPSE_FAILPOINT`` names it (the etcd/TiKV te
 
     name     a failpoint name, or an fnmatch glob of names (``write:shard-*.parquet``)
     hit      act on the n-th matching call in this process (default 1)
-    action   kill (SIGKILL this process, the default), sigterm / sigint (deliver the signal to
+    action   kill (SIGKILL this process, the default), killpg (SIGKILL this process's whole process
+             group: start it in a session of its own), sigterm / sigint (deliver the signal to
              this process), enospc (raise "No space left on device"), sleep:<seconds>
 
 The points: ``write:<file name>`` (an atomic write, after the data is on disk, before it is
@@ -42,6 +43,8 @@ def failpoint(name: str) -> None:
         return
     if action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "killpg":
+        os.killpg(os.getpgid(0), signal.SIGKILL)
     elif action in ("sigterm", "sigint"):
         os.kill(os.getpid(), signal.SIGTERM if action == "sigterm" else signal.SIGINT)
     elif action == "enospc":
@@ -49,7 +52,7 @@ def failpoint(name: str) -> None:
     elif action.startswith("sleep:"):
         time.sleep(float(action.split(":", 1)[1]))
     else:
-        raise ValueError(f"{ENV}: unknown action {action!r} (kill, sigterm, sigint, enospc, sleep:<s>)")
+        raise ValueError(f"{ENV}: unknown action {action!r} (kill, killpg, sigterm, sigint, enospc, sleep:<s>)")
 
 
 def _parse(spec: str) -> tuple[str, int, str]:

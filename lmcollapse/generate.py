@@ -12,8 +12,11 @@ process under ``accelerate launch``, is byte-identical. Each shard is written at
 sidecar ``shard-00000.json`` holding its sha256; a shard counts as done only if both agree.
 
     shards = write_synthetic_corpus(model, tokenizer, prompts, config.generate, seed=0,
-                                    generation=1, model_label="tiny/generation-01/model",
+                                    generation=1, model_label="sha256:" + weights_sha256(gen / "model"),
                                     out_dir=gen / "synthetic", accelerator=accelerator)
+
+``model_label`` is written into every record's ``model`` field: the sha256 of the weights, so the
+shards name the model by content and do not depend on the folder the run lives in.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from lmcollapse.atomic import read_json, sha256_file, write_json_atomic
 from lmcollapse.config import GenerateConfig
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
+from lmcollapse.precision import autocast
 from lmcollapse.progress import progress_bar
 from lmcollapse.records import SYNTHETIC, make_records, write_records
 from lmcollapse.seeding import derive_seed
@@ -152,8 +156,10 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
         for k, i in enumerate(batch):  # left padding: the prompt ends where generation begins
             ids[k, longest - len(prompts[i]):] = torch.from_numpy(prompts[i])
             mask[k, longest - len(prompts[i]):] = 1
-        generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                   generation_config=generation_config)
+        # The generation's own precision (generate.mixed_precision), not whatever training left.
+        with autocast(config.mixed_precision, device):
+            generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                       generation_config=generation_config)
         new = generated[:, longest:].cpu().numpy()
         for k, i in enumerate(batch):
             outputs[i] = _until_end(new[k], eos)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from lmcollapse.atomic import atomic_path
+from lmcollapse.atomic import atomic_path, canonical_json, sha256_bytes, sha256_file
 from lmcollapse.config import ModelConfig
 from lmcollapse.errors import LmcollapseError
 
@@ -113,6 +113,19 @@ def save_model(model, tokenizer, folder: Path, extra_files: dict[str, str] | Non
         tokenizer.save_pretrained(scratch)
         for name, text in (extra_files or {}).items():
             (scratch / name).write_text(text, encoding="utf-8")
+
+
+def weights_sha256(folder: Path) -> str:
+    """The sha256 of a saved model's weights: of ``model.safetensors``, or for a sharded save, of
+    the canonical JSON mapping each weight file to its sha256. Names a model by content."""
+    folder = Path(folder)
+    single = folder / "model.safetensors"
+    if single.is_file():
+        return sha256_file(single)
+    shards = sorted(folder.glob("*.safetensors"))
+    if not shards:
+        raise LmcollapseError(f"model folder {folder} has no .safetensors weights: delete it and rerun to rebuild it")
+    return sha256_bytes(canonical_json({p.name: sha256_file(p) for p in shards}).encode())
 
 
 def prepare_tokenizer(tokenizer):

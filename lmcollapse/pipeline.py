@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -37,22 +38,26 @@ from lmcollapse.atomic import read_json, remove_path, sha256_file, sha256_tree, 
 from lmcollapse.config import PipelineConfig, config_to_yaml, load_config, result_affecting_differences
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.generate import write_synthetic_corpus
+from lmcollapse.integrity import COMPLETE, DAMAGED, STALE, lineage_record, verify_run
 from lmcollapse.interrupts import stop_on_signals
 from lmcollapse.metrics import REGISTRY, TAIL_QUANTILES
-from lmcollapse.metrics.distinct import distinct_n, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding, sample_perplexities
 from lmcollapse.metrics.self_bleu import self_bleu_scores, subsample_indices
+from lmcollapse.precision import stage_precisions
 from lmcollapse.records import HUMAN, concatenate, make_records, read_records, write_records
 from lmcollapse.regimes import assemble_training_set, consumed_generations, loss_weights, prompts_for, source_counts
 from lmcollapse.rundir import (
     MANIFEST,
     GenerationDir,
     RunDir,
+    build_command,
     check_unchanged,
     environment_record,
     read_manifest,
     run_lock,
+    write_manifest,
 )
 from lmcollapse.seeding import derive_seed
 from lmcollapse.tables import format_table, write_metrics
@@ -115,7 +120,13 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
     accelerator = make_accelerator(config)
     context = Context(config, run, accelerator, accept_changed, progress, echo)
     created = not run.root.exists()
-    with run_lock(run, enabled=accelerator.is_main_process), stop_on_signals():
+    writable = is_writable(run)
+    if not writable and has_work(run, last_generation):
+        raise LmcollapseError(
+            f"run folder {run.root} is read-only and generations up to {last_generation} are not all complete: "
+            f"make it writable (chmod -R u+w {shlex.quote(str(run.root))}) or build a copy "
+            f"(cp -r {shlex.quote(str(run.root))} COPY, then {build_command(Path('COPY'), last_generation)})")
+    with run_lock(run, enabled=accelerator.is_main_process and writable), stop_on_signals():
         try:
             if context.main:
                 open_run(config, run)
@@ -128,17 +139,70 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
                 shutil.rmtree(run.root, ignore_errors=True)
             raise
         ensure_base_eval(context)
+        checks = {c.name: c for c in verify_run(run)}
+        if checks["human"].state == STALE and context.main:  # tokenized by a base model that changed since
+            retire_stale(context, [checks["human"]], last_generation)
+            ensure_base_and_human(context)
+            checks = {c.name: c for c in verify_run(run)}
+        for stage in ("base", "human"):
+            if checks[stage].state == DAMAGED and not accept_changed:
+                raise LmcollapseError(checks[stage].problem)
+        if context.main:
+            retire_stale(context, [c for c in checks.values() if c.state == STALE], last_generation)
+        accelerator.wait_for_everyone()
         for index in range(last_generation + 1):
             generation = run.generation(index)
             if generation.is_complete:
-                log.info("%s is complete; skipping it", generation.name)
+                check = checks[generation.name]
+                if check.state == DAMAGED and not accept_changed:
+                    raise LmcollapseError(check.problem)
+                log.info("%s is complete%s; skipping it", generation.name,
+                         "" if check.state == COMPLETE else f" but {check.state}, used as it is (--accept-changed)")
                 continue
             row = build_generation(context, index)
             if context.main:
                 refresh_metrics(run, config)
                 context.echo(format_table([row]))
+        if context.main and writable:
+            refresh_metrics(run, config)  # a deleted or outdated metrics.csv is rebuilt
         rows = collect_rows(run)
     return rows
+
+
+def is_writable(run: RunDir) -> bool:
+    """Whether this process may write the run folder (or create it)."""
+    existing = next(p for p in (run.root, *run.root.parents) if p.exists())
+    return os.access(existing, os.W_OK)
+
+
+def has_work(run: RunDir, last_generation: int) -> bool:
+    """Whether building generations 0..last would write anything (the cheap, file-presence view)."""
+    return not ((run.base / "eval.json").is_file() and (run.human / MANIFEST).is_file()
+                and all(run.generation(i).is_complete for i in range(last_generation + 1)))
+
+
+def retire_stale(context: Context, stale: list, last_generation: int) -> None:
+    """Move stages built on a lineage that no longer exists to ``<run>/stale/``, saying so.
+
+    Nothing a stale stage holds can be used (its training data or start came from a stage that
+    has changed since), but it is moved, not deleted: the user decides when it goes.
+    """
+    run = context.run
+    if not stale:
+        return
+    graveyard = run.root / "stale"
+    graveyard.mkdir(exist_ok=True)
+    for check in stale:
+        target = graveyard / check.name
+        remove_path(target)
+        os.replace(check.root, target)
+    names = ", ".join(c.name for c in stale)
+    last_stale = max((int(c.name.removeprefix("generation-")) for c in stale if c.name.startswith("generation-")),
+                     default=0)
+    rebuilt = "rebuilding them now" if last_stale <= last_generation else \
+        f"`{build_command(run.root, last_stale)}` rebuilds them"
+    log.warning("%s %s built on a stage that has changed since (%s): moved to %s/; %s", names,
+                "was" if len(stale) == 1 else "were", stale[0].problem, graveyard, rebuilt)
 
 
 def preflight(config: PipelineConfig, run: RunDir) -> None:
@@ -146,6 +210,8 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
     the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
     from lmcollapse.modeling import check_model_folder
 
+    if run.root.exists() and not run.root.is_dir():
+        raise LmcollapseError(f"RUN={run.root} is a file, not a run folder: choose a folder, e.g. RUN=runs/{config.name}")
     if run.pipeline_file.is_file():
         check_same_config(config, run)
     elif run.root.is_dir():
@@ -155,8 +221,9 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
                 f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
                 "choose a new RUN=... for this pipeline")
     if not (run.human / MANIFEST).is_file():
-        for split in (config.data.train_split, config.data.heldout_split):
-            source = corpus.locate_split(config.data.corpus, split)
+        sources = corpus.locate_splits(config.data.corpus, config.data.train_split, config.data.heldout_split)
+        corpus.check_same_source(*sources, allow_mixed=config.data.mixed_sources)
+        for source in sources:
             for path in source.files:
                 corpus.check_text_file(path)
     if not (run.base / MANIFEST).is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
@@ -181,8 +248,8 @@ def open_run(config: PipelineConfig, run: RunDir) -> None:
     if run.pipeline_file.is_file():
         check_same_config(config, run)  # again, now under the lock
         return
-    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
-              f"#   make generation-N RUN={run.root}\n")
+    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it (from the repository) with:\n"
+              f"#   {build_command(run.root, config.generations - 1)}\n")
     write_text_atomic(run.pipeline_file, header + config_to_yaml(config))
 
 
@@ -203,8 +270,8 @@ def ensure_base_and_human(context: Context) -> None:
 
     started = time.perf_counter()
     data = config.data
-    train_source = corpus.locate_split(data.corpus, data.train_split)
-    heldout_source = corpus.locate_split(data.corpus, data.heldout_split)
+    train_source, heldout_source = corpus.locate_splits(data.corpus, data.train_split, data.heldout_split)
+    corpus.check_same_source(train_source, heldout_source, allow_mixed=data.mixed_sources)
     train_lines = corpus.load_split_lines(train_source)
     heldout_lines = corpus.load_split_lines(heldout_source)
     model = None
@@ -227,7 +294,7 @@ def ensure_base_and_human(context: Context) -> None:
         if model is None:
             model = build_preset_model(config.model, tokenizer, seed=derive_seed(config.seed, "init"))
         save_model(model, tokenizer, run.base_model)
-        write_json_atomic(run.base / MANIFEST, {
+        write_manifest(run.base / MANIFEST, {
             "kind": "preset" if config.model.is_preset else "pretrained", "source": config.model.name,
             "parameters": count_parameters(model), "vocab_size": len(tokenizer),
             "tokenizer_trained_on": {str(p): sha256_file(p) for p in train_source.files} if config.model.is_preset else None,
@@ -247,11 +314,14 @@ def ensure_base_and_human(context: Context) -> None:
     write_records(heldout, run.human / "heldout.parquet")
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(train_blocks)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
-    write_json_atomic(run.human / MANIFEST, {
-        "train": {"split": data.train_split, "source": train_source.describe(), "blocks": len(train),
+    write_manifest(run.human / MANIFEST, {
+        **lineage_record(run, None),
+        "train": {"split": data.train_split, "source": train_source.describe(), "provenance": train_source.record(),
+                  "blocks": len(train),
                   "blocks_in_split": len(train_blocks), "tokens_in_split": int(len(train_stream)),
                   "corpus_sha256": {str(p): sha256_file(p) for p in train_source.files}},
-        "heldout": {"split": data.heldout_split, "source": heldout_source.describe(), "blocks": len(heldout),
+        "heldout": {"split": data.heldout_split, "source": heldout_source.describe(),
+                    "provenance": heldout_source.record(), "blocks": len(heldout),
                     "tokens_in_split": int(len(heldout_stream)),
                     "corpus_sha256": {str(p): sha256_file(p) for p in heldout_source.files}},
         "files": {name: sha256_file(run.human / name) for name in ("train.parquet", "heldout.parquet")},
@@ -290,7 +360,7 @@ def ensure_base_eval(context: Context) -> None:
     model = model.to(context.accelerator.device)
     result = heldout_perplexity(context, model, "base model")
     if context.main:
-        write_json_atomic(path, result)
+        write_manifest(path, result | {"mixed_precision": context.config.evaluate.mixed_precision})
     context.accelerator.wait_for_everyone()
 
 
@@ -314,10 +384,10 @@ def build_generation(context: Context, index: int) -> dict:
     train_set = read_records(generation.train_set)
     train_sha = sha256_file(generation.train_set)
     sources = source_counts(train_set)
-    corpus_size = read_json(run.human / MANIFEST)["train"]["blocks"]
+    corpus_size = read_manifest(run.human / MANIFEST)["train"]["blocks"]
 
     # b. training
-    from lmcollapse.modeling import load_model, save_model
+    from lmcollapse.modeling import load_model, save_model, weights_sha256
 
     if generation.model.is_dir():
         model, _ = load_model(generation.model, config.model.attn_implementation, with_tokenizer=False)
@@ -343,10 +413,11 @@ def build_generation(context: Context, index: int) -> dict:
     timings["train_seconds"] = train_log["seconds"]
 
     # c. the synthetic corpus
+    # The writer is named by content (its weights' sha256), never by the folder it sits in: two
+    # runs of one config in differently named folders write byte-identical shards.
     shards = write_synthetic_corpus(
         model, tokenizer, prompts_for(config, index, train_set, corpus_size), config.generate, seed=config.seed,
-        generation=index,
-        model_label=f"{run.name}/{generation.name}/model", out_dir=generation.synthetic,
+        generation=index, model_label=f"sha256:{weights_sha256(generation.model)}", out_dir=generation.synthetic,
         accelerator=accelerator, progress=context.progress)
     timings["generate_seconds"] = sum(s["seconds"] for s in shards)
     synthetic = read_synthetic(generation)
@@ -369,10 +440,9 @@ def build_generation(context: Context, index: int) -> dict:
     if context.main:
         outputs = {name: digest for name, digest in sha256_tree(generation.root).items()
                    if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
-        parent = run.generation(index - 1).manifest if index > 0 else run.human / MANIFEST
-        write_json_atomic(generation.manifest, {
+        write_manifest(generation.manifest, {
             "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
-            "parent_manifest_sha256": sha256_file(parent), "consumed": consumed,
+            **lineage_record(run, index), "consumed": consumed, "mixed_precision": stage_precisions(config),
             "processes": accelerator.num_processes,
             "train_set_sha256": train_sha, "outputs": outputs, "timings": timings,
             "metrics": row, **environment_record()})
@@ -400,8 +470,8 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
     run, config, accept = context.run, context.config, context.accept_changed
     consumed: dict[str, str] = {}
 
-    def check(recorded: dict[str, str], root: Path, what: str, prefix: str) -> None:
-        check_unchanged(recorded, root, what, accept)
+    def check(recorded: dict[str, str], root: Path, what: str, prefix: str, stage_root: Path | None = None) -> None:
+        check_unchanged(recorded, root, what, accept, stage_root)
         for name in recorded:
             path = root / name
             consumed[f"{prefix}{name}"] = sha256_file(path) if path.is_file() else "missing"
@@ -410,7 +480,7 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
     human = read_manifest(run.human / MANIFEST)
     check(human["files"], run.human, "the human-data stage", "human/")
     if index == 0 or config.model.init == "base":
-        check(base["files"], run.base_model, "the base stage", "base/model/")
+        check(base["files"], run.base_model, "the base stage", "base/model/", run.base)
     if index > 0:
         # Everything the previous generation recorded: its corpus is this one's training data,
         # its model this one's start (init=previous), its numbers part of the same table.
@@ -454,10 +524,12 @@ def heldout_perplexity(context: Context, model, label: str, save_dir: Path | Non
     # Streamed from disk: evaluation memory does not grow with the held-out split.
     stream = TokenStream.from_parquet(context.run.human / "heldout.parquet")
     batch = config.evaluate.batch_size
+    precision = config.evaluate.mixed_precision
     blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
-                               progress=f"ppl blocks ({label})" if context.progress else None)
+                               progress=f"ppl blocks ({label})" if context.progress else None, precision=precision)
     sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
-                                 context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None)
+                                 context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
+                                 precision=precision)
     if save_dir is not None and context.main:
         from lmcollapse.atomic import atomic_path
 
@@ -486,6 +558,7 @@ def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
         metrics["self_bleu_samples"] = subset.num_samples
     for n in range(1, settings.distinct_max_n + 1):
         metrics[f"distinct_{n}"] = distinct_n(encoded, n)
+        metrics[f"distinct_{n}_li"] = distinct_n_li(encoded, n)
         metrics[f"distinct_{n}_per_sample"] = distinct_n_per_sample(encoded, n)
     return metrics
 
@@ -513,7 +586,8 @@ def synthetic_tails(context: Context, index: int, model, synthetic, save_dir: Pa
         scorer = scorer.to(context.accelerator.device)
     values = sample_perplexities(scorer, [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]],
                                  config.evaluate.batch_size, context.accelerator,
-                                 progress="tails" if context.progress else None)
+                                 progress="tails" if context.progress else None,
+                                 precision=config.evaluate.mixed_precision)
     if context.main:
         from lmcollapse.atomic import atomic_path
 
@@ -547,15 +621,18 @@ def metrics_row(config, index, train_set, sources, train_log, shards, perplexiti
 # ---------------------------------------------------------------------------- the table
 
 def collect_rows(run: RunDir) -> list[dict]:
-    return [read_manifest(g.manifest)["metrics"] for g in run.complete_generations()]
+    """The metrics rows of the complete generations, in order; a stale generation (built on a
+    lineage that no longer exists) is left out, an edited manifest is an error."""
+    stale = {c.name for c in verify_run(run, quick=True) if c.state == STALE}
+    return [read_manifest(g.manifest)["metrics"] for g in run.complete_generations() if g.name not in stale]
 
 
 def reference_rows(run: RunDir) -> dict[str, dict]:
     reference = {}
     if (run.base / "eval.json").is_file():
-        reference["base"] = {k: v for k, v in read_json(run.base / "eval.json").items() if k.startswith("ppl_")}
+        reference["base"] = {k: v for k, v in read_manifest(run.base / "eval.json").items() if k.startswith("ppl_")}
     if (run.human / MANIFEST).is_file():
-        reference["human"] = dict(read_json(run.human / MANIFEST).get("text_metrics", {}))
+        reference["human"] = dict(read_manifest(run.human / MANIFEST).get("text_metrics", {}))
     return reference
 
 

@@ -10,12 +10,14 @@ shard sidecars.
 
 from __future__ import annotations
 
+import shlex
+
 from lmcollapse import corpus
-from lmcollapse.atomic import read_json
 from lmcollapse.config import PipelineConfig, load_config, result_affecting_differences
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.generate import completed_shard, shard_ranges
-from lmcollapse.rundir import MANIFEST, GenerationDir, RunDir, lock_holder
+from lmcollapse.integrity import DAMAGED, STALE, StageCheck, verify_run
+from lmcollapse.rundir import MANIFEST, GenerationDir, RunDir, build_command, lock_holder, read_manifest
 from lmcollapse.train import latest_checkpoint, steps_per_epoch
 
 BYTES_PER_TOKEN_ESTIMATE = 4.0  # byte-level BPE on English Wikipedia text, roughly
@@ -56,9 +58,13 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
 
     human_blocks = None
     if (run.human / MANIFEST).is_file():
-        human_blocks = read_json(run.human / MANIFEST)["train"]["blocks"]
-    for role, split in (("train", data.train_split), ("held out", data.heldout_split)):
-        source = corpus.locate_split(data.corpus, split)
+        human_blocks = read_manifest(run.human / MANIFEST)["train"]["blocks"]
+    sources = corpus.locate_splits(data.corpus, data.train_split, data.heldout_split)
+    try:
+        corpus.check_same_source(*sources, allow_mixed=data.mixed_sources)
+    except LmcollapseError as err:
+        lines.append(f"  WARNING: building would stop: {err}")
+    for (role, split), source in zip((("train", data.train_split), ("held out", data.heldout_split)), sources):
         if source.is_local:
             size = sum(p.stat().st_size for p in source.files)
         else:
@@ -119,14 +125,23 @@ def describe_regime(config: PipelineConfig) -> str:
     return text
 
 
-def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None) -> list[str]:
+def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None,
+                checks: dict[str, StageCheck] | None = None) -> list[str]:
+    """One line per stage. With ``checks`` (from ``verify_run``) a complete stage that is damaged
+    or stale says so, with the problem and the command that mends it."""
+    def state(name: str, fallback: str) -> str:
+        check = (checks or {}).get(name)
+        if check is not None and check.state in (DAMAGED, STALE):
+            return f"{check.state}: {check.problem}"
+        return fallback
+
     lines = [
-        f"base           {'complete' if (run.base / MANIFEST).is_file() else 'to build'}",
-        f"human          {'complete' if (run.human / MANIFEST).is_file() else 'to build'}",
+        f"base           {state('base', 'complete' if (run.base / MANIFEST).is_file() else 'to build')}",
+        f"human          {state('human', 'complete' if (run.human / MANIFEST).is_file() else 'to build')}",
     ]
     for index in range(last_generation + 1):
         generation = run.generation(index)
-        lines.append(f"{generation.name:<14} {generation_state(generation, config)}")
+        lines.append(f"{generation.name:<14} {state(generation.name, generation_state(generation, config))}")
     return lines
 
 
@@ -167,23 +182,35 @@ def generation_state(generation: GenerationDir, config: PipelineConfig | None) -
     return "partial (" + (", ".join(done) if done else "started") + ")"
 
 
-def describe_status(run: RunDir) -> str:
+def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
+    """The status text, and whether every complete stage checked out (files hashed unless ``quick``)."""
+    if run.root.exists() and not run.root.is_dir():
+        raise LmcollapseError(f"RUN={run.root} is a file, not a run folder: name the folder of a run, e.g. RUN=runs/tiny")
     if not run.pipeline_file.is_file():
-        raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with make generation-N RUN={run.root}")
+        raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with "
+                              f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run.root))}")
     config = load_config(run.pipeline_file)
+    checks = {c.name: c for c in verify_run(run, quick=quick)}
     on_disk = [g.index for g in run.generations_on_disk()]
     last = max(on_disk + [config.generations - 1])
     lines = [f"run {run.root}: pipeline {config.name}, seed {config.seed}, fingerprint {config.fingerprint()[:12]}"]
     holder = lock_holder(run)
     lines.append(f"writer: {holder}" if holder else "writer: none (the run is not being written)")
-    lines.extend(stage_lines(run, last, config))
-    complete = [g.index for g in run.complete_generations()]
+    lines.extend(stage_lines(run, last, config, checks))
+    complete = [g.index for g in run.complete_generations() if checks[g.name].state != STALE]
     first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
     if first_missing <= last:
         state = generation_state(run.generation(first_missing), config)
         action = "resume" if state.startswith("partial") else "build"
-        lines.append(f"next: make generation-{last} RUN={run.root} would {action} {run.generation(first_missing).name}"
+        lines.append(f"next: {build_command(run.root, last)} would {action} {run.generation(first_missing).name}"
                      + (f" and build up to generation-{last:02d}" if first_missing < last else ""))
     else:
-        lines.append(f"next: all {last + 1} generations are complete; make generation-{last + 1} RUN={run.root} builds one more")
-    return "\n".join(lines)
+        lines.append(f"next: all {last + 1} generations are complete; {build_command(run.root, last + 1)} builds one more")
+    if not run.metrics_csv.is_file() and complete:
+        lines.append(f"metrics.csv is missing: {build_command(run.root, max(complete))} rebuilds it")
+    healthy = not any(c.state in (DAMAGED, STALE) for c in checks.values())
+    if not healthy:
+        lines.append("problems found: see the damaged/stale lines above")
+    elif not quick:
+        lines.append("verified: every file of every complete stage matches its manifest")
+    return "\n".join(lines), healthy

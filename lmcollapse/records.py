@@ -6,7 +6,9 @@ Every block of text a generation trains on or writes is one record:
     source      ``human`` or ``synthetic``
     generation  the generation whose model wrote it (null for human text)
     parent      the id of the record it continues (null for human text)
-    model       the model that wrote it, as ``<run>/generation-01/model`` (null for human text)
+    model       the model that wrote it, by content: ``sha256:<hex>`` of its weights
+                (``model.safetensors``; see modeling.weights_sha256), null for human text;
+                with ``generation`` it identifies the writer wherever the run is moved
     input_ids   token ids: what the next generation trains on (decode -> encode is not the
                 identity for BPE, so the ids are kept, not only the text)
     text        the decoded ids, for metrics and for people

@@ -7,16 +7,24 @@ k > 0, by ``data.regime``:
 * ``keep-fraction``: round(r N) human blocks and N - round(r N) records of generation k-1's
   corpus, both drawn at random; r is ``human_fraction``, or the generation's entry of
   ``human_fraction_schedule``. Human blocks are redrawn every generation, or drawn once
-  (``human_resample: false``). The paper keeps 10%.
+  (``human_resample: false``): then every generation takes the first round(r N) blocks of one
+  seeded order, so with a schedule a smaller share is a subset of a larger one (the 5% are among
+  the 20%, which are among the 50%) and a held share keeps the same blocks. The paper keeps 10%.
 * ``accumulate`` (Gerstgrasser et al. 2024, "Is Model Collapse Inevitable?"): the N human
   blocks and every earlier generation's corpus: N (k + 1) records.
 * ``accumulate-subsample`` (Kazdan et al., "Collapse or Thrive?"): that pool, subsampled at
   random to ``train_size`` records (N by default).
 
-Each generation writes a corpus of N records, continuing N of its training blocks (all of them
-when there are N, a random N when the set is larger), so corpora stay comparable across regimes.
-Every draw is seeded from (seed, purpose, generation): a training set is a pure function of the
-inputs, and its provenance columns show what was chosen.
+Each generation writes a corpus of exactly N records, so corpora stay comparable across regimes:
+it continues all of its training blocks when there are N; a random N when the set is larger
+(accumulate, or a larger ``train_size``); when it is smaller (decontamination dropped records),
+every block once plus a random draw of the missing count from the set, so some blocks are
+continued twice (more often only when fewer than N/2 blocks remain). A repeated prompt is continued again (differently when
+sampling); the records' ``parent`` column shows which block each one continues.
+
+Every draw is seeded from (seed, purpose, generation), or (seed, purpose, 1) for human blocks
+drawn once: a training set is a pure function of the inputs, and its provenance columns show
+what was chosen.
 
     train_set = assemble_training_set(config, generation, human_train, synthetic_of)
 """
@@ -29,6 +37,7 @@ import datasets
 import numpy as np
 
 from lmcollapse.config import PipelineConfig
+from lmcollapse.errors import LmcollapseError
 from lmcollapse.records import HUMAN, concatenate
 from lmcollapse.seeding import rng
 
@@ -58,10 +67,30 @@ def assemble_training_set(config: PipelineConfig, generation: int, human_train: 
 
 
 def prompts_for(config: PipelineConfig, generation: int, train_set: datasets.Dataset, corpus_size: int) -> datasets.Dataset:
-    """The training blocks a generation continues: all of them, or a random ``corpus_size``."""
-    if len(train_set) <= corpus_size:
+    """The ``corpus_size`` training blocks a generation continues, so its corpus has that size.
+
+    * as many blocks as ``corpus_size``: all of them, in order;
+    * more: a seeded random ``corpus_size`` of them, in order;
+    * fewer (decontamination dropped some): every block once, then a seeded draw of the
+      ``corpus_size - len(train_set)`` missing prompts from the set, without replacement when one
+      extra pass suffices (no block more than twice), with replacement when more are missing.
+      A repeated block is a separate prompt: sampled, it gets a continuation of its own (greedy or
+      beam search writes the same one again).
+    """
+    n = len(train_set)
+    if n == corpus_size:
         return train_set
-    return train_set.select(choose(len(train_set), corpus_size, config.seed, "prompts", generation))
+    if n > corpus_size:
+        return train_set.select(choose(n, corpus_size, config.seed, "prompts", generation))
+    if n == 0:
+        raise LmcollapseError(f"generation {generation}'s training set is empty: there is nothing to continue "
+                              "(did decontamination drop every record? raise decontaminate.threshold)")
+    missing = corpus_size - n
+    if missing <= n:
+        extra = choose(n, missing, config.seed, "prompts/extra", generation)
+    else:
+        extra = np.sort(rng(config.seed, "prompts/extra", generation).choice(n, size=missing, replace=True))
+    return train_set.select(np.concatenate([np.arange(n), extra]))
 
 
 def consumed_generations(config: PipelineConfig, generation: int) -> list[int]:
@@ -73,11 +102,15 @@ def consumed_generations(config: PipelineConfig, generation: int) -> list[int]:
     return [generation - 1]
 
 
-def choose(population: int, count: int, seed: int, purpose: str, generation: int) -> np.ndarray:
-    """``count`` distinct indices of ``range(population)``, seeded, in increasing order."""
+def choose(population: int, count: int, seed: int, purpose: str, draw: int) -> np.ndarray:
+    """``count`` distinct indices of ``range(population)``, seeded, in increasing order.
+
+    The first ``count`` entries of one permutation seeded by (seed, purpose, draw): a pure
+    function of those, and nested, so a smaller draw with the same key is a subset of a larger one.
+    """
     if count >= population:
         return np.arange(population)
-    return np.sort(rng(seed, purpose, generation).choice(population, size=count, replace=False))
+    return np.sort(rng(seed, purpose, draw).permutation(population)[:count])
 
 
 def source_counts(records: datasets.Dataset) -> dict[str, int]:

@@ -5,6 +5,9 @@
 
 Runs that agree on every result-affecting setting except the seed form one *group* (a regime);
 its numbers are the mean ± standard deviation (ddof = 1) over seeds, with the number of seeds.
+Two runs of one group with the same seed (a copied run folder, the same pipeline built twice) are
+one computation, not two seeds: only one is counted (the one with more complete generations, else
+the first found), and a warning, logged and written in ``index.md``, names the folder left out.
 Written to ``<root>/report/``:
 
     metrics.md .csv .tex .json   one row per (group, generation), a column per metric
@@ -20,6 +23,7 @@ import csv
 import datetime
 import io
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from lmcollapse.atomic import read_json, write_json_atomic, write_text_atomic
-from lmcollapse.config import PipelineConfig, config_to_dict, config_to_yaml, flatten, load_config
+from lmcollapse.config import OPERATIONAL_KEYS, PipelineConfig, config_to_dict, config_to_yaml, flatten, load_config
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
-from lmcollapse.rundir import MANIFEST, RunDir
+from lmcollapse.rundir import MANIFEST, RunDir, read_manifest
 
 HEADLINE = ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "rare_survival"]
 COMPARED = ["ppl_blocks", "self_bleu_4", "distinct_2", "rare_survival"]
 MAX_DEPTH = 3
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +61,8 @@ class Group:
 
     label: str
     runs: list[RunRecord] = field(default_factory=list)
+    left_out: list[tuple[RunRecord, RunRecord]] = field(default_factory=list)
+    """(left out, kept): runs with the same config and seed as a counted one."""
 
     @property
     def config(self) -> PipelineConfig:
@@ -72,6 +80,8 @@ def discover_runs(root: Path) -> list[RunRecord]:
     root = Path(root)
     if not root.exists():
         raise LmcollapseError(f"{root} does not exist: pass RUN= a run directory or a folder of runs")
+    if not root.is_dir():
+        raise LmcollapseError(f"RUN={root} is a file, not a run folder: pass RUN= a run directory or a folder of runs")
     found = [root] if (root / "pipeline.yaml").is_file() else _runs_below(root, MAX_DEPTH)
     records = [_record(RunDir(path)) for path in found]
     records = [r for r in records if r.rows]
@@ -93,25 +103,51 @@ def _runs_below(folder: Path, depth: int) -> list[Path]:
 
 
 def _record(run: RunDir) -> RunRecord:
+    from lmcollapse.integrity import DAMAGED, verify_run
     from lmcollapse.pipeline import collect_rows, reference_rows
 
+    # Everything a report reads (manifests, training logs, tails) is checked against its manifest
+    # first; stale generations are left out of the rows by collect_rows.
+    damaged = [check for check in verify_run(run) if check.state == DAMAGED]
+    if damaged:
+        raise LmcollapseError(damaged[0].problem)
     return RunRecord(run, load_config(run.pipeline_file), collect_rows(run), reference_rows(run))
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:
+    """Runs grouped by every result-affecting setting but the seed (the config fingerprint less
+    the seed); a run with the same seed as one already in its group is left out of it, once."""
     groups: dict[str, Group] = {}
     for record in records:
         settings = {k: v for k, v in flatten(config_to_dict(record.config)).items()
-                    if k not in ("seed", "name", "description", "generations")}
+                    if k not in OPERATIONAL_KEYS and k != "seed"}
         key = json.dumps(settings, sort_keys=True, default=str)
-        groups.setdefault(key, Group(record.config.name)).runs.append(record)
+        group = groups.setdefault(key, Group(record.config.name))
+        twin = next((r for r in group.runs if r.config.seed == record.config.seed), None)
+        if twin is None:
+            group.runs.append(record)
+        elif len(record.rows) > len(twin.rows):  # keep the more complete one
+            group.runs[group.runs.index(twin)] = record
+            group.left_out.append((twin, record))
+        else:
+            group.left_out.append((record, twin))
     labelled = list(groups.values())
     names = [g.label for g in labelled]
     for group in labelled:
         if names.count(group.label) > 1:  # same pipeline name, other settings: name the runs
             group.label = f"{group.label} ({', '.join(r.run.name for r in group.runs)})"
         group.runs.sort(key=lambda r: r.config.seed)
+    for warning in duplicate_warnings(labelled):
+        log.warning("%s", warning)
     return labelled
+
+
+def duplicate_warnings(groups: list[Group]) -> list[str]:
+    """One line per run left out of its group for repeating another run's config and seed."""
+    return [f"{dropped.run.root} and {kept.run.root} are the same config and seed (seed {kept.config.seed}, "
+            f"config fingerprint {kept.config.fingerprint()[:12]}): counted once, {dropped.run.root} left out of "
+            "the mean ± std; delete or move one of them, or rerun it with another seed"
+            for group in groups for dropped, kept in group.left_out]
 
 
 # ---------------------------------------------------------------------------- aggregation
@@ -206,6 +242,8 @@ def metrics_tables(groups: list[Group], metrics: list[str]) -> dict[str, str | d
         table = group_table(group, metrics)
         json_groups.append({"pipeline": group.label, "seeds": group.seeds,
                             "runs": [str(r.run.root) for r in group.runs],
+                            "left_out": [{"run": str(dropped.run.root), "same_config_and_seed_as": str(kept.run.root)}
+                                         for dropped, kept in group.left_out],
                             "generations": [{"generation": e["generation"], "seeds": e["seeds"],
                                              **{m: {"mean": e[m][0], "std": e[m][1], "n": e[m][2]} for m in metrics}}
                                             for e in table]})
@@ -388,13 +426,16 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
     lines = [f"# lmcollapse report: {root}", "",
              f"Written {datetime.date.today().isoformat()} by lmcollapse {__version__}. "
              "Tables: [metrics.md](metrics.md) ([csv](metrics.csv), [tex](metrics.tex), [json](metrics.json))"
-             + (", [comparison.md](comparison.md)" if comparison else "") + ".", "",
-             "## Runs", "",
-             markdown_table(["pipeline", "seeds", "generations", "run directories"],
-                            [[g.label, ", ".join(map(str, g.seeds)),
-                              ", ".join(sorted({str(x) for r in g.runs for x in r.generations}, key=int)),
-                              ", ".join(f"`{r.run.root}`" for r in g.runs)] for g in groups],
-                            ["l", "l", "l", "l"]), ""]
+             + (", [comparison.md](comparison.md)" if comparison else "") + ".", ""]
+    warnings = duplicate_warnings(groups)
+    if warnings:
+        lines += ["## Warnings", ""] + [f"- {w}" for w in warnings] + [""]
+    lines += ["## Runs", "",
+              markdown_table(["pipeline", "seeds", "generations", "run directories"],
+                             [[g.label, ", ".join(map(str, g.seeds)),
+                               ", ".join(sorted({str(x) for r in g.runs for x in r.generations}, key=int)),
+                               ", ".join(f"`{r.run.root}`" for r in g.runs)] for g in groups],
+                             ["l", "l", "l", "l"]), ""]
     headline_tables = metrics_tables(groups, headline)
     lines += ["## Results", "", headline_tables["md"], "",
               f"All metrics ({len(metrics)} columns) are in [metrics.md](metrics.md).", ""]
@@ -422,7 +463,7 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
     env_rows, timing_rows = [], []
     for group in groups:
         for record in group.runs:
-            manifest = read_json(record.run.generation(record.generations[-1]).manifest)
+            manifest = read_manifest(record.run.generation(record.generations[-1]).manifest)
             versions = manifest.get("versions", {})
             env_rows.append([group.label, str(record.config.seed), manifest.get("git_commit") or "-",
                              manifest.get("device", "-"),
@@ -436,7 +477,7 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
               markdown_table(["pipeline", "seed", "generations", "train s/gen", "generate s/gen", "eval s/gen", "total min"],
                              timing_rows, ["l", "r", "r", "r", "r", "r", "r"]), ""]
     if (groups[0].runs[0].run.human / MANIFEST).is_file():
-        human = read_json(groups[0].runs[0].run.human / MANIFEST)
+        human = read_manifest(groups[0].runs[0].run.human / MANIFEST)
         lines += [f"Human data: {human['train']['blocks']} training blocks from {human['train']['source']}; "
                   f"{human['heldout']['blocks']} held-out blocks from {human['heldout']['source']}.", ""]
     return "\n".join(lines)

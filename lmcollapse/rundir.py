@@ -27,14 +27,16 @@ import fcntl
 import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmcollapse.atomic import read_json, sha256_file
+from lmcollapse.atomic import canonical_json, read_json, sha256_bytes, sha256_file, write_json_atomic
 from lmcollapse.errors import LmcollapseError
 
 MANIFEST = "manifest.json"
@@ -231,27 +233,97 @@ def _device_name() -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
+# ---------------------------------------------------------------------------- manifests
+
+# Each manifest carries the sha256 of its own contents: an edit by hand (a seed, a metric, a
+# recorded hash) is caught on the next read instead of flowing into the tables.
+MANIFEST_CHECKSUM = "manifest_sha256"
+
+
+def _manifest_checksum(body: dict) -> str:
+    return sha256_bytes(canonical_json({k: v for k, v in body.items() if k != MANIFEST_CHECKSUM}).encode())
+
+
+def write_manifest(path: Path, record: dict) -> None:
+    """Write a stage's manifest (or another protected record) atomically, with its checksum."""
+    write_json_atomic(path, {**record, MANIFEST_CHECKSUM: _manifest_checksum(record)})
+
+
 def read_manifest(path: Path) -> dict:
+    """A manifest whose checksum matches its contents; a one-line error for anything else."""
+    path = Path(path)
     try:
-        return read_json(path)
+        record = read_json(path)
     except (OSError, ValueError):
-        raise LmcollapseError(f"{path} is unreadable (modified by hand?): restore it, or delete its folder to rebuild that stage") from None
+        record = None
+    if not isinstance(record, dict):
+        raise LmcollapseError(f"{path} is unreadable (truncated or modified by hand): restore it, or rebuild its "
+                              f"stage: {rebuild_command(path.parent)}")
+    if record.get(MANIFEST_CHECKSUM) != _manifest_checksum(record):
+        state = "has no checksum (written by an older lmcollapse?)" if MANIFEST_CHECKSUM not in record else \
+            "was edited after its stage completed (its manifest_sha256 does not match its contents)"
+        raise LmcollapseError(f"{path} {state}: restore it, or rebuild its stage: {rebuild_command(path.parent)}")
+    return record
 
 
-def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_changed: bool) -> list[str]:
+# ---------------------------------------------------------------------------- commands to paste
+
+def _in_repository() -> bool:
+    """Whether the working directory is the repository root, where ``make`` targets work."""
+    return Path("Makefile").is_file() and Path("lmcollapse", "__init__.py").is_file()
+
+
+def build_command(run_root: Path, last: int) -> str:
+    """The command that makes generations 0..``last`` of the run at ``run_root`` complete.
+
+    It names the run's own resolved config (``pipeline.yaml``), so it works for a run built
+    from any pipeline and any ``SET=`` overrides; from outside the repository it calls the
+    package with this interpreter.
+    """
+    run_root = Path(run_root)
+    if _in_repository():
+        return (f"make generation-{last} PIPELINE={shlex.quote(str(run_root / 'pipeline.yaml'))} "
+                f"RUN={shlex.quote(str(run_root))}")
+    return f"{shlex.quote(sys.executable)} -m lmcollapse generation {last} --run {shlex.quote(str(run_root.resolve()))}"
+
+
+def rebuild_command(stage_root: Path, last: int | None = None) -> str:
+    """Remove a stage's folder, then rebuild it (and what depends on it) with ``build_command``.
+
+    ``stage_root`` is ``<run>/base``, ``<run>/human`` or ``<run>/generation-NN``; ``last`` defaults
+    to the highest generation on disk.
+    """
+    stage_root = Path(stage_root)
+    run = RunDir(stage_root.parent)
+    if last is None:
+        on_disk = [g.index for g in run.generations_on_disk()]
+        last = max(on_disk, default=0)
+    return f"rm -r {shlex.quote(str(stage_root))} && {build_command(run.root, last)}"
+
+
+def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_changed: bool,
+                    stage_root: Path | None = None, quick: bool = False) -> list[str]:
     """Compare files under ``root`` with the sha256 recorded when ``what`` completed.
 
-    Raises naming the first changed file unless ``accept_changed``; returns the changed names.
+    Raises naming the first changed file, and the command that rebuilds the stage at
+    ``stage_root`` (default ``root``), unless ``accept_changed``; returns the changed names.
+    ``quick`` only checks that every file is there.
     """
     changed = []
     for name, expected in sorted(recorded.items()):
         path = root / name
-        actual = sha256_file(path) if path.is_file() else None
+        if not path.is_file():
+            actual = None
+        elif quick:
+            continue
+        else:
+            actual = sha256_file(path)
         if actual != expected:
             changed.append(name)
             if not accept_changed:
                 state = "is missing" if actual is None else f"changed (sha256 {actual[:12]}, recorded {expected[:12]})"
                 raise LmcollapseError(
-                    f"{path} {state} since {what} completed: restore it, delete {root.name if root.name else root} "
-                    "to rebuild it, or pass --accept-changed (ACCEPT_CHANGED=1) to use it as it is now")
+                    f"{path} {state} since {what} completed: restore it, rebuild it with "
+                    f"`{rebuild_command(stage_root or root)}`, or pass --accept-changed (ACCEPT_CHANGED=1) "
+                    "to use it as it is now")
     return changed

@@ -13,8 +13,9 @@ from __future__ import annotations
 import csv
 import io
 import math
+from pathlib import Path
 
-from lmcollapse.atomic import write_json_atomic, write_text_atomic
+from lmcollapse.atomic import canonical_json, write_text_atomic
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.rundir import RunDir
 
@@ -54,8 +55,19 @@ def write_metrics(run: RunDir, rows: list[dict], header: dict) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    write_text_atomic(run.metrics_csv, buffer.getvalue())
-    write_json_atomic(run.metrics_json, {**header, "columns": columns, "generations": rows})
+    # Written only when missing or different: a complete run that is read again stays untouched
+    # (and a read-only one readable), while a deleted or stale table is rebuilt.
+    _write_if_changed(run.metrics_csv, buffer.getvalue())
+    _write_if_changed(run.metrics_json, canonical_json({**header, "columns": columns, "generations": rows}, indent=2) + "\n")
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    write_text_atomic(path, text)
 
 
 def _csv_value(value):

@@ -35,6 +35,7 @@ import torch
 
 from lmcollapse.atomic import (
     canonical_json,
+    disk_full,
     fsync_dir,
     fsync_path,
     read_json,
@@ -43,7 +44,7 @@ from lmcollapse.atomic import (
     temporary_sibling,
 )
 from lmcollapse.config import TrainConfig
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import DiskFull, LmcollapseError
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.metrics.perplexity import token_losses
@@ -113,6 +114,11 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
                                   fused=True if config.fused_optimizer else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
+    # NOTE: accelerate remembers every model, optimizer and scheduler a process ever prepared and
+    # saves them all (model_1.safetensors, optimizer_1.bin, ...) in every checkpoint; load_state in
+    # a new process would then restore an earlier generation's. Forget them first, so a checkpoint
+    # holds exactly this generation's state, and again at the end, so memory does not grow.
+    accelerator.free_memory()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     start_step, history, resumed, earlier_seconds = 0, [], None, 0.0
@@ -184,7 +190,13 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
              tokens_seen / max(time.perf_counter() - started, 1e-9))
     outcome = TrainOutcome(total_steps, int(sum(h["tokens"] for h in history)), seconds,
                            float(np.mean(last_epoch)) if last_epoch else float("nan"), history, resumed)
-    return accelerator.unwrap_model(model), outcome
+    # The plain module: without accelerate's autocast wrapper on forward (keep_fp32_wrapper) and
+    # without torch.compile, i.e. exactly what from_pretrained gives after an interruption, so the
+    # stages after training compute the same whether or not the run was interrupted.
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    del model, optimizer, scheduler
+    accelerator.free_memory()
+    return trained, outcome
 
 
 def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer):
@@ -276,9 +288,15 @@ def save_checkpoint(accelerator, checkpoint_dir: Path, step: int, history: list[
             fsync_dir(checkpoint_dir)
             for old in list_checkpoints(checkpoint_dir)[:-keep]:
                 remove_path(old.path)
-    except BaseException:
+    except BaseException as err:
+        # NOTE: diagnose before cleaning up: removing the scratch frees the space that shows the
+        # disk was full (torch's writer says only "unexpected pos ...").
+        full = disk_full(err, checkpoint_dir)
         if accelerator.is_main_process:
             remove_path(scratch)  # a failed write (disk full) must not keep eating space
+        if full is not None:
+            raise DiskFull(f"disk full while writing checkpoint {final}: free space and rerun the same command; "
+                           "completed stages are intact") from err
         raise
     accelerator.wait_for_everyone()
     return final

@@ -70,5 +70,6 @@ def tree_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """``python -m lmcollapse ...`` in a subprocess (the real entry point, exit codes included)."""
     full_env = {**os.environ, **(env or {})}
+    # A session of its own: a failpoint may SIGKILL the command's whole process group.
     return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=cwd or REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, start_new_session=True)

@@ -98,12 +98,21 @@ def test_a_folder_that_is_not_a_run_is_refused(tmp_path, small_corpus, capsys):
 
 
 @pytest.mark.parametrize("pipeline", ["shumailov-opt125m", "shumailov-opt125m-keep10"])
-def test_paper_pipelines_dry_run_offline(pipeline, tmp_path, capsys, data_dir):
+def test_paper_pipelines_dry_run_offline(pipeline, tmp_path, capsys, data_dir, monkeypatch):
+    # A data folder without the raw train split (whatever the user has downloaded elsewhere).
+    folder = tmp_path / "data" / "wikitext-2-raw"
+    folder.mkdir(parents=True)
+    for name in ("wiki.valid.raw", "wiki.test.raw"):
+        (folder / name).write_text(" = A =\n \n text .\n", encoding="utf-8")
+    monkeypatch.setenv("LMCOLLAPSE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
     run = tmp_path / "run"
     assert main(["run", "--dry-run", "--pipeline", str(REPO / "pipelines" / f"{pipeline}.yaml"), "--run", str(run)]) == 0
     plan = capsys.readouterr().out
     assert "model: pretrained facebook/opt-125m" in plan
-    assert "train: wikitext-2-raw-v1 train <- hub Salesforce/wikitext" in plan  # not on disk here
+    assert "train: wikitext-2-raw-v1 train <- hub Salesforce/wikitext" in plan  # not in the data folder
+    # Train from the hub, test from local files: building would refuse the mix, and says so.
+    assert "WARNING: building would stop:" in plan and "data.mixed_sources=true" in plan
     assert "5 beam(s), repetition penalty 3" in plan and "64-64 new tokens" in plan
     assert "generation-09  missing" in plan and "steps per generation" in plan
     assert not run.exists()
@@ -115,3 +124,14 @@ def test_the_real_entry_point_exits_non_zero_with_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "lmcollapse: error: generate.top_k: only applies when sampling; set generate.do_sample=true"
     assert not (tmp_path / "r").exists()
+
+
+def test_from_another_folder_without_pipeline_it_says_what_to_do(tmp_path):
+    result = run_cli("generation", "0", cwd=tmp_path)
+    assert result.returncode == 2
+    message = result.stderr.strip()
+    assert "\n" not in message
+    assert message == (f"lmcollapse: error: no --pipeline given and there is no pipelines/tiny.yaml in {tmp_path}: "
+                       f"pass --pipeline {REPO / 'pipelines' / 'tiny.yaml'} (or --run an existing run, whose "
+                       "pipeline.yaml is used)")
+    assert list(tmp_path.iterdir()) == []

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, run_cli
 from lmcollapse.config import (
     PipelineConfig,
     describe_config,
@@ -118,3 +118,76 @@ def test_fingerprint_ignores_operational_keys_only():
     changed = load_config(REPO / "pipelines" / "tiny.yaml", ["train.epochs=1"])
     assert base.fingerprint() != changed.fingerprint()
     assert result_affecting_differences(base, changed) == [("train.epochs", 6, 1)]
+
+
+def test_a_pipeline_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("description: caf\u00e9 au lait\nseed: 0\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_config(latin)
+    message = str(err.value)
+    assert f"{latin} line 1: not UTF-8 text (byte 0xe9)" in message and "re-encode the file as UTF-8" in message
+    assert "\n" not in message
+    utf16 = tmp_path / "utf16.yaml"
+    utf16.write_text("seed: 0\n", encoding="utf-16")
+    with pytest.raises(ConfigError, match="not UTF-8 text.*re-encode"):
+        load_config(utf16)
+
+
+def test_a_pipeline_with_a_bad_character_is_a_one_line_error(tmp_path):
+    nul = tmp_path / "nul.yaml"
+    nul.write_bytes(b"seed: 0\x00\n")
+    with pytest.raises(ConfigError, match=r"nul.yaml line 1: not valid YAML \(character U\+0000 is not allowed") as err:
+        load_config(nul)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("train:\n  epochs: 1\nseed: 0\ntrain:\n  epochs: 2\n", "line 4: duplicate key train (first set on line 1)"),
+    ("train:\n  epochs: 1\n  batch_size: 8\n  epochs: 2\n", "line 4: duplicate key train.epochs (first set on line 2)"),
+    ("seed: 0\nseed: 1\n", "line 2: duplicate key seed (first set on line 1)"),
+    ("data:\n  human_fraction_schedule: [0.5]\n  regime: keep-fraction\n  'regime': replace\n",
+     "line 4: duplicate key data.regime (first set on line 3)"),
+])
+def test_duplicate_keys_are_errors_naming_key_and_line(tmp_path, text, message):
+    pipeline = tmp_path / "dup.yaml"
+    pipeline.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(pipeline)
+    assert f"{pipeline} {message}" in str(err.value) and "keep one of them" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_the_same_key_in_different_sections_and_yaml_merges_are_fine(tmp_path):
+    pipeline = tmp_path / "ok.yaml"
+    pipeline.write_text("train: &shared\n  batch_size: 8\ngenerate:\n  batch_size: 8\n"
+                        "evaluate:\n  <<: {batch_size: 4}\n  batch_size: 16\n")
+    config = load_config(pipeline)
+    assert config.train.batch_size == config.generate.batch_size == 8
+    assert config.evaluate.batch_size == 16  # an explicit key overrides a merged one: not a duplicate
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n\n# and another\n", "---\n", "~\n"])
+def test_an_empty_pipeline_is_an_error(tmp_path, text):
+    pipeline = tmp_path / "empty.yaml"
+    pipeline.write_text(text)
+    with pytest.raises(ConfigError, match=r"pipeline file .*empty.yaml is empty .*start from a copy of pipelines/tiny.yaml"):
+        load_config(pipeline)
+
+
+def test_a_pipeline_path_that_is_a_directory(tmp_path):
+    with pytest.raises(ConfigError, match=r"pipeline file .* is a directory: pass a YAML file \(e.g. pipelines/tiny.yaml\)"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"is a directory: pass a YAML file \(e.g. .*pipelines/shumailov"):
+        load_config(REPO / "pipelines")
+
+
+@pytest.mark.parametrize("content", [b"seed: 0\nseed: 1\n", b"", b"seed: caf\xe9\n"], ids=["duplicate", "empty", "latin1"])
+def test_pipeline_file_errors_on_the_command_line(tmp_path, content):
+    pipeline = tmp_path / "bad.yaml"
+    pipeline.write_bytes(content)
+    result = run_cli("config", "--pipeline", str(pipeline), timeout=300)
+    assert result.returncode == 2
+    assert result.stderr.startswith("lmcollapse: error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert str(pipeline) in result.stderr and "Traceback" not in result.stderr
+    assert result.stdout == ""

@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 
 import pytest
 
-from helpers import REPO, micro_config, tree_state
+from helpers import REPO, micro_config, tree_hashes, tree_state
+from lmcollapse.atomic import sha256_file
 from lmcollapse.pipeline import build
 from lmcollapse.records import read_records
 from lmcollapse.rundir import RunDir
@@ -88,9 +90,11 @@ def test_each_generation_trains_on_the_previous_corpus_with_provenance(staged_ru
     gen1_train = read_records(run.generation(1).train_set)
     assert gen1_train["id"][:10] == gen0_corpus["id"]  # replace: generation 1 trains on generation 0's text
     gen1_corpus = read_records(run.generation(1).synthetic / "shard-00000.parquet")
+    # The writer is named by content: the sha256 of generation 1's weights file.
+    writer = "sha256:" + sha256_file(run.generation(1).model / "model.safetensors")
     for record, parent in zip(gen1_corpus, gen1_train):
         assert record["generation"] == 1 and record["source"] == "synthetic"
-        assert record["parent"] == parent["id"] and record["model"] == f"{run.name}/generation-01/model"
+        assert record["parent"] == parent["id"] and record["model"] == writer
 
 
 def test_keep_fraction_mixes_fresh_human_blocks_each_generation(tmp_path, small_corpus):
@@ -138,7 +142,7 @@ def test_from_pretrained_on_a_saved_local_model(staged_run, tmp_path, small_corp
 def test_make_passes_pipeline_run_and_overrides(tmp_path):
     out = subprocess.run(["make", "-n", "generation-3", "PIPELINE=pipelines/tiny.yaml", f"RUN={tmp_path}/r",
                           "SET=train.epochs=1 seed=3"], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    assert f"-m lmcollapse generation 3 --pipeline pipelines/tiny.yaml --run {tmp_path}/r --set train.epochs=1 seed=3" in out
+    assert f'-m lmcollapse generation 3 --pipeline "pipelines/tiny.yaml" --run "{tmp_path}/r" --set train.epochs=1 seed=3' in out
 
 
 def test_make_run_writes_the_report_and_puts_seeds_beside_the_single_run():
@@ -147,8 +151,30 @@ def test_make_run_writes_the_report_and_puts_seeds_beside_the_single_run():
                               capture_output=True, text=True, check=True).stdout
 
     single = dry("PIPELINE=pipelines/tiny-keep10.yaml")
-    assert "-m lmcollapse run --pipeline pipelines/tiny-keep10.yaml --run runs/tiny-keep10 " in single
-    assert "-m lmcollapse -q report --run runs/tiny-keep10 " in single
+    assert '-m lmcollapse run --pipeline "pipelines/tiny-keep10.yaml" --run "runs/tiny-keep10" ' in single
+    assert '-m lmcollapse -q report --run "runs/tiny-keep10" ' in single
     seeds = dry("PIPELINE=pipelines/tiny-keep10.yaml", "SEEDS=0 1 2")
-    assert "--run runs/tiny-keep10-seeds " in seeds and "--seeds 0 1 2" in seeds
-    assert "-m lmcollapse -q report --run runs/tiny-keep10-seeds " in seeds
+    assert '--run "runs/tiny-keep10-seeds" ' in seeds and "--seeds 0 1 2" in seeds
+    assert '-m lmcollapse -q report --run "runs/tiny-keep10-seeds" ' in seeds
+
+
+def test_the_same_config_in_differently_named_folders_gives_byte_identical_artefacts(staged_run, tmp_path):
+    """Nothing a run computes names its folder: shards, models, training sets and evaluations are
+    the same bytes wherever the run lives (the manifests differ only in timings and the run name)."""
+    config, run, _ = staged_run
+    other = RunDir(tmp_path / "a differently named folder" / "elsewhere")
+    build(config, other.root, 1, progress=False, echo=lambda _: None)
+    for stage in ("base/model", "human/train.parquet", "human/heldout.parquet", "generation-00", "generation-01"):
+        if (run.root / stage).is_file():
+            assert sha256_file(other.root / stage) == sha256_file(run.root / stage), stage
+            continue
+        ours = {k: v for k, v in tree_hashes(run.root / stage).items() if not _records_wall_clock(k)}
+        theirs = {k: v for k, v in tree_hashes(other.root / stage).items() if not _records_wall_clock(k)}
+        assert theirs == ours, stage
+    assert any(k.startswith("synthetic/shard-") for k in ours) and "model/model.safetensors" in ours
+
+
+def _records_wall_clock(name: str) -> bool:
+    """Files that hold timings (seconds) beside the results, so they differ between any two runs."""
+    return (name.endswith(("train_log.json", "manifest.json")) or re.fullmatch(r"eval/.*\.json", name) is not None
+            or re.fullmatch(r"synthetic/shard-\d+\.json", name) is not None)

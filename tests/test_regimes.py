@@ -14,7 +14,7 @@ from lmcollapse.config import load_config
 from lmcollapse.decontaminate import decontaminate, detection_report
 from lmcollapse.pipeline import build
 from lmcollapse.records import HUMAN, SYNTHETIC, make_records, read_records
-from lmcollapse.regimes import assemble_training_set, loss_weights, prompts_for
+from lmcollapse.regimes import assemble_training_set, choose, loss_weights, prompts_for
 from lmcollapse.rundir import RunDir
 from lmcollapse.train import _chunk_loss
 
@@ -69,6 +69,37 @@ def test_a_human_fraction_schedule_per_generation():
     assert all(len(assemble(schedule, k)) == N for k in (1, 4))
 
 
+def human_ids(dataset) -> set[str]:
+    return {i for i, s in zip(dataset["id"], dataset["source"]) if s == HUMAN}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_a_schedule_without_resampling_keeps_nested_human_blocks(seed):
+    schedule = ["data.regime=keep-fraction", "data.human_fraction_schedule=[0.5, 0.2, 0.05]",
+                "data.human_resample=false", f"seed={seed}"]
+    picked = [human_ids(assemble(schedule, k)) for k in (1, 2, 3, 4, 5)]
+    assert [len(p) for p in picked] == [10, 4, 1, 1, 1]
+    for generation, (larger, smaller) in enumerate(zip(picked, picked[1:]), start=2):
+        assert smaller <= larger, f"generation {generation}'s human blocks are not among generation {generation - 1}'s"
+    assert picked[2] == picked[3] == picked[4]  # the held share keeps its blocks
+    growing = ["data.regime=keep-fraction", "data.human_fraction_schedule=[0.05, 0.2, 0.5]",
+               "data.human_resample=false", f"seed={seed}"]
+    grown = [human_ids(assemble(growing, k)) for k in (1, 2, 3)]
+    assert grown[0] <= grown[1] <= grown[2] and len(grown[2]) == 10
+
+
+def test_choose_is_a_pure_nested_function_of_its_key():
+    draws = {count: choose(50, count, 7, "keep-fraction/human", 1) for count in (0, 1, 5, 20, 49, 50, 60)}
+    for count, indices in draws.items():
+        assert list(indices) == sorted(set(indices.tolist())) and len(indices) == min(count, 50)
+        assert np.array_equal(indices, choose(50, count, 7, "keep-fraction/human", 1))
+    for small, large in ((1, 5), (5, 20), (20, 49), (49, 50)):
+        assert set(draws[small].tolist()) <= set(draws[large].tolist())
+    assert not np.array_equal(draws[20], choose(50, 20, 8, "keep-fraction/human", 1))
+    assert not np.array_equal(draws[20], choose(50, 20, 7, "keep-fraction/human", 2))
+    assert not np.array_equal(draws[20], choose(50, 20, 7, "prompts", 1))
+
+
 def test_accumulate_keeps_everything():
     for k in (1, 2, 4):
         train = assemble(["data.regime=accumulate"], k)
@@ -92,6 +123,43 @@ def test_prompts_keep_the_corpus_at_the_human_size():
     prompts = prompts_for(config, 3, grown, N)
     assert len(prompts) == N and set(prompts["id"]) <= set(grown["id"])
     assert prompts_for(config, 0, HUMAN_TRAIN, N)["id"] == HUMAN_TRAIN["id"]
+
+
+@pytest.mark.parametrize("kept", [1, 7, 10, 13, 19])
+def test_prompts_keep_the_corpus_at_the_human_size_when_decontamination_shrank_the_set(kept):
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true"])
+    shrunk = HUMAN_TRAIN.select(sorted(np.random.default_rng(kept).choice(N, kept, replace=False)))  # what survived
+    prompts = prompts_for(config, 2, shrunk, N)
+    assert len(prompts) == N
+    assert prompts["id"][:len(shrunk)] == shrunk["id"]  # every block once, in order, first
+    uses = Counter(prompts["id"])
+    assert set(uses) == set(shrunk["id"])
+    if 2 * len(shrunk) >= N:  # one extra pass suffices: no block is continued more than twice
+        assert max(uses.values()) <= 2
+    assert prompts["id"] == prompts_for(config, 2, shrunk, N)["id"]  # seeded
+    assert prompts["input_ids"] == [shrunk["input_ids"][shrunk["id"].index(i)] for i in prompts["id"]]
+
+
+def test_prompts_are_exactly_the_corpus_size_in_all_three_cases():
+    config = load_config(None, ["data.regime=accumulate", "seed=5"])
+    other_seed = load_config(None, ["data.regime=accumulate", "seed=6"])
+    grown = assemble(["data.regime=accumulate"], 2)  # 3 N blocks
+    for train_set in (grown, HUMAN_TRAIN, HUMAN_TRAIN.select(range(6))):
+        prompts = prompts_for(config, 3, train_set, N)
+        assert len(prompts) == N and set(prompts["id"]) <= set(train_set["id"])
+        assert prompts["id"] == prompts_for(config, 3, train_set, N)["id"]
+    assert prompts_for(config, 3, grown, N)["id"] != prompts_for(other_seed, 3, grown, N)["id"]
+    small = HUMAN_TRAIN.select(range(6))
+    assert prompts_for(config, 3, small, N)["id"] != prompts_for(other_seed, 3, small, N)["id"]
+    assert prompts_for(config, 3, small, N)["id"] != prompts_for(config, 4, small, N)["id"]
+
+
+def test_prompts_from_an_empty_training_set_are_an_error():
+    from lmcollapse.errors import LmcollapseError
+
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true"])
+    with pytest.raises(LmcollapseError, match="generation 2's training set is empty.*raise decontaminate.threshold"):
+        prompts_for(config, 2, HUMAN_TRAIN.select([]), N)
 
 
 def test_human_loss_weight_changes_the_loss_as_claimed():
@@ -127,7 +195,11 @@ def test_human_loss_weight_changes_the_loss_as_claimed():
         plain = _chunk_loss(model, sequences, chunk, np.ones(len(sequences)), 1, Accelerator(), float(tokens.sum()))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert plain.item() == pytest.approx(sum(per_record) / tokens.sum(), rel=1e-5)
-    assert loss.item() != pytest.approx(plain.item(), rel=1e-3)
+    # Up-weighting the human records pulls the loss toward their own mean token NLL.
+    is_human = np.asarray(mixed["source"], dtype=object) == HUMAN
+    nll = np.asarray(per_record)
+    human_mean = nll[is_human].sum() / tokens[is_human].sum()
+    assert abs(loss.item() - human_mean) < abs(plain.item() - human_mean)
 
 
 def test_detection_report_against_hand_counted_labels():
@@ -200,6 +272,10 @@ def test_accumulate_and_decontamination_end_to_end(tmp_path, small_corpus):
         assert counts["human"] == 24 - report["dropped_human"]
         assert sum(v for key, v in counts.items() if key != "human") == synthetic_pool - report["dropped_synthetic"]
         assert {key for key in counts if key != "human"} <= {f"g{g}" for g in range(k)}
-        # The corpus continues min(N, training set) of this generation's own training blocks.
-        assert len(corpus[k]) == min(24, len(train)) and {r["parent"] for r in corpus[k]} <= set(train["id"])
+        # The corpus has N records whatever decontamination dropped: it continues this generation's
+        # own training blocks, each at least once when the set is smaller than N.
+        assert len(corpus[k]) == 24 and {r["parent"] for r in corpus[k]} <= set(train["id"])
+        if len(train) <= 24:
+            assert {r["parent"] for r in corpus[k]} == set(train["id"])
+        assert [r["id"] for r in corpus[k]] == [f"g{k:02d}-{i:07d}" for i in range(24)]
         assert rows[k]["decontam_recall"] == report["recall"] and rows[k]["train_blocks"] == len(train)

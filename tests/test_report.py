@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import re
 import shutil
@@ -12,7 +13,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from helpers import micro_raw_config, write_pipeline
+from helpers import micro_raw_config, run_cli, write_pipeline
 from lmcollapse.cli import main
 from lmcollapse.report import Group, RunRecord, aggregate, cell, group_table, latex_table, write_report
 
@@ -173,3 +174,70 @@ def test_report_command_and_errors(study, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "--run", str(tmp_path / "empty")]) == 2
     assert "no complete generation under" in capsys.readouterr().err
+
+
+@pytest.fixture
+def copied_runs(study, tmp_path):
+    """seed-0 and seed-1 of the replace study, plus seed-1 copied again (the same config and seed)."""
+    folder = tmp_path / "copies"
+    for seed in (0, 1):
+        shutil.copytree(study / "replace" / f"seed-{seed}", folder / f"seed-{seed}")
+    shutil.copytree(study / "replace" / "seed-1", folder / "seed-1-again")
+    return folder
+
+
+def test_a_run_copied_twice_is_counted_once_with_a_warning(copied_runs, caplog):
+    left_out, kept = copied_runs / "seed-1-again", copied_runs / "seed-1"
+    with caplog.at_level(logging.WARNING, logger="lmcollapse"):
+        out = write_report(copied_runs)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"{left_out} and {kept} are the same config and seed (seed 1" in warnings[0]
+    assert f"counted once, {left_out} left out of the mean ± std" in warnings[0]
+    per_seed = [read_csv(copied_runs / f"seed-{s}" / "metrics.csv") for s in (0, 1)]
+    table = read_csv(out / "metrics.csv")
+    assert len(table) == 2
+    for row in table:
+        assert row["seeds"] == "2"
+        values = [float(runs[int(row["generation"])]["ppl_blocks"]) for runs in per_seed]
+        assert float(row["ppl_blocks_mean"]) == pytest.approx(np.mean(values), rel=1e-12)
+        assert float(row["ppl_blocks_std"]) == pytest.approx(np.std(values, ddof=1), rel=1e-12)
+    index = (out / "index.md").read_text()
+    assert "## Warnings" in index and f"- {warnings[0]}" in index
+    assert re.search(r"\| micro \| 0, 1 \| 0, 1 \|", index) and f"`{left_out}`" not in index.split("## Warnings")[1]
+    group = json.loads((out / "metrics.json").read_text())["groups"][0]
+    assert group["seeds"] == [0, 1] and str(left_out) not in group["runs"]
+    assert group["left_out"] == [{"run": str(left_out), "same_config_and_seed_as": str(kept)}]
+
+
+def test_of_two_copies_the_more_complete_run_is_counted(copied_runs, caplog):
+    partial = copied_runs / "seed-1-a-partial"  # found before seed-1-again, but has generation 0 only
+    shutil.copytree(copied_runs / "seed-1", partial)
+    shutil.rmtree(partial / "generation-01")
+    shutil.rmtree(copied_runs / "seed-1")
+    with caplog.at_level(logging.WARNING, logger="lmcollapse"):
+        out = write_report(copied_runs)
+    group = json.loads((out / "metrics.json").read_text())["groups"][0]
+    assert str(copied_runs / "seed-1-again") in group["runs"]
+    assert group["left_out"] == [{"run": str(partial), "same_config_and_seed_as": str(copied_runs / "seed-1-again")}]
+    assert [row["seeds"] for row in read_csv(out / "metrics.csv")] == ["2", "2"]
+
+
+def test_runs_that_differ_in_operational_settings_only_are_one_group(copied_runs):
+    pipeline = copied_runs / "seed-1-again" / "pipeline.yaml"
+    text = pipeline.read_text()
+    assert "checkpoint_every: 2" in text
+    pipeline.write_text(text.replace("checkpoint_every: 2", "checkpoint_every: 3"))
+    out = write_report(copied_runs)
+    data = json.loads((out / "metrics.json").read_text())
+    assert len(data["groups"]) == 1 and len(data["groups"][0]["left_out"]) == 1
+    assert not (out / "comparison.md").exists()
+
+
+def test_the_duplicate_warning_on_the_command_line(copied_runs, tmp_path):
+    result = run_cli("-q", "report", "--run", str(copied_runs), "--out", str(tmp_path / "r"), timeout=600)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "same config and seed" in line]
+    assert len(lines) == 1 and lines[0].startswith("lmcollapse: ")
+    assert f"{copied_runs / 'seed-1-again'} left out" in lines[0]
+    assert "## Warnings" in result.stdout

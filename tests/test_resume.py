@@ -109,6 +109,77 @@ def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference, pip
     assert_same_results(reference, run)
 
 
+# micro: 24 blocks, batch 8, 2 epochs -> 6 optimizer steps a generation, a checkpoint every 2.
+STEPS = 6
+
+
+@pytest.fixture(scope="module", params=["base", "previous"])
+def three_generations(request, tmp_path_factory, small_corpus):
+    """An uninterrupted reference of generations 0..2 under model.init=base and =previous."""
+    raw = micro_raw_config(small_corpus, [f"model.init={request.param}"])
+    run = RunDir(tmp_path_factory.mktemp(f"reference-{request.param}") / "run")
+    build(build_config(raw), run.root, 2, progress=False, echo=lambda _: None)
+    return raw, run
+
+
+@pytest.mark.parametrize("first, second", [("killpg", "sigint"), ("sigint", "killpg")])
+def test_interrupting_later_generations_in_a_process_that_trained_earlier_ones(three_generations, tmp_path,
+                                                                              first, second):
+    """One process trains generation 0 and dies in generation 1's training; the next resumes
+    generation 1 and dies in generation 2's. accelerate must not carry generation 0's model,
+    optimizer or scheduler into generation 1's checkpoints (it restored them on resume)."""
+    raw, reference = three_generations
+    pipeline = write_pipeline(tmp_path / "micro.yaml", raw)
+    run = RunDir(tmp_path / "run")
+    stopped = {"killpg": -signal.SIGKILL, "sigint": 130}
+
+    # Step 3 of generation 1, in the process that trained generation 0's 6 steps.
+    result = lmc(pipeline, run.root, 2, f"train-step@{STEPS + 3}={first}")
+    assert result.returncode == stopped[first], result.stderr[-2000:]
+    assert run.generation(0).is_complete and not run.generation(1).model.exists()
+    checkpoints = sorted(run.generation(1).checkpoints.glob("step-*"))
+    assert checkpoints, "no checkpoint of generation 1 was written"
+    # Exactly one model, optimizer and scheduler: generation 1's.
+    assert {p.name for p in checkpoints[-1].iterdir()} == {
+        "model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl", "trainer_state.json"}
+
+    # This process resumes generation 1 at its last checkpoint and trains it to the end (6 - k
+    # steps), then stops at step 3 of generation 2.
+    resumed_at = int(checkpoints[-1].name.removeprefix("step-"))
+    result = lmc(pipeline, run.root, 2, f"train-step@{STEPS - resumed_at + 3}={second}")
+    assert result.returncode == stopped[second], result.stderr[-2000:]
+    assert run.generation(1).is_complete and not run.generation(2).model.exists()
+    assert sorted(run.generation(2).checkpoints.glob("step-*"))
+
+    # Resumed after the run was moved to a folder with another name: nothing depends on the name.
+    moved = RunDir(tmp_path / "moved elsewhere" / "another name")
+    moved.root.parent.mkdir()
+    run.root.rename(moved.root)
+    result = lmc(pipeline, moved.root, 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_results(reference, moved, generations=(0, 1, 2))
+
+
+@pytest.mark.parametrize("generate_precision", ["no", "bf16"])
+def test_bf16_training_generates_at_the_configured_precision_interrupted_or_not(small_corpus, tmp_path,
+                                                                               generate_precision):
+    """Training under bf16 autocast must not leak into generation: the corpus a model writes right
+    after training equals the one it writes after being reloaded from disk."""
+    raw = micro_raw_config(small_corpus, ["train.mixed_precision=bf16", f"generate.mixed_precision={generate_precision}",
+                                          "evaluate.mixed_precision=bf16"])
+    reference = RunDir(tmp_path / "reference")
+    build(build_config(raw), reference.root, 1, progress=False, echo=lambda _: None)
+    pipeline = write_pipeline(tmp_path / "micro.yaml", raw)
+    run = RunDir(tmp_path / "run")
+    # Killed after generation 0's model is saved, while generating: the resumed process reloads it.
+    assert lmc(pipeline, run.root, 1, "generate-batch@1").returncode == -signal.SIGKILL
+    assert run.generation(0).model.is_dir() and not run.generation(0).synthetic_shards()
+    assert lmc(pipeline, run.root, 1).returncode == 0
+    assert_same_results(reference, run)
+    manifest = json.loads(run.generation(1).manifest.read_text())
+    assert manifest["mixed_precision"] == {"train": "bf16", "generate": generate_precision, "evaluate": "bf16"}
+
+
 @pytest.mark.parametrize("point, signal_name, where", [
     ("train-step@3=sigterm", "SIGTERM", "while training generation 0 (step 3/6)"),
     ("generate-batch@1=sigint", "SIGINT", "while generating generation 0's corpus (shard 1)"),
@@ -199,6 +270,41 @@ def test_a_real_full_disk(reference, pipeline, tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+def test_a_disk_that_fills_during_a_checkpoint_save(reference, pipeline, tmp_path):
+    """torch's writer reports a full disk as "unexpected pos ..."; the scratch checkpoint must be
+    diagnosed before it is removed (removing it frees the space that shows the disk was full)."""
+    mount = tmp_path / "disk"
+    if not _can_mount_tmpfs(mount):
+        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
+    try:
+        run = RunDir(mount / "run")
+        shutil.copytree(reference.root, run.root, ignore=shutil.ignore_patterns("generation-01", "metrics.*"))
+        before = tree_hashes(run.root)
+        # Generation 1 pauses after its first optimizer step (its training set is written by then);
+        # the disk is filled meanwhile, so the checkpoint after step 2 finds no room.
+        writer = subprocess.Popen(
+            [sys.executable, "-m", "lmcollapse", "-q", "generation", "1", "--pipeline", str(pipeline),
+             "--run", str(run.root), "--no-progress"], cwd=REPO, env={**_env(), "LMCOLLAPSE_FAILPOINT": "train-step@1=sleep:6"},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not run.generation(1).train_set.is_file():
+            assert writer.poll() is None and time.time() < deadline, writer.stderr.read()[-2000:]
+            time.sleep(0.05)
+        filler = mount / "filler"
+        filler.write_bytes(b"\0" * max(shutil.disk_usage(mount).free - 16 * 1024, 0))
+        assert writer.wait(timeout=300) == 3
+        message = writer.stderr.read().strip().splitlines()[-1]
+        assert message.startswith("lmcollapse: error: disk full while writing checkpoint "), message
+        assert not list(run.generation(1).checkpoints.glob(".step-*")), "the half-written checkpoint was left behind"
+        assert tree_hashes(run.root, skip=("generation-01", "metrics.csv", "metrics.json")) == before
+        filler.unlink()
+        assert lmc(pipeline, run.root, 1).returncode == 0
+        assert_same_results(reference, run)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
 def test_a_damaged_shard_of_a_completed_generation_stops_the_next(reference, pipeline, tmp_path):
     run = RunDir(tmp_path / "run")
     shutil.copytree(reference.root, run.root)
@@ -209,7 +315,8 @@ def test_a_damaged_shard_of_a_completed_generation_stops_the_next(reference, pip
     assert result.returncode == 2
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(f"lmcollapse: error: {shard} changed (sha256 ")
-    assert "since generation-01 completed: restore it, delete generation-01 to rebuild it, or pass --accept-changed" in message
+    rebuild = f"rm -r {run.generation(1).root} && make generation-1 PIPELINE={run.pipeline_file} RUN={run.root}"
+    assert f"since generation-01 completed: restore it, rebuild it with `{rebuild}`, or pass --accept-changed" in message
     assert tree_hashes(run.root) == before
 
 
@@ -254,5 +361,6 @@ def test_status_shows_complete_partial_and_missing(pipeline, tmp_path):
         "human          complete",
         "generation-00  complete",
         "generation-01  partial (training set, model trained, 1 of 3 shards)",
-        f"next: make generation-1 RUN={run.root} would resume generation-01",
+        f"next: make generation-1 PIPELINE={run.pipeline_file} RUN={run.root} would resume generation-01",
+        "verified: every file of every complete stage matches its manifest",
     ]

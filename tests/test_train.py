@@ -127,3 +127,23 @@ def test_torch_compile_through_accelerate_trains_like_eager(tmp_path):
     assert [h["step"] for h in outcome.log] == [h["step"] for h in reference.log]
     assert np.allclose([h["loss"] for h in outcome.log], [h["loss"] for h in reference.log], rtol=1e-4)
     assert torch.allclose(weights(compiled), weights(eager), atol=1e-4)
+
+
+def test_one_accelerator_for_many_generations_keeps_nothing_between_them(tmp_path):
+    """The pipeline trains every generation with one Accelerator. accelerate keeps what it prepared
+    (and saves all of it in each checkpoint): after a generation it must hold nothing, and the
+    returned model must compute without accelerate's autocast wrapper on forward."""
+    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=dataclasses.replace(CONFIG, mixed_precision="bf16")))
+    for generation in range(3):
+        model, _ = train_model(fresh_model(), sequences(seed=generation), CONFIG, seed=0, generation=generation,
+                               checkpoint_dir=tmp_path / f"gen{generation}", accelerator=accelerator,
+                               data_fingerprint="x", pad_id=1, progress=False)
+        assert accelerator._models == [] and accelerator._optimizers == [] and accelerator._schedulers == []
+        # The same weights in a fresh module (what from_pretrained gives after an interruption)
+        # compute the same logits: no bf16 autocast is left on the returned model's forward.
+        clone = fresh_model()
+        clone.load_state_dict(model.state_dict())
+        model.eval(), clone.eval()
+        ids = torch.tensor([[3, 4, 5, 6, 7]])
+        with torch.no_grad():
+            assert torch.equal(model(input_ids=ids).logits, clone(input_ids=ids).logits)

@@ -18,7 +18,6 @@ batch and the results are gathered, so the numbers do not depend on the number o
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
+from lmcollapse.precision import autocast
 from lmcollapse.progress import progress_bar
 
 
@@ -136,7 +136,7 @@ def iter_windows(stream: TokenStream, window: int, stride: int) -> Iterator[tupl
 
 
 def perplexity_blocks(model, stream, block_size: int, batch_size: int = 32,
-                      accelerator=None, progress: str | None = None) -> PerplexityResult:
+                      accelerator=None, progress: str | None = None, precision: str = "no") -> PerplexityResult:
     """Non-overlapping blocks of ``block_size`` (a trailing partial block is dropped).
 
     ``stream``: a token array or a :class:`TokenStream`.
@@ -147,45 +147,52 @@ def perplexity_blocks(model, stream, block_size: int, batch_size: int = 32,
     count = stream.length // block_size
     if count == 0:
         raise ValueError(f"the text has {stream.length} tokens, fewer than one block of {block_size}")
-    nll, tokens = score_stream(model, iter_blocks(stream, block_size), batch_size, accelerator, progress, count)
+    nll, tokens = score_stream(model, iter_blocks(stream, block_size), batch_size, accelerator, progress, count,
+                               precision)
     return _result("blocks", nll, tokens, {"block_size": block_size})
 
 
 def perplexity_sliding(model, stream, window: int, stride: int, batch_size: int = 32,
-                       accelerator=None, progress: str | None = None) -> PerplexityResult:
+                       accelerator=None, progress: str | None = None, precision: str = "no") -> PerplexityResult:
     """Sliding windows of ``window`` tokens every ``stride`` tokens; each token scored once."""
     stream = _as_stream(stream)
     if stream.length < 2:
         raise ValueError("the text needs at least 2 tokens")
     total = len(sliding_windows(stream.length, window, stride))
-    nll, tokens = score_stream(model, iter_windows(stream, window, stride), batch_size, accelerator, progress, total)
+    nll, tokens = score_stream(model, iter_windows(stream, window, stride), batch_size, accelerator, progress, total,
+                               precision)
     return _result("sliding", nll, tokens, {"window": window, "stride": stride})
 
 
 def sample_perplexities(model, sequences: Sequence[np.ndarray], batch_size: int = 32,
-                        accelerator=None, progress: str | None = None) -> np.ndarray:
+                        accelerator=None, progress: str | None = None, precision: str = "no") -> np.ndarray:
     """Per-sequence perplexity, each sequence scored on its own (nan for fewer than 2 tokens)."""
-    nll, tokens = score_sequences(model, list(sequences), [1] * len(sequences), batch_size, accelerator, progress)
+    nll, tokens = score_sequences(model, list(sequences), [1] * len(sequences), batch_size, accelerator, progress,
+                                  precision)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(tokens > 0, np.exp(nll / np.maximum(tokens, 1)), np.nan)
 
 
 def score_sequences(model, sequences: Sequence[np.ndarray], first_scored: Sequence[int], batch_size: int,
-                    accelerator=None, progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    accelerator=None, progress: str | None = None,
+                    precision: str = "no") -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and count of the scored tokens of every sequence (see :func:`score_stream`)."""
-    return score_stream(model, zip(sequences, first_scored), batch_size, accelerator, progress, len(sequences))
+    return score_stream(model, zip(sequences, first_scored), batch_size, accelerator, progress, len(sequences),
+                        precision)
 
 
 @torch.no_grad()
 def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int, accelerator=None,
-                 progress: str | None = None, total: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 progress: str | None = None, total: int | None = None,
+                 precision: str = "no") -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and count of the scored tokens of every (sequence, first scored position) item.
 
     Token ``t`` of a sequence is scored (predicted from tokens ``< t``) when ``t >= first``;
     ``first`` is at least 1, since nothing predicts token 0. Items are read lazily and cut into
     consecutive batches of ``batch_size``; under ``accelerate launch`` process p scores batches
     p, p+P, ... and the results are gathered in order, so a sequence's score does not depend on
-    how many processes share the work.
+    how many processes share the work. Forward passes run at ``precision`` (``no``: fp32), the
+    evaluation's own setting, whatever the model was trained with.
     """
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
@@ -199,7 +206,7 @@ def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int
         bar.update(1)
         if index % world != rank:
             continue
-        results.append((index, *_score_batch(model, batch, device, accelerator)))
+        results.append((index, *_score_batch(model, batch, device, precision)))
         failpoint("eval-batch")
         check_stop("while evaluating")  # process-local: ranks run different numbers of batches
     bar.close()
@@ -224,7 +231,7 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, accelerator) -> tuple[list[float], list[int]]:
+def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: str) -> tuple[list[float], list[int]]:
     longest = max(len(seq) for seq, _ in batch)
     if longest < 2:
         return [0.0] * len(batch), [0] * len(batch)
@@ -239,8 +246,7 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, accelerator
         start = max(first, 1)
         targets[k, start - 1: len(row) - 1] = row[start:]
     ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
-    context = accelerator.autocast() if accelerator is not None else contextlib.nullcontext()
-    with context:
+    with autocast(precision, device):
         logits = model(input_ids=ids, attention_mask=mask).logits
     token_nll = token_losses(logits, targets)
     # NOTE: plain Python numbers, not arrays viewing tensors: a small tensor kept alive past the

@@ -1,0 +1,232 @@
+"""Damage is never reported complete: every command that reads an artefact checks it first.
+
+A reference micro run (generations 0..2) is copied for each test, damaged the way a user or a
+disk would damage it, and the real command line is run on it: ``status`` must name the damage
+and exit non-zero, ``generation`` must refuse with one line and touch nothing, and a stage whose
+parent changed must be rebuilt, not reported complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO, micro_raw_config, run_cli, tree_hashes, write_pipeline
+from lmcollapse.atomic import sha256_file
+from lmcollapse.config import build_config
+from lmcollapse.pipeline import build
+from lmcollapse.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def raw(small_corpus):
+    return micro_raw_config(small_corpus, ["train.epochs=1"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, raw) -> RunDir:
+    run = RunDir(tmp_path_factory.mktemp("reference") / "run")
+    build(build_config(raw), run.root, 2, progress=False, echo=lambda _: None)
+    return run
+
+
+@pytest.fixture
+def run(reference, tmp_path) -> RunDir:
+    copy = RunDir(tmp_path / "copy of the run")
+    shutil.copytree(reference.root, copy.root)
+    return copy
+
+
+@pytest.fixture
+def pipeline(tmp_path, raw) -> Path:
+    return write_pipeline(tmp_path / "micro.yaml", raw)
+
+
+def generation(pipeline: Path, run: RunDir, last: int = 2, *extra: str):
+    return run_cli("-q", "generation", str(last), "--pipeline", str(pipeline), "--run", str(run.root), "--no-progress",
+                   *extra, env={"LMCOLLAPSE_FAILPOINT": ""})
+
+
+def status(run: RunDir, *extra: str):
+    return run_cli("status", "--run", str(run.root), *extra)
+
+
+def last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def test_an_intact_run_verifies(run):
+    result = status(run)
+    assert result.returncode == 0, result.stderr
+    assert "verified: every file of every complete stage matches its manifest" in result.stdout
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, file, state", [
+    ("truncate", "generation-01/synthetic/shard-00001.parquet", "changed"),
+    ("flip", "generation-00/model/model.safetensors", "changed"),
+    ("delete", "generation-02/eval/perplexity.json", "is missing"),
+    ("flip", "human/heldout.parquet", "changed"),
+])
+def test_damage_is_found_by_status_and_stops_generation(run, pipeline, damage, file, state):
+    path = run.root / file
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "flip":
+        _flip_a_byte(path)
+    else:
+        path.unlink()
+    before = tree_hashes(run.root)
+
+    result = status(run)
+    assert result.returncode == 1
+    assert f"{path} {state}" in result.stdout and "problems found" in result.stdout
+
+    result = generation(pipeline, run)  # a complete run: today's defect was exit 0 here
+    assert result.returncode == 2
+    message = last_line(result)
+    assert message.startswith(f"lmcollapse: error: {path} {state}") and "--accept-changed" in message
+    assert tree_hashes(run.root) == before
+
+
+def test_status_quick_checks_presence_not_hashes(run):
+    _flip_a_byte(run.generation(1).model / "model.safetensors")
+    assert status(run, "--quick").returncode == 0
+    (run.generation(1).eval / "tails.json").unlink()
+    result = status(run, "--quick")
+    assert result.returncode == 1 and "tails.json is missing" in result.stdout
+
+
+def test_an_edited_manifest_is_refused_and_never_reaches_the_tables(run, pipeline):
+    manifest = run.generation(1).manifest
+    record = json.loads(manifest.read_text())
+    record["seed"] = 7
+    record["metrics"]["seed"] = 7
+    manifest.write_text(json.dumps(record, indent=2))
+    run.metrics_csv.unlink()
+
+    result = status(run)
+    assert result.returncode == 1 and "was edited after its stage completed" in result.stdout
+    result = generation(pipeline, run)
+    assert result.returncode == 2
+    assert f"lmcollapse: error: {manifest} was edited after its stage completed" in last_line(result)
+    assert not run.metrics_csv.exists()
+    result = run_cli("report", "--run", str(run.root))
+    assert result.returncode == 2 and "was edited after its stage completed" in last_line(result)
+
+
+def test_a_deleted_metrics_table_is_rebuilt_by_the_next_command(run, reference, pipeline):
+    run.metrics_csv.unlink()
+    result = status(run)
+    assert "metrics.csv is missing" in result.stdout
+    assert generation(pipeline, run).returncode == 0
+    assert run.metrics_csv.read_bytes() == reference.metrics_csv.read_bytes()
+
+
+def test_a_rebuilt_parent_makes_its_descendants_stale_and_they_are_rebuilt(run, reference, pipeline):
+    """Deleting generation 0 and rebuilding it must not leave generations 1..2 complete on the old lineage."""
+    shutil.rmtree(run.generation(0).root)
+    result = status(run)
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert "generation-00  missing" in lines
+    assert any(line.startswith("generation-01  stale: built on generation-00, which is missing now") for line in lines)
+    assert any(line.startswith("generation-02  stale: built on generation-01, which is stale now") for line in lines)
+
+    result = generation(pipeline, run, 0)  # generation 0 again: a new manifest, so 1 and 2 are stale
+    assert result.returncode == 0, result.stderr[-2000:]
+    warning = next(line for line in result.stderr.splitlines() if "built on a stage that has changed" in line)
+    assert warning.startswith("lmcollapse: generation-01, generation-02 were built on a stage that has changed since")
+    command = warning.split("`")[1]
+    assert command == f"make generation-2 PIPELINE={shlex.quote(str(run.pipeline_file))} RUN={shlex.quote(str(run.root))}"
+    assert sorted(p.name for p in (run.root / "stale").iterdir()) == ["generation-01", "generation-02"]
+    with open(run.metrics_csv) as handle:  # the table holds only the current lineage
+        assert [int(r["generation"]) for r in csv.DictReader(handle)] == [0]
+    result = status(run)
+    assert result.returncode == 0 and "would build generation-01" in result.stdout
+
+    result = generation(pipeline, run, 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert status(run).returncode == 0
+    # Rebuilt deterministically: the same results as the reference.
+    for index in (0, 1, 2):
+        for name in ("model/model.safetensors", "synthetic/shard-00000.parquet", "eval/tails.npy"):
+            assert sha256_file(run.generation(index).root / name) == sha256_file(reference.generation(index).root / name)
+
+
+def test_status_hint_is_a_command_that_works_when_pasted(tmp_path, raw, reference):
+    """A run built from another pipeline file with SET= overrides, in a folder whose name has a space:
+    the command status prints resumes it (today's hint was refused: another config)."""
+    pipeline = write_pipeline(tmp_path / "elsewhere.yaml", raw)
+    run = RunDir(tmp_path / "my runs" / "with a space")
+    result = run_cli("-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run.root), "--no-progress",
+                     "--set", "train.learning_rate=0.002")
+    assert result.returncode == 0, result.stderr[-2000:]
+    hint = next(line for line in status(run).stdout.splitlines() if line.startswith("next: "))
+    command = hint.removeprefix("next: ").split(" would ")[0]
+    assert command.startswith("make generation-1 ")
+    assert f"#   {command}\n" in run.pipeline_file.read_text()  # the header of the resolved config says the same
+    venv = Path(sys.executable).parent
+    # As pasted, plus where this test's interpreter lives (the Makefile's default is .venv/bin).
+    result = subprocess.run(f"{command} BIN={shlex.quote(str(venv))} -o {shlex.quote(str(venv / '.installed'))}",
+                            shell=True, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert run.generation(1).is_complete
+
+
+def test_run_that_is_a_file_is_a_one_line_error(tmp_path, pipeline):
+    path = tmp_path / "a-file"
+    path.write_text("not a run\n")
+    for args in (("generation", "0", "--pipeline", str(pipeline), "--run", str(path)),
+                 ("status", "--run", str(path)), ("report", "--run", str(path))):
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr[-1000:])
+        assert len(result.stderr.strip().splitlines()) == 1 and "is a file" in result.stderr, result.stderr
+    assert path.read_text() == "not a run\n"
+
+
+def _mount_read_only_copy(source: Path, where: Path) -> bool:
+    where.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)], capture_output=True).returncode:
+        return False
+    shutil.copytree(source, where / "run")
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    return True
+
+
+def test_a_read_only_run_can_be_read_but_not_extended(reference, pipeline, tmp_path):
+    mount = tmp_path / "ro"
+    if not _mount_read_only_copy(reference.root, mount):
+        pytest.skip("mounting a read-only tmpfs needs root and CAP_SYS_ADMIN")
+    try:
+        run = RunDir(mount / "run")
+        before = tree_hashes(run.root)
+        result = status(run)
+        assert result.returncode == 0, result.stderr[-2000:]
+        result = generation(pipeline, run, 2)
+        assert result.returncode == 0, result.stderr[-2000:]
+        result = run_cli("report", "--run", str(run.root))
+        assert result.returncode == 2 and "read-only" in last_line(result) and "--out" in last_line(result)
+        out = tmp_path / "report"
+        assert run_cli("report", "--run", str(run.root), "--out", str(out)).returncode == 0
+        assert (out / "index.md").is_file()
+        result = generation(pipeline, run, 3)
+        assert result.returncode == 2
+        assert len(result.stderr.strip().splitlines()) == 1 and "is read-only" in result.stderr
+        assert tree_hashes(run.root) == before
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
