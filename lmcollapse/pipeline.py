@@ -122,10 +122,7 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
     created = not run.root.exists()
     writable = is_writable(run)
     if not writable and has_work(run, last_generation):
-        raise LmcollapseError(
-            f"run folder {run.root} is read-only and generations up to {last_generation} are not all complete: "
-            f"make it writable (chmod -R u+w {shlex.quote(str(run.root))}) or build a copy "
-            f"(cp -r {shlex.quote(str(run.root))} COPY, then {build_command(Path('COPY'), last_generation)})")
+        raise read_only_error(run, last_generation, "generations up to {last} are not all complete")
     with run_lock(run, enabled=accelerator.is_main_process and writable), stop_on_signals():
         try:
             if context.main:
@@ -147,8 +144,11 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
         for stage in ("base", "human"):
             if checks[stage].state == DAMAGED and not accept_changed:
                 raise LmcollapseError(checks[stage].problem)
+        stale = [c for c in checks.values() if c.state == STALE]
+        if stale and not writable:
+            raise read_only_error(run, last_generation, f"{stale[0].name} is stale ({stale[0].problem})")
         if context.main:
-            retire_stale(context, [c for c in checks.values() if c.state == STALE], last_generation)
+            retire_stale(context, stale, last_generation)
         accelerator.wait_for_everyone()
         for index in range(last_generation + 1):
             generation = run.generation(index)
@@ -173,6 +173,14 @@ def is_writable(run: RunDir) -> bool:
     """Whether this process may write the run folder (or create it)."""
     existing = next(p for p in (run.root, *run.root.parents) if p.exists())
     return os.access(existing, os.W_OK)
+
+
+def read_only_error(run: RunDir, last_generation: int, why: str) -> LmcollapseError:
+    root = shlex.quote(str(run.root))
+    return LmcollapseError(
+        f"run folder {run.root} is read-only and {why.format(last=last_generation)}: make it writable "
+        f"(chmod -R u+w {root}) or build a copy: cp -r --no-preserve=mode {root} COPY && "
+        f"{build_command(Path('COPY'), last_generation)}")
 
 
 def has_work(run: RunDir, last_generation: int) -> bool:
@@ -248,7 +256,7 @@ def open_run(config: PipelineConfig, run: RunDir) -> None:
     if run.pipeline_file.is_file():
         check_same_config(config, run)  # again, now under the lock
         return
-    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it (from the repository) with:\n"
+    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
               f"#   {build_command(run.root, config.generations - 1)}\n")
     write_text_atomic(run.pipeline_file, header + config_to_yaml(config))
 

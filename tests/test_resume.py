@@ -7,6 +7,7 @@ resumed each time; the end result must be byte-identical to the reference on CPU
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import re
@@ -237,25 +238,25 @@ def test_disk_full_while_writing_a_shard(reference, pipeline, tmp_path):
     assert_same_results(reference, run)
 
 
-def _can_mount_tmpfs(where: Path) -> bool:
+@contextlib.contextmanager
+def small_disk(where: Path, reference: RunDir):
+    """An 8 MB tmpfs at ``where`` holding a copy of ``reference`` without generation 1 (where this
+    machine allows mounting one): the run and the hashes of what it holds."""
     where.mkdir(parents=True, exist_ok=True)
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)], capture_output=True).returncode == 0
-    if ok:
-        subprocess.run(["umount", str(where)], check=True)
-    return ok
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN; the failpoint test above covers the logic")
+    try:
+        run = RunDir(where / "run")
+        shutil.copytree(reference.root, run.root, ignore=shutil.ignore_patterns("generation-01", "metrics.*"))
+        yield run, tree_hashes(run.root)
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def test_a_real_full_disk(reference, pipeline, tmp_path):
     """On a small tmpfs that fills up mid-generation (where this machine allows mounting one)."""
     mount = tmp_path / "disk"
-    if not _can_mount_tmpfs(mount):
-        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN; the failpoint test above covers the logic")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
-        run = RunDir(mount / "run")
-        shutil.copytree(reference.root, run.root, ignore=shutil.ignore_patterns("generation-01", "metrics.*"))
-        (run.root / "metrics.csv").unlink(missing_ok=True)
-        before = tree_hashes(run.root)
+    with small_disk(mount, reference) as (run, before):
         filler = mount / "filler"
         free = shutil.disk_usage(mount).free
         filler.write_bytes(b"\0" * max(free - 96 * 1024, 0))  # leave room for a little, not a checkpoint
@@ -266,21 +267,13 @@ def test_a_real_full_disk(reference, pipeline, tmp_path):
         filler.unlink()
         assert lmc(pipeline, run.root, 1).returncode == 0
         assert_same_results(reference, run)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_disk_that_fills_during_a_checkpoint_save(reference, pipeline, tmp_path):
     """torch's writer reports a full disk as "unexpected pos ..."; the scratch checkpoint must be
     diagnosed before it is removed (removing it frees the space that shows the disk was full)."""
     mount = tmp_path / "disk"
-    if not _can_mount_tmpfs(mount):
-        pytest.skip("mounting a tmpfs needs root and CAP_SYS_ADMIN")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], check=True)
-    try:
-        run = RunDir(mount / "run")
-        shutil.copytree(reference.root, run.root, ignore=shutil.ignore_patterns("generation-01", "metrics.*"))
-        before = tree_hashes(run.root)
+    with small_disk(mount, reference) as (run, before):
         # Generation 1 pauses after its first optimizer step (its training set is written by then);
         # the disk is filled meanwhile, so the checkpoint after step 2 finds no room.
         writer = subprocess.Popen(
@@ -301,8 +294,6 @@ def test_a_disk_that_fills_during_a_checkpoint_save(reference, pipeline, tmp_pat
         filler.unlink()
         assert lmc(pipeline, run.root, 1).returncode == 0
         assert_same_results(reference, run)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_damaged_shard_of_a_completed_generation_stops_the_next(reference, pipeline, tmp_path):
