@@ -245,8 +245,8 @@ def check_same_config(config: PipelineConfig, run: RunDir) -> None:
         shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences[:3])
         more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
         raise LmcollapseError(
-            f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=..., "
-            f"or the settings in {run.pipeline_file}")
+            f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=... for "
+            f"these settings, or go on with the run's own: {build_command(run.root, config.generations - 1)}")
 
 
 # ---------------------------------------------------------------------------- the run directory

@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import math
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from lmcollapse.atomic import read_json, write_json_atomic, write_text_atomic
 from lmcollapse.config import OPERATIONAL_KEYS, PipelineConfig, config_to_dict, config_to_yaml, flatten, load_config
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
-from lmcollapse.rundir import MANIFEST, RunDir, read_manifest
+from lmcollapse.rundir import MANIFEST, RunDir, build_command, read_manifest
 
 HEADLINE = ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "rare_survival"]
 COMPARED = ["ppl_blocks", "self_bleu_4", "distinct_2", "rare_survival"]
@@ -86,7 +87,9 @@ def discover_runs(root: Path) -> list[RunRecord]:
     records = [_record(RunDir(path)) for path in found]
     records = [r for r in records if r.rows]
     if not records:
-        raise LmcollapseError(f"no complete generation under {root}: build one first (make generation-N RUN={root})")
+        first = (build_command(root, 0) if (root / "pipeline.yaml").is_file()
+                 else f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(root))}")
+        raise LmcollapseError(f"no complete generation under {root}: build one first, e.g. {first}")
     return records
 
 
