@@ -8,6 +8,9 @@ A complete stage is
   another base model, generation 0 on other human data or another base, generation k on another
   generation k-1 (rebuilt, deleted, or itself stale). A stale generation's numbers belong to a
   lineage that no longer exists; ``make generation-N`` moves it to ``<run>/stale/`` and rebuilds it.
+  A partial generation is checked against the ``lineage.json`` it wrote when it started, so an
+  interrupted generation is never finished on a training set of the old lineage. A damaged
+  parent does not make its children stale: the damage is reported, and restoring it mends both.
 
     for check in verify_run(RunDir(Path("runs/tiny"))):          # files hashed
         print(check.name, check.state, check.problem)
@@ -16,12 +19,13 @@ A complete stage is
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmcollapse.atomic import sha256_file
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.rundir import MANIFEST, RunDir, check_unchanged, read_manifest
+from lmcollapse.rundir import MANIFEST, RunDir, build_command, check_unchanged, read_manifest
 
 COMPLETE, DAMAGED, STALE, PARTIAL, MISSING = "complete", "damaged", "stale", "partial", "missing"
 
@@ -54,19 +58,44 @@ def lineage_record(run: RunDir, index: int | None) -> dict[str, str]:
     return {key: sha256_file(path) for key, path in lineage(run, index).items()}
 
 
+def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]) -> str | None:
+    """Why a stage that recorded ``recorded`` (manifest sha256 by key) is stale, or None.
+
+    A damaged parent does not make its children stale: the damage is reported on the parent, and
+    restoring it (or accepting it) leaves the children as they were.
+    """
+    for field, (path, parent) in parents.items():
+        if parent.state == DAMAGED:
+            continue
+        if parent.state in (STALE, MISSING, PARTIAL):
+            return f"built on {parent.name}, which is {parent.state} now"
+        if not path.is_file() or sha256_file(path) != recorded.get(field):
+            return f"built on an earlier {parent.name} (its manifest changed since)"
+    return None
+
+
 def _stage_check(name: str, root: Path, manifest_path: Path, key: str, files_root: Path, quick: bool,
-                 parents: dict[str, tuple[Path, StageCheck]]) -> StageCheck:
+                 parents: dict[str, tuple[Path, StageCheck]], started: Path | None = None) -> StageCheck:
     if not manifest_path.is_file():
-        return StageCheck(name, root, PARTIAL if root.exists() else MISSING)
+        if not root.exists():
+            return StageCheck(name, root, MISSING)
+        # A partial stage is stale too if what it was started on has changed since: resuming it
+        # would finish it on a training set or checkpoints of the old lineage.
+        if started is not None and started.is_file():
+            try:
+                problem = _lineage_problem(read_manifest(started), parents)
+            except LmcollapseError as err:
+                return StageCheck(name, root, DAMAGED, str(err))
+            if problem:
+                return StageCheck(name, root, STALE, problem)
+        return StageCheck(name, root, PARTIAL)
     try:
         manifest = read_manifest(manifest_path)
     except LmcollapseError as err:
         return StageCheck(name, root, DAMAGED, str(err))
-    for field, (path, parent) in parents.items():
-        if parent.state in (STALE, MISSING, PARTIAL):
-            return StageCheck(name, root, STALE, f"built on {parent.name}, which is {parent.state} now")
-        if not path.is_file() or sha256_file(path) != manifest.get(field):
-            return StageCheck(name, root, STALE, f"built on an earlier {parent.name} (its manifest changed since)")
+    problem = _lineage_problem(manifest, parents)
+    if problem:
+        return StageCheck(name, root, STALE, problem)
     try:
         check_unchanged(manifest.get(key, {}), files_root, name, accept_changed=False, stage_root=root, quick=quick)
     except LmcollapseError as err:
@@ -77,9 +106,11 @@ def _stage_check(name: str, root: Path, manifest_path: Path, key: str, files_roo
 def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     """Check base, human and every generation on disk, in order; see the module docstring."""
     base = _stage_check("base", run.base, run.base / MANIFEST, "files", run.base_model, quick, {})
-    if base.usable and (run.base / "eval.json").is_file():
-        try:
-            read_manifest(run.base / "eval.json")
+    evaluation = run.base / "eval.json"
+    if base.usable and evaluation.is_file():
+        try:  # recomputed on its own: the base model need not be rebuilt for it
+            last = max([g.index for g in run.generations_on_disk()], default=0)
+            read_manifest(evaluation, fix=f"rm {shlex.quote(str(evaluation))} && {build_command(run.root, last)}")
         except LmcollapseError as err:
             base = StageCheck("base", run.base, DAMAGED, str(err))
     human = _stage_check("human", run.human, run.human / MANIFEST, "files", run.human, quick,
@@ -93,7 +124,8 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
         paths = lineage(run, generation.index)
         check = _stage_check(generation.name, generation.root, generation.manifest, "outputs", generation.root, quick,
                              {"parent_manifest_sha256": (paths["parent_manifest_sha256"], previous),
-                              "base_manifest_sha256": (paths["base_manifest_sha256"], base)})
+                              "base_manifest_sha256": (paths["base_manifest_sha256"], base)},
+                             started=generation.lineage)
         checks.append(check)
         previous = check
     return checks

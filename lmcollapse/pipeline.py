@@ -136,14 +136,21 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
                 shutil.rmtree(run.root, ignore_errors=True)
             raise
         ensure_base_eval(context)
-        checks = {c.name: c for c in verify_run(run)}
-        if checks["human"].state == STALE and context.main:  # tokenized by a base model that changed since
-            retire_stale(context, [checks["human"]], last_generation)
+        checks = verified_stages(context)
+        if checks["human"].state == STALE:  # tokenized by a base model that changed since
+            if not writable:
+                raise read_only_error(run, last_generation, f"human is stale ({checks['human'].problem})")
+            check_corpus(config)  # the human data can be rebuilt before it is moved aside
+            if context.main:
+                retire_stale(context, [checks["human"]], last_generation)
             ensure_base_and_human(context)
-            checks = {c.name: c for c in verify_run(run)}
-        for stage in ("base", "human"):
-            if checks[stage].state == DAMAGED and not accept_changed:
-                raise LmcollapseError(checks[stage].problem)
+            checks = verified_stages(context)
+        # Damage is reported before anything is moved: a damaged stage does not make the stages
+        # built on it stale, and restoring it mends the run.
+        needed = ["base", "human"] + [run.generation(i).name for i in range(last_generation + 1)]
+        damaged = [checks[name] for name in needed if name in checks and checks[name].state == DAMAGED]
+        if damaged and not accept_changed:
+            raise LmcollapseError(damaged[0].problem)
         stale = [c for c in checks.values() if c.state == STALE]
         if stale and not writable:
             raise read_only_error(run, last_generation, f"{stale[0].name} is stale ({stale[0].problem})")
@@ -154,8 +161,6 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
             generation = run.generation(index)
             if generation.is_complete:
                 check = checks[generation.name]
-                if check.state == DAMAGED and not accept_changed:
-                    raise LmcollapseError(check.problem)
                 log.info("%s is complete%s; skipping it", generation.name,
                          "" if check.state == COMPLETE else f" but {check.state}, used as it is (--accept-changed)")
                 continue
@@ -169,6 +174,17 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
     return rows
 
 
+def verified_stages(context: Context) -> dict:
+    """``verify_run`` on the main process, the same answer on every process (no process hashes
+    files that the main process may be about to move)."""
+    from accelerate.utils import broadcast_object_list
+
+    checks = [{c.name: c for c in verify_run(context.run)} if context.main else None]
+    if context.accelerator.num_processes > 1:
+        broadcast_object_list(checks)
+    return checks[0]
+
+
 def is_writable(run: RunDir) -> bool:
     """Whether this process may write the run folder (or create it)."""
     existing = next(p for p in (run.root, *run.root.parents) if p.exists())
@@ -176,6 +192,10 @@ def is_writable(run: RunDir) -> bool:
 
 
 def read_only_error(run: RunDir, last_generation: int, why: str) -> LmcollapseError:
+    existing = next(p for p in (run.root, *run.root.parents) if p.exists())
+    if existing != run.root:
+        return LmcollapseError(f"{existing} is read-only, so run folder {run.root} cannot be created: "
+                               "choose a RUN=... on a writable filesystem")
     root = shlex.quote(str(run.root))
     return LmcollapseError(
         f"run folder {run.root} is read-only and {why.format(last=last_generation)}: make it writable "
@@ -201,8 +221,10 @@ def retire_stale(context: Context, stale: list, last_generation: int) -> None:
     graveyard = run.root / "stale"
     graveyard.mkdir(exist_ok=True)
     for check in stale:
-        target = graveyard / check.name
-        remove_path(target)
+        target, copy = graveyard / check.name, 1
+        while target.exists():  # an earlier retired copy stays too
+            copy += 1
+            target = graveyard / f"{check.name}.{copy}"
         os.replace(check.root, target)
     names = ", ".join(c.name for c in stale)
     last_stale = max((int(c.name.removeprefix("generation-")) for c in stale if c.name.startswith("generation-")),
@@ -218,8 +240,10 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
     the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
     from lmcollapse.modeling import check_model_folder
 
-    if run.root.exists() and not run.root.is_dir():
-        raise LmcollapseError(f"RUN={run.root} is a file, not a run folder: choose a folder, e.g. RUN=runs/{config.name}")
+    existing = next(p for p in (run.root, *run.root.parents) if p.exists())
+    if not existing.is_dir():
+        where = "is a file" if existing == run.root else f"is inside {existing}, which is a file"
+        raise LmcollapseError(f"RUN={run.root} {where}, not a run folder: choose a folder, e.g. RUN=runs/{config.name}")
     if run.pipeline_file.is_file():
         check_same_config(config, run)
     elif run.root.is_dir():
@@ -229,13 +253,18 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
                 f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
                 "choose a new RUN=... for this pipeline")
     if not (run.human / MANIFEST).is_file():
-        sources = corpus.locate_splits(config.data.corpus, config.data.train_split, config.data.heldout_split)
-        corpus.check_same_source(*sources, allow_mixed=config.data.mixed_sources)
-        for source in sources:
-            for path in source.files:
-                corpus.check_text_file(path)
+        check_corpus(config)
     if not (run.base / MANIFEST).is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
         check_model_folder(Path(config.model.name).expanduser())
+
+
+def check_corpus(config: PipelineConfig) -> None:
+    """The train and held-out splits are found, in one place, and readable (not yet loaded)."""
+    sources = corpus.locate_splits(config.data.corpus, config.data.train_split, config.data.heldout_split)
+    corpus.check_same_source(*sources, allow_mixed=config.data.mixed_sources)
+    for source in sources:
+        for path in source.files:
+            corpus.check_text_file(path)
 
 
 def check_same_config(config: PipelineConfig, run: RunDir) -> None:
@@ -378,6 +407,11 @@ def build_generation(context: Context, index: int) -> dict:
     run, config, accelerator = context.run, context.config, context.accelerator
     generation = run.generation(index)
     consumed = verify_inputs(context, index)
+    if context.main and not generation.lineage.is_file():
+        # NOTE: first, before the training set: a partial generation whose parent changes later
+        # is then known to be stale (integrity.verify_run), never finished on the old lineage.
+        write_manifest(generation.lineage, lineage_record(run, index))
+    accelerator.wait_for_everyone()
     timings: dict[str, float] = {}
     tokenizer = tokenizer_of(context)
 

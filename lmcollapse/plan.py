@@ -170,10 +170,10 @@ def generation_state(generation: GenerationDir, config: PipelineConfig | None) -
     if sidecars:
         finished = sum(1 for s in sidecars if completed_shard(generation.synthetic, int(s.stem.split("-")[1])))
         total = ""
-        if config is not None and generation.train_set.is_file():
-            import pyarrow.parquet as pq
-
-            rows = pq.ParquetFile(generation.train_set).metadata.num_rows
+        human = RunDir(generation.root.parent).human / MANIFEST
+        if config is not None and human.is_file():
+            # Every corpus has the human training set's size, whatever the training set's.
+            rows = read_manifest(human)["train"]["blocks"]
             total = f" of {len(shard_ranges(rows, config.generate.shard_size))}"
         done.append(f"{finished}{total} shards")
     evaluated = [p.stem for p in sorted(generation.eval.glob("*.json"))] if generation.eval.is_dir() else []
@@ -187,6 +187,10 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     if run.root.exists() and not run.root.is_dir():
         raise LmcollapseError(f"RUN={run.root} is a file, not a run folder: name the folder of a run, e.g. RUN=runs/tiny")
     if not run.pipeline_file.is_file():
+        below = sorted(run.root.glob("*/pipeline.yaml")) if run.root.is_dir() else []
+        if below:  # a folder of seeds or regimes
+            raise LmcollapseError(f"{run.root} is a folder of runs, and status checks one run: "
+                                  f"make status RUN={shlex.quote(str(below[0].parent))}")
         raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with "
                               f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run.root))}")
     config = load_config(run.pipeline_file)

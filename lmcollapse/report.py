@@ -87,7 +87,7 @@ def discover_runs(root: Path) -> list[RunRecord]:
     records = [_record(RunDir(path)) for path in found]
     records = [r for r in records if r.rows]
     if not records:
-        first = (build_command(root, 0) if (root / "pipeline.yaml").is_file()
+        first = (build_command(found[0], 0) if found
                  else f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(root))}")
         raise LmcollapseError(f"no complete generation under {root}: build one first, e.g. {first}")
     return records

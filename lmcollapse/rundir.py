@@ -13,6 +13,7 @@
         model/                the trained model (from_pretrained-loadable)
         synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json
         eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json, tails.json
+        lineage.json          written first: the manifests it is built on (checked on resume)
         manifest.json         written last, atomically: the generation is complete iff it exists
       metrics.csv, metrics.json
 
@@ -74,6 +75,12 @@ class GenerationDir:
     @property
     def manifest(self) -> Path:
         return self.root / MANIFEST
+
+    @property
+    def lineage(self) -> Path:
+        """What the generation was started on (the sha256 of its parent's and the base's manifests),
+        written before its first file: a partial generation is checked against it on resume."""
+        return self.root / "lineage.json"
 
     @property
     def is_complete(self) -> bool:
@@ -249,20 +256,23 @@ def write_manifest(path: Path, record: dict) -> None:
     write_json_atomic(path, {**record, MANIFEST_CHECKSUM: _manifest_checksum(record)})
 
 
-def read_manifest(path: Path) -> dict:
-    """A manifest whose checksum matches its contents; a one-line error for anything else."""
+def read_manifest(path: Path, fix: str | None = None) -> dict:
+    """A manifest whose checksum matches its contents; a one-line error for anything else.
+
+    ``fix`` is the command the error suggests; by default, rebuilding the manifest's stage.
+    """
     path = Path(path)
+    fix = fix or rebuild_command(path.parent)
     try:
         record = read_json(path)
     except (OSError, ValueError):
         record = None
     if not isinstance(record, dict):
-        raise LmcollapseError(f"{path} is unreadable (truncated or modified by hand): restore it, or rebuild its "
-                              f"stage: {rebuild_command(path.parent)}")
+        raise LmcollapseError(f"{path} is unreadable (truncated or modified by hand): restore it, or rebuild it: {fix}")
     if record.get(MANIFEST_CHECKSUM) != _manifest_checksum(record):
         state = "has no checksum (written by an older lmcollapse?)" if MANIFEST_CHECKSUM not in record else \
             "was edited after its stage completed (its manifest_sha256 does not match its contents)"
-        raise LmcollapseError(f"{path} {state}: restore it, or rebuild its stage: {rebuild_command(path.parent)}")
+        raise LmcollapseError(f"{path} {state}: restore it, or rebuild it: {fix}")
     return record
 
 

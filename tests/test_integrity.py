@@ -230,3 +230,46 @@ def test_a_read_only_run_can_be_read_but_not_extended(reference, pipeline, tmp_p
         assert tree_hashes(run.root) == before
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_an_interrupted_generation_on_a_rebuilt_parent_is_started_afresh(run, reference, pipeline, tmp_path):
+    """Generation 3 stops mid-training; then generation 1 is rebuilt. Resuming generation 3 from
+    its old checkpoints would finish it on generation 2's *old* corpus: it must be stale instead."""
+    uninterrupted = RunDir(tmp_path / "uninterrupted")
+    shutil.copytree(reference.root, uninterrupted.root)
+    assert generation(pipeline, uninterrupted, 3).returncode == 0
+
+    result = run_cli("-q", "generation", "3", "--pipeline", str(pipeline), "--run", str(run.root), "--no-progress",
+                     env={"LMCOLLAPSE_FAILPOINT": "train-step@2"})
+    assert result.returncode != 0 and run.generation(3).lineage.is_file() and not run.generation(3).is_complete
+    shutil.rmtree(run.generation(1).root)
+    lines = status(run).stdout.splitlines()
+    assert any(line.startswith("generation-03  stale: built on generation-02, which is stale now") for line in lines), lines
+
+    result = generation(pipeline, run, 3)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(p.name for p in (run.root / "stale").iterdir()) == ["generation-02", "generation-03"]
+    log = json.loads((run.generation(3).model / "train_log.json").read_text())
+    assert log["resumed_from_step"] is None  # started afresh, not from the old lineage's checkpoint
+    for index in (1, 2, 3):
+        for name in ("model/model.safetensors", "synthetic/shard-00000.parquet", "eval/tails.npy"):
+            assert sha256_file(run.generation(index).root / name) == sha256_file(uninterrupted.generation(index).root / name)
+
+
+def test_a_damaged_base_stops_before_anything_is_moved(run, pipeline):
+    """An edited base manifest is damage, reported as such; the stages built on it are not
+    retired as stale, so restoring the manifest mends the run."""
+    manifest = run.base / "manifest.json"
+    original = manifest.read_bytes()
+    record = json.loads(original)
+    record["parameters"] += 1
+    manifest.write_text(json.dumps(record))
+    before = tree_hashes(run.root, skip=("base",))
+    result = generation(pipeline, run)
+    assert result.returncode == 2
+    assert f"{manifest} was edited after its stage completed" in last_line(result)
+    assert tree_hashes(run.root, skip=("base",)) == before and not (run.root / "stale").exists()
+    lines = status(run).stdout.splitlines()
+    assert lines[2].startswith("base           damaged:") and lines[3] == "human          complete"
+    manifest.write_bytes(original)
+    assert status(run).returncode == 0

@@ -48,7 +48,7 @@ def test_run_layout_is_exactly_the_documented_one(staged_run):
     assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/train_log.json",
             "model/generation_config.json"} <= model_files
     assert files - model_files == {
-        "manifest.json", "train-set.parquet",
+        "manifest.json", "lineage.json", "train-set.parquet",
         "synthetic/generation_config.json", "synthetic/shard-00000.parquet", "synthetic/shard-00000.json",
         "synthetic/shard-00001.parquet", "synthetic/shard-00001.json",
         "synthetic/shard-00002.parquet", "synthetic/shard-00002.json",
@@ -176,5 +176,6 @@ def test_the_same_config_in_differently_named_folders_gives_byte_identical_artef
 
 def _records_wall_clock(name: str) -> bool:
     """Files that hold timings (seconds) beside the results, so they differ between any two runs."""
-    return (name.endswith(("train_log.json", "manifest.json")) or re.fullmatch(r"eval/.*\.json", name) is not None
+    # lineage.json holds the sha256 of the manifests a generation was built on, which hold timings.
+    return (name.endswith(("train_log.json", "manifest.json", "lineage.json")) or re.fullmatch(r"eval/.*\.json", name) is not None
             or re.fullmatch(r"synthetic/shard-\d+\.json", name) is not None)
