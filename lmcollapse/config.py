@@ -114,9 +114,11 @@ class ModelConfig:
     """An architecture preset (``tiny-opt``, ``opt-125m``: fresh weights and a BPE tokenizer trained
     on the human train split), or a hub id / local folder loaded with ``from_pretrained``
     (e.g. ``facebook/opt-125m``; write a local folder named like a preset as ``./tiny-opt``)."""
-    init: Literal["base", "previous"] = "base"
-    """Where each generation starts: the base model (the paper's choice) or the previous
-    generation's trained model."""
+    init: Literal["base", "previous", "generation-0"] = "base"
+    """Where each generation k >= 1 starts: ``base``, the base model; ``previous``, generation k-1's
+    trained model; ``generation-0``, generation 0's trained model (the official code's
+    ``--load-name <dir>/best.ckpt``: "the best-performing model on the original task ... as the
+    base model for the subsequent generations"). Generation 0 always starts from the base."""
     vocab_size: int | None = None
     """Vocabulary of the trained BPE tokenizer (presets only); null takes the preset's."""
     hidden_size: int | None = None
@@ -253,6 +255,9 @@ class GenerateConfig:
     step (pays on GPUs for fixed-length generation)."""
     shard_size: int = 1024
     """Records per Parquet shard: the unit of resumption and of work across processes."""
+    prompts: Literal["training-set", "human"] = "training-set"
+    """What each generation continues: ``training-set``, the blocks it was trained on (the official
+    code); ``human``, the original human training blocks (the other reading of the paper)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision while generating (fp32 weights either way); independent of training's,
     and the same whether the model is fresh from training or reloaded after an interruption."""

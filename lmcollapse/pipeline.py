@@ -435,7 +435,7 @@ def build_generation(context: Context, index: int) -> dict:
         model, _ = load_model(generation.model, config.model.attn_implementation, with_tokenizer=False)
         train_log = read_json(generation.model / "train_log.json")
     else:
-        start = run.base_model if (index == 0 or config.model.init == "base") else run.generation(index - 1).model
+        start = start_model(run, config, index)
         model, _ = load_model(start, config.model.attn_implementation, with_tokenizer=False)
         context.say(f"{generation.name}: training on {len(train_set)} blocks "
                     f"({', '.join(f'{v} {k}' for k, v in sorted(sources.items()))}) from {start.relative_to(run.root)}")
@@ -457,8 +457,10 @@ def build_generation(context: Context, index: int) -> dict:
     # c. the synthetic corpus
     # The writer is named by content (its weights' sha256), never by the folder it sits in: two
     # runs of one config in differently named folders write byte-identical shards.
+    human_prompts = read_records(run.human / "train.parquet") if config.generate.prompts == "human" else None
     shards = write_synthetic_corpus(
-        model, tokenizer, prompts_for(config, index, train_set, corpus_size), config.generate, seed=config.seed,
+        model, tokenizer, prompts_for(config, index, train_set, corpus_size, human_prompts), config.generate,
+        seed=config.seed,
         generation=index, model_label=f"sha256:{weights_sha256(generation.model)}", out_dir=generation.synthetic,
         accelerator=accelerator, progress=context.progress)
     timings["generate_seconds"] = sum(s["seconds"] for s in shards)
@@ -492,6 +494,13 @@ def build_generation(context: Context, index: int) -> dict:
     return row
 
 
+def start_model(run: RunDir, config: PipelineConfig, index: int) -> Path:
+    """The weights generation ``index`` starts training from (``model.init``)."""
+    if index == 0 or config.model.init == "base":
+        return run.base_model
+    return run.generation(0 if config.model.init == "generation-0" else index - 1).model
+
+
 def filter_candidates(context: Context, index: int, candidates):
     """Decontamination: the detector's report is written before the training set it filtered."""
     from lmcollapse.decontaminate import decontaminate
@@ -523,6 +532,10 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
     check(human["files"], run.human, "the human-data stage", "human/")
     if index == 0 or config.model.init == "base":
         check(base["files"], run.base_model, "the base stage", "base/model/", run.base)
+    if index > 1 and config.model.init == "generation-0":  # every later generation starts from it
+        first = run.generation(0)
+        recorded = read_manifest(first.manifest)["outputs"]
+        check({k: v for k, v in recorded.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
     if index > 0:
         # Everything the previous generation recorded: its corpus is this one's training data,
         # its model this one's start (init=previous), its numbers part of the same table.

@@ -54,7 +54,10 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
             f"trained on the {data.train_split} split")
     else:
         lines.append(f"model: pretrained {config.model.name} (from_pretrained; copied into {run.base_model})")
-    lines.append(f"  every generation starts from {'the base model' if config.model.init == 'base' else 'the previous generation'}")
+    starts = {"base": "the base model", "previous": "the previous generation's model",
+              "generation-0": "generation 0's model (the official code's --load-name best.ckpt)"}
+    lines.append(f"  every generation after 0 starts from {starts[config.model.init]}; it continues "
+                 f"{'its own training blocks' if config.generate.prompts == 'training-set' else 'the human training blocks'}")
 
     human_blocks = None
     if (run.human / MANIFEST).is_file():
@@ -116,6 +119,10 @@ def describe_regime(config: PipelineConfig) -> str:
         text = f"accumulate-subsample: the accumulated pool subsampled to {data.train_size or 'N (the human size)'} blocks"
     if config.model.init == "previous":
         text += "; each generation starts from the previous model"
+    elif config.model.init == "generation-0":
+        text += "; each generation starts from generation 0's model"
+    if config.generate.prompts == "human":
+        text += "; each generation continues the human training blocks"
     if config.train.human_loss_weight != 1.0:
         text += f"; human records weigh {config.train.human_loss_weight:g}x in the loss"
     if config.decontaminate.enabled:

@@ -66,8 +66,12 @@ def assemble_training_set(config: PipelineConfig, generation: int, human_train: 
     raise ValueError(f"unknown data.regime {data.regime!r}")
 
 
-def prompts_for(config: PipelineConfig, generation: int, train_set: datasets.Dataset, corpus_size: int) -> datasets.Dataset:
-    """The ``corpus_size`` training blocks a generation continues, so its corpus has that size.
+def prompts_for(config: PipelineConfig, generation: int, train_set: datasets.Dataset, corpus_size: int,
+                human_train: datasets.Dataset | None = None) -> datasets.Dataset:
+    """The ``corpus_size`` blocks a generation continues, so its corpus has that size.
+
+    With ``generate.prompts: human`` they are drawn from ``human_train`` (the original human
+    blocks) instead of ``train_set``, by the same rules:
 
     * as many blocks as ``corpus_size``: all of them, in order;
     * more: a seeded random ``corpus_size`` of them, in order;
@@ -77,6 +81,10 @@ def prompts_for(config: PipelineConfig, generation: int, train_set: datasets.Dat
       A repeated block is a separate prompt: sampled, it gets a continuation of its own (greedy or
       beam search writes the same one again).
     """
+    if config.generate.prompts == "human":
+        if human_train is None:
+            raise ValueError("generate.prompts=human needs the human training blocks")
+        train_set = human_train
     n = len(train_set)
     if n == corpus_size:
         return train_set

@@ -8,13 +8,17 @@ import math
 import re
 import subprocess
 
+import numpy as np
 import pytest
+from safetensors.torch import load_file
 
 from helpers import REPO, micro_config, tree_hashes, tree_state
 from lmcollapse.atomic import sha256_file
-from lmcollapse.pipeline import build
+from lmcollapse.modeling import load_model
+from lmcollapse.pipeline import build, make_accelerator
 from lmcollapse.records import read_records
 from lmcollapse.rundir import RunDir
+from lmcollapse.train import train_model
 
 
 @pytest.fixture(scope="module")
@@ -179,3 +183,41 @@ def _records_wall_clock(name: str) -> bool:
     # lineage.json holds the sha256 of the manifests a generation was built on, which hold timings.
     return (name.endswith(("train_log.json", "manifest.json", "lineage.json")) or re.fullmatch(r"eval/.*\.json", name) is not None
             or re.fullmatch(r"synthetic/shard-\d+\.json", name) is not None)
+
+
+@pytest.mark.parametrize("init", ["base", "previous", "generation-0"])
+def test_each_init_mode_starts_from_the_weights_it_claims(tmp_path, small_corpus, init):
+    """Generation k starts from the model ``model.init`` names: training generation
+    2's training set from the weights its log names reproduces its weights byte for byte."""
+    config = micro_config(small_corpus, [f"model.init={init}", "train.epochs=1"])
+    run = RunDir(tmp_path / init)
+    build(config, run.root, 2, progress=False, echo=lambda _: None)
+    claimed = {"base": ["base/model", "base/model"], "previous": ["generation-00/model", "generation-01/model"],
+               "generation-0": ["generation-00/model", "generation-00/model"]}[init]
+    starts = [json.loads((run.generation(i).model / "train_log.json").read_text())["started_from"] for i in (1, 2)]
+    assert starts == claimed
+    start = run.root / claimed[1]
+    replay = micro_config(small_corpus, ["train.epochs=1"])
+    model, tokenizer = load_model(start)
+    train_set = read_records(run.generation(2).train_set)
+    trained, _ = train_model(model, [np.asarray(ids, dtype=np.int64) for ids in train_set["input_ids"]],
+                             replay.train, seed=replay.seed, generation=2, checkpoint_dir=tmp_path / "replay",
+                             accelerator=make_accelerator(replay), data_fingerprint=sha256_file(run.generation(2).train_set),
+                             pad_id=tokenizer.pad_token_id, progress=False)
+    saved = load_file(run.generation(2).model / "model.safetensors")
+    for name, tensor in trained.state_dict().items():
+        if name in saved:
+            assert (saved[name] == tensor).all(), name
+
+
+@pytest.mark.parametrize("prompts", ["training-set", "human"])
+def test_prompt_source_switch(tmp_path, small_corpus, prompts):
+    config = micro_config(small_corpus, [f"generate.prompts={prompts}", "train.epochs=1"])
+    run = RunDir(tmp_path / prompts)
+    build(config, run.root, 1, progress=False, echo=lambda _: None)
+    human_ids = list(read_records(run.human / "train.parquet")["id"])
+    train_ids = list(read_records(run.generation(1).train_set)["id"])
+    parents = list(read_records(run.generation(1).synthetic_shards()[0])["parent"])
+    # Generation 1 trains on generation 0's text; it continues those blocks, or the human ones.
+    assert parents == (train_ids if prompts == "training-set" else human_ids)[:len(parents)]
+    assert all(p.startswith("g00-") for p in parents) == (prompts == "training-set")
