@@ -582,6 +582,11 @@ def heldout_perplexity(context: Context, model, label: str, save_dir: Path | Non
     precision = config.evaluate.mixed_precision
     blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
                                progress=f"ppl blocks ({label})" if context.progress else None, precision=precision)
+    # The </s> confound: OPT's </s> opens every held-out line but never appears in synthetic text.
+    special = sorted({t for t in (tokenizer_of(context).eos_token_id, tokenizer_of(context).bos_token_id) if t is not None})
+    no_eos = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
+                               progress=f"ppl blocks, no </s> ({label})" if context.progress else None,
+                               precision=precision, excluded_targets=special)
     sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
                                  context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
                                  precision=precision)
@@ -592,8 +597,8 @@ def heldout_perplexity(context: Context, model, label: str, save_dir: Path | Non
         with atomic_path(save_dir / "heldout_block_nll.npy") as scratch:
             with open(scratch, "wb") as handle:
                 np.save(handle, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
-    return {"ppl_blocks": blocks.perplexity, "ppl_sliding": sliding.perplexity,
-            "blocks": blocks.summary(), "sliding": sliding.summary()}
+    return {"ppl_blocks": blocks.perplexity, "ppl_blocks_no_eos": no_eos.perplexity, "ppl_sliding": sliding.perplexity,
+            "blocks": blocks.summary(), "blocks_no_eos": no_eos.summary(), "sliding": sliding.summary()}
 
 
 def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
@@ -657,7 +662,8 @@ def metrics_row(config, index, train_set, sources, train_log, shards, perplexiti
     samples = sum(s["records"] for s in shards)
     new_tokens = sum(s["new_tokens"] for s in shards)
     row = {"generation": index, "seed": config.seed,
-           "ppl_blocks": perplexities["ppl_blocks"], "ppl_sliding": perplexities["ppl_sliding"]}
+           "ppl_blocks": perplexities["ppl_blocks"], "ppl_blocks_no_eos": perplexities["ppl_blocks_no_eos"],
+           "ppl_sliding": perplexities["ppl_sliding"]}
     row.update({k: v for k, v in text_metrics.items()
                 if k.startswith(("self_bleu_", "distinct_", "rare_survival", "text_tokenization"))})
     row.update({k: v for k, v in tails.items() if k.startswith("tail_ppl_")})

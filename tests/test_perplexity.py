@@ -131,3 +131,21 @@ def test_streamed_evaluation_equals_the_in_memory_one(tiny_model, stream, tmp_pa
         kwargs = {"block_size": 16} if method is perplexity_blocks else {"window": 24, "stride": 10}
         a, b = method(tiny_model, stream, batch_size=4, **kwargs), method(tiny_model, streamed, batch_size=4, **kwargs)
         assert a.tokens == b.tokens and np.array_equal(a.sequence_nll, b.sequence_nll)
+
+
+def test_blocks_without_end_of_text_targets_by_hand(tiny_model):
+    """ppl_blocks_no_eos: targets that are </s> (id 2) are not scored, but stay as context."""
+    stream = np.random.default_rng(1).integers(3, 50, size=160)
+    stream[::7] = 2  # </s> at every 7th position, as at WikiText's line starts
+    result = perplexity_blocks(tiny_model, stream, block_size=16, batch_size=3, excluded_targets=[2])
+    total, count = 0.0, 0
+    for block in stream.reshape(-1, 16):
+        with torch.no_grad():
+            log_probs = torch.log_softmax(tiny_model(input_ids=torch.tensor(block)[None]).logits[0].double(), dim=-1)
+        for t in range(1, 16):
+            if block[t] != 2:
+                total -= log_probs[t - 1, block[t]].item()
+                count += 1
+    assert result.tokens == count < 10 * 15
+    assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-6)
+    assert result.perplexity != pytest.approx(perplexity_blocks(tiny_model, stream, 16).perplexity, rel=1e-3)

@@ -80,6 +80,13 @@ REGISTRY: dict[str, MetricDefinition] = _register(
         "method): exp of the mean NLL of every predicted token.",
         False, "token-weighted mean NLL, exponentiated", perplexity_blocks, 2),
     MetricDefinition(
+        "ppl_blocks_no_eos",
+        "Perplexity over the same held-out blocks with every target that is the tokenizer's "
+        "end-of-text token left out (it stays as context): OPT's </s> is both BOS and EOS and opens "
+        "every line of the held-out text, while min_new_tokens keeps it out of synthetic text, so "
+        "later generations never learn it; this column shows the perplexity without that confound.",
+        False, "token-weighted mean NLL, exponentiated", perplexity_blocks, 2),
+    MetricDefinition(
         "ppl_sliding",
         "Perplexity on the held-out human split with a sliding window: every token scored once "
         "with up to window-1 tokens of context; exp of the mean NLL.",

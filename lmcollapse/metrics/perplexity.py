@@ -136,10 +136,12 @@ def iter_windows(stream: TokenStream, window: int, stride: int) -> Iterator[tupl
 
 
 def perplexity_blocks(model, stream, block_size: int, batch_size: int = 32,
-                      accelerator=None, progress: str | None = None, precision: str = "no") -> PerplexityResult:
+                      accelerator=None, progress: str | None = None, precision: str = "no",
+                      excluded_targets: Sequence[int] = ()) -> PerplexityResult:
     """Non-overlapping blocks of ``block_size`` (a trailing partial block is dropped).
 
-    ``stream``: a token array or a :class:`TokenStream`.
+    ``stream``: a token array or a :class:`TokenStream`. Targets whose id is in
+    ``excluded_targets`` are not scored (they still serve as context).
     """
     if block_size < 2:
         raise ValueError("block_size must be at least 2")
@@ -148,8 +150,9 @@ def perplexity_blocks(model, stream, block_size: int, batch_size: int = 32,
     if count == 0:
         raise ValueError(f"the text has {stream.length} tokens, fewer than one block of {block_size}")
     nll, tokens = score_stream(model, iter_blocks(stream, block_size), batch_size, accelerator, progress, count,
-                               precision)
-    return _result("blocks", nll, tokens, {"block_size": block_size})
+                               precision, excluded_targets)
+    settings = {"block_size": block_size} | ({"excluded_targets": sorted(excluded_targets)} if excluded_targets else {})
+    return _result("blocks", nll, tokens, settings)
 
 
 def perplexity_sliding(model, stream, window: int, stride: int, batch_size: int = 32,
@@ -184,7 +187,7 @@ def score_sequences(model, sequences: Sequence[np.ndarray], first_scored: Sequen
 @torch.no_grad()
 def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int, accelerator=None,
                  progress: str | None = None, total: int | None = None,
-                 precision: str = "no") -> tuple[np.ndarray, np.ndarray]:
+                 precision: str = "no", excluded_targets: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and count of the scored tokens of every (sequence, first scored position) item.
 
     Token ``t`` of a sequence is scored (predicted from tokens ``< t``) when ``t >= first``;
@@ -206,7 +209,7 @@ def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int
         bar.update(1)
         if index % world != rank:
             continue
-        results.append((index, *_score_batch(model, batch, device, precision)))
+        results.append((index, *_score_batch(model, batch, device, precision, excluded_targets)))
         failpoint("eval-batch")
         check_stop("while evaluating")  # process-local: ranks run different numbers of batches
     bar.close()
@@ -231,7 +234,8 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: str) -> tuple[list[float], list[int]]:
+def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: str,
+                 excluded_targets: Sequence[int] = ()) -> tuple[list[float], list[int]]:
     longest = max(len(seq) for seq, _ in batch)
     if longest < 2:
         return [0.0] * len(batch), [0] * len(batch)
@@ -245,6 +249,8 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: 
         mask[k, : len(row)] = 1
         start = max(first, 1)
         targets[k, start - 1: len(row) - 1] = row[start:]
+    for token in excluded_targets:
+        targets[targets == token] = -100
     ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
     with autocast(precision, device):
         logits = model(input_ids=ids, attention_mask=mask).logits
