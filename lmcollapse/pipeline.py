@@ -479,8 +479,10 @@ def build_generation(context: Context, index: int) -> dict:
     row = metrics_row(config, index, train_set, sources, train_log, shards, perplexities, text_metrics, tails, timings)
     if (generation.root / "decontamination.json").is_file():
         report = read_json(generation.root / "decontamination.json")
+        cue_free = report.get("without_end_of_text_cue", {})
         row.update(decontam_precision=report["precision"], decontam_recall=report["recall"],
-                   decontam_dropped=report["candidates"] - report["kept"])
+                   decontam_dropped=report["candidates"] - report["kept"],
+                   decontam_precision_no_eos=cue_free.get("precision"), decontam_recall_no_eos=cue_free.get("recall"))
     if context.main:
         outputs = {name: digest for name, digest in sha256_tree(generation.root).items()
                    if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
@@ -511,7 +513,10 @@ def filter_candidates(context: Context, index: int, candidates):
 
         scorer, _ = load_model(context.run.generation(index - 1).model, context.config.model.attn_implementation,
                                with_tokenizer=False)
-    kept, report = decontaminate(candidates, context.config, index, scorer, context.config.evaluate.batch_size)
+    tokenizer = tokenizer_of(context)
+    end_of_text = tuple(sorted({t for t in (tokenizer.eos_token_id, tokenizer.bos_token_id) if t is not None}))
+    kept, report = decontaminate(candidates, context.config, index, scorer, context.config.evaluate.batch_size,
+                                 end_of_text_ids=end_of_text)
     write_json_atomic(context.run.generation(index).root / "decontamination.json", report)
     return kept
 

@@ -232,6 +232,22 @@ def test_the_detector_is_scored_against_the_true_provenance(detector):
     assert report["precision"] > 0.9 and report["recall"] > 0.9
 
 
+def test_the_detector_is_also_measured_without_the_end_of_text_cue():
+    """Human and synthetic records drawn from the same tokens, except that human ones hold </s>
+    (id 2) as WikiText's line starts do: the detector separates them by that cue alone, and
+    without it it is at chance."""
+    human = records(HUMAN, None, 120, token_range=(3, 60)).map(lambda r: {"input_ids": [2] + r["input_ids"][1:]})
+    synthetic = records(SYNTHETIC, 0, 120, token_range=(3, 60))
+    candidates = assemble_training_set(load_config(None, ["data.regime=accumulate"]), 1, human, lambda g: synthetic)
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true",
+                                "decontaminate.labelled_fraction=0.5"])
+    _, report = decontaminate(candidates, config, 1, end_of_text_ids=(2,))
+    assert report["precision"] > 0.95 and report["recall"] > 0.9  # the cue alone separates them
+    cue_free = report["without_end_of_text_cue"]
+    assert cue_free["removed_tokens"] == [2]
+    assert cue_free["precision"] < 0.7 and cue_free["f1"] < report["f1"] - 0.25  # half are synthetic: chance is 0.5
+
+
 def _unigram_model(candidates):
     """An OPT whose output layer prefers human tokens: NLL separates the sources."""
     from transformers import AutoModelForCausalLM, OPTConfig
@@ -279,3 +295,4 @@ def test_accumulate_and_decontamination_end_to_end(tmp_path, small_corpus):
             assert {r["parent"] for r in corpus[k]} == set(train["id"])
         assert [r["id"] for r in corpus[k]] == [f"g{k:02d}-{i:07d}" for i in range(24)]
         assert rows[k]["decontam_recall"] == report["recall"] and rows[k]["train_blocks"] == len(train)
+        assert rows[k]["decontam_recall_no_eos"] == report["without_end_of_text_cue"]["recall"]

@@ -136,6 +136,17 @@ REGISTRY: dict[str, MetricDefinition] = _register(
         "decontam_recall",
         "Decontamination: of the synthetic candidates, the fraction the detector dropped (same records).",
         True, "fraction of synthetic records", _detection_report, 4),
+    MetricDefinition(
+        "decontam_precision_no_eos",
+        "decontam_precision of the same detector fitted and measured again with the end-of-text token "
+        "removed from every record: OPT's </s> opens every human line and never occurs in synthetic "
+        "text, a trivial cue; this is what the detector achieves without it (reported, not used to filter).",
+        True, "fraction of dropped records", _detection_report, 4),
+    MetricDefinition(
+        "decontam_recall_no_eos",
+        "decontam_recall of the same detector with the end-of-text token removed from every record "
+        "(see decontam_precision_no_eos).",
+        True, "fraction of synthetic records", _detection_report, 4),
 )
 
 
