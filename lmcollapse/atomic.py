@@ -123,11 +123,15 @@ def disk_full(err: BaseException, where: Path | None = None) -> str | None:
         if "No space left on device" in str(seen) or "Disk quota exceeded" in str(seen):
             return ""
         seen = seen.__cause__ or seen.__context__
-    if where is not None:
-        existing = next((p for p in (Path(where), *Path(where).parents) if p.exists()), None)
-        if existing is not None and shutil.disk_usage(existing).free < DISK_NEARLY_FULL:
-            return ""
+    if where is not None and shutil.disk_usage(existing_ancestor(Path(where))).free < DISK_NEARLY_FULL:
+        return ""
     return None
+
+
+def existing_ancestor(path: Path) -> Path:
+    """``path`` if it exists, else its nearest existing parent (a relative path ends at ``.``)."""
+    path = Path(path)
+    return next((p for p in (path, *path.parents) if p.exists()), Path("."))
 
 
 def write_text_atomic(final: Path, text: str) -> None:

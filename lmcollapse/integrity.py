@@ -118,9 +118,9 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     checks = [base, human]
     previous = human
     for generation in run.generations_on_disk():
-        if generation.index > 0 and previous.name != run.generation(generation.index - 1).name:
-            previous = StageCheck(run.generation(generation.index - 1).name, run.generation(generation.index - 1).root,
-                                  MISSING)
+        before = run.generation(generation.index - 1)
+        if generation.index > 0 and previous.name != before.name:  # a generation missing in between
+            previous = StageCheck(before.name, before.root, MISSING)
         paths = lineage(run, generation.index)
         check = _stage_check(generation.name, generation.root, generation.manifest, "outputs", generation.root, quick,
                              {"parent_manifest_sha256": (paths["parent_manifest_sha256"], previous),

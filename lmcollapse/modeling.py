@@ -128,6 +128,11 @@ def weights_sha256(folder: Path) -> str:
     return sha256_bytes(canonical_json({p.name: sha256_file(p) for p in shards}).encode())
 
 
+def end_of_text_ids(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's BOS and EOS ids (one id for OPT, whose ``</s>`` is both), sorted."""
+    return tuple(sorted({t for t in (tokenizer.eos_token_id, tokenizer.bos_token_id) if t is not None}))
+
+
 def prepare_tokenizer(tokenizer):
     # Decoder-only batched generation pads on the left; models without a pad token reuse eos.
     tokenizer.padding_side = "left"

@@ -34,7 +34,15 @@ from pathlib import Path
 import numpy as np
 
 from lmcollapse import corpus
-from lmcollapse.atomic import read_json, remove_path, sha256_file, sha256_tree, write_json_atomic, write_text_atomic
+from lmcollapse.atomic import (
+    existing_ancestor,
+    read_json,
+    remove_path,
+    sha256_file,
+    sha256_tree,
+    write_json_atomic,
+    write_text_atomic,
+)
 from lmcollapse.config import PipelineConfig, config_to_yaml, load_config, result_affecting_differences
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.generate import write_synthetic_corpus
@@ -45,6 +53,7 @@ from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_pe
 from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding, sample_perplexities
 from lmcollapse.metrics.self_bleu import self_bleu_scores, subsample_indices
+from lmcollapse.modeling import end_of_text_ids
 from lmcollapse.precision import stage_precisions
 from lmcollapse.records import HUMAN, concatenate, make_records, read_records, write_records
 from lmcollapse.regimes import assemble_training_set, consumed_generations, loss_weights, prompts_for, source_counts
@@ -187,12 +196,11 @@ def verified_stages(context: Context) -> dict:
 
 def is_writable(run: RunDir) -> bool:
     """Whether this process may write the run folder (or create it)."""
-    existing = next(p for p in (run.root, *run.root.parents) if p.exists())
-    return os.access(existing, os.W_OK)
+    return os.access(existing_ancestor(run.root), os.W_OK)
 
 
 def read_only_error(run: RunDir, last_generation: int, why: str) -> LmcollapseError:
-    existing = next(p for p in (run.root, *run.root.parents) if p.exists())
+    existing = existing_ancestor(run.root)
     if existing != run.root:
         return LmcollapseError(f"{existing} is read-only, so run folder {run.root} cannot be created: "
                                "choose a RUN=... on a writable filesystem")
@@ -240,7 +248,7 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
     the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
     from lmcollapse.modeling import check_model_folder
 
-    existing = next(p for p in (run.root, *run.root.parents) if p.exists())
+    existing = existing_ancestor(run.root)
     if not existing.is_dir():
         where = "is a file" if existing == run.root else f"is inside {existing}, which is a file"
         raise LmcollapseError(f"RUN={run.root} {where}, not a run folder: choose a folder, e.g. RUN=runs/{config.name}")
@@ -513,10 +521,8 @@ def filter_candidates(context: Context, index: int, candidates):
 
         scorer, _ = load_model(context.run.generation(index - 1).model, context.config.model.attn_implementation,
                                with_tokenizer=False)
-    tokenizer = tokenizer_of(context)
-    end_of_text = tuple(sorted({t for t in (tokenizer.eos_token_id, tokenizer.bos_token_id) if t is not None}))
     kept, report = decontaminate(candidates, context.config, index, scorer, context.config.evaluate.batch_size,
-                                 end_of_text_ids=end_of_text)
+                                 end_of_text_ids=end_of_text_ids(tokenizer_of(context)))
     write_json_atomic(context.run.generation(index).root / "decontamination.json", report)
     return kept
 
@@ -537,10 +543,6 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
     check(human["files"], run.human, "the human-data stage", "human/")
     if index == 0 or config.model.init == "base":
         check(base["files"], run.base_model, "the base stage", "base/model/", run.base)
-    if index > 1 and config.model.init == "generation-0":  # every later generation starts from it
-        first = run.generation(0)
-        recorded = read_manifest(first.manifest)["outputs"]
-        check({k: v for k, v in recorded.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
     if index > 0:
         # Everything the previous generation recorded: its corpus is this one's training data,
         # its model this one's start (init=previous), its numbers part of the same table.
@@ -551,7 +553,8 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
             recorded = read_manifest(older.manifest)["outputs"]
             check({k: v for k, v in recorded.items() if k.startswith("synthetic/")}, older.root, older.name, f"{older.name}/")
         first = run.generation(0)
-        if config.evaluate.tails and index > 1:
+        # Generation 0's model scores the tails, and with init=generation-0 every later one starts from it.
+        if index > 1 and (config.evaluate.tails or config.model.init == "generation-0"):
             recorded = read_manifest(first.manifest)["outputs"]
             check({k: v for k, v in recorded.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
     return consumed
@@ -588,10 +591,9 @@ def heldout_perplexity(context: Context, model, label: str, save_dir: Path | Non
     blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
                                progress=f"ppl blocks ({label})" if context.progress else None, precision=precision)
     # The </s> confound: OPT's </s> opens every held-out line but never appears in synthetic text.
-    special = sorted({t for t in (tokenizer_of(context).eos_token_id, tokenizer_of(context).bos_token_id) if t is not None})
     no_eos = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
                                progress=f"ppl blocks, no </s> ({label})" if context.progress else None,
-                               precision=precision, excluded_targets=special)
+                               precision=precision, excluded_targets=end_of_text_ids(tokenizer_of(context)))
     sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
                                  context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
                                  precision=precision)
