@@ -16,7 +16,7 @@ LMC := $(BIN)/python -m lmcollapse
 # Paths are quoted, so PIPELINE and RUN may hold spaces (RUN="runs/my run"); SET and SEEDS are lists.
 STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set $(SET)) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 
-COMPARE ?= tiny tiny-keep10 tiny-accumulate
+COMPARE ?= tiny tiny-keep10 tiny-accumulate tiny-paper
 COMPARE_RUN ?= runs/compare
 
 .PHONY: help install run test lint status report compare dry-run config data bench theory clean-venv

@@ -69,6 +69,12 @@ class DataConfig:
     generation's human blocks are a subset of the previous generation's."""
     train_size: int | None = None
     """accumulate-subsample: blocks per training set; null: the human training set's size."""
+    validation_split: str | None = None
+    """Human text for ``train.select=best-validation``, disjoint from the training and held-out
+    blocks: a split name (``validation``, as the paper), or null: blocks of ``train_split`` left out
+    of the training subset (``max_train_blocks``), drawn with ``subset_seed``."""
+    max_validation_blocks: int | None = None
+    """Validate on at most this many blocks (a fixed seeded subset); null: all of them."""
     mixed_sources: bool = False
     """Allow the train and held-out splits to come from different sources (local files in different
     folders, or one local and one from the hub); off: such a run is refused, since the same corpus
@@ -78,7 +84,9 @@ class DataConfig:
         _require(self.block_size >= 2, "block_size", "must be at least 2 (a block predicts block_size - 1 tokens)")
         _require(self.train_split != self.heldout_split, "heldout_split",
                  f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
-        for key in ("max_train_blocks", "max_heldout_blocks"):
+        _require(self.validation_split != self.heldout_split, "validation_split",
+                 f"must differ from heldout_split ({self.heldout_split!r}); held-out text never selects a model")
+        for key in ("max_train_blocks", "max_heldout_blocks", "max_validation_blocks"):
             value = getattr(self, key)
             _require(value is None or value >= 1, key, f"must be at least 1 or null, got {value}")
         _require(0.0 <= self.human_fraction <= 1.0, "human_fraction",
@@ -204,6 +212,11 @@ class TrainConfig:
     compile: bool = False
     """torch.compile the model for training (accelerate's dynamo plugin, inductor backend); the
     first steps compile, which pays off on GPUs and long runs."""
+    select: Literal["last", "best-validation"] = "last"
+    """Which weights a generation keeps: ``last``, those after the last epoch; ``best-validation``,
+    those after the epoch with the lowest loss on the human validation blocks (``data.validation_split``;
+    the official code's ``ModelCheckpoint(monitor="val_loss")``). The manifest records every epoch's
+    validation loss and the winner."""
     checkpoint_every: int = 200
     """Save a resumable checkpoint every this many optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
@@ -222,6 +235,75 @@ class TrainConfig:
         if self.max_grad_norm is not None:
             _require(self.max_grad_norm > 0, "max_grad_norm", "must be positive or null")
         _require(self.human_loss_weight > 0, "human_loss_weight", f"must be positive, got {self.human_loss_weight}")
+
+
+AUTO_PRETRAIN = "auto"
+DEFAULT_PRETRAIN_CORPUS = "wikitext-2-v1"
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    corpus: str | None = "auto"
+    """Pretrain a preset once on this corpus before any fine-tuning (as OPT-125m was pretrained
+    before the paper fine-tunes it); it must be text disjoint from ``data``'s training and held-out
+    splits (``wikitext-2-v1``'s train split holds other articles than the raw validation and test
+    splits). The tokenizer is trained on it too. null: the preset starts from fresh weights.
+    ``auto``: ``wikitext-2-v1`` for a preset, null for a pretrained model (resolved when loaded)."""
+    split: str = "train"
+    """Split of ``corpus`` to pretrain on."""
+    block_size: int = 128
+    """Tokens per pretraining block: the positions the base is trained on, so prompt + new tokens
+    and every evaluation window must fit in it."""
+    max_blocks: int | None = None
+    """Pretrain on at most this many blocks (a fixed seeded subset); null: all of them."""
+    epochs: int = 1
+    """Passes over the pretraining blocks."""
+    batch_size: int = 32
+    """Blocks per optimizer step, over all processes together."""
+    micro_batch_size: int | None = None
+    """Blocks per forward pass on one process (as train.micro_batch_size); set it to get the same
+    base from any number of processes. null: batch_size divided by the number of processes."""
+    learning_rate: float = 1.0e-3
+    """Peak AdamW learning rate (cosine decay after the warm-up)."""
+    min_learning_rate: float = 1.0e-4
+    """The cosine schedule decays to this value at the last step."""
+    warmup_steps: int = 200
+    """Linear warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay."""
+    seed: int = 0
+    """Seed of the base's initialisation, data order and dropout; fixed across run seeds by design,
+    so every seed fine-tunes the same base (as every seed of the paper fine-tunes one OPT-125m)."""
+    checkpoint_every: int = 200
+    """Save a resumable pretraining checkpoint every this many steps."""
+
+    def __post_init__(self) -> None:
+        if self.corpus is not None:
+            _require(bool(self.corpus.strip()), "corpus", "must name a corpus or be null")
+        _require(self.block_size >= 2, "block_size", "must be at least 2")
+        if self.max_blocks is not None:
+            _require(self.max_blocks >= 1, "max_blocks", "must be at least 1 or null")
+        for key in ("epochs", "batch_size", "checkpoint_every"):
+            _require(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        if self.micro_batch_size is not None:
+            _require(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1 or null")
+        _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        _require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate",
+                 f"must be between 0 and pretrain.learning_rate ({self.learning_rate})")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
+        _require(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        _require(self.seed >= 0, "seed", "must be 0 or more")
+
+    @property
+    def enabled(self) -> bool:
+        return self.corpus is not None
+
+    def as_train_config(self) -> TrainConfig:
+        """The optimizer and schedule of pretraining, in the form the training loop takes."""
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, micro_batch_size=self.micro_batch_size,
+                           learning_rate=self.learning_rate,
+                           min_learning_rate=self.min_learning_rate, warmup_steps=self.warmup_steps,
+                           weight_decay=self.weight_decay, checkpoint_every=self.checkpoint_every)
 
 
 @dataclass(frozen=True)
@@ -366,6 +448,8 @@ class PipelineConfig:
     """The human corpus, its blocks, and what each generation trains on."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The model every generation starts from."""
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    """Pretraining of a preset base, once, cached by content and shared by every run that asks for it."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Fine-tuning of each generation (AdamW, cosine schedule, accelerate)."""
     generate: GenerateConfig = field(default_factory=GenerateConfig)
@@ -376,6 +460,9 @@ class PipelineConfig:
     """Filtering synthetic records out of the training data before each generation trains."""
 
     def __post_init__(self) -> None:
+        if self.pretrain.corpus == AUTO_PRETRAIN:  # resolved, so a run's pipeline.yaml says what it did
+            resolved = DEFAULT_PRETRAIN_CORPUS if self.model.is_preset else None
+            object.__setattr__(self, "pretrain", dataclasses.replace(self.pretrain, corpus=resolved))
         _require(self.generations >= 1, "generations", f"must be at least 1, got {self.generations}")
         _require(self.seed >= 0, "seed", f"must be 0 or more, got {self.seed}")
         if self.data.regime == "replace":
@@ -386,9 +473,23 @@ class PipelineConfig:
         prompt = self.generate.prompt_tokens or self.data.block_size
         _require(prompt <= self.data.block_size, "generate.prompt_tokens",
                  f"must not exceed data.block_size ({self.data.block_size})")
+        if self.pretrain.enabled:
+            _require(self.model.is_preset, "pretrain.corpus",
+                     f"pretrains a preset; {self.model.name} is already pretrained: set pretrain.corpus=null")
+            _require(self.pretrain.corpus != self.data.corpus or self.pretrain.split not in
+                     (self.data.train_split, self.data.heldout_split, self.data.validation_split), "pretrain.split",
+                     f"{self.pretrain.split!r} of {self.pretrain.corpus} is also fine-tuning or held-out text: "
+                     "pretrain on text disjoint from both (e.g. pretrain.corpus=wikitext-2-v1 pretrain.split=train)")
         if self.model.is_preset:
             positions = self.model.architecture()["max_position_embeddings"]
-            longest = max(prompt + self.generate.max_new_tokens, self.evaluate.window, self.eval_block_size)
+            _require(self.pretrain.block_size <= positions or not self.pretrain.enabled, "pretrain.block_size",
+                     f"is {self.pretrain.block_size} but model.max_positions is {positions}: lower it or raise model.max_positions")
+            # Never generate or score at a position the base was never trained on (its embedding
+            # would be the random initialisation): the base's training length bounds every sequence.
+            trained = self.pretrain.block_size if self.pretrain.enabled else self.data.block_size
+            origin = "pretrain.block_size" if self.pretrain.enabled else "data.block_size (a base trained from scratch)"
+            check_trained_positions(self, trained, origin)
+            longest = self.longest_sequence()
             _require(longest <= positions, "model.max_positions",
                      f"is {positions} but sequences reach {longest} tokens (prompt + new tokens, "
                      "evaluation window); raise model.max_positions or shorten them")
@@ -397,16 +498,43 @@ class PipelineConfig:
     def eval_block_size(self) -> int:
         return self.evaluate.block_size or self.data.block_size
 
+    @property
+    def prompt_length(self) -> int:
+        return self.generate.prompt_tokens or self.data.block_size
+
+    def longest_sequence(self) -> int:
+        """The longest sequence any stage feeds the model: prompt + new tokens, evaluation windows."""
+        return max(self.prompt_length + self.generate.max_new_tokens, self.evaluate.window, self.eval_block_size,
+                   self.data.block_size)
+
     def fingerprint(self) -> str:
         """sha256 of every result-affecting setting: two runs agree on it iff they compute the same."""
         return sha256_bytes(canonical_json(_result_affecting(config_to_dict(self))).encode())
+
+
+def check_trained_positions(config: PipelineConfig, trained: int, origin: str) -> None:
+    """Refuse a pipeline whose sequences reach positions its base was not trained on."""
+    prompt, new = config.prompt_length, config.generate.max_new_tokens
+    if prompt + new > trained:
+        options = [f"generate.max_new_tokens={trained - prompt}"] if prompt < trained else []
+        options += [f"generate.prompt_tokens={trained - new}"] if new < trained else []
+        if origin.startswith("data.block_size"):
+            options.append(f"pretrain.corpus={DEFAULT_PRETRAIN_CORPUS} (a pretrained base)")
+        raise ConfigError(
+            f"generate.max_new_tokens: prompt ({prompt}) + new tokens ({new}) = {prompt + new} exceeds the {trained} "
+            f"positions the base was trained on ({origin}): set {' or '.join(options)}")
+    for key, length in (("evaluate.window", config.evaluate.window), ("evaluate.block_size", config.eval_block_size),
+                        ("data.block_size", config.data.block_size)):
+        if length > trained:
+            raise ConfigError(f"{key}: {length} tokens exceeds the {trained} positions the base was trained on "
+                              f"({origin}): set {key}={trained} or less")
 
 
 # Settings that change how a run is carried out, never what it computes: a run directory
 # accepts them changing between invocations.
 OPERATIONAL_KEYS = frozenset({
     "name", "description", "generations",
-    "train.checkpoint_every", "train.keep_checkpoints", "evaluate.batch_size",
+    "train.checkpoint_every", "train.keep_checkpoints", "evaluate.batch_size", "pretrain.checkpoint_every",
 })
 
 
@@ -422,11 +550,43 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        raw = _read_pipeline_file(path)
+        raw = _read_with_base(path)
         raw.setdefault("name", path.stem)
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value)
     return build_config(raw)
+
+
+def _read_with_base(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A pipeline file with its ``base:`` pipeline (a file path relative to it) merged underneath:
+    a variant states only what it changes. The base's name and description are not inherited."""
+    raw = _read_pipeline_file(path)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: base must name a pipeline file relative to it (e.g. base: tiny.yaml), got {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in {p.resolve() for p in (*children, path)}:
+        raise ConfigError(f"{path}: base {base} leads back to {path.name} (a cycle): point base at another pipeline")
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base pipeline {base_path} not found: name a file relative to {path.parent} "
+                          "(e.g. base: tiny.yaml)")
+    parent = _read_with_base(base_path, (*children, path))
+    parent.pop("name", None)
+    parent.pop("description", None)
+    return merge_sections(parent, raw)
+
+
+def merge_sections(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``changes`` applied: sections merge key by key, values (lists too) replace."""
+    merged = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge_sections(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _read_pipeline_file(path: Path) -> dict[str, Any]:

@@ -69,6 +69,7 @@ from lmcollapse.rundir import (
     write_manifest,
 )
 from lmcollapse.seeding import derive_seed
+from lmcollapse.seeding import rng as derive_rng
 from lmcollapse.tables import format_table, write_metrics
 from lmcollapse.train import train_model
 
@@ -137,7 +138,12 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
             if context.main:
                 open_run(config, run)
             accelerator.wait_for_everyone()
-            ensure_base_and_human(context)
+            pretrained = None
+            if config.pretrain.enabled and not (run.base / MANIFEST).is_file():
+                from lmcollapse.pretrain import ensure_pretrained_base
+
+                pretrained = ensure_pretrained_base(config, accelerator, progress=progress)
+            ensure_base_and_human(context, pretrained)
         except LmcollapseError:
             # A run this command created and could not prepare is removed: bad input leaves
             # nothing behind (an existing run is never touched here).
@@ -263,13 +269,40 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
     if not (run.human / MANIFEST).is_file():
         check_corpus(config)
     if not (run.base / MANIFEST).is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
-        check_model_folder(Path(config.model.name).expanduser())
+        folder = Path(config.model.name).expanduser()
+        check_model_folder(folder)
+        check_positions_of(config, read_json(folder / "config.json"))
+    if config.pretrain.enabled and not (run.base / MANIFEST).is_file():
+        source = corpus.locate_splits(config.pretrain.corpus, config.pretrain.split)[0]
+        for path in source.files:
+            corpus.check_text_file(path)
+
+
+def check_positions_of(config: PipelineConfig, model_config: dict) -> None:
+    """A pretrained model's position limit bounds prompt + new tokens and the evaluation windows."""
+    from lmcollapse.config import check_trained_positions
+
+    positions = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+    if positions:
+        check_trained_positions(config, int(positions), f"max_position_embeddings of {config.model.name}")
+
+
+def separate_validation_split(config: PipelineConfig) -> str | None:
+    """The split validation blocks come from when it is not the train split (best-validation only)."""
+    split = config.data.validation_split
+    if config.train.select != "best-validation" or split in (None, config.data.train_split):
+        return None
+    return split
 
 
 def check_corpus(config: PipelineConfig) -> None:
     """The train and held-out splits are found, in one place, and readable (not yet loaded)."""
     sources = corpus.locate_splits(config.data.corpus, config.data.train_split, config.data.heldout_split)
     corpus.check_same_source(*sources, allow_mixed=config.data.mixed_sources)
+    if separate_validation_split(config):
+        (validation,) = corpus.locate_splits(config.data.corpus, separate_validation_split(config))
+        corpus.check_same_source(sources[0], validation, allow_mixed=config.data.mixed_sources)
+        sources = (*sources, validation)
     for source in sources:
         for path in source.files:
             corpus.check_text_file(path)
@@ -300,7 +333,7 @@ def open_run(config: PipelineConfig, run: RunDir) -> None:
 
 # ---------------------------------------------------------------------------- base model and human data
 
-def ensure_base_and_human(context: Context) -> None:
+def ensure_base_and_human(context: Context, pretrained=None) -> None:
     """The base model and tokenizer, then the human blocks, each with its manifest.
 
     Everything is computed and checked (corpus readable, at least one block per split) before
@@ -322,6 +355,13 @@ def ensure_base_and_human(context: Context) -> None:
     model = None
     if base_done:
         tokenizer = tokenizer_of(context)
+    elif pretrained is not None:
+        from transformers import AutoTokenizer
+
+        from lmcollapse.modeling import prepare_tokenizer
+
+        context.say(f"base: the pretrained {config.model.name} from the cache ({pretrained.root})")
+        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(pretrained.model))
     elif config.model.is_preset:
         vocab = config.model.vocab_size or int(config.model.architecture()["vocab_size"])
         context.say(f"base: training a {vocab}-token byte-level BPE tokenizer on {train_source.describe()}")
@@ -329,13 +369,30 @@ def ensure_base_and_human(context: Context) -> None:
     else:
         context.say(f"base: loading {config.model.name} with from_pretrained")
         model, tokenizer = load_model(config.model.name, config.model.attn_implementation)
+        check_positions_of(config, model.config.to_dict())
 
     train_stream = corpus.tokenize_lines(train_lines, tokenizer)
     heldout_stream = corpus.tokenize_lines(heldout_lines, tokenizer)
     train_blocks = corpus.cut_into_blocks(train_stream, data.block_size, f"{data.train_split} split")
     heldout_blocks = corpus.cut_into_blocks(heldout_stream, config.eval_block_size, f"{data.heldout_split} split")
 
-    if not base_done:
+    if not base_done and pretrained is not None:
+        from lmcollapse.atomic import atomic_path
+        from lmcollapse.pretrain import check_entry
+
+        entry = check_entry(pretrained)
+        with atomic_path(run.base_model) as scratch:  # the run keeps its own copy, byte for byte
+            shutil.copytree(pretrained.model, scratch)
+        write_manifest(run.base / MANIFEST, {
+            "kind": "pretrained-preset", "source": config.model.name, "parameters": entry["parameters"],
+            "vocab_size": entry["vocab_size"], "tokenizer_trained_on": entry["corpus_sha256"],
+            "pretrained": {"cache_entry": str(pretrained.root), "key": pretrained.key,
+                           "entry_manifest_sha256": entry["manifest_sha256"], "corpus": entry["corpus"],
+                           "blocks": entry["blocks"], "block_size": entry["block_size"], "steps": entry["steps"],
+                           "tokens": entry["tokens"], "final_loss": entry["final_loss"], "seconds": entry["seconds"]},
+            "files": sha256_tree(run.base_model), "seconds": time.perf_counter() - started, **environment_record()})
+        context._tokenizer = None
+    elif not base_done:
         if model is None:
             model = build_preset_model(config.model, tokenizer, seed=derive_seed(config.seed, "init"))
         save_model(model, tokenizer, run.base_model)
@@ -354,9 +411,12 @@ def ensure_base_and_human(context: Context) -> None:
     tokenizer = tokenizer_of(context)
     train = _human_records(tokenizer, train_blocks[kept], kept, data.train_split)
     heldout = _human_records(tokenizer, heldout_blocks, np.arange(len(heldout_blocks)), data.heldout_split)
+    validation, validation_record = validation_records(context, tokenizer, train_blocks, kept)
     run.human.mkdir(parents=True, exist_ok=True)
     write_records(train, run.human / "train.parquet")
     write_records(heldout, run.human / "heldout.parquet")
+    if validation is not None:
+        write_records(validation, run.human / "validation.parquet")
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(train_blocks)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
     write_manifest(run.human / MANIFEST, {
@@ -369,9 +429,39 @@ def ensure_base_and_human(context: Context) -> None:
                     "provenance": heldout_source.record(), "blocks": len(heldout),
                     "tokens_in_split": int(len(heldout_stream)),
                     "corpus_sha256": {str(p): sha256_file(p) for p in heldout_source.files}},
-        "files": {name: sha256_file(run.human / name) for name in ("train.parquet", "heldout.parquet")},
+        **({"validation": validation_record} if validation is not None else {}),
+        "files": {name: sha256_file(run.human / name) for name in ("train.parquet", "heldout.parquet", "validation.parquet")
+                  if name != "validation.parquet" or validation is not None},
         "text_metrics": corpus_text_metrics(config, train["text"]), "seconds": time.perf_counter() - started})
     context.accelerator.wait_for_everyone()
+
+
+def validation_records(context: Context, tokenizer, train_blocks: np.ndarray, kept: np.ndarray):
+    """The human validation blocks of ``train.select=best-validation`` (None without it): disjoint
+    from the training blocks and the held-out split, by construction."""
+    config, data = context.config, context.config.data
+    if config.train.select != "best-validation":
+        return None, None
+    split = separate_validation_split(config)
+    if split is None:  # carved from the train split: its blocks outside the training subset
+        pool = np.setdiff1d(np.arange(len(train_blocks)), kept)
+        if len(pool) == 0:
+            raise LmcollapseError(
+                f"train.select=best-validation needs validation blocks, but all {len(train_blocks)} blocks of the "
+                f"{data.train_split} split are training blocks: set data.max_train_blocks below {len(train_blocks)} "
+                "or data.validation_split=<another split>")
+        blocks, source = train_blocks, f"{data.train_split} split, blocks outside the training subset"
+    else:
+        (located,) = corpus.locate_splits(data.corpus, split)
+        stream = corpus.tokenize_lines(corpus.load_split_lines(located), tokenizer)
+        blocks, source = corpus.cut_into_blocks(stream, data.block_size, f"{split} split"), located.describe()
+        pool = np.arange(len(blocks))
+    if data.max_validation_blocks is not None and data.max_validation_blocks < len(pool):
+        pool = np.sort(derive_rng(data.subset_seed, "validation").permutation(pool)[:data.max_validation_blocks])
+    records = _human_records(tokenizer, blocks[pool], pool, split or data.train_split)
+    context.say(f"human: {len(records)} validation blocks ({source})")
+    return records, {"split": split or data.train_split, "source": source, "blocks": len(records),
+                     "carved_from_train_split": split is None}
 
 
 def tokenizer_of(context: Context):
@@ -444,17 +534,24 @@ def build_generation(context: Context, index: int) -> dict:
         train_log = read_json(generation.model / "train_log.json")
     else:
         start = start_model(run, config, index)
+        start_sha = weights_sha256(start)
         model, _ = load_model(start, config.model.attn_implementation, with_tokenizer=False)
+        validation = None
+        if config.train.select == "best-validation":
+            validation = [np.asarray(ids, dtype=np.int64)
+                          for ids in read_records(run.human / "validation.parquet")["input_ids"]]
         context.say(f"{generation.name}: training on {len(train_set)} blocks "
                     f"({', '.join(f'{v} {k}' for k, v in sorted(sources.items()))}) from {start.relative_to(run.root)}")
         sequences = [np.asarray(ids, dtype=np.int64) for ids in train_set["input_ids"]]
         model, outcome = train_model(
             model, sequences, config.train, seed=config.seed, generation=index,
             checkpoint_dir=generation.checkpoints, accelerator=accelerator, data_fingerprint=train_sha,
-            pad_id=tokenizer.pad_token_id, weights=loss_weights(config, train_set), progress=context.progress)
+            pad_id=tokenizer.pad_token_id, weights=loss_weights(config, train_set), progress=context.progress,
+            validation=validation)
         train_log = {"steps": outcome.steps, "tokens": outcome.tokens, "seconds": outcome.seconds,
                      "final_loss": outcome.final_loss, "resumed_from_step": outcome.resumed_from_step,
-                     "started_from": str(start.relative_to(run.root)), "log": outcome.log}
+                     "started_from": str(start.relative_to(run.root)), "started_from_sha256": start_sha,
+                     "selection": outcome.selection, "log": outcome.log}
         if context.main:
             save_model(model, tokenizer, generation.model, {"train_log.json": json.dumps(train_log, indent=1)})
             remove_path(generation.checkpoints)
@@ -677,6 +774,8 @@ def metrics_row(config, index, train_set, sources, train_log, shards, perplexiti
     row.update({
         "train_blocks": len(train_set), "train_human_fraction": sources.get(HUMAN, 0) / max(len(train_set), 1),
         "train_tokens": train_log["tokens"], "train_steps": train_log["steps"], "train_loss": train_log["final_loss"],
+        **({"train_epoch_kept": train_log["selection"]["epoch"], "train_val_loss": train_log["selection"]["validation_loss"]}
+           if train_log.get("selection") else {}),
         "train_seconds": timings["train_seconds"],
         "train_tokens_per_second": train_log["tokens"] / train_log["seconds"] if train_log["seconds"] else math.nan,
         "synthetic_samples": samples, "synthetic_tokens": new_tokens,

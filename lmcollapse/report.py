@@ -35,6 +35,7 @@ from lmcollapse.atomic import read_json, write_json_atomic, write_text_atomic
 from lmcollapse.config import OPERATIONAL_KEYS, PipelineConfig, config_to_dict, config_to_yaml, flatten, load_config
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
+from lmcollapse.records import concatenate, read_records
 from lmcollapse.rundir import MANIFEST, RunDir, build_command, read_manifest
 
 HEADLINE = ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "rare_survival"]
@@ -422,6 +423,49 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     return out
 
 
+SAMPLES_PER_GENERATION = 3
+
+
+def markdown_text(text: str, limit: int = 400) -> str:
+    """Corpus text shown verbatim in Markdown: one line, characters Markdown would act on escaped."""
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit].rstrip() + " …"
+    return "".join(f"\\{c}" if c in "\\`*_[]<>|~" else c for c in text)
+
+
+def sample_continuations(groups: list[Group]) -> list[str]:
+    """A few continuations of every generation (the same positions in each corpus), after the
+    end of the block they continue: whether the text degenerates is seen, not only measured."""
+    lines = ["## Sample continuations", "",
+             f"The records at the same {SAMPLES_PER_GENERATION} positions of every generation's synthetic corpus "
+             "(first seed of each pipeline): the last words of the block it continued, then → its new text.", ""]
+    for group in groups:
+        record = min(group.runs, key=lambda r: r.config.seed)
+        lines += [f"### {group.label} (seed {record.config.seed})", ""]
+        for index in record.generations:
+            generation = record.run.generation(index)
+            shards = generation.synthetic_shards()
+            if not shards:
+                continue
+            synthetic = concatenate([read_records(path) for path in shards])
+            continued = {}
+            for source in (generation.train_set, record.run.human / "train.parquet"):
+                if source.is_file():
+                    table = read_records(source)
+                    continued.update(zip(table["id"], table["text"]))
+            count = len(synthetic)
+            positions = sorted({round(k * (count - 1) / max(SAMPLES_PER_GENERATION - 1, 1))
+                                for k in range(min(SAMPLES_PER_GENERATION, count))})
+            lines += [f"**Generation {index}**", ""]
+            for position in positions:
+                prompt = " ".join(continued.get(synthetic["parent"][position], "").split()[-12:])
+                lines += [f"- `{synthetic['id'][position]}`: … {markdown_text(prompt, 120)} → "
+                          f"**{markdown_text(synthetic['text'][position])}**"]
+            lines += [""]
+    return lines
+
+
 def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, figures: list[Path]) -> str:
     from lmcollapse import __version__
 
@@ -457,6 +501,7 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
         if path.suffix == ".png":
             lines += [f"![{path.stem}]({path.name})", "", f"*{captions.get(path.stem, path.stem)}* "
                       f"([svg]({path.with_suffix('.svg').name}))", ""]
+    lines += sample_continuations(groups)
     lines += ["## Metric definitions", ""] + definitions(metrics) + [""]
     lines += ["## Settings", ""]
     for group in groups:

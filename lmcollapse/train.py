@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "trainer_state.json"
+BEST_DIR = "best-validation"  # beside the step-NNNNNN checkpoints: the weights of the best epoch so far
 
 
 @dataclass
@@ -65,6 +66,7 @@ class TrainOutcome:
     final_loss: float
     log: list[dict] = field(default_factory=list)
     resumed_from_step: int | None = None
+    selection: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -98,11 +100,20 @@ def epoch_order(seed: int, generation: int, epoch: int, num_blocks: int) -> np.n
 
 def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed: int, generation: int,
                 checkpoint_dir: Path, accelerator, data_fingerprint: str, pad_id: int,
-                weights: np.ndarray | None = None, progress: bool = True) -> tuple[object, TrainOutcome]:
-    """Train ``model`` on ``sequences`` (token-id arrays); returns the unwrapped model and a log."""
+                weights: np.ndarray | None = None, progress: bool = True, validation: list[np.ndarray] | None = None,
+                label: str | None = None) -> tuple[object, TrainOutcome]:
+    """Train ``model`` on ``sequences`` (token-id arrays); returns the unwrapped model and a log.
+
+    With ``validation`` blocks and ``config.select == "best-validation"``, the validation loss is
+    measured after every epoch and the weights of the epoch with the lowest one are returned.
+    """
+    label = label or f"generation {generation}"
     n = len(sequences)
     if n == 0:
-        raise LmcollapseError(f"generation {generation} has an empty training set")
+        raise LmcollapseError(f"{label} has an empty training set")
+    selecting = config.select == "best-validation"
+    if selecting and not validation:
+        raise LmcollapseError(f"{label}: train.select=best-validation needs validation blocks, and there are none")
     world, rank = accelerator.num_processes, accelerator.process_index
     batch = config.batch_size
     micro = config.micro_batch_size or math.ceil(batch / world)
@@ -121,28 +132,29 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     accelerator.free_memory()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
-    start_step, history, resumed, earlier_seconds = 0, [], None, 0.0
+    start_step, history, resumed, earlier_seconds, validations = 0, [], None, 0.0, []
     latest = latest_checkpoint(checkpoint_dir)
     if latest is not None:
         state = verify_checkpoint(latest, data_fingerprint)
         accelerator.load_state(str(latest.path))
         start_step, history, resumed = latest.step, list(state["log"]), latest.step
         earlier_seconds = float(state.get("seconds", 0.0))
-        log.info("generation %d: resuming training at step %d of %d from %s", generation, start_step, total_steps, latest.path)
+        validations = list(state.get("validation", []))
+        log.info("%s: resuming training at step %d of %d from %s", label, start_step, total_steps, latest.path)
 
     started = time.perf_counter()
 
     def save(step: int) -> None:
         save_checkpoint(accelerator, checkpoint_dir, step, history, data_fingerprint, config.keep_checkpoints,
-                        earlier_seconds + time.perf_counter() - started)
+                        earlier_seconds + time.perf_counter() - started, validation=validations)
 
     model.train()
     tokens_seen = 0  # in this session, for the throughput shown
     orders: dict[int, np.ndarray] = {}
-    bar = progress_bar(total=total_steps, initial=start_step, desc=f"train gen {generation}", unit="step",
-                       enabled=progress and accelerator.is_main_process)
+    bar = progress_bar(total=total_steps, initial=start_step, desc=f"train {label.replace('generation ', 'gen ')}",
+                       unit="step", enabled=progress and accelerator.is_main_process)
     for step in range(start_step, total_steps):
-        check_stop(f"while training generation {generation} (step {step}/{total_steps})",
+        check_stop(f"while training {label} (step {step}/{total_steps})",
                    save=(lambda s=step: save(s)) if step > start_step else None, accelerator=accelerator)
         epoch, index = divmod(step, per_epoch)
         if epoch not in orders:
@@ -180,23 +192,86 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
                         "lr": float(scheduler.get_last_lr()[0]), "tokens": batch_tokens})
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+        if selecting and (step + 1) % per_epoch == 0:
+            loss = validation_loss(model, validation, pad_id, accelerator, micro)
+            if all(loss < v["loss"] for v in validations):  # the first of equal losses wins
+                save_best_weights(accelerator, model, checkpoint_dir, epoch, loss)
+            validations.append({"epoch": epoch, "loss": loss})
+            log.info("%s: epoch %d validation loss %.4f", label, epoch, loss)
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
             save(step + 1)
     bar.close()
     seconds = earlier_seconds + time.perf_counter() - started
-    last_epoch = [h["loss"] for h in history if h["epoch"] == config.epochs - 1]
-    log.info("generation %d: %d steps, last-epoch loss %.4f, %.0f tokens/s", generation, total_steps,
-             float(np.mean(last_epoch)) if last_epoch else float("nan"),
+
+    def epoch_loss(epoch: int) -> float:
+        losses = [h["loss"] for h in history if h["epoch"] == epoch]
+        return float(np.mean(losses)) if losses else float("nan")
+
+    kept_epoch, selection = config.epochs - 1, None
+    if selecting:
+        best = min(validations, key=lambda v: v["loss"])  # min keeps the first of equal losses
+        kept_epoch = best["epoch"]
+        selection = {"mode": config.select, "epoch": kept_epoch, "validation_loss": best["loss"],
+                     "train_loss": epoch_loss(kept_epoch), "last_epoch": config.epochs - 1,
+                     "last_validation_loss": validations[-1]["loss"], "validation_losses": validations,
+                     "validation_blocks": len(validation)}
+    log.info("%s: %d steps, kept epoch %d (train loss %.4f%s), %.0f tokens/s", label, total_steps, kept_epoch,
+             epoch_loss(kept_epoch), f", validation loss {selection['validation_loss']:.4f}" if selection else "",
              tokens_seen / max(time.perf_counter() - started, 1e-9))
-    outcome = TrainOutcome(total_steps, int(sum(h["tokens"] for h in history)), seconds,
-                           float(np.mean(last_epoch)) if last_epoch else float("nan"), history, resumed)
+    outcome = TrainOutcome(total_steps, int(sum(h["tokens"] for h in history)), seconds, epoch_loss(kept_epoch),
+                           history, resumed, selection)
     # The plain module: without accelerate's autocast wrapper on forward (keep_fp32_wrapper) and
     # without torch.compile, i.e. exactly what from_pretrained gives after an interruption, so the
     # stages after training compute the same whether or not the run was interrupted.
     trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    if selecting and kept_epoch != config.epochs - 1:
+        load_best_weights(trained, checkpoint_dir, kept_epoch)
     del model, optimizer, scheduler
     accelerator.free_memory()
     return trained, outcome
+
+
+@torch.no_grad()
+def validation_loss(model, blocks: list[np.ndarray], pad_id: int, accelerator, batch_size: int) -> float:
+    """Token-weighted mean NLL of ``blocks`` (dropout off). Every process scores every block: the
+    validation set is small, and each process then holds the same number without a collective."""
+    model.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(blocks), batch_size):
+        chunk = np.arange(start, min(start + batch_size, len(blocks)))
+        tokens = int(sum(len(blocks[i]) - 1 for i in chunk))
+        # _chunk_loss divides the summed NLL by its normalizer: pass 1 and sum it here.
+        loss = _chunk_loss(model, blocks, chunk, np.ones(len(blocks)), pad_id, accelerator, 1.0)
+        total, count = total + float(loss.item()), count + tokens
+    model.train()
+    return total / max(count, 1)
+
+
+def save_best_weights(accelerator, model, checkpoint_dir: Path, epoch: int, loss: float) -> None:
+    """The weights of the best epoch so far, beside the checkpoints (written whole or not at all)."""
+    from safetensors.torch import save_model
+
+    from lmcollapse.atomic import atomic_path
+
+    if accelerator.is_main_process:
+        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        with atomic_path(checkpoint_dir / BEST_DIR) as scratch:
+            scratch.mkdir(parents=True)
+            save_model(plain, str(scratch / "model.safetensors"))
+            (scratch / "best.json").write_text(canonical_json({"epoch": epoch, "loss": loss}), encoding="utf-8")
+    accelerator.wait_for_everyone()
+
+
+def load_best_weights(model, checkpoint_dir: Path, epoch: int) -> None:
+    from safetensors.torch import load_model
+
+    folder = checkpoint_dir / BEST_DIR
+    recorded = read_json(folder / "best.json") if (folder / "best.json").is_file() else {}
+    if recorded.get("epoch") != epoch:
+        raise LmcollapseError(
+            f"{folder} does not hold epoch {epoch}'s weights (the best on validation): delete {checkpoint_dir} "
+            "to retrain this generation")
+    load_model(model, str(folder / "model.safetensors"))
 
 
 def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer):
@@ -264,7 +339,7 @@ def verify_checkpoint(checkpoint: Checkpoint, data_fingerprint: str) -> dict:
 
 
 def save_checkpoint(accelerator, checkpoint_dir: Path, step: int, history: list[dict],
-                    data_fingerprint: str, keep: int, seconds: float = 0.0) -> Path:
+                    data_fingerprint: str, keep: int, seconds: float = 0.0, validation: list[dict] | None = None) -> Path:
     final = checkpoint_dir / f"step-{step:06d}"
     scratch = temporary_sibling(final)
     if accelerator.is_main_process:
@@ -277,7 +352,7 @@ def save_checkpoint(accelerator, checkpoint_dir: Path, step: int, history: list[
         if accelerator.is_main_process:
             files = {p.name: sha256_file(p) for p in sorted(scratch.iterdir()) if p.is_file()}
             state = {"step": step, "data_fingerprint": data_fingerprint, "log": history, "files": files,
-                     "seconds": seconds}
+                     "seconds": seconds, "validation": validation or []}
             (scratch / STATE_FILE).write_text(canonical_json(state, indent=1), encoding="utf-8")
             fsync_path(scratch)
             failpoint("checkpoint-write")

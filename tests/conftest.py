@@ -4,6 +4,7 @@ a small corpus folder cut from it in a temporary directory, and an offline envir
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,8 @@ if DATA_DIR is None and os.environ.get("CI"):
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Pretrained bases go to a cache of the test session's own, never the user's ~/.cache/lmcollapse.
+os.environ["LMCOLLAPSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmcollapse-test-cache-")
 if DATA_DIR is not None:
     os.environ["LMCOLLAPSE_DATA_DIR"] = str(DATA_DIR)
 

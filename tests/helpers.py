@@ -27,10 +27,12 @@ def micro_raw_config(corpus: Path, overrides: list[str] | None = None) -> dict[s
                  "block_size": 16, "max_train_blocks": 24, "max_heldout_blocks": 12},
         "model": {"name": "tiny-opt", "vocab_size": 300, "hidden_size": 16, "num_layers": 1,
                   "num_heads": 2, "ffn_dim": 32, "max_positions": 64},
+        "pretrain": {"corpus": None},  # fresh weights: one second per generation
         "train": {"epochs": 2, "batch_size": 8, "learning_rate": 3.0e-3, "min_learning_rate": 1.0e-4,
                   "checkpoint_every": 2, "keep_checkpoints": 2},
         "generate": {"num_beams": 1, "do_sample": True, "repetition_penalty": 1.0,
-                     "min_new_tokens": 8, "max_new_tokens": 8, "batch_size": 8, "shard_size": 10},
+                     "min_new_tokens": 8, "max_new_tokens": 8, "prompt_tokens": 8, "batch_size": 8,
+                     "shard_size": 10},
         "evaluate": {"window": 16, "stride": 8, "batch_size": 8, "self_bleu_samples": 10},
     }
     for key, value in parse_overrides(overrides or []).items():

@@ -6,12 +6,15 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from helpers import REPO, run_cli
 from lmcollapse.config import (
     PipelineConfig,
+    config_to_dict,
     describe_config,
     field_docs,
+    flatten,
     load_config,
     parse_overrides,
     result_affecting_differences,
@@ -34,13 +37,43 @@ def test_paper_pipelines_match_the_reference_experiment():
     paper = load_config(REPO / "pipelines" / "shumailov-opt125m.yaml")
     keep = load_config(REPO / "pipelines" / "shumailov-opt125m-keep10.yaml")
     for config in (paper, keep):
-        assert config.model.name == "facebook/opt-125m" and config.model.init == "base"
+        assert config.model.name == "facebook/opt-125m" and config.model.init == "generation-0"
+        assert (config.train.select, config.data.validation_split) == ("best-validation", "validation")
+        assert config.pretrain.corpus is None  # "auto": a pretrained model is not pretrained again
         assert (config.data.corpus, config.data.block_size) == ("wikitext-2-raw-v1", 64)
         assert (config.generate.num_beams, config.generate.repetition_penalty) == (5, 3.0)
         assert config.generate.min_new_tokens == config.generate.max_new_tokens == 64
         assert (config.train.learning_rate, config.train.min_learning_rate, config.train.batch_size) == (2e-5, 1e-6, 128)
     assert (paper.train.epochs, paper.data.regime) == (5, "replace")
     assert (keep.train.epochs, keep.data.regime, keep.data.human_fraction) == (10, "keep-fraction", 0.1)
+
+
+VARIANTS = [p for p in PIPELINES if "base" in yaml.safe_load(p.read_text())]
+
+
+@pytest.mark.parametrize("path", VARIANTS, ids=lambda p: p.stem)
+def test_each_variant_differs_from_its_base_exactly_in_the_keys_it_declares(path: Path):
+    raw = yaml.safe_load(path.read_text())
+    declared = {k for k in flatten({k: v for k, v in raw.items() if k not in ("base", "description")})}
+    base = config_to_dict(load_config(path.parent / raw["base"]))
+    variant = config_to_dict(load_config(path))
+    changed = {k for k, v in flatten(variant).items() if flatten(base)[k] != v and k not in ("name", "description")}
+    assert changed == declared  # nothing restated, nothing lost
+
+
+def test_a_variant_may_not_loop_or_name_a_missing_base(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nseed: 1\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=f"base pipeline {tmp_path / 'missing.yaml'} not found"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: c.yaml\ndescription: mine\ngenerate: {top_k: 5, do_sample: true}\n")
+    (tmp_path / "c.yaml").write_text("description: theirs\ngenerate: {num_beams: 1}\nseed: 7\n")
+    config = load_config(tmp_path / "d.yaml")
+    assert (config.name, config.description, config.seed) == ("d", "mine", 7)
+    assert (config.generate.num_beams, config.generate.top_k) == (1, 5)  # sections merge key by key
 
 
 def test_dotted_overrides_are_parsed_as_yaml_values():
@@ -80,7 +113,24 @@ def test_bad_overrides_name_the_key(override: str, message: str):
     (["generate.do_sample=true", "generate.top_p=1.5"], "generate.top_p: must be in (0, 1]"),
     (["data.regime=keep-fraction", "data.human_fraction=0"], "data.human_fraction: must be above 0"),
     (["model.name=facebook/opt-125m", "model.hidden_size=64"], "model.hidden_size: only applies to the presets"),
-    (["generate.max_new_tokens=250"], "model.max_positions: is 256 but sequences reach 314 tokens"),
+    (["generate.max_new_tokens=250"], "generate.max_new_tokens: prompt (64) + new tokens (250) = 314 exceeds the "
+     "128 positions the base was trained on (pretrain.block_size): set generate.max_new_tokens=64"),
+    (["pretrain.block_size=512", "generate.max_new_tokens=250"], "pretrain.block_size: is 512 but model.max_positions is 256"),
+    (["pretrain.corpus=null", "data.block_size=512", "generate.prompt_tokens=64", "evaluate.window=128"],
+     "model.max_positions: is 256 but sequences reach 512 tokens"),
+    (["generate.prompt_tokens=100"], "generate.prompt_tokens: must not exceed data.block_size (64)"),
+    (["data.block_size=100", "generate.prompt_tokens=100"], "prompt (100) + new tokens (64) = 164 exceeds the 128 "
+     "positions the base was trained on (pretrain.block_size): set generate.max_new_tokens=28 or generate.prompt_tokens=64"),
+    (["pretrain.corpus=null"], "positions the base was trained on (data.block_size (a base trained from scratch)): "
+     "set pretrain.corpus=wikitext-2-v1 (a pretrained base)"),
+    (["evaluate.window=256"], "evaluate.window: 256 tokens exceeds the 128 positions the base was trained on "
+     "(pretrain.block_size): set evaluate.window=128 or less"),
+    (["model.name=facebook/opt-125m", "pretrain.corpus=wikitext-2-v1"],
+     "pretrain.corpus: pretrains a preset; facebook/opt-125m is already pretrained: set pretrain.corpus=null"),
+    (["pretrain.corpus=wikitext-2-raw-v1", "pretrain.split=validation"], "pretrain.split: 'validation' of "
+     "wikitext-2-raw-v1 is also fine-tuning or held-out text"),
+    (["data.validation_split=test"], "data.validation_split: must differ from heldout_split ('test')"),
+    (["train.select=best"], "train.select: expected one of last, best-validation, got 'best'"),
 ])
 def test_impossible_values_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:
@@ -107,7 +157,7 @@ def test_every_field_is_documented():
                 walk(f.default_factory)
     walk(PipelineConfig)
     text = describe_config(load_config(REPO / "pipelines" / "tiny.yaml"))
-    assert "# Peak AdamW learning rate." in text and "  learning_rate: 0.002" in text
+    assert "# Peak AdamW learning rate." in text and "  learning_rate: 0.0005" in text
 
 
 def test_fingerprint_ignores_operational_keys_only():
@@ -117,7 +167,7 @@ def test_fingerprint_ignores_operational_keys_only():
     assert result_affecting_differences(base, operational) == []
     changed = load_config(REPO / "pipelines" / "tiny.yaml", ["train.epochs=1"])
     assert base.fingerprint() != changed.fingerprint()
-    assert result_affecting_differences(base, changed) == [("train.epochs", 6, 1)]
+    assert result_affecting_differences(base, changed) == [("train.epochs", 5, 1)]
 
 
 def test_a_pipeline_that_is_not_utf8_is_a_one_line_error(tmp_path):

@@ -6,15 +6,17 @@ import csv
 import json
 import math
 import re
+import shutil
 import subprocess
 
 import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from helpers import REPO, micro_config, tree_hashes, tree_state
+from helpers import REPO, micro_config, micro_raw_config, tree_hashes, tree_state
 from lmcollapse.atomic import sha256_file
-from lmcollapse.modeling import load_model
+from lmcollapse.config import build_config
+from lmcollapse.modeling import load_model, weights_sha256
 from lmcollapse.pipeline import build, make_accelerator
 from lmcollapse.records import read_records
 from lmcollapse.rundir import RunDir
@@ -194,8 +196,12 @@ def test_each_init_mode_starts_from_the_weights_it_claims(tmp_path, small_corpus
     build(config, run.root, 2, progress=False, echo=lambda _: None)
     claimed = {"base": ["base/model", "base/model"], "previous": ["generation-00/model", "generation-01/model"],
                "generation-0": ["generation-00/model", "generation-00/model"]}[init]
-    starts = [json.loads((run.generation(i).model / "train_log.json").read_text())["started_from"] for i in (1, 2)]
-    assert starts == claimed
+    logs = [json.loads((run.generation(i).model / "train_log.json").read_text()) for i in (0, 1, 2)]
+    assert [log["started_from"] for log in logs[1:]] == claimed
+    # by content: the weights each generation started from are the ones the folder it names holds
+    for log, folder in zip(logs, ["base/model", *claimed]):
+        assert log["started_from_sha256"] == weights_sha256(run.root / folder)
+    assert len({log["started_from_sha256"] for log in logs}) == {"base": 1, "previous": 3, "generation-0": 2}[init]
     start = run.root / claimed[1]
     replay = micro_config(small_corpus, ["train.epochs=1"])
     model, tokenizer = load_model(start)
@@ -221,3 +227,50 @@ def test_prompt_source_switch(tmp_path, small_corpus, prompts):
     # Generation 1 trains on generation 0's text; it continues those blocks, or the human ones.
     assert parents == (train_ids if prompts == "training-set" else human_ids)[:len(parents)]
     assert all(p.startswith("g00-") for p in parents) == (prompts == "training-set")
+
+
+def test_best_validation_selects_on_human_blocks_disjoint_from_training_and_heldout(tmp_path, small_corpus):
+    config = micro_config(small_corpus, ["train.select=best-validation", "data.max_validation_blocks=8",
+                                         "train.epochs=3", "train.learning_rate=3.0e-2"])
+    run = RunDir(tmp_path / "select")
+    build(config, run.root, 1, progress=False, echo=lambda _: None)
+    train, heldout, validation = (read_records(run.human / f"{name}.parquet") for name in ("train", "heldout", "validation"))
+    assert len(validation) == 8
+    assert not set(validation["id"]) & set(train["id"]) and not set(validation["id"]) & set(heldout["id"])
+    blocks = {tuple(ids) for ids in train["input_ids"]} | {tuple(ids) for ids in heldout["input_ids"]}
+    assert not any(tuple(ids) in blocks for ids in validation["input_ids"])
+    human = json.loads((run.human / "manifest.json").read_text())
+    assert human["validation"]["carved_from_train_split"] and "validation.parquet" in human["files"]
+    rows = list(csv.DictReader(open(run.metrics_csv)))
+    for index, row in enumerate(rows):
+        chosen = json.loads((run.generation(index).model / "train_log.json").read_text())["selection"]
+        losses = [v["loss"] for v in chosen["validation_losses"]]
+        assert chosen["epoch"] == int(np.argmin(losses)) and len(losses) == 3
+        assert int(row["train_epoch_kept"]) == chosen["epoch"] and float(row["train_val_loss"]) == min(losses)
+
+
+def test_best_validation_with_no_block_left_to_validate_on_is_refused_before_anything_is_written(tmp_path, small_corpus):
+    from lmcollapse.errors import LmcollapseError
+
+    config = micro_config(small_corpus, ["train.select=best-validation", "data.max_train_blocks=null"])
+    with pytest.raises(LmcollapseError, match="needs validation blocks, but all .* blocks of the train split are "
+                                              "training blocks: set data.max_train_blocks below"):
+        build(config, tmp_path / "none", 0, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_local_model_is_refused_where_prompts_and_new_tokens_pass_its_positions(staged_run, tmp_path, small_corpus):
+    from lmcollapse.errors import LmcollapseError
+
+    _, run, _ = staged_run
+    folder = tmp_path / "short-model"
+    shutil.copytree(run.base_model, folder)
+    settings = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**settings, "max_position_embeddings": 12}))
+    raw = micro_raw_config(small_corpus)
+    raw["model"] = {"name": str(folder)}
+    raw["pretrain"] = {"corpus": "auto"}
+    with pytest.raises(LmcollapseError, match=r"prompt \(8\) \+ new tokens \(8\) = 16 exceeds the 12 positions the base "
+                                              r"was trained on \(max_position_embeddings of .*short-model\)"):
+        build(build_config(raw), tmp_path / "refused", 0, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "refused").exists()

@@ -15,7 +15,9 @@ import pytest
 
 from helpers import micro_raw_config, run_cli, write_pipeline
 from lmcollapse.cli import main
+from lmcollapse.records import read_records
 from lmcollapse.report import Group, RunRecord, aggregate, cell, group_table, latex_table, write_report
+from lmcollapse.rundir import RunDir
 
 FIGURES = ("perplexity", "diversity", "tails", "training_loss")
 
@@ -241,3 +243,26 @@ def test_the_duplicate_warning_on_the_command_line(copied_runs, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("lmcollapse: ")
     assert f"{copied_runs / 'seed-1-again'} left out" in lines[0]
     assert "## Warnings" in result.stdout
+
+
+def test_the_index_page_shows_sample_continuations_of_every_generation(study):
+    out = write_report(study)
+    index = (out / "index.md").read_text()
+    section = index.split("## Sample continuations")[1].split("\n## ")[0]
+    runs = sorted((study / "replace").glob("seed-*"))
+    first = RunDir(runs[0])
+    for generation in (0, 1):
+        block = section.split(f"**Generation {generation}**")[1].split("**Generation")[0].split("###")[0]
+        samples = [line for line in block.splitlines() if line.startswith("- `")]
+        assert len(samples) == 3
+        corpus = read_records(first.generation(generation).synthetic_shards()[0])
+        shown = samples[0].split("`")[1]
+        assert shown == corpus["id"][0]  # the first record of the seed-0 corpus, named by id
+    assert section.count("### micro") == 2  # one block per pipeline
+
+
+def test_markdown_text_escapes_what_markdown_would_act_on():
+    from lmcollapse.report import markdown_text
+
+    assert markdown_text("a *b* _c_ <unk> | `d`\n e") == "a \\*b\\* \\_c\\_ \\<unk\\> \\| \\`d\\` e"
+    assert markdown_text("x" * 500).endswith("x …") and len(markdown_text("x" * 500)) == 402

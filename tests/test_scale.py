@@ -25,12 +25,15 @@ from helpers import REPO, run_cli
 from lmcollapse.atomic import sha256_file
 
 SMALL = ["data.max_train_blocks=64", "data.max_heldout_blocks=64", "train.epochs=1", "train.micro_batch_size=16",
-         "generate.shard_size=32", "evaluate.self_bleu_samples=32"]
+         "generate.shard_size=32", "evaluate.self_bleu_samples=32", "pretrain.max_blocks=256", "pretrain.batch_size=16",
+         "pretrain.micro_batch_size=8",
+         "pretrain.warmup_steps=2"]
 TIMING = ("train_seconds", "generate_seconds", "eval_seconds", "train_tokens_per_second", "generate_tokens_per_second")
 
 
 def one_process(run: Path, threads: int | None) -> None:
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else {}
+    # Each run pretrains its base in a cache of its own: pretraining is compared too.
+    env = {"LMCOLLAPSE_CACHE_DIR": str(run.parent / "cache")} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     result = run_cli("-q", "generation", "0", "--pipeline", "pipelines/tiny.yaml", "--run", str(run), "--no-progress",
                      "--set", *SMALL, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -42,7 +45,7 @@ def two_processes(run: Path) -> None:
                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmcollapse", "-q", "generation", "0",
                "--pipeline", "pipelines/tiny.yaml", "--run", str(run), "--no-progress", "--set", *SMALL]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "LMCOLLAPSE_CACHE_DIR": str(run.parent / "cache")})
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -82,5 +85,7 @@ def test_at_other_thread_counts_the_difference_is_float_rounding(runs, tmp_path)
     default = tmp_path / "run"
     one_process(default, threads=2)
     a, b = rows(default)[0], rows(two)[0]
+    # Rounding differences grow with every optimizer step (pretraining's, then fine-tuning's), and a
+    # perplexity is the exponential of a mean; a real difference (other data, another seed) is > 1%.
     for metric in ("ppl_blocks", "ppl_sliding", "tail_ppl_p50", "train_loss"):
-        assert float(a[metric]) == pytest.approx(float(b[metric]), rel=1e-5), metric
+        assert float(a[metric]) == pytest.approx(float(b[metric]), rel=1e-4), metric

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from lmcollapse.config import PipelineConfig, TrainConfig
+from lmcollapse.errors import LmcollapseError
 from lmcollapse.pipeline import make_accelerator
-from lmcollapse.train import epoch_order, latest_checkpoint, list_checkpoints, schedule, train_model
+from lmcollapse.train import epoch_order, latest_checkpoint, list_checkpoints, schedule, train_model, validation_loss
 
 CONFIG = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1,
                      checkpoint_every=3, keep_checkpoints=2)
@@ -147,3 +148,51 @@ def test_one_accelerator_for_many_generations_keeps_nothing_between_them(tmp_pat
         ids = torch.tensor([[3, 4, 5, 6, 7]])
         with torch.no_grad():
             assert torch.equal(model(input_ids=ids).logits, clone(input_ids=ids).logits)
+
+
+def select(tmp_path, mode, name, data, validation, keep=2):
+    config = dataclasses.replace(CONFIG, epochs=6, batch_size=4, learning_rate=3e-2, min_learning_rate=1e-2,
+                                 checkpoint_every=2, keep_checkpoints=keep, select=mode)
+    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=config))
+    return train_model(fresh_model(), data, config, seed=0, generation=0, checkpoint_dir=tmp_path / name,
+                       accelerator=accelerator, data_fingerprint="x", pad_id=1, progress=False,
+                       validation=validation if mode == "best-validation" else None)
+
+
+def test_best_validation_keeps_the_epoch_with_the_lowest_validation_loss(tmp_path):
+    # Eight random blocks learnt by heart at a high learning rate: the loss on other random blocks
+    # falls for an epoch or two, then rises, so the best epoch is not the last one.
+    data, validation = sequences(8, seed=1), sequences(16, seed=2)
+    best, outcome = select(tmp_path, "best-validation", "best", data, validation)
+    chosen = outcome.selection
+    losses = [v["loss"] for v in chosen["validation_losses"]]
+    assert [v["epoch"] for v in chosen["validation_losses"]] == list(range(6))
+    assert chosen["epoch"] == int(np.argmin(losses)) < 5
+    assert chosen["validation_loss"] == min(losses) and chosen["last_validation_loss"] == losses[-1]
+    assert chosen["train_loss"] == pytest.approx(np.mean([h["loss"] for h in outcome.log if h["epoch"] == chosen["epoch"]]))
+    accelerator = make_accelerator(PipelineConfig())
+    # The weights returned are that epoch's: their validation loss is the recorded minimum ...
+    assert validation_loss(best, validation, 1, accelerator, 4) == pytest.approx(min(losses), abs=1e-6)
+    # ... while selecting the last epoch gives the same training run's last weights.
+    last, plain = select(tmp_path, "last", "last", data, validation)
+    assert plain.selection is None and plain.log == outcome.log
+    assert validation_loss(last, validation, 1, accelerator, 4) == pytest.approx(losses[-1], abs=1e-6)
+
+
+def test_an_interrupted_selection_resumes_to_the_same_choice(tmp_path):
+    data, validation = sequences(8, seed=1), sequences(16, seed=2)
+    full, outcome = select(tmp_path, "best-validation", "full", data, validation, keep=10)
+    # Resume at step 4 (two epochs validated), with the weights of the full run's best epoch on
+    # disk, as after a crash late in training: they are overwritten as the epochs are redone.
+    for checkpoint in list_checkpoints(tmp_path / "full"):
+        if checkpoint.step > 4:
+            checkpoint.path.rename(tmp_path / "full" / f".old-{checkpoint.step}")
+    resumed, again = select(tmp_path, "best-validation", "full", data, validation, keep=10)
+    assert again.resumed_from_step == 4
+    assert again.selection == outcome.selection
+    assert torch.equal(weights(full), weights(resumed))
+
+
+def test_best_validation_without_validation_blocks_is_an_error(tmp_path):
+    with pytest.raises(LmcollapseError, match="needs validation blocks"):
+        select(tmp_path, "best-validation", "none", sequences(8), [])
