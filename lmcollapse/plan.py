@@ -45,7 +45,21 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
             key, old, new = differences[0]
             lines.append(f"  WARNING: the run was built from a different config ({key}: {old!r} -> {new!r}); building would stop")
 
-    if config.model.is_preset:
+    if config.model.is_preset and config.pretrain.enabled:
+        from lmcollapse.pretrain import locate_entry
+
+        shape, settings = config.model.architecture(), config.pretrain
+        entry = locate_entry(config)
+        state = "cached, reused" if entry.is_complete else (
+            "partly pretrained, resumes" if entry.checkpoints.is_dir() else "not cached yet: pretrained first")
+        lines.append(
+            f"model: preset {config.model.name} pretrained on {settings.corpus} {settings.split} "
+            f"({settings.epochs} epoch(s) of {settings.block_size}-token blocks{'' if settings.max_blocks is None else f', at most {settings.max_blocks}'}): "
+            f"{shape['num_hidden_layers']} layers x {shape['hidden_size']} wide, "
+            f"{preset_parameters(config) / 1e6:.2f}M parameters, a {shape['vocab_size']}-token BPE tokenizer trained on "
+            f"the same text")
+        lines.append(f"  pretrained base: {entry.root} ({state})")
+    elif config.model.is_preset:
         shape = config.model.architecture()
         lines.append(
             f"model: preset {config.model.name} with fresh weights: {shape['num_hidden_layers']} layers x "
@@ -58,6 +72,10 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
               "generation-0": "generation 0's model (the official code's --load-name best.ckpt)"}
     lines.append(f"  every generation after 0 starts from {starts[config.model.init]}; it continues "
                  f"{'its own training blocks' if config.generate.prompts == 'training-set' else 'the human training blocks'}")
+    if config.train.select == "best-validation":
+        where = config.data.validation_split or f"{data.train_split} blocks outside the training subset"
+        cap = "" if data.max_validation_blocks is None else f", at most {data.max_validation_blocks} blocks"
+        lines.append(f"  each generation keeps its epoch with the lowest loss on human validation text ({where}{cap})")
 
     human_blocks = None
     if (run.human / MANIFEST).is_file():

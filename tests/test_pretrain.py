@@ -10,6 +10,7 @@ from helpers import micro_config, micro_raw_config, run_cli, tree_hashes, tree_s
 from lmcollapse.atomic import sha256_file
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.pipeline import build
+from lmcollapse.plan import describe_plan
 from lmcollapse.pretrain import locate_entry
 from lmcollapse.rundir import RunDir, read_manifest
 
@@ -42,7 +43,9 @@ def test_a_miss_pretrains_once_and_a_hit_reuses_it_for_other_runs_and_seeds(tmp_
     entry = locate_entry(config)
     assert not entry.root.exists()
     first = RunDir(tmp_path / "first")
+    assert f"pretrained base: {entry.root} (not cached yet: pretrained first)" in describe_plan(config, first, 0)
     quiet_build(config, first.root)
+    assert f"pretrained base: {entry.root} (cached, reused)" in describe_plan(config, RunDir(tmp_path / "next"), 0)
     assert entry.is_complete and sorted(p.name for p in entry.root.iterdir()) == ["manifest.json", "model"]
     recorded = read_manifest(entry.manifest)
     assert recorded["key"] == entry.key and recorded["blocks"] == 64 and recorded["steps"] == 2 * 64 // 8
