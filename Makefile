@@ -19,7 +19,7 @@ STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set 
 COMPARE ?= tiny tiny-keep10 tiny-accumulate tiny-paper
 COMPARE_RUN ?= runs/compare
 
-.PHONY: help install run test lint status report compare dry-run config data bench theory clean-venv
+.PHONY: help install run test lint status report compare dry-run config data bench bench-first-run theory clean-venv
 
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
@@ -33,6 +33,7 @@ help:
 	@echo "make config              the resolved config of PIPELINE, every key documented"
 	@echo "make data                fetch the corpus PIPELINE names into data/ (needs network)"
 	@echo "make bench               the benchmarks in bench/"
+	@echo "make bench-first-run     the first make run on a fresh clone, and a later one (~10 min)"
 	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" COMPARE=\"$(COMPARE)\""
 
 install: $(BIN)/.installed
@@ -83,6 +84,10 @@ lint: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# The first make run on a fresh clone (install, pretraining, five generations), then a later one.
+bench-first-run: install
+	$(BIN)/python bench/first_run.py
 
 theory: install
 	$(LMC) theory
