@@ -473,6 +473,10 @@ class PipelineConfig:
         prompt = self.generate.prompt_tokens or self.data.block_size
         _require(prompt <= self.data.block_size, "generate.prompt_tokens",
                  f"must not exceed data.block_size ({self.data.block_size})")
+        if self.train.select == "best-validation" and self.data.validation_split in (None, self.data.train_split):
+            _require(self.data.max_train_blocks is not None, "train.select",
+                     "best-validation needs validation blocks, but with data.max_train_blocks=null every block of "
+                     "the train split is a training block: set data.max_train_blocks or data.validation_split")
         if self.pretrain.enabled:
             _require(self.model.is_preset, "pretrain.corpus",
                      f"pretrains a preset; {self.model.name} is already pretrained: set pretrain.corpus=null")
@@ -516,7 +520,10 @@ def check_trained_positions(config: PipelineConfig, trained: int, origin: str) -
     """Refuse a pipeline whose sequences reach positions its base was not trained on."""
     prompt, new = config.prompt_length, config.generate.max_new_tokens
     if prompt + new > trained:
-        options = [f"generate.max_new_tokens={trained - prompt}"] if prompt < trained else []
+        fewer = trained - prompt
+        # min_new_tokens may not exceed max_new_tokens: lower both when it would.
+        options = [f"generate.max_new_tokens={fewer}" if config.generate.min_new_tokens <= fewer else
+                   f"generate.min_new_tokens={fewer} generate.max_new_tokens={fewer}"] if prompt < trained else []
         options += [f"generate.prompt_tokens={trained - new}"] if new < trained else []
         if origin.startswith("data.block_size"):
             options.append(f"pretrain.corpus={DEFAULT_PRETRAIN_CORPUS} (a pretrained base)")

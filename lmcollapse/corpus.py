@@ -67,6 +67,7 @@ class NamedCorpus:
     url: str  # the official archive, for `lmcollapse data`
     sizes: dict[str, int]  # bytes per split in the official archive: plans before any download
     kind: str = "text"  # "raw" (original text) or "tokenized" (rare words replaced by <unk>)
+    family: str = ""  # releases of the same articles share it: their splits hold the same text
 
 
 NAMED_CORPORA: dict[str, NamedCorpus] = {
@@ -75,14 +76,15 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         "Salesforce/wikitext", "wikitext-2-raw-v1",
         "https://wikitext.smerity.com/wikitext-2-raw-v1.zip",
-        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw"),
+        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw", family="wikitext-2"),
     # The tokenized release (rare words replaced by <unk>): the full-size train split.
     "wikitext-2-v1": NamedCorpus(
         ("wikitext-2", "wikitext-2-raw/tokenized-fallback-wikitext-2-v1"),
         {"train": "wiki.train.tokens", "validation": "wiki.valid.tokens", "test": "wiki.test.tokens"},
         "Salesforce/wikitext", "wikitext-2-v1",
         "https://wikitext.smerity.com/wikitext-2-v1.zip",
-        {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}, kind="tokenized"),
+        {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}, kind="tokenized",
+        family="wikitext-2"),
 }
 
 
@@ -203,6 +205,18 @@ def locate_splits(corpus: str, *splits: str) -> tuple[SplitSource, ...]:
                     return tuple(SplitSource(corpus, split, (candidate,))
                                  for split, candidate in zip(splits, candidates, strict=True))
     return tuple(locate_split(corpus, split) for split in splits)
+
+
+def same_text(a: SplitSource, b: SplitSource) -> bool:
+    """Whether two splits hold the same text: one split of two releases of a named corpus (the raw
+    and tokenized WikiText-2), or local splits that share a file (by content)."""
+    if a.corpus in NAMED_CORPORA and b.corpus in NAMED_CORPORA:
+        return NAMED_CORPORA[a.corpus].family == NAMED_CORPORA[b.corpus].family and a.split == b.split
+    if a.files and b.files:
+        from lmcollapse.atomic import sha256_file
+
+        return bool({sha256_file(p) for p in a.files} & {sha256_file(p) for p in b.files})
+    return False
 
 
 def check_same_source(train: SplitSource, heldout: SplitSource, allow_mixed: bool) -> None:

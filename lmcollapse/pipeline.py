@@ -272,10 +272,32 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
         folder = Path(config.model.name).expanduser()
         check_model_folder(folder)
         check_positions_of(config, read_json(folder / "config.json"))
+    if (run.base / MANIFEST).is_file() and config.pretrain.enabled:
+        if read_manifest(run.base / MANIFEST).get("kind") == "preset":  # an older run's fresh-weights base
+            raise LmcollapseError(
+                f"run {run.root} has a base trained from scratch (made by an older lmcollapse), but this config "
+                f"pretrains it (pretrain.corpus={config.pretrain.corpus}): choose a new RUN=... for this config")
     if config.pretrain.enabled and not (run.base / MANIFEST).is_file():
-        source = corpus.locate_splits(config.pretrain.corpus, config.pretrain.split)[0]
-        for path in source.files:
-            corpus.check_text_file(path)
+        check_pretraining_text(config)
+
+
+def check_pretraining_text(config: PipelineConfig) -> None:
+    """The pretraining split is readable and shares no text with the fine-tuning, held-out or
+    validation text (by release family and split for named corpora, by file content otherwise)."""
+    (source,) = corpus.locate_splits(config.pretrain.corpus, config.pretrain.split)
+    for path in source.files:
+        corpus.check_text_file(path)
+    data = config.data
+    roles = [("data.train_split", data.train_split), ("data.heldout_split", data.heldout_split)]
+    if separate_validation_split(config):
+        roles.append(("data.validation_split", separate_validation_split(config)))
+    for key, split in roles:
+        (other,) = corpus.locate_splits(data.corpus, split)
+        if corpus.same_text(source, other):
+            raise LmcollapseError(
+                f"pretrain.split: the {config.pretrain.split} split of {config.pretrain.corpus} holds the same text as "
+                f"{key} ({split} of {data.corpus}): pretrain on other articles (WikiText-2's default: "
+                "pretrain.split=train with data.train_split=validation and data.heldout_split=test)")
 
 
 def check_positions_of(config: PipelineConfig, model_config: dict) -> None:
@@ -451,17 +473,19 @@ def validation_records(context: Context, tokenizer, train_blocks: np.ndarray, ke
                 f"{data.train_split} split are training blocks: set data.max_train_blocks below {len(train_blocks)} "
                 "or data.validation_split=<another split>")
         blocks, source = train_blocks, f"{data.train_split} split, blocks outside the training subset"
+        files = None  # the train split's files, recorded under "train"
     else:
         (located,) = corpus.locate_splits(data.corpus, split)
         stream = corpus.tokenize_lines(corpus.load_split_lines(located), tokenizer)
         blocks, source = corpus.cut_into_blocks(stream, data.block_size, f"{split} split"), located.describe()
         pool = np.arange(len(blocks))
+        files = {str(p): sha256_file(p) for p in located.files}
     if data.max_validation_blocks is not None and data.max_validation_blocks < len(pool):
         pool = np.sort(derive_rng(data.subset_seed, "validation").permutation(pool)[:data.max_validation_blocks])
     records = _human_records(tokenizer, blocks[pool], pool, split or data.train_split)
     context.say(f"human: {len(records)} validation blocks ({source})")
     return records, {"split": split or data.train_split, "source": source, "blocks": len(records),
-                     "carved_from_train_split": split is None}
+                     "carved_from_train_split": split is None, **({"corpus_sha256": files} if files else {})}
 
 
 def tokenizer_of(context: Context):

@@ -16,7 +16,9 @@ pipeline that asks for the same base:
       manifest.json  written last: the entry is complete iff it exists
 
 ``key`` is the sha256 of everything that decides the weights: the preset's shape, the
-``pretrain`` settings (not how often it checkpoints) and the sha256 of the corpus files.
+``pretrain`` settings (not how often it checkpoints), the corpus files' sha256 (not where they
+were found), the training precision and compilation, and the number of processes when the
+micro-batch is not fixed (``pretrain_identity``).
 
     entry = ensure_pretrained_base(config, accelerator)     # pretrains on a miss, resumes a partial one
     entry.model                                             # the folder a run copies into base/model
@@ -24,6 +26,7 @@ pipeline that asks for the same base:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import logging
@@ -96,13 +99,30 @@ def pretrain_source(config: PipelineConfig) -> corpus.SplitSource:
     return source
 
 
+def processes() -> int:
+    """How many processes train together (accelerate launch and torchrun set WORLD_SIZE)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def pretrain_identity(config: PipelineConfig, source: corpus.SplitSource) -> dict:
-    """Everything that decides the pretrained weights (what the cache key is the hash of)."""
+    """Everything that decides the pretrained weights (what the cache key is the hash of).
+
+    The corpus by content (its files' sha256; a hub split by its id), never by where it was found;
+    the training precision and compilation, which pretraining shares with fine-tuning; and, when
+    ``pretrain.micro_batch_size`` is null, the number of processes (it sets the micro-batches, and
+    with them the dropout draws).
+    """
     settings = {k: v for k, v in dataclasses.asdict(config.pretrain).items() if k != "checkpoint_every"}
+    text = {"corpus": config.pretrain.corpus, "split": config.pretrain.split, "kind": source.kind}
+    if source.files:
+        text["sha256"] = sorted(sha256_file(p) for p in source.files)
+    else:
+        text["hub"] = source.record().get("hub")
     return {
         "format": PRETRAIN_FORMAT, "preset": config.model.name, "architecture": config.model.architecture(),
-        "attn_implementation": config.model.attn_implementation, "pretrain": settings,
-        "corpus": source.record(), "corpus_sha256": {p.name: sha256_file(p) for p in source.files}}
+        "attn_implementation": config.model.attn_implementation, "pretrain": settings, "text": text,
+        "mixed_precision": config.train.mixed_precision, "compile": config.train.compile,
+        "processes": processes() if config.pretrain.micro_batch_size is None else None}
 
 
 def locate_entry(config: PipelineConfig) -> PretrainedBase:
@@ -113,29 +133,40 @@ def locate_entry(config: PipelineConfig) -> PretrainedBase:
 
 def ensure_pretrained_base(config: PipelineConfig, accelerator, *, progress: bool = True) -> PretrainedBase:
     """The complete cache entry for ``config``'s base: reused if there, else pretrained (resuming
-    a partial one). Called on every process; they train together."""
+    a partial one). Called on every process; they train together.
+
+    The main process decides, holding the entry's lock while another run pretrains it, and tells
+    the others: every process then takes the same path through the same collectives.
+    """
     entry = locate_entry(config)
-    if entry.is_complete:
-        check_entry(entry)
-        return entry
-    writable_parent = existing_ancestor(entry.root)
-    if not os.access(writable_parent, os.W_OK):
-        raise LmcollapseError(f"the pretrained-model cache {cache_root()} is not writable ({writable_parent} is "
-                              f"read-only): set {CACHE_ENV}=<a writable folder>")
-    with entry_lock(entry, accelerator.is_main_process):
-        if not entry.is_complete:  # another process may have finished it while this one waited
+    with contextlib.ExitStack() as held:
+        decision = [None]
+        if accelerator.is_main_process:
+            if not entry.is_complete:
+                check_writable(entry)
+                held.enter_context(entry_lock(entry))
+            decision = [not entry.is_complete]  # again under the lock: another run may have finished it
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(decision)
+        if decision[0]:
             pretrain(config, entry, accelerator, progress)
-    accelerator.wait_for_everyone()
+        accelerator.wait_for_everyone()
     check_entry(entry)
     return entry
 
 
+def check_writable(entry: PretrainedBase) -> None:
+    parent = existing_ancestor(entry.root)
+    if not os.access(parent, os.W_OK):
+        raise LmcollapseError(f"the pretrained-model cache {cache_root()} is not writable ({parent} is read-only): "
+                              f"set {CACHE_ENV}=<a writable folder>")
+
+
 @contextmanager
-def entry_lock(entry: PretrainedBase, enabled: bool):
+def entry_lock(entry: PretrainedBase):
     """One process pretrains an entry at a time; another run asking for it waits, then reuses it."""
-    if not enabled:
-        yield
-        return
     entry.root.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(entry.root.parent / f"{entry.root.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -192,7 +223,8 @@ def pretrain(config: PipelineConfig, entry: PretrainedBase, accelerator, progres
     if accelerator.is_main_process:
         save_model(model, tokenizer, entry.model)
         write_manifest(entry.manifest, {
-            "key": entry.key, **pretrain_identity(config, source), "parameters": count_parameters(model),
+            "key": entry.key, **pretrain_identity(config, source), "corpus": source.record(),
+            "corpus_sha256": {p.name: sha256_file(p) for p in source.files}, "parameters": count_parameters(model),
             "vocab_size": len(tokenizer), "blocks": len(sequences), "block_size": settings.block_size,
             "steps": outcome.steps, "tokens": outcome.tokens, "final_loss": outcome.final_loss,
             "seconds": outcome.seconds, "wall_seconds": time.perf_counter() - started,

@@ -55,7 +55,10 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "trainer_state.json"
-BEST_DIR = "best-validation"  # beside the step-NNNNNN checkpoints: the weights of the best epoch so far
+# Beside the step-NNNNNN checkpoints: the weights of an epoch that was the best on validation when
+# it ended (best-epoch-003). Kept until a checkpoint that knows a better epoch exists, so a resume
+# from any kept checkpoint finds the weights its history names.
+BEST_NAME = re.compile(r"^best-epoch-(\d{3,})$")
 
 
 @dataclass
@@ -147,6 +150,8 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     def save(step: int) -> None:
         save_checkpoint(accelerator, checkpoint_dir, step, history, data_fingerprint, config.keep_checkpoints,
                         earlier_seconds + time.perf_counter() - started, validation=validations)
+        if selecting and accelerator.is_main_process:
+            prune_best_weights(checkpoint_dir)
 
     model.train()
     tokens_seen = 0  # in this session, for the throughput shown
@@ -193,6 +198,8 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         bar.update(1)
         bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
         if selecting and (step + 1) % per_epoch == 0:
+            # The same number on every process (validation_loss reduces exactly), so every process
+            # takes the same branch and calls the same collectives.
             loss = validation_loss(model, validation, pad_id, accelerator, micro)
             if all(loss < v["loss"] for v in validations):  # the first of equal losses wins
                 save_best_weights(accelerator, model, checkpoint_dir, epoch, loss)
@@ -231,49 +238,6 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     return trained, outcome
 
 
-@torch.no_grad()
-def validation_loss(model, blocks: list[np.ndarray], pad_id: int, accelerator, batch_size: int) -> float:
-    """Token-weighted mean NLL of ``blocks`` (dropout off). Every process scores every block: the
-    validation set is small, and each process then holds the same number without a collective."""
-    model.eval()
-    total, count = 0.0, 0
-    for start in range(0, len(blocks), batch_size):
-        chunk = np.arange(start, min(start + batch_size, len(blocks)))
-        tokens = int(sum(len(blocks[i]) - 1 for i in chunk))
-        # _chunk_loss divides the summed NLL by its normalizer: pass 1 and sum it here.
-        loss = _chunk_loss(model, blocks, chunk, np.ones(len(blocks)), pad_id, accelerator, 1.0)
-        total, count = total + float(loss.item()), count + tokens
-    model.train()
-    return total / max(count, 1)
-
-
-def save_best_weights(accelerator, model, checkpoint_dir: Path, epoch: int, loss: float) -> None:
-    """The weights of the best epoch so far, beside the checkpoints (written whole or not at all)."""
-    from safetensors.torch import save_model
-
-    from lmcollapse.atomic import atomic_path
-
-    if accelerator.is_main_process:
-        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
-        with atomic_path(checkpoint_dir / BEST_DIR) as scratch:
-            scratch.mkdir(parents=True)
-            save_model(plain, str(scratch / "model.safetensors"))
-            (scratch / "best.json").write_text(canonical_json({"epoch": epoch, "loss": loss}), encoding="utf-8")
-    accelerator.wait_for_everyone()
-
-
-def load_best_weights(model, checkpoint_dir: Path, epoch: int) -> None:
-    from safetensors.torch import load_model
-
-    folder = checkpoint_dir / BEST_DIR
-    recorded = read_json(folder / "best.json") if (folder / "best.json").is_file() else {}
-    if recorded.get("epoch") != epoch:
-        raise LmcollapseError(
-            f"{folder} does not hold epoch {epoch}'s weights (the best on validation): delete {checkpoint_dir} "
-            "to retrain this generation")
-    load_model(model, str(folder / "model.safetensors"))
-
-
 def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer):
     if len(chunk) == 0:
         # This process has no block in a short last batch; DDP still needs its backward
@@ -298,6 +262,88 @@ def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalize
     token_nll = token_losses(logits, targets)
     row_weights = torch.as_tensor(weights[chunk], dtype=token_nll.dtype, device=token_nll.device)
     return (token_nll * row_weights[:, None]).sum() / max(normalizer, 1e-12)
+
+
+@torch.no_grad()
+def validation_loss(model, blocks: list[np.ndarray], pad_id: int, accelerator, batch_size: int) -> float:
+    """Token-weighted mean NLL of ``blocks``, dropout off.
+
+    The blocks are cut into fixed batches of ``batch_size``; process p scores batches p, p+P, ...;
+    each block's summed NLL is placed at its index and the processes' vectors are added (every entry
+    comes from one process, so the sum is exact), then summed in block order on every process. So
+    every process holds the same number, and any number of processes gives the one-process value.
+    """
+    model.eval()
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_block = np.zeros(len(blocks), dtype=np.float64)
+    for number, start in enumerate(range(0, len(blocks), batch_size)):
+        if number % world != rank:
+            continue
+        chunk = np.arange(start, min(start + batch_size, len(blocks)))
+        per_block[chunk] = _block_nll(model, blocks, chunk, pad_id, accelerator).double().cpu().numpy()
+    if world > 1:
+        per_block = accelerator.reduce(torch.as_tensor(per_block, device=accelerator.device), reduction="sum").cpu().numpy()
+    model.train()
+    tokens = sum(max(len(block) - 1, 0) for block in blocks)
+    return float(per_block.sum() / max(tokens, 1))
+
+
+def _block_nll(model, sequences, chunk, pad_id, accelerator) -> torch.Tensor:
+    """The summed next-token NLL of each block in ``chunk`` (padding excluded)."""
+    rows = [sequences[i] for i in chunk]
+    longest = max(len(r) for r in rows)
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    targets = torch.full((len(rows), longest), -100, dtype=torch.long)
+    for k, row in enumerate(rows):
+        row = torch.as_tensor(np.asarray(row, dtype=np.int64))
+        ids[k, :len(row)], mask[k, :len(row)], targets[k, :len(row) - 1] = row, 1, row[1:]
+    with accelerator.autocast():
+        logits = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device)).logits
+    return token_losses(logits, targets.to(accelerator.device)).sum(dim=1)
+
+
+def save_best_weights(accelerator, model, checkpoint_dir: Path, epoch: int, loss: float) -> None:
+    """The weights of the best epoch so far, beside the checkpoints (written whole or not at all)."""
+    from safetensors.torch import save_model
+
+    from lmcollapse.atomic import atomic_path
+
+    if accelerator.is_main_process:
+        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        with atomic_path(checkpoint_dir / f"best-epoch-{epoch:03d}") as scratch:
+            scratch.mkdir(parents=True)
+            save_model(plain, str(scratch / "model.safetensors"))
+            (scratch / "best.json").write_text(canonical_json({"epoch": epoch, "loss": loss}), encoding="utf-8")
+    accelerator.wait_for_everyone()
+
+
+def prune_best_weights(checkpoint_dir: Path) -> None:
+    """Remove the best-epoch weights no kept checkpoint can need: those of epochs before the best
+    epoch that the *oldest* kept checkpoint already knows (a resume never goes back further)."""
+    kept = list_checkpoints(checkpoint_dir)
+    if not kept:
+        return
+    history = read_json(kept[0].path / STATE_FILE).get("validation", [])
+    if not history:
+        return
+    known_best = min(history, key=lambda v: v["loss"])["epoch"]
+    for path in checkpoint_dir.iterdir():
+        match = BEST_NAME.match(path.name)
+        if match and int(match.group(1)) < known_best:
+            remove_path(path)
+
+
+def load_best_weights(model, checkpoint_dir: Path, epoch: int) -> None:
+    from safetensors.torch import load_model
+
+    folder = checkpoint_dir / f"best-epoch-{epoch:03d}"
+    recorded = read_json(folder / "best.json") if (folder / "best.json").is_file() else {}
+    if recorded.get("epoch") != epoch:
+        raise LmcollapseError(
+            f"{folder} is missing or incomplete (the weights of epoch {epoch}, the best on validation): delete "
+            f"{checkpoint_dir} to retrain this generation")
+    load_model(model, str(folder / "model.safetensors"))
 
 
 # ---------------------------------------------------------------------------- checkpoints

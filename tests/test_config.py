@@ -79,7 +79,8 @@ def test_a_variant_may_not_loop_or_name_a_missing_base(tmp_path):
 def test_dotted_overrides_are_parsed_as_yaml_values():
     assert parse_overrides(["train.epochs=1 generate.num_beams=1", "seed=3", "model.name=facebook/opt-125m"]) == {
         "train.epochs": 1, "generate.num_beams": 1, "seed": 3, "model.name": "facebook/opt-125m"}
-    config = load_config(REPO / "pipelines" / "tiny.yaml", ["train.epochs=1", "train.learning_rate=1e-3", "data.max_train_blocks=null"])
+    config = load_config(REPO / "pipelines" / "tiny.yaml", ["train.epochs=1", "train.learning_rate=1e-3", "data.max_train_blocks=null",
+                                                            "train.select=last"])
     assert config.train.epochs == 1
     assert config.train.learning_rate == 1e-3  # "1e-3" is a string in YAML 1.1; accepted as a number
     assert config.data.max_train_blocks is None
@@ -120,7 +121,8 @@ def test_bad_overrides_name_the_key(override: str, message: str):
      "model.max_positions: is 256 but sequences reach 512 tokens"),
     (["generate.prompt_tokens=100"], "generate.prompt_tokens: must not exceed data.block_size (64)"),
     (["data.block_size=100", "generate.prompt_tokens=100"], "prompt (100) + new tokens (64) = 164 exceeds the 128 "
-     "positions the base was trained on (pretrain.block_size): set generate.max_new_tokens=28 or generate.prompt_tokens=64"),
+     "positions the base was trained on (pretrain.block_size): set generate.min_new_tokens=28 generate.max_new_tokens=28 "
+     "or generate.prompt_tokens=64"),
     (["pretrain.corpus=null"], "positions the base was trained on (data.block_size (a base trained from scratch)): "
      "set pretrain.corpus=wikitext-2-v1 (a pretrained base)"),
     (["evaluate.window=256"], "evaluate.window: 256 tokens exceeds the 128 positions the base was trained on "
@@ -131,6 +133,10 @@ def test_bad_overrides_name_the_key(override: str, message: str):
      "wikitext-2-raw-v1 is also fine-tuning or held-out text"),
     (["data.validation_split=test"], "data.validation_split: must differ from heldout_split ('test')"),
     (["train.select=best"], "train.select: expected one of last, best-validation, got 'best'"),
+    (["data.max_train_blocks=null"], "train.select: best-validation needs validation blocks, but with "
+     "data.max_train_blocks=null every block of the train split is a training block"),
+    (["pretrain.block_size=96"], "exceeds the 96 positions the base was trained on (pretrain.block_size): set "
+     "generate.min_new_tokens=32 generate.max_new_tokens=32 or generate.prompt_tokens=32"),
 ])
 def test_impossible_values_are_rejected(overrides, message):
     with pytest.raises(ConfigError, match=None) as err:

@@ -252,7 +252,7 @@ def test_best_validation_selects_on_human_blocks_disjoint_from_training_and_held
 def test_best_validation_with_no_block_left_to_validate_on_is_refused_before_anything_is_written(tmp_path, small_corpus):
     from lmcollapse.errors import LmcollapseError
 
-    config = micro_config(small_corpus, ["train.select=best-validation", "data.max_train_blocks=null"])
+    config = micro_config(small_corpus, ["train.select=best-validation", "data.max_train_blocks=100000"])
     with pytest.raises(LmcollapseError, match="needs validation blocks, but all .* blocks of the train split are "
                                               "training blocks: set data.max_train_blocks below"):
         build(config, tmp_path / "none", 0, progress=False, echo=lambda _: None)
@@ -274,3 +274,16 @@ def test_a_local_model_is_refused_where_prompts_and_new_tokens_pass_its_position
                                               r"was trained on \(max_position_embeddings of .*short-model\)"):
         build(build_config(raw), tmp_path / "refused", 0, progress=False, echo=lambda _: None)
     assert not (tmp_path / "refused").exists()
+
+
+def test_pretraining_on_the_text_it_is_fine_tuned_on_is_refused_before_anything_runs(tmp_path):
+    from lmcollapse.config import load_config
+    from lmcollapse.errors import LmcollapseError
+
+    # The raw and the tokenized WikiText-2 are two releases of the same articles.
+    config = load_config(REPO / "pipelines" / "tiny.yaml", ["data.train_split=train", "data.validation_split=validation",
+                                                                    "data.mixed_sources=true"])
+    with pytest.raises(LmcollapseError, match=r"pretrain.split: the train split of wikitext-2-v1 holds the same text "
+                                              r"as data.train_split \(train of wikitext-2-raw-v1\)"):
+        build(config, tmp_path / "overlap", 0, progress=False, echo=lambda _: None)
+    assert not (tmp_path / "overlap").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -153,7 +154,7 @@ def test_one_accelerator_for_many_generations_keeps_nothing_between_them(tmp_pat
 def select(tmp_path, mode, name, data, validation, keep=2):
     config = dataclasses.replace(CONFIG, epochs=6, batch_size=4, learning_rate=3e-2, min_learning_rate=1e-2,
                                  checkpoint_every=2, keep_checkpoints=keep, select=mode)
-    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=config))
+    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=dataclasses.replace(config, select="last")))
     return train_model(fresh_model(), data, config, seed=0, generation=0, checkpoint_dir=tmp_path / name,
                        accelerator=accelerator, data_fingerprint="x", pad_id=1, progress=False,
                        validation=validation if mode == "best-validation" else None)
@@ -182,11 +183,16 @@ def test_best_validation_keeps_the_epoch_with_the_lowest_validation_loss(tmp_pat
 def test_an_interrupted_selection_resumes_to_the_same_choice(tmp_path):
     data, validation = sequences(8, seed=1), sequences(16, seed=2)
     full, outcome = select(tmp_path, "best-validation", "full", data, validation, keep=10)
-    # Resume at step 4 (two epochs validated), with the weights of the full run's best epoch on
-    # disk, as after a crash late in training: they are overwritten as the epochs are redone.
+    best = [p.name for p in sorted((tmp_path / "full").glob("best-epoch-*"))]
+    assert f"best-epoch-{outcome.selection['epoch']:03d}" in best
+    # Resume at step 4 (epochs 0 and 1 validated), as after a crash: the best weights of later
+    # epochs are gone (never written), and are written again as the epochs are redone.
     for checkpoint in list_checkpoints(tmp_path / "full"):
         if checkpoint.step > 4:
             checkpoint.path.rename(tmp_path / "full" / f".old-{checkpoint.step}")
+    for name in best:
+        if int(name[-3:]) >= 2:
+            (tmp_path / "full" / name).rename(tmp_path / "full" / f".old-{name}")
     resumed, again = select(tmp_path, "best-validation", "full", data, validation, keep=10)
     assert again.resumed_from_step == 4
     assert again.selection == outcome.selection
@@ -196,3 +202,13 @@ def test_an_interrupted_selection_resumes_to_the_same_choice(tmp_path):
 def test_best_validation_without_validation_blocks_is_an_error(tmp_path):
     with pytest.raises(LmcollapseError, match="needs validation blocks"):
         select(tmp_path, "best-validation", "none", sequences(8), [])
+
+
+def test_best_epoch_weights_are_kept_while_a_kept_checkpoint_may_need_them(tmp_path):
+    data, validation = sequences(8, seed=1), sequences(16, seed=2)
+    _, outcome = select(tmp_path, "best-validation", "pruned", data, validation, keep=2)
+    oldest = list_checkpoints(tmp_path / "pruned")[0]
+    known = json.loads((oldest.path / "trainer_state.json").read_text())["validation"]
+    known_best = min(known, key=lambda v: v["loss"])["epoch"]
+    kept = sorted(int(p.name[-3:]) for p in (tmp_path / "pruned").glob("best-epoch-*"))
+    assert kept and min(kept) == known_best and outcome.selection["epoch"] in kept
