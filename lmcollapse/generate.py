@@ -28,13 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lmcollapse.atomic import read_json, sha256_file, write_json_atomic
+from lmcollapse.atomic import read_json, write_json_atomic
 from lmcollapse.config import GenerateConfig
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.precision import autocast
 from lmcollapse.progress import progress_bar
 from lmcollapse.records import SYNTHETIC, make_records, write_records
+from lmcollapse.rundir import completed_shard, shard_paths, shard_ranges
 from lmcollapse.seeding import derive_seed
 
 log = logging.getLogger(__name__)
@@ -69,26 +70,6 @@ def build_generation_config(config: GenerateConfig, tokenizer):
     generation_config = GenerationConfig(**settings)
     generation_config.validate(strict=True)
     return generation_config
-
-
-def shard_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
-    return [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
-
-
-def shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
-    return out_dir / f"shard-{index:05d}.parquet", out_dir / f"shard-{index:05d}.json"
-
-
-def completed_shard(out_dir: Path, index: int) -> dict | None:
-    """The sidecar of a finished shard, or None if the shard is missing, partial or altered."""
-    data, sidecar = shard_paths(out_dir, index)
-    if not (data.is_file() and sidecar.is_file()):
-        return None
-    try:
-        meta = read_json(sidecar)
-    except (OSError, ValueError):
-        return None
-    return meta if meta.get("sha256") == sha256_file(data) else None
 
 
 def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *, seed: int, generation: int,

@@ -106,7 +106,7 @@ def _stage_check(name: str, root: Path, manifest_path: Path, key: str, files_roo
 def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     """Check base, human and every generation on disk, in order; see the module docstring."""
     base = _stage_check("base", run.base, run.base / MANIFEST, "files", run.base_model, quick, {})
-    evaluation = run.base / "eval.json"
+    evaluation = run.base_eval
     if base.usable and evaluation.is_file():
         try:  # recomputed on its own: the base model need not be rebuilt for it
             last = max([g.index for g in run.generations_on_disk()], default=0)

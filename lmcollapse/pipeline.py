@@ -139,7 +139,7 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
                 open_run(config, run)
             accelerator.wait_for_everyone()
             pretrained = None
-            if config.pretrain.enabled and not (run.base / MANIFEST).is_file():
+            if config.pretrain.enabled and not run.base_manifest.is_file():
                 from lmcollapse.pretrain import ensure_pretrained_base
 
                 pretrained = ensure_pretrained_base(config, accelerator, progress=progress)
@@ -219,7 +219,7 @@ def read_only_error(run: RunDir, last_generation: int, why: str) -> LmcollapseEr
 
 def has_work(run: RunDir, last_generation: int) -> bool:
     """Whether building generations 0..last would write anything (the cheap, file-presence view)."""
-    return not ((run.base / "eval.json").is_file() and (run.human / MANIFEST).is_file()
+    return not (run.base_eval.is_file() and run.human_manifest.is_file()
                 and all(run.generation(i).is_complete for i in range(last_generation + 1)))
 
 
@@ -232,7 +232,7 @@ def retire_stale(context: Context, stale: list, last_generation: int) -> None:
     run = context.run
     if not stale:
         return
-    graveyard = run.root / "stale"
+    graveyard = run.stale
     graveyard.mkdir(exist_ok=True)
     for check in stale:
         target, copy = graveyard / check.name, 1
@@ -266,18 +266,18 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
             raise LmcollapseError(
                 f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
                 "choose a new RUN=... for this pipeline")
-    if not (run.human / MANIFEST).is_file():
+    if not run.human_manifest.is_file():
         check_corpus(config)
-    if not (run.base / MANIFEST).is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
+    if not run.base_manifest.is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
         folder = Path(config.model.name).expanduser()
         check_model_folder(folder)
         check_positions_of(config, read_json(folder / "config.json"))
-    if (run.base / MANIFEST).is_file() and config.pretrain.enabled:
-        if read_manifest(run.base / MANIFEST).get("kind") == "preset":  # an older run's fresh-weights base
+    if run.base_manifest.is_file() and config.pretrain.enabled:
+        if read_manifest(run.base_manifest).get("kind") == "preset":  # an older run's fresh-weights base
             raise LmcollapseError(
                 f"run {run.root} has a base trained from scratch (made by an older lmcollapse), but this config "
                 f"pretrains it (pretrain.corpus={config.pretrain.corpus}): choose a new RUN=... for this config")
-    if config.pretrain.enabled and not (run.base / MANIFEST).is_file():
+    if config.pretrain.enabled and not run.base_manifest.is_file():
         check_pretraining_text(config)
 
 
@@ -362,7 +362,7 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
     the first file is written, so bad input fails without leaving a half-made stage.
     """
     run, config = context.run, context.config
-    base_done, human_done = (run.base / MANIFEST).is_file(), (run.human / MANIFEST).is_file()
+    base_done, human_done = run.base_manifest.is_file(), run.human_manifest.is_file()
     if (base_done and human_done) or not context.main:
         context.accelerator.wait_for_everyone()
         return
@@ -405,7 +405,7 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
         entry = check_entry(pretrained)
         with atomic_path(run.base_model) as scratch:  # the run keeps its own copy, byte for byte
             shutil.copytree(pretrained.model, scratch)
-        write_manifest(run.base / MANIFEST, {
+        write_manifest(run.base_manifest, {
             "kind": "pretrained-preset", "source": config.model.name, "parameters": entry["parameters"],
             "vocab_size": entry["vocab_size"], "tokenizer_trained_on": entry["corpus_sha256"],
             "pretrained": {"cache_entry": str(pretrained.root), "key": pretrained.key,
@@ -418,7 +418,7 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
         if model is None:
             model = build_preset_model(config.model, tokenizer, seed=derive_seed(config.seed, "init"))
         save_model(model, tokenizer, run.base_model)
-        write_manifest(run.base / MANIFEST, {
+        write_manifest(run.base_manifest, {
             "kind": "preset" if config.model.is_preset else "pretrained", "source": config.model.name,
             "parameters": count_parameters(model), "vocab_size": len(tokenizer),
             "tokenizer_trained_on": {str(p): sha256_file(p) for p in train_source.files} if config.model.is_preset else None,
@@ -435,13 +435,13 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
     heldout = _human_records(tokenizer, heldout_blocks, np.arange(len(heldout_blocks)), data.heldout_split)
     validation, validation_record = validation_records(context, tokenizer, train_blocks, kept)
     run.human.mkdir(parents=True, exist_ok=True)
-    write_records(train, run.human / "train.parquet")
-    write_records(heldout, run.human / "heldout.parquet")
+    write_records(train, run.human_train)
+    write_records(heldout, run.human_heldout)
     if validation is not None:
-        write_records(validation, run.human / "validation.parquet")
+        write_records(validation, run.human_validation)
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(train_blocks)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
-    write_manifest(run.human / MANIFEST, {
+    write_manifest(run.human_manifest, {
         **lineage_record(run, None),
         "train": {"split": data.train_split, "source": train_source.describe(), "provenance": train_source.record(),
                   "blocks": len(train),
@@ -452,8 +452,8 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
                     "tokens_in_split": int(len(heldout_stream)),
                     "corpus_sha256": {str(p): sha256_file(p) for p in heldout_source.files}},
         **({"validation": validation_record} if validation is not None else {}),
-        "files": {name: sha256_file(run.human / name) for name in ("train.parquet", "heldout.parquet", "validation.parquet")
-                  if name != "validation.parquet" or validation is not None},
+        "files": {path.name: sha256_file(path) for path in (run.human_train, run.human_heldout, run.human_validation)
+                  if path != run.human_validation or validation is not None},
         "text_metrics": corpus_text_metrics(config, train["text"]), "seconds": time.perf_counter() - started})
     context.accelerator.wait_for_everyone()
 
@@ -510,7 +510,7 @@ def _human_records(tokenizer, blocks: np.ndarray, indices: np.ndarray, split: st
 
 def ensure_base_eval(context: Context) -> None:
     """Zero-shot perplexity of the base model: the paper's 'about 115' reference point."""
-    path = context.run.base / "eval.json"
+    path = context.run.base_eval
     if path.is_file():
         return
     from lmcollapse.modeling import load_model
@@ -539,7 +539,7 @@ def build_generation(context: Context, index: int) -> dict:
 
     # a. the training set (the regime's, then decontaminated if asked)
     if context.main and not generation.train_set.is_file():
-        human_train = read_records(run.human / "train.parquet")
+        human_train = read_records(run.human_train)
         candidates = assemble_training_set(config, index, human_train, lambda g: read_synthetic(run.generation(g)))
         if config.decontaminate.enabled and index > 0:
             candidates = filter_candidates(context, index, candidates)
@@ -548,14 +548,14 @@ def build_generation(context: Context, index: int) -> dict:
     train_set = read_records(generation.train_set)
     train_sha = sha256_file(generation.train_set)
     sources = source_counts(train_set)
-    corpus_size = read_manifest(run.human / MANIFEST)["train"]["blocks"]
+    corpus_size = read_manifest(run.human_manifest)["train"]["blocks"]
 
     # b. training
     from lmcollapse.modeling import load_model, save_model, weights_sha256
 
     if generation.model.is_dir():
         model, _ = load_model(generation.model, config.model.attn_implementation, with_tokenizer=False)
-        train_log = read_json(generation.model / "train_log.json")
+        train_log = read_json(generation.train_log)
     else:
         start = start_model(run, config, index)
         start_sha = weights_sha256(start)
@@ -563,7 +563,7 @@ def build_generation(context: Context, index: int) -> dict:
         validation = None
         if config.train.select == "best-validation":
             validation = [np.asarray(ids, dtype=np.int64)
-                          for ids in read_records(run.human / "validation.parquet")["input_ids"]]
+                          for ids in read_records(run.human_validation)["input_ids"]]
         context.say(f"{generation.name}: training on {len(train_set)} blocks "
                     f"({', '.join(f'{v} {k}' for k, v in sorted(sources.items()))}) from {start.relative_to(run.root)}")
         sequences = [np.asarray(ids, dtype=np.int64) for ids in train_set["input_ids"]]
@@ -577,7 +577,7 @@ def build_generation(context: Context, index: int) -> dict:
                      "started_from": str(start.relative_to(run.root)), "started_from_sha256": start_sha,
                      "selection": outcome.selection, "log": outcome.log}
         if context.main:
-            save_model(model, tokenizer, generation.model, {"train_log.json": json.dumps(train_log, indent=1)})
+            save_model(model, tokenizer, generation.model, {generation.train_log.name: json.dumps(train_log, indent=1)})
             remove_path(generation.checkpoints)
         accelerator.wait_for_everyone()
     model = model.to(accelerator.device)
@@ -586,7 +586,7 @@ def build_generation(context: Context, index: int) -> dict:
     # c. the synthetic corpus
     # The writer is named by content (its weights' sha256), never by the folder it sits in: two
     # runs of one config in differently named folders write byte-identical shards.
-    human_prompts = read_records(run.human / "train.parquet") if config.generate.prompts == "human" else None
+    human_prompts = read_records(run.human_train) if config.generate.prompts == "human" else None
     shards = write_synthetic_corpus(
         model, tokenizer, prompts_for(config, index, train_set, corpus_size, human_prompts), config.generate,
         seed=config.seed,
@@ -596,18 +596,18 @@ def build_generation(context: Context, index: int) -> dict:
     synthetic = read_synthetic(generation)
 
     # d. evaluation
-    perplexities = ensure_json(context, generation.eval / "perplexity.json",
-                               lambda: heldout_perplexity(context, model, generation.name, generation.eval))
-    text_metrics = ensure_json(context, generation.eval / "text_metrics.json",
+    perplexities = ensure_json(context, generation.perplexity,
+                               lambda: heldout_perplexity(context, model, generation.name, generation.heldout_block_nll))
+    text_metrics = ensure_json(context, generation.text_metrics,
                                lambda: synthetic_text_metrics(context, synthetic))
-    tails = ensure_json(context, generation.eval / "tails.json",
-                        lambda: synthetic_tails(context, index, model, synthetic, generation.eval))
+    tails = ensure_json(context, generation.tails,
+                        lambda: synthetic_tails(context, index, model, synthetic, generation.tails_values))
     timings["eval_seconds"] = perplexities["seconds"] + text_metrics["seconds"] + tails["seconds"]
 
     # e. the manifest, last
     row = metrics_row(config, index, train_set, sources, train_log, shards, perplexities, text_metrics, tails, timings)
-    if (generation.root / "decontamination.json").is_file():
-        report = read_json(generation.root / "decontamination.json")
+    if generation.decontamination.is_file():
+        report = read_json(generation.decontamination)
         cue_free = report.get("without_end_of_text_cue", {})
         row.update(decontam_precision=report["precision"], decontam_recall=report["recall"],
                    decontam_dropped=report["candidates"] - report["kept"],
@@ -644,7 +644,7 @@ def filter_candidates(context: Context, index: int, candidates):
                                with_tokenizer=False)
     kept, report = decontaminate(candidates, context.config, index, scorer, context.config.evaluate.batch_size,
                                  end_of_text_ids=end_of_text_ids(tokenizer_of(context)))
-    write_json_atomic(context.run.generation(index).root / "decontamination.json", report)
+    write_json_atomic(context.run.generation(index).decontamination, report)
     return kept
 
 
@@ -659,8 +659,8 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
             path = root / name
             consumed[f"{prefix}{name}"] = sha256_file(path) if path.is_file() else "missing"
 
-    base = read_manifest(run.base / MANIFEST)
-    human = read_manifest(run.human / MANIFEST)
+    base = read_manifest(run.base_manifest)
+    human = read_manifest(run.human_manifest)
     check(human["files"], run.human, "the human-data stage", "human/")
     if index == 0 or config.model.init == "base":
         check(base["files"], run.base_model, "the base stage", "base/model/", run.base)
@@ -703,10 +703,10 @@ def ensure_json(context: Context, path: Path, compute) -> dict:
 
 # ---------------------------------------------------------------------------- measurements
 
-def heldout_perplexity(context: Context, model, label: str, save_dir: Path | None = None) -> dict:
+def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path | None = None) -> dict:
     config = context.config
     # Streamed from disk: evaluation memory does not grow with the held-out split.
-    stream = TokenStream.from_parquet(context.run.human / "heldout.parquet")
+    stream = TokenStream.from_parquet(context.run.human_heldout)
     batch = config.evaluate.batch_size
     precision = config.evaluate.mixed_precision
     blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
@@ -718,11 +718,10 @@ def heldout_perplexity(context: Context, model, label: str, save_dir: Path | Non
     sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
                                  context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
                                  precision=precision)
-    if save_dir is not None and context.main:
+    if block_nll_path is not None and context.main:
         from lmcollapse.atomic import atomic_path
 
-        save_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(save_dir / "heldout_block_nll.npy") as scratch:
+        with atomic_path(block_nll_path) as scratch:
             with open(scratch, "wb") as handle:
                 np.save(handle, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
     return {"ppl_blocks": blocks.perplexity, "ppl_blocks_no_eos": no_eos.perplexity, "ppl_sliding": sliding.perplexity,
@@ -754,14 +753,14 @@ def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
 def synthetic_text_metrics(context: Context, synthetic) -> dict:
     config = context.config
     metrics = corpus_text_metrics(config, synthetic["text"])
-    human_texts = read_records(context.run.human / "train.parquet")["text"]
+    human_texts = read_records(context.run.human_train)["text"]
     survival, rare = rare_ngram_survival(human_texts, synthetic["text"], config.evaluate.rare_ngram_n,
                                          config.evaluate.rare_ngram_max_count, config.evaluate.text_tokenization)
     metrics.update(rare_survival=survival, rare_ngrams=rare)
     return metrics
 
 
-def synthetic_tails(context: Context, index: int, model, synthetic, save_dir: Path) -> dict:
+def synthetic_tails(context: Context, index: int, model, synthetic, values_path: Path) -> dict:
     """Per-sample perplexity of the corpus under the generation-0 model, and its quantiles."""
     config = context.config
     if not config.evaluate.tails:
@@ -779,7 +778,7 @@ def synthetic_tails(context: Context, index: int, model, synthetic, save_dir: Pa
     if context.main:
         from lmcollapse.atomic import atomic_path
 
-        with atomic_path(save_dir / "tails.npy") as scratch:
+        with atomic_path(values_path) as scratch:
             with open(scratch, "wb") as handle:
                 np.save(handle, values)
     return {f"tail_ppl_p{q}": REGISTRY[f"tail_ppl_p{q}"].function(values) for q in TAIL_QUANTILES} | {
@@ -820,10 +819,10 @@ def collect_rows(run: RunDir) -> list[dict]:
 
 def reference_rows(run: RunDir) -> dict[str, dict]:
     reference = {}
-    if (run.base / "eval.json").is_file():
-        reference["base"] = {k: v for k, v in read_manifest(run.base / "eval.json").items() if k.startswith("ppl_")}
-    if (run.human / MANIFEST).is_file():
-        reference["human"] = dict(read_manifest(run.human / MANIFEST).get("text_metrics", {}))
+    if run.base_eval.is_file():
+        reference["base"] = {k: v for k, v in read_manifest(run.base_eval).items() if k.startswith("ppl_")}
+    if run.human_manifest.is_file():
+        reference["human"] = dict(read_manifest(run.human_manifest).get("text_metrics", {}))
     return reference
 
 

@@ -15,10 +15,18 @@ import shlex
 from lmcollapse import corpus
 from lmcollapse.config import PipelineConfig, load_config, result_affecting_differences
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.generate import completed_shard, shard_ranges
 from lmcollapse.integrity import DAMAGED, STALE, StageCheck, verify_run
-from lmcollapse.rundir import MANIFEST, GenerationDir, RunDir, build_command, lock_holder, read_manifest
-from lmcollapse.train import latest_checkpoint, steps_per_epoch
+from lmcollapse.rundir import (
+    MANIFEST,
+    GenerationDir,
+    RunDir,
+    build_command,
+    completed_shard,
+    lock_holder,
+    read_manifest,
+    shard_ranges,
+    steps_per_epoch,
+)
 
 BYTES_PER_TOKEN_ESTIMATE = 4.0  # byte-level BPE on English Wikipedia text, roughly
 
@@ -182,7 +190,7 @@ def generation_state(generation: GenerationDir, config: PipelineConfig | None) -
     if generation.model.is_dir():
         done.append("model trained")
     else:
-        checkpoint = latest_checkpoint(generation.checkpoints)
+        checkpoint = generation.latest_checkpoint()
         if checkpoint is not None:
             total = ""
             if config is not None and generation.train_set.is_file():
@@ -191,7 +199,7 @@ def generation_state(generation: GenerationDir, config: PipelineConfig | None) -
                 blocks = pq.ParquetFile(generation.train_set).metadata.num_rows
                 total = f" of {config.train.epochs * steps_per_epoch(blocks, config.train.batch_size)}"
             done.append(f"training at step {checkpoint.step}{total}")
-    sidecars = sorted(generation.synthetic.glob("shard-*.json")) if generation.synthetic.is_dir() else []
+    sidecars = generation.synthetic_sidecars()
     if sidecars:
         finished = sum(1 for s in sidecars if completed_shard(generation.synthetic, int(s.stem.split("-")[1])))
         total = ""

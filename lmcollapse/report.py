@@ -343,8 +343,8 @@ def figure_tails(groups: list[Group], out: Path) -> list[Path]:
     axes = axes if isinstance(axes, list) else [axes]
     for ax, group in zip(axes, shown):
         run = group.runs[0]
-        values = {g: np.load(run.run.generation(g).eval / "tails.npy") for g in run.generations
-                  if (run.run.generation(g).eval / "tails.npy").is_file()}
+        values = {g: np.load(run.run.generation(g).tails_values) for g in run.generations
+                  if (run.run.generation(g).tails_values).is_file()}
         finite = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values.values()]) if values else np.array([])
         if len(finite) == 0:
             continue
@@ -374,7 +374,7 @@ def figure_training_loss(groups: list[Group], out: Path) -> list[Path]:
         run = group.runs[0]
         cmap = colormaps["viridis"]
         for i, generation in enumerate(run.generations):
-            path = run.run.generation(generation).model / "train_log.json"
+            path = run.run.generation(generation).train_log
             if not path.is_file():
                 continue
             log = read_json(path)["log"]
@@ -450,7 +450,7 @@ def sample_continuations(groups: list[Group]) -> list[str]:
                 continue
             synthetic = concatenate([read_records(path) for path in shards])
             continued = {}
-            for source in (generation.train_set, record.run.human / "train.parquet"):
+            for source in (generation.train_set, record.run.human_train):
                 if source.is_file():
                     table = read_records(source)
                     continued.update(zip(table["id"], table["text"]))

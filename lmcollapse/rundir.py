@@ -28,6 +28,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import shlex
 import socket
 import subprocess
@@ -86,8 +87,44 @@ class GenerationDir:
     def is_complete(self) -> bool:
         return self.manifest.is_file()
 
+    @property
+    def train_log(self) -> Path:
+        return self.model / "train_log.json"
+
+    @property
+    def decontamination(self) -> Path:
+        """The detector's report, written before the training set it filtered (decontaminate.enabled)."""
+        return self.root / "decontamination.json"
+
+    @property
+    def perplexity(self) -> Path:
+        return self.eval / "perplexity.json"
+
+    @property
+    def heldout_block_nll(self) -> Path:
+        return self.eval / "heldout_block_nll.npy"
+
+    @property
+    def text_metrics(self) -> Path:
+        return self.eval / "text_metrics.json"
+
+    @property
+    def tails(self) -> Path:
+        """The tail quantiles; ``tails_values`` holds every sample's perplexity under generation 0's model."""
+        return self.eval / "tails.json"
+
+    @property
+    def tails_values(self) -> Path:
+        return self.eval / "tails.npy"
+
     def synthetic_shards(self) -> list[Path]:
         return sorted(self.synthetic.glob("shard-*.parquet"))
+
+    def synthetic_sidecars(self) -> list[Path]:
+        return sorted(self.synthetic.glob("shard-*.json"))
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        return latest_checkpoint(self.checkpoints)
 
 
 @dataclass(frozen=True)
@@ -115,8 +152,39 @@ class RunDir:
         return self.base / "model"
 
     @property
+    def base_manifest(self) -> Path:
+        return self.base / MANIFEST
+
+    @property
+    def base_eval(self) -> Path:
+        """The base model's zero-shot held-out perplexity (protected like a manifest)."""
+        return self.base / "eval.json"
+
+    @property
     def human(self) -> Path:
         return self.root / "human"
+
+    @property
+    def human_manifest(self) -> Path:
+        return self.human / MANIFEST
+
+    @property
+    def human_train(self) -> Path:
+        return self.human / "train.parquet"
+
+    @property
+    def human_heldout(self) -> Path:
+        return self.human / "heldout.parquet"
+
+    @property
+    def human_validation(self) -> Path:
+        """Validation blocks (train.select=best-validation only)."""
+        return self.human / "validation.parquet"
+
+    @property
+    def stale(self) -> Path:
+        """Where stages built on a lineage that no longer exists are moved (never deleted)."""
+        return self.root / "stale"
 
     @property
     def metrics_csv(self) -> Path:
@@ -143,6 +211,65 @@ class RunDir:
 
     def complete_generations(self) -> list[GenerationDir]:
         return [g for g in self.generations_on_disk() if g.is_complete]
+
+
+# ---------------------------------------------------------------------------- shards and checkpoints
+
+def shard_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
+    """The record ranges of a corpus's shards: shard i holds records [lo, hi)."""
+    return [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
+
+
+def shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
+    """A shard's Parquet file and its sidecar (written after it: the shard is complete iff both are)."""
+    return out_dir / f"shard-{index:05d}.parquet", out_dir / f"shard-{index:05d}.json"
+
+
+def completed_shard(out_dir: Path, index: int) -> dict | None:
+    """The sidecar of a finished shard, or None if the shard is missing, partial or altered."""
+    data, sidecar = shard_paths(out_dir, index)
+    if not (data.is_file() and sidecar.is_file()):
+        return None
+    try:
+        meta = read_json(sidecar)
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("sha256") == sha256_file(data) else None
+
+
+CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    step: int
+    path: Path
+
+
+def checkpoint_path(checkpoint_dir: Path, step: int) -> Path:
+    return checkpoint_dir / f"step-{step:06d}"
+
+
+def list_checkpoints(checkpoint_dir: Path) -> list[Checkpoint]:
+    """Complete checkpoints, oldest first, by the step number in their name (never by mtime)."""
+    if not checkpoint_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoint_dir.iterdir():
+        match = CHECKPOINT_NAME.match(path.name)
+        if match and path.is_dir() and (path / STATE_FILE).is_file():
+            found.append(Checkpoint(int(match.group(1)), path))
+    return sorted(found, key=lambda c: c.step)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Checkpoint | None:
+    found = list_checkpoints(checkpoint_dir)
+    return found[-1] if found else None
+
+
+def steps_per_epoch(num_blocks: int, batch_size: int) -> int:
+    return -(-num_blocks // batch_size)
 
 
 # ---------------------------------------------------------------------------- one writer per run

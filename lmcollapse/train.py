@@ -49,12 +49,18 @@ from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.metrics.perplexity import token_losses
 from lmcollapse.progress import progress_bar
+from lmcollapse.rundir import (
+    STATE_FILE,
+    Checkpoint,
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    steps_per_epoch,
+)
 from lmcollapse.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
-STATE_FILE = "trainer_state.json"
 # Beside the step-NNNNNN checkpoints: the weights of an epoch that was the best on validation when
 # it ended (best-epoch-003). Kept until a checkpoint that knows a better epoch exists, so a resume
 # from any kept checkpoint finds the weights its history names.
@@ -72,12 +78,6 @@ class TrainOutcome:
     selection: dict | None = None
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    step: int
-    path: Path
-
-
 def schedule(config: TrainConfig, total_steps: int):
     """Learning-rate multiplier per step: linear warm-up, then cosine down to the floor."""
     floor = config.min_learning_rate / config.learning_rate
@@ -91,10 +91,6 @@ def schedule(config: TrainConfig, total_steps: int):
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
-
-
-def steps_per_epoch(num_blocks: int, batch_size: int) -> int:
-    return math.ceil(num_blocks / batch_size)
 
 
 def epoch_order(seed: int, generation: int, epoch: int, num_blocks: int) -> np.ndarray:
@@ -348,23 +344,6 @@ def load_best_weights(model, checkpoint_dir: Path, epoch: int) -> None:
 
 # ---------------------------------------------------------------------------- checkpoints
 
-def list_checkpoints(checkpoint_dir: Path) -> list[Checkpoint]:
-    """Complete checkpoints, oldest first, by the step number in their name (never by mtime)."""
-    if not checkpoint_dir.is_dir():
-        return []
-    found = []
-    for path in checkpoint_dir.iterdir():
-        match = CHECKPOINT_NAME.match(path.name)
-        if match and path.is_dir() and (path / STATE_FILE).is_file():
-            found.append(Checkpoint(int(match.group(1)), path))
-    return sorted(found, key=lambda c: c.step)
-
-
-def latest_checkpoint(checkpoint_dir: Path) -> Checkpoint | None:
-    found = list_checkpoints(checkpoint_dir)
-    return found[-1] if found else None
-
-
 def verify_checkpoint(checkpoint: Checkpoint, data_fingerprint: str) -> dict:
     """Check a checkpoint's files against the sha256 it recorded and its data fingerprint."""
     try:
@@ -386,7 +365,7 @@ def verify_checkpoint(checkpoint: Checkpoint, data_fingerprint: str) -> dict:
 
 def save_checkpoint(accelerator, checkpoint_dir: Path, step: int, history: list[dict],
                     data_fingerprint: str, keep: int, seconds: float = 0.0, validation: list[dict] | None = None) -> Path:
-    final = checkpoint_dir / f"step-{step:06d}"
+    final = checkpoint_path(checkpoint_dir, step)
     scratch = temporary_sibling(final)
     if accelerator.is_main_process:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
