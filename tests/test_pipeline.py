@@ -287,3 +287,19 @@ def test_pretraining_on_the_text_it_is_fine_tuned_on_is_refused_before_anything_
                                               r"as data.train_split \(train of wikitext-2-raw-v1\)"):
         build(config, tmp_path / "overlap", 0, progress=False, echo=lambda _: None)
     assert not (tmp_path / "overlap").exists()
+
+
+def test_every_column_of_metrics_csv_has_a_definition(staged_run, tmp_path, small_corpus):
+    from lmcollapse.metrics import REGISTRY
+    from lmcollapse.tables import IDENTITY_COLUMNS, RUN_COLUMNS
+
+    _, run, _ = staged_run
+    selected = RunDir(tmp_path / "selected")
+    build(micro_config(small_corpus, ["train.select=best-validation", "data.max_validation_blocks=4", "train.epochs=1",
+                                      "data.regime=keep-fraction", "data.human_fraction=0.25", "decontaminate.enabled=true"]),
+          selected.root, 1, progress=False, echo=lambda _: None)
+    for folder in (run, selected):
+        columns = next(csv.reader(open(folder.metrics_csv)))
+        undefined = [c for c in columns if c not in REGISTRY and c not in RUN_COLUMNS and c not in IDENTITY_COLUMNS]
+        assert not undefined, f"columns without a definition: {undefined}"
+    assert {"train_epoch_kept", "train_val_loss", "decontam_precision"} <= set(next(csv.reader(open(selected.metrics_csv))))
