@@ -219,7 +219,7 @@ def pretrain(config: PipelineConfig, entry: PretrainedBase, accelerator, progres
     model, outcome = train_model(
         model, sequences, settings.as_train_config(), seed=derive_seed(settings.seed, "pretrain"), generation=0,
         checkpoint_dir=entry.checkpoints, accelerator=accelerator, data_fingerprint=sha256_file(entry.blocks),
-        pad_id=tokenizer.pad_token_id, progress=progress, label="pretraining")
+        pad_id=tokenizer.pad_token_id, progress=progress, label="the base")
     if accelerator.is_main_process:
         save_model(model, tokenizer, entry.model)
         write_manifest(entry.manifest, {
