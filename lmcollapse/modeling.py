@@ -1,8 +1,9 @@
 """Models and tokenizers: presets built from config, pretrained ones loaded, all saved alike.
 
 A preset (``tiny-opt``, ``opt-125m``) is an ``OPTConfig`` built with fresh, seeded weights and a
-byte-level BPE tokenizer trained on the human train split with OPT's special tokens (``</s>``
-opens every line, as OPT's own tokenizer does). A pretrained model is loaded with
+byte-level BPE tokenizer with OPT's special tokens (``</s>`` opens every line, as OPT's own
+tokenizer does), trained on the pretraining corpus (pretrain.py), or on the human train split
+for a preset used from scratch (``pretrain.corpus: null``). A pretrained model is loaded with
 ``from_pretrained`` from a hub id or a local folder. Either way the run keeps its own copy in
 ``base/model`` (weights, config, tokenizer), so every generation loads the same bytes with
 ``from_pretrained``, whatever happens to the hub later.

@@ -1,4 +1,4 @@
-"""Architecture presets: model shapes built from config with fresh weights.
+"""Architecture presets: model shapes built from config with fresh weights (then pretrained, see pretrain.py).
 
 Kept free of heavy imports so that config validation can name the presets without loading torch.
 Values are `transformers.OPTConfig` arguments; the vocabulary size comes from the BPE tokenizer
@@ -8,7 +8,7 @@ trained on the human corpus (``model.vocab_size``).
 from __future__ import annotations
 
 ARCHITECTURE_PRESETS: dict[str, dict[str, int | float]] = {
-    # The facebook/opt-125m shape (Zhang et al. 2022), for GPU runs from scratch.
+    # The facebook/opt-125m shape (Zhang et al. 2022), for GPU runs that pretrain their own base.
     "opt-125m": {
         "hidden_size": 768,
         "num_hidden_layers": 12,
