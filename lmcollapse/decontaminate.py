@@ -25,6 +25,7 @@ import numpy as np
 
 from lmcollapse.config import PipelineConfig
 from lmcollapse.errors import LmcollapseError
+from lmcollapse.metrics.detection import detection_report
 from lmcollapse.records import SYNTHETIC
 from lmcollapse.seeding import rng
 
@@ -108,17 +109,3 @@ def fit_and_score(features, truth: np.ndarray, labelled: np.ndarray, seed: int) 
     model = LogisticRegression(max_iter=2000, random_state=seed)
     model.fit(features[labelled], truth[labelled].astype(int))
     return model.predict_proba(features)[:, list(model.classes_).index(1)]
-
-
-def detection_report(truth: np.ndarray, drop: np.ndarray, labelled: np.ndarray) -> dict:
-    """Precision, recall and F1 of 'synthetic' on the records the detector was not fitted on."""
-    held = ~labelled
-    tp = int((drop & truth & held).sum())
-    fp = int((drop & ~truth & held).sum())
-    fn = int((~drop & truth & held).sum())
-    precision = tp / (tp + fp) if tp + fp else float("nan")
-    recall = tp / (tp + fn) if tp + fn else float("nan")
-    f1 = 2 * precision * recall / (precision + recall) if tp else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1,
-            "true_positives": tp, "false_positives": fp, "false_negatives": fn,
-            "dropped_human": int((drop & ~truth).sum()), "dropped_synthetic": int((drop & truth).sum())}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lmcollapse.metrics.detection import detection_report
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.perplexity import (
     PerplexityResult,
@@ -52,12 +53,6 @@ class MetricDefinition:
     aggregation: str  # how per-item values become the reported number
     function: Callable  # computes it (see each function's signature)
     decimals: int = 3  # rounding in published tables
-
-
-def _detection_report(truth, drop, labelled):
-    from lmcollapse.decontaminate import detection_report
-
-    return detection_report(truth, drop, labelled)
 
 
 def _register(*metrics: MetricDefinition) -> dict[str, MetricDefinition]:
@@ -131,22 +126,22 @@ REGISTRY: dict[str, MetricDefinition] = _register(
         "decontam_precision",
         "Decontamination: of the candidates the detector dropped as synthetic, the fraction that were "
         "synthetic (provenance labels; candidates the detector was not fitted on).",
-        True, "fraction of dropped records", _detection_report, 4),
+        True, "fraction of dropped records", detection_report, 4),
     MetricDefinition(
         "decontam_recall",
         "Decontamination: of the synthetic candidates, the fraction the detector dropped (same records).",
-        True, "fraction of synthetic records", _detection_report, 4),
+        True, "fraction of synthetic records", detection_report, 4),
     MetricDefinition(
         "decontam_precision_no_eos",
         "decontam_precision of the same detector fitted and measured again with the end-of-text token "
         "removed from every record: OPT's </s> opens every human line and never occurs in synthetic "
         "text, a trivial cue; this is what the detector achieves without it (reported, not used to filter).",
-        True, "fraction of dropped records", _detection_report, 4),
+        True, "fraction of dropped records", detection_report, 4),
     MetricDefinition(
         "decontam_recall_no_eos",
         "decontam_recall of the same detector with the end-of-text token removed from every record "
         "(see decontam_precision_no_eos).",
-        True, "fraction of synthetic records", _detection_report, 4),
+        True, "fraction of synthetic records", detection_report, 4),
 )
 
 
