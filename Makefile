@@ -19,11 +19,12 @@ STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set 
 COMPARE ?= tiny tiny-keep10 tiny-accumulate tiny-paper
 COMPARE_RUN ?= runs/compare
 
-.PHONY: help install run test lint status report compare dry-run config data bench bench-first-run theory clean-venv
+.PHONY: help install run test test-fast lint status report compare dry-run config data bench bench-first-run theory clean-venv
 
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
 	@echo "make test                the whole test suite (what CI runs)"
+	@echo "make test-fast           the unit tests only, under a minute (end-to-end tests are marked slow)"
 	@echo "make lint                ruff over the code"
 	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
 	@echo "make status              every stage of RUN checked against its manifest: complete, damaged, stale, partial, missing"
@@ -78,6 +79,10 @@ data: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The unit tests only (the end-to-end ones are marked slow): feedback in under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check lmcollapse tests bench

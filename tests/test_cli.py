@@ -7,6 +7,9 @@ import pytest
 from helpers import REPO, micro_raw_config, run_cli, tree_state, write_pipeline
 from lmcollapse.cli import main
 
+# End-to-end runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def built_run(tmp_path_factory, small_corpus):

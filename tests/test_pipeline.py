@@ -22,6 +22,9 @@ from lmcollapse.records import read_records
 from lmcollapse.rundir import RunDir
 from lmcollapse.train import train_model
 
+# End-to-end runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def staged_run(tmp_path_factory, small_corpus):

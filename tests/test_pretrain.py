@@ -14,6 +14,9 @@ from lmcollapse.plan import describe_plan
 from lmcollapse.pretrain import locate_entry
 from lmcollapse.rundir import RunDir, read_manifest
 
+# End-to-end runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def pretrain_corpus(tmp_path_factory, data_dir):

@@ -19,6 +19,9 @@ from lmcollapse.records import read_records
 from lmcollapse.report import Group, RunRecord, aggregate, cell, group_table, latex_table, write_report
 from lmcollapse.rundir import RunDir
 
+# End-to-end runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 FIGURES = ("perplexity", "diversity", "tails", "training_loss")
 
 

@@ -26,6 +26,9 @@ from lmcollapse.config import build_config
 from lmcollapse.pipeline import build
 from lmcollapse.rundir import RunDir, lock_holder
 
+# End-to-end runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 TIMING = ("seconds", "train_seconds", "generate_seconds", "eval_seconds", "train_tokens_per_second",
           "generate_tokens_per_second")
 

@@ -24,6 +24,9 @@ import pytest
 from helpers import REPO, run_cli
 from lmcollapse.atomic import sha256_file
 
+# End-to-end runs: left out of `make test-fast`.
+pytestmark = pytest.mark.slow
+
 SMALL = ["data.max_train_blocks=64", "data.max_heldout_blocks=64", "train.epochs=1", "train.micro_batch_size=16",
          "generate.shard_size=32", "evaluate.self_bleu_samples=32", "pretrain.max_blocks=256", "pretrain.batch_size=16",
          "pretrain.micro_batch_size=8",
