@@ -229,7 +229,7 @@ class TrainConfig:
             _require(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1 or null")
         _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
         _require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate",
-                 f"must be between 0 and train.learning_rate ({self.learning_rate})")
+                 f"must be between 0 and learning_rate ({self.learning_rate})")
         _require(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
         _require(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
         if self.max_grad_norm is not None:
@@ -283,15 +283,7 @@ class PretrainConfig:
         _require(self.block_size >= 2, "block_size", "must be at least 2")
         if self.max_blocks is not None:
             _require(self.max_blocks >= 1, "max_blocks", "must be at least 1 or null")
-        for key in ("epochs", "batch_size", "checkpoint_every"):
-            _require(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
-        if self.micro_batch_size is not None:
-            _require(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1 or null")
-        _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
-        _require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate",
-                 f"must be between 0 and pretrain.learning_rate ({self.learning_rate})")
-        _require(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
-        _require(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        self.as_train_config()  # the optimizer and schedule settings, checked as train's are
         _require(self.seed >= 0, "seed", "must be 0 or more")
 
     @property

@@ -101,6 +101,8 @@ def test_dotted_overrides_are_parsed_as_yaml_values():
     ("data.heldout_split=validation", "data.heldout_split: must differ from train_split"),
     ("train.epochs", "override 'train.epochs' is not key=value"),
     ("train=3", "train: expected a section"),
+    ("pretrain.epochs=0", "pretrain.epochs: must be at least 1, got 0"),
+    ("pretrain.min_learning_rate=0.5", "pretrain.min_learning_rate: must be between 0 and learning_rate (0.001)"),
 ])
 def test_bad_overrides_name_the_key(override: str, message: str):
     with pytest.raises(ConfigError) as err:
