@@ -385,9 +385,9 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
         context.say(f"base: the pretrained {config.model.name} from the cache ({pretrained.root})")
         tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(pretrained.model))
     elif config.model.is_preset:
-        vocab = config.model.vocab_size or int(config.model.architecture()["vocab_size"])
-        context.say(f"base: training a {vocab}-token byte-level BPE tokenizer on {train_source.describe()}")
-        tokenizer = train_bpe_tokenizer(train_lines["text"], vocab, int(config.model.architecture()["max_position_embeddings"]))
+        shape = config.model.architecture()  # model.vocab_size and model.max_positions applied
+        context.say(f"base: training a {shape['vocab_size']}-token byte-level BPE tokenizer on {train_source.describe()}")
+        tokenizer = train_bpe_tokenizer(train_lines["text"], int(shape["vocab_size"]), int(shape["max_position_embeddings"]))
     else:
         context.say(f"base: loading {config.model.name} with from_pretrained")
         model, tokenizer = load_model(config.model.name, config.model.attn_implementation)

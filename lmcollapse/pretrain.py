@@ -200,8 +200,8 @@ def pretrain(config: PipelineConfig, entry: PretrainedBase, accelerator, progres
     if accelerator.is_main_process and not (entry.init.is_dir() and entry.blocks.is_file()):
         log.info("base: pretraining %s on %s (once; cached in %s)", config.model.name, source.describe(), entry.root)
         lines = corpus.load_split_lines(source)
-        vocab = config.model.vocab_size or int(config.model.architecture()["vocab_size"])
-        tokenizer = train_bpe_tokenizer(lines["text"], vocab, int(config.model.architecture()["max_position_embeddings"]))
+        shape = config.model.architecture()  # model.vocab_size and model.max_positions applied
+        tokenizer = train_bpe_tokenizer(lines["text"], int(shape["vocab_size"]), int(shape["max_position_embeddings"]))
         blocks = corpus.cut_into_blocks(corpus.tokenize_lines(lines, tokenizer), settings.block_size,
                                         f"{settings.split} split of {settings.corpus}")
         if settings.max_blocks is not None and settings.max_blocks < len(blocks):
