@@ -19,7 +19,7 @@ STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set 
 COMPARE ?= tiny tiny-keep10 tiny-accumulate tiny-paper
 COMPARE_RUN ?= runs/compare
 
-.PHONY: help install run test test-fast lint status report compare dry-run config data bench bench-first-run theory clean-venv
+.PHONY: help install run test test-fast lint status report compare dry-run config data bench bench-first-run gpu-check theory clean-venv
 
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
@@ -35,6 +35,7 @@ help:
 	@echo "make data                fetch the corpus PIPELINE names into data/ (needs network)"
 	@echo "make bench               the benchmarks in bench/"
 	@echo "make bench-first-run     the first make run on a fresh clone, and a later one (~10 min)"
+	@echo "make gpu-check           on one CUDA GPU: two generations of the paper pipeline at OPT-125m size + make bench (<10 min)"
 	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" COMPARE=\"$(COMPARE)\""
 
 install: $(BIN)/.installed
@@ -93,6 +94,12 @@ bench: install
 # The first make run on a fresh clone (install, pretraining, five generations), then a later one.
 bench-first-run: install
 	$(BIN)/python bench/first_run.py
+
+# The GPU evidence in one command (one CUDA GPU, under 10 minutes): two generations of
+# pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size), then make bench's training and
+# generation benchmarks in their GPU mode. Writes runs/gpu-check/ and runs/gpu-check.gpu-memory.csv.
+gpu-check: install
+	PYTHON="$(BIN)/python" RUN="$(or $(GPU_RUN),runs/gpu-check)" bash bench/gpu_check.sh
 
 theory: install
 	$(LMC) theory

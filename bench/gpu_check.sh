@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The GPU evidence in one command (make gpu-check; under 10 minutes on one H100-class GPU):
+# 1. two generations of pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size: pretraining,
+#    bf16 fine-tuning, 5-way beam search, every metric), with the GPU's memory sampled every 0.5 s;
+# 2. the training and generation benchmarks in their GPU mode (opt-125m shape, bf16, MFU).
+# Each step has its own time limit, so one that hangs still leaves the others their turn.
+#   PYTHON=python3 RUN=runs/gpu-check bash bench/gpu_check.sh
+set -uo pipefail
+PYTHON=${PYTHON:-python3}
+RUN=${RUN:-runs/gpu-check}
+PIPELINE_LIMIT=${PIPELINE_LIMIT:-300}
+BENCH_LIMIT=${BENCH_LIMIT:-290}
+"$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'make gpu-check needs a CUDA GPU; on CPU run: make run')" || exit 1
+mkdir -p "$(dirname "$RUN")"
+nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,noheader -lms 500 > "$RUN.gpu-memory.csv" &
+SAMPLER=$!
+trap 'kill $SAMPLER 2>/dev/null' EXIT
+status=0
+started=$(date +%s)
+timeout "$PIPELINE_LIMIT" "$PYTHON" -m lmcollapse run --pipeline pipelines/gpu-check.yaml --run "$RUN" || status=$?
+echo "=== pipeline: $(( $(date +%s) - started )) s, exit $status; GPU memory peak $(cut -d, -f2 "$RUN.gpu-memory.csv" | sort -n | tail -1)"
+kill $SAMPLER 2>/dev/null
+timeout "$BENCH_LIMIT" "$PYTHON" bench/run_all.py train generate || status=$?
+exit $status
