@@ -591,7 +591,8 @@ def merge_sections(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, A
 def _read_pipeline_file(path: Path) -> dict[str, Any]:
     """The top-level mapping of a pipeline file: UTF-8, valid YAML, no duplicate keys, not empty."""
     if path.is_dir():
-        example = next(iter(sorted(path.glob("*.yaml"))), Path("pipelines/tiny.yaml"))
+        default = path / "tiny.yaml"  # the default pipeline when this is the pipelines folder
+        example = default if default.is_file() else next(iter(sorted(path.glob("*.yaml"))), Path("pipelines/tiny.yaml"))
         raise ConfigError(f"pipeline file {path} is a directory: pass a YAML file (e.g. {example})")
     if not path.exists():
         raise ConfigError(f"pipeline file {path} not found: pick one from pipelines/ (e.g. pipelines/tiny.yaml)")

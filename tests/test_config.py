@@ -236,7 +236,7 @@ def test_an_empty_pipeline_is_an_error(tmp_path, text):
 def test_a_pipeline_path_that_is_a_directory(tmp_path):
     with pytest.raises(ConfigError, match=r"pipeline file .* is a directory: pass a YAML file \(e.g. pipelines/tiny.yaml\)"):
         load_config(tmp_path)
-    with pytest.raises(ConfigError, match=r"is a directory: pass a YAML file \(e.g. .*pipelines/shumailov"):
+    with pytest.raises(ConfigError, match=r"is a directory: pass a YAML file \(e.g. .*pipelines/tiny.yaml\)"):
         load_config(REPO / "pipelines")
 
 
