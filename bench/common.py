@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def machine() -> str:
     import torch
@@ -53,21 +55,21 @@ def peak_rss_mb() -> float:
 
 
 def tiny_assets(train_blocks: int = 1024, seed: int = 0):
-    """The tiny pipeline's ingredients without a run directory: its BPE tokenizer (trained on the
-    raw WikiText-2 validation split), that many random 64-token validation blocks, and the test
+    """The tiny pipeline's human data without a run directory, as its base/human stage reads it
+    (pipelines/tiny.yaml's splits, block size and training subset), tokenized by a 4,096-token BPE
+    tokenizer trained on the train split: that many 64-token training blocks, and the held-out
     split as one token stream."""
     from lmcollapse import corpus
-    from lmcollapse.metrics.self_bleu import subsample_indices
+    from lmcollapse.base_and_human import human_text, training_subset
+    from lmcollapse.config import load_config
     from lmcollapse.modeling import train_bpe_tokenizer
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    train_lines = corpus.load_split_lines(corpus.locate_split("wikitext-2-raw-v1", "validation"))
-    test_lines = corpus.load_split_lines(corpus.locate_split("wikitext-2-raw-v1", "test"))
+    config = load_config(REPO / "pipelines" / "tiny.yaml", [f"data.max_train_blocks={train_blocks}", f"data.subset_seed={seed}"])
+    _, _, train_lines, test_lines = human_text(config)
     tokenizer = train_bpe_tokenizer(train_lines["text"], 4096, 256)
-    blocks = corpus.cut_into_blocks(corpus.tokenize_lines(train_lines, tokenizer), 64)
-    if train_blocks < len(blocks):
-        blocks = blocks[subsample_indices(len(blocks), train_blocks, seed)]
-    return tokenizer, blocks, corpus.tokenize_lines(test_lines, tokenizer)
+    blocks = corpus.cut_into_blocks(corpus.tokenize_lines(train_lines, tokenizer), config.data.block_size)
+    return tokenizer, blocks[training_subset(config, len(blocks))], corpus.tokenize_lines(test_lines, tokenizer)
 
 
 def tiny_model(tokenizer, preset: str = "tiny-opt", seed: int = 0):

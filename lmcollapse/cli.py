@@ -13,6 +13,7 @@ stopped stage (SIGINT/SIGTERM) exits 130 and resumes with the same command.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -20,7 +21,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import DiskFull, LmcollapseError
+from lmcollapse.rundir import RunDir
 
 log = logging.getLogger("lmcollapse")
 
@@ -101,9 +103,9 @@ def _pipeline_path(args) -> Path:
         return args.pipeline
     run = getattr(args, "run", None)
     if run is not None:
-        candidates = [run / "pipeline.yaml"]
+        candidates = [RunDir(run).pipeline_file]
         if getattr(args, "seeds", None) and run.is_dir():  # a folder of seeds: any seed's config, reseeded
-            candidates += sorted(run.glob("seed-*/pipeline.yaml"))
+            candidates += sorted(RunDir(seed).pipeline_file for seed in run.glob("seed-*"))
         for candidate in candidates:
             if candidate.is_file():
                 return candidate
@@ -121,16 +123,15 @@ def _load(args):
     args.pipeline = _pipeline_path(args)
     config = load_config(args.pipeline, args.set)
     run_root = args.run if getattr(args, "run", None) else Path("runs") / config.name
-    args.resolved_run = run_root  # for the error handler: which filesystem may be full
     return config, run_root
 
 
 def _build(args, last: int | None) -> int:
     """Build generations 0..last (None: the config's ``generations``) of one run, or one run per seed."""
     from lmcollapse.config import load_config
-    from lmcollapse.pipeline import build, summary_table
+    from lmcollapse.pipeline import build
     from lmcollapse.plan import describe_plan
-    from lmcollapse.rundir import RunDir
+    from lmcollapse.tables import summary_table
 
     config, run_root = _load(args)
     last = config.generations - 1 if last is None else last
@@ -138,20 +139,20 @@ def _build(args, last: int | None) -> int:
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise LmcollapseError(f"--seeds/SEEDS must be distinct non-negative integers, got {args.seeds}")
-        folder = args.run if args.run else Path("runs") / f"{config.name}-seeds"
-        if (folder / "pipeline.yaml").is_file():
-            raise LmcollapseError(f"{folder} is a single run: give SEEDS a folder of its own (RUN=runs/<name>-seeds)")
-        runs = [(load_config(args.pipeline, [*args.set, f"seed={seed}"]), folder / f"seed-{seed}") for seed in args.seeds]
-        args.resolved_run = folder
-    for seed_config, root in runs:
-        if args.dry_run:
-            print(describe_plan(seed_config, RunDir(root), last))
-            continue
-        build(seed_config, root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
-        if _is_main_process():
-            print(f"\n{root}/metrics.csv\n{summary_table(RunDir(root))}")
+        run_root = args.run if args.run else Path("runs") / f"{config.name}-seeds"
+        if RunDir(run_root).pipeline_file.is_file():
+            raise LmcollapseError(f"{run_root} is a single run: give SEEDS a folder of its own (RUN=runs/<name>-seeds)")
+        runs = [(load_config(args.pipeline, [*args.set, f"seed={seed}"]), run_root / f"seed-{seed}") for seed in args.seeds]
+    with full_disk_reported(run_root):
+        for seed_config, root in runs:
+            if args.dry_run:
+                print(describe_plan(seed_config, RunDir(root), last))
+                continue
+            build(seed_config, root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
+            if _is_main_process():
+                print(f"\n{RunDir(root).metrics_csv}\n{summary_table(RunDir(root))}")
     if args.seeds and not args.dry_run and _is_main_process():
-        print(f"\n{len(runs)} seeds in {args.resolved_run}: make report RUN={shlex.quote(str(args.resolved_run))} aggregates them")
+        print(f"\n{len(runs)} seeds in {run_root}: make report RUN={shlex.quote(str(run_root))} aggregates them")
     return 0
 
 
@@ -166,9 +167,9 @@ def command_generation(args) -> int:
 def command_report(args) -> int:
     from lmcollapse.report import write_report
 
-    args.resolved_run = args.run
     try:
-        out = write_report(args.run, args.out)
+        with full_disk_reported(args.run):
+            out = write_report(args.run, args.out)
     except OSError as err:
         if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
@@ -184,7 +185,6 @@ def command_report(args) -> int:
 
 def command_status(args) -> int:
     from lmcollapse.plan import describe_status
-    from lmcollapse.rundir import RunDir
 
     text, healthy = describe_status(RunDir(args.run), quick=args.quick)
     print(text)
@@ -239,6 +239,24 @@ def quiet_libraries() -> None:
     logging.getLogger("accelerate").setLevel(logging.ERROR)
 
 
+@contextlib.contextmanager
+def full_disk_reported(run_root: Path | None):
+    """A full disk outside an atomic write (a library writing on its own) is still a full disk:
+    reported as one (exit 3) for the run being written, not as a traceback."""
+    try:
+        yield
+    except LmcollapseError:
+        raise
+    except Exception as err:
+        from lmcollapse.atomic import disk_full
+
+        full = disk_full(err, run_root)
+        if full is None:
+            raise
+        raise DiskFull(f"disk full while writing {full or run_root or 'the run'}: free space and rerun "
+                       "the same command; completed stages are intact") from err
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -253,17 +271,6 @@ def main(argv: list[str] | None = None) -> int:
     except LmcollapseError as err:
         print(f"lmcollapse: error: {err}", file=sys.stderr)
         return err.exit_code
-    except Exception as err:
-        # A full disk outside an atomic write (a library writing on its own) is still a full disk.
-        from lmcollapse.atomic import disk_full
-
-        run_root = getattr(args, "resolved_run", None)
-        full = disk_full(err, run_root)
-        if full is None:
-            raise
-        print(f"lmcollapse: error: disk full while writing {full or run_root or 'the run'}: free space and rerun "
-              "the same command; completed stages are intact", file=sys.stderr)
-        return 3
 
 
 if __name__ == "__main__":

@@ -35,12 +35,11 @@ from lmcollapse.interrupts import check_stop
 from lmcollapse.precision import autocast
 from lmcollapse.progress import progress_bar
 from lmcollapse.records import SYNTHETIC, make_records, write_records
-from lmcollapse.rundir import completed_shard, shard_paths, shard_ranges
+from lmcollapse.rundir import GENERATION_CONFIG_FILE, completed_shard, shard_paths, shard_ranges
 from lmcollapse.seeding import derive_seed
 
 log = logging.getLogger(__name__)
 
-GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 def build_generation_config(config: GenerateConfig, tokenizer):

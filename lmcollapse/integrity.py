@@ -25,7 +25,8 @@ from pathlib import Path
 
 from lmcollapse.atomic import sha256_file
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.rundir import MANIFEST, RunDir, build_command, check_unchanged, read_manifest
+from lmcollapse.manifests import check_unchanged, read_manifest
+from lmcollapse.rundir import MANIFEST, RunDir, build_command
 
 COMPLETE, DAMAGED, STALE, PARTIAL, MISSING = "complete", "damaged", "stale", "partial", "missing"
 

@@ -16,6 +16,7 @@ from lmcollapse import corpus
 from lmcollapse.config import PipelineConfig, load_config, result_affecting_differences
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.integrity import DAMAGED, STALE, StageCheck, verify_run
+from lmcollapse.manifests import read_manifest
 from lmcollapse.rundir import (
     MANIFEST,
     GenerationDir,
@@ -23,7 +24,6 @@ from lmcollapse.rundir import (
     build_command,
     completed_shard,
     lock_holder,
-    read_manifest,
     shard_ranges,
     steps_per_epoch,
 )

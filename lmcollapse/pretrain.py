@@ -42,7 +42,8 @@ from lmcollapse import corpus
 from lmcollapse.atomic import atomic_path, canonical_json, existing_ancestor, remove_path, sha256_bytes, sha256_file
 from lmcollapse.config import PipelineConfig
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.rundir import MANIFEST, environment_record, read_manifest, write_manifest
+from lmcollapse.manifests import environment_record, read_manifest, write_manifest
+from lmcollapse.rundir import MANIFEST
 from lmcollapse.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)

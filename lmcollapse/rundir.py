@@ -1,24 +1,28 @@
-"""The run directory: where every artefact of a run lives, who may write it, what is complete.
+"""The run directory: every file name of a run, in one place, and the one-writer lock.
 
     runs/<run>/
       pipeline.yaml           the resolved config, exactly as used
       .lock                   held (flock) by the one process writing the run
       base/model/             the starting weights and tokenizer; base/manifest.json
       base/eval.json          zero-shot perplexity of the base model
-      human/                  train.parquet, heldout.parquet (token blocks with provenance),
-                              manifest.json (sizes, sha256, human-corpus text metrics)
+      human/                  train.parquet, heldout.parquet, validation.parquet (token blocks with
+                              provenance), manifest.json (sizes, sha256, human-corpus text metrics)
       generation-00/
-        train-set.parquet     exactly what this generation trains on
-        checkpoints/          step-000200/ ... while training (removed once model/ exists)
-        model/                the trained model (from_pretrained-loadable)
-        synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json
-        eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json, tails.json
         lineage.json          written first: the manifests it is built on (checked on resume)
+        train-set.parquet     exactly what this generation trains on
+        decontamination.json  the detector's report, when decontaminate.enabled
+        checkpoints/          step-000200/ ... while training (removed once model/ exists)
+        model/                the trained model (from_pretrained-loadable) and train_log.json
+        synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json
+        eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json,
+                              tails.json, tails.npy
         manifest.json         written last, atomically: the generation is complete iff it exists
       metrics.csv, metrics.json
+      stale/                  stages moved aside because what they were built on changed
+      report/                 make report's tables and figures
 
 A stage is complete when its marker file exists; markers are written last and atomically, so
-a half-written folder is never mistaken for a done one.
+a half-written folder is never mistaken for a done one. Manifests are in ``manifests.py``.
 """
 
 from __future__ import annotations
@@ -27,18 +31,16 @@ import contextlib
 import fcntl
 import json
 import os
-import platform
 import re
 import shlex
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmcollapse.atomic import canonical_json, read_json, sha256_bytes, sha256_file, write_json_atomic
+from lmcollapse.atomic import read_json, sha256_file
 from lmcollapse.errors import LmcollapseError
 
 MANIFEST = "manifest.json"
@@ -220,6 +222,9 @@ def shard_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
     return [(lo, min(lo + shard_size, total)) for lo in range(0, total, shard_size)]
 
 
+GENERATION_CONFIG_FILE = "generation_config.json"  # beside the shards: the decoding settings used
+
+
 def shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:
     """A shard's Parquet file and its sidecar (written after it: the shard is complete iff both are)."""
     return out_dir / f"shard-{index:05d}.parquet", out_dir / f"shard-{index:05d}.json"
@@ -239,6 +244,14 @@ def completed_shard(out_dir: Path, index: int) -> dict | None:
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{6,})$")
 STATE_FILE = "trainer_state.json"
+# Beside the step-NNNNNN checkpoints: the weights of an epoch that was the best on validation when
+# it ended (best-epoch-003), with BEST_FILE ({"epoch", "loss"}) written inside them last.
+BEST_NAME = re.compile(r"^best-epoch-(\d{3,})$")
+BEST_FILE = "best.json"
+
+
+def best_weights_path(checkpoint_dir: Path, epoch: int) -> Path:
+    return checkpoint_dir / f"best-epoch-{epoch:03d}"
 
 
 @dataclass(frozen=True)
@@ -325,82 +338,20 @@ def lock_holder(run: RunDir) -> str | None:
         os.close(fd)
 
 
-# ---------------------------------------------------------------------------- provenance
-
-def environment_record() -> dict:
-    """Package versions, git commit, machine: what a reader needs to trust a number."""
-    import accelerate
-    import datasets
-    import tokenizers
-    import torch
-    import transformers
-
-    import lmcollapse
-
-    versions = {
-        "python": platform.python_version(), "lmcollapse": lmcollapse.__version__, "torch": torch.__version__,
-        "transformers": transformers.__version__, "datasets": datasets.__version__,
-        "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__,
-    }
-    return {"versions": versions, "git_commit": git_commit(), "machine": platform.machine(),
-            "device": _device_name()}
 
 
-def git_commit() -> str | None:
-    try:
-        root = Path(__file__).resolve().parent.parent
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
-def _device_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return f"cpu ({os.cpu_count()} cores)"
 
 
-# ---------------------------------------------------------------------------- manifests
-
-# Each manifest carries the sha256 of its own contents: an edit by hand (a seed, a metric, a
-# recorded hash) is caught on the next read instead of flowing into the tables.
-MANIFEST_CHECKSUM = "manifest_sha256"
 
 
-def _manifest_checksum(body: dict) -> str:
-    return sha256_bytes(canonical_json({k: v for k, v in body.items() if k != MANIFEST_CHECKSUM}).encode())
 
 
-def write_manifest(path: Path, record: dict) -> None:
-    """Write a stage's manifest (or another protected record) atomically, with its checksum."""
-    write_json_atomic(path, {**record, MANIFEST_CHECKSUM: _manifest_checksum(record)})
 
 
-def read_manifest(path: Path, fix: str | None = None) -> dict:
-    """A manifest whose checksum matches its contents; a one-line error for anything else.
 
-    ``fix`` is the command the error suggests; by default, rebuilding the manifest's stage.
-    """
-    path = Path(path)
-    fix = fix or rebuild_command(path.parent)
-    try:
-        record = read_json(path)
-    except (OSError, ValueError):
-        record = None
-    if not isinstance(record, dict):
-        raise LmcollapseError(f"{path} is unreadable (truncated or modified by hand): restore it, or rebuild it: {fix}")
-    if record.get(MANIFEST_CHECKSUM) != _manifest_checksum(record):
-        state = "has no checksum (written by an older lmcollapse?)" if MANIFEST_CHECKSUM not in record else \
-            "was edited after its stage completed (its manifest_sha256 does not match its contents)"
-        raise LmcollapseError(f"{path} {state}: restore it, or rebuild it: {fix}")
-    return record
+
 
 
 # ---------------------------------------------------------------------------- commands to paste
@@ -438,29 +389,3 @@ def rebuild_command(stage_root: Path, last: int | None = None) -> str:
     return f"rm -r {shlex.quote(str(stage_root))} && {build_command(run.root, last)}"
 
 
-def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_changed: bool,
-                    stage_root: Path | None = None, quick: bool = False) -> list[str]:
-    """Compare files under ``root`` with the sha256 recorded when ``what`` completed.
-
-    Raises naming the first changed file, and the command that rebuilds the stage at
-    ``stage_root`` (default ``root``), unless ``accept_changed``; returns the changed names.
-    ``quick`` only checks that every file is there.
-    """
-    changed = []
-    for name, expected in sorted(recorded.items()):
-        path = root / name
-        if not path.is_file():
-            actual = None
-        elif quick:
-            continue
-        else:
-            actual = sha256_file(path)
-        if actual != expected:
-            changed.append(name)
-            if not accept_changed:
-                state = "is missing" if actual is None else f"changed (sha256 {actual[:12]}, recorded {expected[:12]})"
-                raise LmcollapseError(
-                    f"{path} {state} since {what} completed: restore it, rebuild it with "
-                    f"`{rebuild_command(stage_root or root)}`, or pass --accept-changed (ACCEPT_CHANGED=1) "
-                    "to use it as it is now")
-    return changed

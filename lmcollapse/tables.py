@@ -1,4 +1,5 @@
-"""A run's metrics as ``metrics.csv`` / ``metrics.json``, and as a table on the terminal.
+"""Every table lmcollapse writes: a run's ``metrics.csv`` / ``metrics.json``, the table on the
+terminal, and the Markdown and LaTeX tables of the report.
 
 One row per generation, in the column order below; the reference rows (the base model's
 zero-shot perplexity, the human corpus's own diversity) live in ``metrics.json`` and head the
@@ -16,37 +17,17 @@ import math
 from pathlib import Path
 
 from lmcollapse.atomic import canonical_json, write_text_atomic
-from lmcollapse.metrics import REGISTRY
+from lmcollapse.config import PipelineConfig
+from lmcollapse.integrity import STALE, verify_run
+from lmcollapse.manifests import read_manifest
+from lmcollapse.metrics.columns import COLUMNS, TERMINAL, shown_in
 from lmcollapse.rundir import RunDir
-
-IDENTITY_COLUMNS = ["generation", "seed"]
-RUN_COLUMNS = {
-    "self_bleu_samples": "How many synthetic samples self-BLEU was computed on (a seeded subsample, or all).",
-    "self_bleu_seed": "Seed of that subsample (the same indices every generation).",
-    "self_bleu_smoothing": "NLTK smoothing function used in self-BLEU.",
-    "text_tokenization": "How text was split into words for self-BLEU, distinct-n and rare n-grams.",
-    "train_blocks": "Blocks in the generation's training set.",
-    "train_human_fraction": "Fraction of those blocks that are human text (from the provenance column).",
-    "decontam_dropped": "Candidate records the decontamination filter removed before training.",
-    "train_tokens": "Tokens seen in training (all epochs).",
-    "train_steps": "Optimizer steps.",
-    "train_loss": "Mean training loss (token NLL) over the kept epoch: the last, or the best on validation.",
-    "train_epoch_kept": "The epoch (from 0) whose weights the generation kept, with train.select=best-validation.",
-    "train_val_loss": "Loss (token NLL) of the kept weights on the human validation blocks (train.select=best-validation).",
-    "train_seconds": "Wall time of training.",
-    "train_tokens_per_second": "Training throughput.",
-    "synthetic_samples": "Records in the synthetic corpus the generation wrote.",
-    "synthetic_tokens": "New tokens in that corpus.",
-    "generate_seconds": "Wall time of writing the synthetic corpus.",
-    "generate_tokens_per_second": "New tokens per second while generating.",
-    "eval_seconds": "Wall time of evaluation (perplexities, text metrics, tails).",
-}
 
 
 def all_columns(rows: list[dict]) -> list[str]:
-    """Identity, metric and run columns present in ``rows``, in a stable order."""
+    """The columns present in ``rows``, in catalogue order (identity, metrics, run facts)."""
     present = {key for row in rows for key in row}
-    ordered = IDENTITY_COLUMNS + [m for m in REGISTRY if m in present] + [c for c in RUN_COLUMNS if c in present]
+    ordered = [c for c in COLUMNS if c in present]
     return ordered + sorted(present - set(ordered))
 
 
@@ -78,14 +59,10 @@ def _csv_value(value):
     return "" if value is None else value
 
 
-TERMINAL_COLUMNS = ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "tail_ppl_p99",
-                    "rare_survival", "train_loss", "train_seconds"]
-
-
 def format_table(rows: list[dict], reference: dict | None = None, columns: list[str] | None = None) -> str:
     """A fixed-width table: reference rows (base, human) first, then one row per generation."""
     present = {k for row in rows for k in row} | {k for r in (reference or {}).values() for k in r}
-    columns = [c for c in (columns or TERMINAL_COLUMNS) if c in present]
+    columns = [c for c in (columns or shown_in(TERMINAL)) if c in present]
     table = [["generation"] + columns]
     for label, values in (reference or {}).items():
         table.append([label] + [_fmt(c, values.get(c)) for c in columns])
@@ -101,6 +78,64 @@ def _fmt(column: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
-        decimals = REGISTRY[column].decimals if column in REGISTRY else (1 if "seconds" in column else 3)
+        decimals = COLUMNS[column].decimals if column in COLUMNS else 3
         return f"{value:.{decimals}f}"
     return str(value)
+
+
+def collect_rows(run: RunDir) -> list[dict]:
+    """The metrics rows of the complete generations, in order; a stale generation (built on a
+    lineage that no longer exists) is left out, an edited manifest is an error."""
+    stale = {c.name for c in verify_run(run, quick=True) if c.state == STALE}
+    return [read_manifest(g.manifest)["metrics"] for g in run.complete_generations() if g.name not in stale]
+
+
+def reference_rows(run: RunDir) -> dict[str, dict]:
+    reference = {}
+    if run.base_eval.is_file():
+        reference["base"] = {k: v for k, v in read_manifest(run.base_eval).items() if k.startswith("ppl_")}
+    if run.human_manifest.is_file():
+        reference["human"] = dict(read_manifest(run.human_manifest).get("text_metrics", {}))
+    return reference
+
+
+def refresh_metrics(run: RunDir, config: PipelineConfig) -> None:
+    header = {"run": run.name, "pipeline": config.name, "config_fingerprint": config.fingerprint(),
+              "seed": config.seed, "reference": reference_rows(run)}
+    write_metrics(run, collect_rows(run), header)
+
+
+def summary_table(run: RunDir) -> str:
+    return format_table(collect_rows(run), reference_rows(run))
+
+
+# ---------------------------------------------------------------------------- Markdown and LaTeX (the report)
+
+def markdown_table(header: list[str], rows: list[list[str]], align: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                 "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def latex_table(header: list[str], rows: list[list[str]], align: list[str], caption: str) -> str:
+    def tex(text: str) -> str:
+        return latex_escape(text).replace("±", r"$\pm$").replace("↑", r"$\uparrow$").replace("↓", r"$\downarrow$")
+    lines = [
+        f"% {caption}",
+        "% Needs \\usepackage{booktabs}.",
+        "\\begin{tabular}{" + "".join(align) + "}",
+        "\\toprule",
+        " & ".join(tex(h) for h in header) + " \\\\",
+        "\\midrule",
+    ]
+    lines += [" & ".join(tex(c) for c in row) + " \\\\" for row in rows]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"

@@ -25,7 +25,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,8 +49,11 @@ from lmcollapse.interrupts import check_stop
 from lmcollapse.metrics.perplexity import token_losses
 from lmcollapse.progress import progress_bar
 from lmcollapse.rundir import (
+    BEST_FILE,
+    BEST_NAME,
     STATE_FILE,
     Checkpoint,
+    best_weights_path,
     checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
@@ -61,10 +63,8 @@ from lmcollapse.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
 
-# Beside the step-NNNNNN checkpoints: the weights of an epoch that was the best on validation when
-# it ended (best-epoch-003). Kept until a checkpoint that knows a better epoch exists, so a resume
-# from any kept checkpoint finds the weights its history names.
-BEST_NAME = re.compile(r"^best-epoch-(\d{3,})$")
+# The best-epoch weights (rundir.best_weights_path) are kept until a checkpoint that knows a better
+# epoch exists, so a resume from any kept checkpoint finds the weights its history names.
 
 
 @dataclass
@@ -307,10 +307,10 @@ def save_best_weights(accelerator, model, checkpoint_dir: Path, epoch: int, loss
 
     if accelerator.is_main_process:
         plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
-        with atomic_path(checkpoint_dir / f"best-epoch-{epoch:03d}") as scratch:
+        with atomic_path(best_weights_path(checkpoint_dir, epoch)) as scratch:
             scratch.mkdir(parents=True)
             save_model(plain, str(scratch / "model.safetensors"))
-            (scratch / "best.json").write_text(canonical_json({"epoch": epoch, "loss": loss}), encoding="utf-8")
+            (scratch / BEST_FILE).write_text(canonical_json({"epoch": epoch, "loss": loss}), encoding="utf-8")
     accelerator.wait_for_everyone()
 
 
@@ -333,8 +333,8 @@ def prune_best_weights(checkpoint_dir: Path) -> None:
 def load_best_weights(model, checkpoint_dir: Path, epoch: int) -> None:
     from safetensors.torch import load_model
 
-    folder = checkpoint_dir / f"best-epoch-{epoch:03d}"
-    recorded = read_json(folder / "best.json") if (folder / "best.json").is_file() else {}
+    folder = best_weights_path(checkpoint_dir, epoch)
+    recorded = read_json(folder / BEST_FILE) if (folder / BEST_FILE).is_file() else {}
     if recorded.get("epoch") != epoch:
         raise LmcollapseError(
             f"{folder} is missing or incomplete (the weights of epoch {epoch}, the best on validation): delete "

@@ -1,5 +1,5 @@
 """Fixtures: the WikiText-2 corpus (from LMCOLLAPSE_DATA_DIR, never copied into the repository),
-a small corpus folder cut from it in a temporary directory, and an offline environment."""
+a small generated corpus folder for the mechanics tests, and an offline environment."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-
-CORPUS_LINES = {"train.txt": ("wiki.valid.raw", 260), "test.txt": ("wiki.test.raw", 160)}
+from helpers import REPO, write_generated_corpus
 
 
 def _data_dir() -> Path | None:
@@ -48,11 +46,7 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory, data_dir) -> Path:
-    """A local corpus folder (train.txt, test.txt) holding the first lines of the real splits."""
-    folder = tmp_path_factory.mktemp("corpus")
-    for name, (source, lines) in CORPUS_LINES.items():
-        with open(data_dir / "wikitext-2-raw" / source, encoding="utf-8") as handle:
-            text = "".join(handle.readline() for _ in range(lines))
-        (folder / name).write_text(text, encoding="utf-8")
-    return folder
+def small_corpus(tmp_path_factory) -> Path:
+    """A local corpus folder (train.txt, test.txt) of generated WikiText-format text: the
+    mechanics tests (stages, resume, regimes, report, command line) need no external corpus."""
+    return write_generated_corpus(tmp_path_factory.mktemp("corpus"))

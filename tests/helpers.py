@@ -75,3 +75,41 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     # A session of its own: a failpoint may SIGKILL the command's whole process group.
     return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, start_new_session=True)
+
+
+def write_generated_corpus(folder: Path, seed: int = 0) -> Path:
+    """A small corpus folder (train.txt, test.txt) in WikiText-2's raw format, generated here:
+    ``= Heading =`` lines, blank lines and paragraphs of Zipf-distributed words, numbers and
+    punctuation. Different articles in each split. The mechanics tests run on it, so they need no
+    external corpus; the tests on the real WikiText-2 ask for the ``data_dir`` fixture."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    onsets, vowels, codas = ["b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "w", "st", "tr"], \
+        ["a", "e", "i", "o", "u", "ea", "ou"], ["", "n", "r", "s", "t", "nd", "ll"]
+    words = sorted({"".join(rng.choice(onsets) + rng.choice(vowels) + rng.choice(codas)
+                            for _ in range(rng.integers(1, 4))) for _ in range(900)})
+    rank = np.argsort(rng.random(len(words)))  # which word is frequent: a fixed random order
+
+    def sentence() -> str:
+        picks = np.minimum(rng.zipf(1.15, size=rng.integers(6, 22)), len(words)) - 1
+        tokens = [words[rank[p]] for p in picks]
+        if rng.random() < 0.3:
+            tokens.insert(int(rng.integers(0, len(tokens))), str(int(rng.integers(1800, 2020))))
+        if rng.random() < 0.2:
+            tokens.insert(int(rng.integers(1, len(tokens))), ",")
+        return " ".join(tokens).capitalize() + " ."
+
+    def article(lines: int) -> list[str]:
+        out = [" \n", f" = {words[rank[int(rng.integers(0, 200))]].title()} {words[rank[int(rng.integers(0, 200))]]} = \n", " \n"]
+        while len(out) < lines:
+            out += [" " + " ".join(sentence() for _ in range(rng.integers(3, 8))) + " \n", " \n"]
+        return out
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train.txt", 260), ("test.txt", 160)):
+        lines: list[str] = []
+        while len(lines) < count:
+            lines += article(int(rng.integers(12, 40)))
+        (folder / name).write_text("".join(lines[:count]), encoding="utf-8")
+    return folder

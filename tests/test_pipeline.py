@@ -293,8 +293,7 @@ def test_pretraining_on_the_text_it_is_fine_tuned_on_is_refused_before_anything_
 
 
 def test_every_column_of_metrics_csv_has_a_definition(staged_run, tmp_path, small_corpus):
-    from lmcollapse.metrics import REGISTRY
-    from lmcollapse.tables import IDENTITY_COLUMNS, RUN_COLUMNS
+    from lmcollapse.metrics import COLUMNS
 
     _, run, _ = staged_run
     selected = RunDir(tmp_path / "selected")
@@ -303,6 +302,6 @@ def test_every_column_of_metrics_csv_has_a_definition(staged_run, tmp_path, smal
           selected.root, 1, progress=False, echo=lambda _: None)
     for folder in (run, selected):
         columns = next(csv.reader(open(folder.metrics_csv)))
-        undefined = [c for c in columns if c not in REGISTRY and c not in RUN_COLUMNS and c not in IDENTITY_COLUMNS]
+        undefined = [c for c in columns if c not in COLUMNS or not COLUMNS[c].definition]
         assert not undefined, f"columns without a definition: {undefined}"
     assert {"train_epoch_kept", "train_val_loss", "decontam_precision"} <= set(next(csv.reader(open(selected.metrics_csv))))

@@ -9,10 +9,11 @@ import pytest
 from helpers import micro_config, micro_raw_config, run_cli, tree_hashes, tree_state, write_pipeline
 from lmcollapse.atomic import sha256_file
 from lmcollapse.errors import LmcollapseError
+from lmcollapse.manifests import read_manifest
 from lmcollapse.pipeline import build
 from lmcollapse.plan import describe_plan
 from lmcollapse.pretrain import locate_entry
-from lmcollapse.rundir import RunDir, read_manifest
+from lmcollapse.rundir import RunDir
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow

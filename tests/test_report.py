@@ -16,8 +16,10 @@ import pytest
 from helpers import micro_raw_config, run_cli, write_pipeline
 from lmcollapse.cli import main
 from lmcollapse.records import read_records
-from lmcollapse.report import Group, RunRecord, aggregate, cell, group_table, latex_table, write_report
+from lmcollapse.report import Group, RunRecord, aggregate, group_table, write_report
+from lmcollapse.report.pages import cell
 from lmcollapse.rundir import RunDir
+from lmcollapse.tables import latex_table
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -265,7 +267,7 @@ def test_the_index_page_shows_sample_continuations_of_every_generation(study):
 
 
 def test_markdown_text_escapes_what_markdown_would_act_on():
-    from lmcollapse.report import markdown_text
+    from lmcollapse.report.pages import markdown_text
 
     assert markdown_text("a *b* _c_ <unk> | `d`\n e") == "a \\*b\\* \\_c\\_ \\<unk\\> \\| \\`d\\` e"
     assert markdown_text("x" * 500).endswith("x …") and len(markdown_text("x" * 500)) == 402

@@ -32,6 +32,7 @@ from fractions import Fraction
 import numpy as np
 
 from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample
+from lmcollapse.seeding import subsample_indices
 
 SUPPORTED_SMOOTHING = ("method0", "method1", "method2", "method3", "method4", "method5", "method7")
 _EPSILON = 0.1  # NLTK SmoothingFunction defaults
@@ -56,12 +57,6 @@ def self_bleu(
     if num_samples is not None and num_samples < corpus.num_samples:
         corpus = corpus.subset(subsample_indices(corpus.num_samples, num_samples, seed))
     return float(np.mean(self_bleu_scores(corpus, max_n, smoothing)))
-
-
-def subsample_indices(total: int, size: int, seed: int) -> np.ndarray:
-    """A fixed, seeded subset of ``size`` of ``range(total)``, in increasing order."""
-    rng = np.random.default_rng(seed)
-    return np.sort(rng.choice(total, size=size, replace=False))
 
 
 def self_bleu_scores(corpus: EncodedCorpus, max_n: int = 4, smoothing: str = "method1") -> np.ndarray:

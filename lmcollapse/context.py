@@ -1,0 +1,74 @@
+"""What every stage is handed: the config, the run directory, the accelerator and the options.
+
+    context = Context(config, RunDir(Path("runs/tiny")), make_accelerator(config))
+    tokenizer = context.tokenizer()   # the run's own tokenizer (base/model), loaded once
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from lmcollapse.config import PipelineConfig
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.modeling import prepare_tokenizer
+from lmcollapse.rundir import RunDir
+
+log = logging.getLogger("lmcollapse.pipeline")
+
+
+@dataclass
+class Context:
+    """Everything a stage needs: the config, the run directory, the accelerator, the options."""
+
+    config: PipelineConfig
+    run: RunDir
+    accelerator: object
+    accept_changed: bool = False
+    progress: bool = True
+    echo: object = print
+    _tokenizer: object = field(default=None, repr=False)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        """A progress line (stderr, silenced by -q); results go to ``echo``."""
+        if self.main:
+            log.info(text)
+
+    def tokenizer(self):
+        """The tokenizer saved with the run's base model, which every stage after the base uses."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(self.run.base_model))
+        return self._tokenizer
+
+    def forget_tokenizer(self) -> None:
+        """After the base stage writes the run's tokenizer: the next ``tokenizer()`` reads that copy."""
+        self._tokenizer = None
+
+
+def make_accelerator(config: PipelineConfig):
+    """An ``Accelerator`` for the configured precision on whatever devices exist."""
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise LmcollapseError("train.mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # One process: forget any accelerator an earlier build in this process configured.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # Without a GPU, say so: accelerate then runs several processes (accelerate launch --multi_gpu,
+    # torchrun) on the CPU with gloo, instead of falling back to a single process.
+    xpu = getattr(torch, "xpu", None)
+    cpu_only = not (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                    or torch.backends.mps.is_available())
+    # The scheduler is stepped once per optimizer step by the training loop itself;
+    # accelerate's default would step it once per process.
+    return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False,
+                       cpu=cpu_only, dynamo_backend="inductor" if config.train.compile else "no")

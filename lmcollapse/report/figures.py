@@ -1,0 +1,112 @@
+"""The report's figures: perplexity and diversity by generation (mean ± sd over seeds), the
+tails histograms and the training-loss curves (first seed), as .png and .svg.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lmcollapse.atomic import read_json
+from lmcollapse.metrics import REGISTRY
+from lmcollapse.report.runs import Group, group_table
+
+
+def figure_perplexity(groups: list[Group], out: Path) -> list[Path]:
+    from lmcollapse.plotting import PALETTE, new_figure, save_figure
+
+    fig, axes = new_figure("Held-out human perplexity by generation", "generation", "perplexity", ncols=2, width=11)
+    for ax, metric, title in ((axes[0], "ppl_blocks", "non-overlapping blocks"), (axes[1], "ppl_sliding", "sliding window")):
+        for colour, group in zip(PALETTE, groups):
+            _mean_band(ax, group, metric, colour)
+        base = [r.reference.get("base", {}).get(metric) for g in groups for r in g.runs[:1]]
+        if base and base[0] is not None and len({round(b, 6) for b in base if b is not None}) == 1:
+            ax.axhline(base[0], color="grey", linestyle="--", linewidth=1, label="base model, zero-shot")
+        ax.set_title(f"{metric} ({title}) ↓")
+        ax.set_yscale("log")
+        ax.legend()
+    return save_figure(fig, out / "perplexity")
+
+
+def figure_diversity(groups: list[Group], out: Path) -> list[Path]:
+    from lmcollapse.plotting import PALETTE, new_figure, save_figure
+
+    fig, axes = new_figure("Diversity of each generation's synthetic corpus", "generation", "", ncols=2, width=11)
+    for ax, metric in ((axes[0], "self_bleu_4"), (axes[1], "distinct_2")):
+        for colour, group in zip(PALETTE, groups):
+            _mean_band(ax, group, metric, colour)
+        human = groups[0].runs[0].reference.get("human", {}).get(metric)
+        if human is not None:
+            ax.axhline(human, color="grey", linestyle="--", linewidth=1, label="human training blocks")
+        ax.set_title(f"{metric} {REGISTRY[metric].arrow}")
+        ax.set_ylabel(metric.replace("_", "-"))
+        ax.legend()
+    return save_figure(fig, out / "diversity")
+
+
+def figure_tails(groups: list[Group], out: Path) -> list[Path]:
+    """The paper's tail figure: per-sample perplexity under the generation-0 model, per generation."""
+    from matplotlib import colormaps
+
+    from lmcollapse.plotting import new_figure, save_figure
+
+    shown = groups[:4]
+    fig, axes = new_figure("Synthetic samples scored by the generation-0 model (first seed)",
+                           "per-sample perplexity (log scale)", "density", ncols=len(shown), width=5.5 * len(shown))
+    axes = axes if isinstance(axes, list) else [axes]
+    for ax, group in zip(axes, shown):
+        record = group.runs[0]
+        values = {g: np.load(record.run.generation(g).tails_values) for g in record.generations
+                  if record.run.generation(g).tails_values.is_file()}
+        finite = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values.values()]) if values else np.array([])
+        if len(finite) == 0:
+            continue
+        bins = np.logspace(np.log10(finite.min()), np.log10(finite.max()), 30)
+        cmap = colormaps["viridis"]
+        for i, (generation, v) in enumerate(sorted(values.items())):
+            v = v[np.isfinite(v) & (v > 0)]
+            density, edges = np.histogram(v, bins=bins, density=True)
+            ax.step(edges[:-1], density, where="post", color=cmap(i / max(len(values) - 1, 1)),
+                    label=f"generation {generation}")
+        ax.set_xscale("log")
+        ax.set_title(group.label)
+        ax.legend()
+    return save_figure(fig, out / "tails")
+
+
+def figure_training_loss(groups: list[Group], out: Path) -> list[Path]:
+    from matplotlib import colormaps
+
+    from lmcollapse.plotting import new_figure, save_figure
+
+    shown = groups[:4]
+    fig, axes = new_figure("Training loss of each generation (first seed)", "optimizer step",
+                           "training loss (token NLL, nats)", ncols=len(shown), width=5.5 * len(shown))
+    axes = axes if isinstance(axes, list) else [axes]
+    for ax, group in zip(axes, shown):
+        record = group.runs[0]
+        cmap = colormaps["viridis"]
+        for i, generation in enumerate(record.generations):
+            path = record.run.generation(generation).train_log
+            if not path.is_file():
+                continue
+            log = read_json(path)["log"]
+            ax.plot([h["step"] for h in log], [h["loss"] for h in log], linewidth=1,
+                    color=cmap(i / max(len(record.generations) - 1, 1)), label=f"generation {generation}")
+        ax.set_title(group.label)
+        ax.legend()
+    return save_figure(fig, out / "training_loss")
+
+
+def _mean_band(ax, group: Group, metric: str, colour: str) -> None:
+    table = group_table(group, [metric])
+    x = [e["generation"] for e in table]
+    mean = np.array([e[metric][0] for e in table])
+    std = np.array([e[metric][1] for e in table])
+    seeds = max(e[metric][2] for e in table) if table else 0
+    ax.plot(x, mean, marker="o", markersize=3, color=colour,
+            label=f"{group.label} ({seeds} seed{'s' if seeds != 1 else ''})")
+    if seeds > 1:
+        ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
+    ax.set_xticks(x)
