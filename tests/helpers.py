@@ -113,3 +113,48 @@ def write_generated_corpus(folder: Path, seed: int = 0) -> Path:
             lines += article(int(rng.integers(12, 40)))
         (folder / name).write_text("".join(lines[:count]), encoding="utf-8")
     return folder
+
+
+def micro_opt(vocab_size: int = 40, layers: int = 1, positions: int = 64, dropout: float = 0.1, seed: int = 0):
+    """A random OPT of width 16 built from config (pad 1, </s> 2 as BOS and EOS, like OPT's
+    tokenizer), seeded: the same call gives the same weights."""
+    import torch
+    from transformers import AutoModelForCausalLM, OPTConfig
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(OPTConfig(
+        vocab_size=vocab_size, hidden_size=16, num_hidden_layers=layers, ffn_dim=32, num_attention_heads=2,
+        max_position_embeddings=positions, word_embed_proj_dim=16, dropout=dropout,
+        pad_token_id=1, bos_token_id=2, eos_token_id=2))
+
+
+class SingleProcess:
+    """What the stages ask of an ``accelerate.Accelerator`` in a one-process CPU run."""
+
+    num_processes, process_index, is_main_process = 1, 0, True
+
+    @property
+    def device(self):
+        import torch
+
+        return torch.device("cpu")
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def autocast(self):
+        import torch
+
+        return torch.autocast("cpu", enabled=False)
+
+
+def token_records(token_lists: list[list[int]], source: str = "human", generation: int | None = None,
+                  ids: list[str] | None = None, text: str = ""):
+    """Records (the pipeline's schema, with provenance) holding these token lists."""
+    from lmcollapse.records import make_records
+
+    count = len(token_lists)
+    return make_records({
+        "id": ids or [str(i) for i in range(count)], "source": [source] * count, "generation": [generation] * count,
+        "parent": [None] * count, "model": [None] * count, "input_ids": [list(map(int, t)) for t in token_lists],
+        "text": [text] * count})

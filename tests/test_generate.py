@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import SingleProcess, micro_opt, token_records
 from lmcollapse.atomic import sha256_file
 from lmcollapse.config import GenerateConfig
 from lmcollapse.generate import build_generation_config, completed_shard, shard_paths, write_synthetic_corpus
-from lmcollapse.records import HUMAN, make_records, read_records
+from lmcollapse.records import HUMAN, read_records
 
 BASE = GenerateConfig(num_beams=1, do_sample=True, repetition_penalty=1.0, min_new_tokens=12,
                       max_new_tokens=12, batch_size=4, shard_size=5)
@@ -40,12 +41,7 @@ class Tokenizer:
 
 @pytest.fixture(scope="module")
 def model():
-    from transformers import AutoModelForCausalLM, OPTConfig
-
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                       max_position_embeddings=64, word_embed_proj_dim=16, pad_token_id=1, bos_token_id=2, eos_token_id=2)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = micro_opt(vocab_size=40).eval()
     with torch.no_grad():  # a peaked next-token distribution, so that filters visibly bite
         model.lm_head.weight.mul_(8.0)
     return model
@@ -54,23 +50,14 @@ def model():
 @pytest.fixture
 def prompts():
     rng = np.random.default_rng(0)
-    return make_records({
-        "id": [f"human-train-{i:06d}" for i in range(12)], "source": [HUMAN] * 12, "generation": [None] * 12,
-        "parent": [None] * 12, "model": [None] * 12,
-        "input_ids": [rng.integers(3, 40, size=8).tolist() for _ in range(12)], "text": ["x"] * 12})
-
-
-class Accelerator:
-    num_processes, process_index, is_main_process = 1, 0, True
-
-    def wait_for_everyone(self):
-        pass
+    return token_records([rng.integers(3, 40, size=8).tolist() for _ in range(12)], HUMAN,
+                         ids=[f"human-train-{i:06d}" for i in range(12)], text="x")
 
 
 def run_stage(model, prompts, config, out_dir, seed=0):
     return write_synthetic_corpus(model, Tokenizer(), prompts, config, seed=seed, generation=3,
                                   model_label="micro/generation-03/model", out_dir=out_dir,
-                                  accelerator=Accelerator(), progress=False)
+                                  accelerator=SingleProcess(), progress=False)
 
 
 def spy_on_generate(model, monkeypatch) -> list:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import micro_opt, token_records
 from lmcollapse.metrics.perplexity import (
     perplexity,
     perplexity_blocks,
@@ -19,12 +20,7 @@ from lmcollapse.metrics.perplexity import (
 
 @pytest.fixture(scope="module")
 def tiny_model():
-    from transformers import AutoModelForCausalLM, OPTConfig
-
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, ffn_dim=32, num_attention_heads=2,
-                       max_position_embeddings=64, word_embed_proj_dim=16, pad_token_id=1, bos_token_id=2, eos_token_id=2)
-    return AutoModelForCausalLM.from_config(config).eval()
+    return micro_opt(vocab_size=50, layers=2).eval()
 
 
 @pytest.fixture(scope="module")
@@ -112,14 +108,11 @@ def test_public_function_takes_model_and_tokenizer(tiny_model):
 
 def test_streamed_evaluation_equals_the_in_memory_one(tiny_model, stream, tmp_path):
     from lmcollapse.metrics.perplexity import TokenStream, iter_windows, sliding_windows
-    from lmcollapse.records import make_records, write_records
+    from lmcollapse.records import write_records
 
     # Chunks of awkward sizes, as a Parquet file of records delivers them.
     pieces = [stream[i:i + 17] for i in range(0, len(stream), 17)]
-    write_records(make_records({"id": [str(i) for i in range(len(pieces))], "source": ["human"] * len(pieces),
-                                "generation": [None] * len(pieces), "parent": [None] * len(pieces),
-                                "model": [None] * len(pieces), "input_ids": [p.tolist() for p in pieces],
-                                "text": [""] * len(pieces)}), tmp_path / "heldout.parquet")
+    write_records(token_records([p.tolist() for p in pieces]), tmp_path / "heldout.parquet")
     streamed = TokenStream.from_parquet(tmp_path / "heldout.parquet", rows_per_read=3)
     assert streamed.length == len(stream)
     assert np.array_equal(np.concatenate(list(streamed.chunks())), stream)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import micro_config
+from helpers import SingleProcess, micro_config, micro_opt, token_records
 from lmcollapse.config import load_config
 from lmcollapse.decontaminate import decontaminate, detection_report
 from lmcollapse.pipeline import build
-from lmcollapse.records import HUMAN, SYNTHETIC, make_records, read_records
+from lmcollapse.records import HUMAN, SYNTHETIC, read_records
 from lmcollapse.regimes import assemble_training_set, choose, loss_weights, prompts_for
 from lmcollapse.rundir import RunDir
 from lmcollapse.train import _chunk_loss
@@ -24,10 +24,8 @@ N = 20
 def records(source: str, generation: int | None, count: int = N, token_range=(3, 100), seed=0):
     rng = np.random.default_rng(seed + (generation or 0) * 7 + (source == HUMAN) * 3)
     prefix = "human-train" if source == HUMAN else f"g{generation:02d}"
-    return make_records({
-        "id": [f"{prefix}-{i:06d}" for i in range(count)], "source": [source] * count,
-        "generation": [generation] * count, "parent": [None] * count, "model": [None] * count,
-        "input_ids": [rng.integers(*token_range, size=16).tolist() for _ in range(count)], "text": ["t"] * count})
+    return token_records([rng.integers(*token_range, size=16).tolist() for _ in range(count)], source, generation,
+                         ids=[f"{prefix}-{i:06d}" for i in range(count)], text="t")
 
 
 HUMAN_TRAIN = records(HUMAN, None)
@@ -163,12 +161,7 @@ def test_prompts_from_an_empty_training_set_are_an_error():
 
 
 def test_human_loss_weight_changes_the_loss_as_claimed():
-    from transformers import AutoModelForCausalLM, OPTConfig
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(OPTConfig(
-        vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-        max_position_embeddings=32, word_embed_proj_dim=16, dropout=0.0)).eval()
+    model = micro_opt(vocab_size=100, positions=32, dropout=0.0).eval()
     mixed = assemble(["data.regime=keep-fraction", "data.human_fraction=0.5"], 1)
     config = load_config(None, ["data.regime=keep-fraction", "data.human_fraction=0.5", "train.human_loss_weight=3"])
     weights = loss_weights(config, mixed)
@@ -183,16 +176,10 @@ def test_human_loss_weight_changes_the_loss_as_claimed():
     tokens = np.array([len(s) - 1 for s in sequences])
     expected = float(np.sum(weights * per_record) / np.sum(weights * tokens))
 
-    class Accelerator:
-        device = torch.device("cpu")
-
-        def autocast(self):
-            return torch.autocast("cpu", enabled=False)
-
     chunk = np.arange(len(sequences))
     with torch.no_grad():
-        loss = _chunk_loss(model, sequences, chunk, weights, 1, Accelerator(), float(np.sum(weights * tokens)))
-        plain = _chunk_loss(model, sequences, chunk, np.ones(len(sequences)), 1, Accelerator(), float(tokens.sum()))
+        loss = _chunk_loss(model, sequences, chunk, weights, 1, SingleProcess(), float(np.sum(weights * tokens)))
+        plain = _chunk_loss(model, sequences, chunk, np.ones(len(sequences)), 1, SingleProcess(), float(tokens.sum()))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert plain.item() == pytest.approx(sum(per_record) / tokens.sum(), rel=1e-5)
     # Up-weighting the human records pulls the loss toward their own mean token NLL.
@@ -250,12 +237,7 @@ def test_the_detector_is_also_measured_without_the_end_of_text_cue():
 
 def _unigram_model(candidates):
     """An OPT whose output layer prefers human tokens: NLL separates the sources."""
-    from transformers import AutoModelForCausalLM, OPTConfig
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(OPTConfig(
-        vocab_size=100, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-        max_position_embeddings=32, word_embed_proj_dim=16)).eval()
+    model = micro_opt(vocab_size=100, positions=32).eval()
     with torch.no_grad():
         model.lm_head.weight.zero_()
         model.model.decoder.final_layer_norm.bias.fill_(1.0)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import micro_opt
 from lmcollapse.config import PipelineConfig, TrainConfig
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.pipeline import make_accelerator
@@ -20,13 +21,7 @@ CONFIG = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, min_learning_ra
 
 
 def fresh_model(dropout: float = 0.0):
-    from transformers import AutoModelForCausalLM, OPTConfig
-
-    torch.manual_seed(0)
-    config = OPTConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, ffn_dim=32, num_attention_heads=2,
-                       max_position_embeddings=32, word_embed_proj_dim=16, dropout=dropout,
-                       pad_token_id=1, bos_token_id=2, eos_token_id=2)
-    return AutoModelForCausalLM.from_config(config)
+    return micro_opt(vocab_size=40, positions=32, dropout=dropout)
 
 
 def sequences(count=20, seed=0, lengths=(16,)):

@@ -105,9 +105,12 @@ class PipelineConfig:
         return max(self.prompt_length + self.generate.max_new_tokens, self.evaluate.window, self.eval_block_size,
                    self.data.block_size)
 
-    def fingerprint(self) -> str:
-        """sha256 of every result-affecting setting: two runs agree on it iff they compute the same."""
-        return sha256_bytes(canonical_json(_result_affecting(config_to_dict(self))).encode())
+    def fingerprint(self, ignoring: tuple[str, ...] = ()) -> str:
+        """sha256 of every result-affecting setting: two runs agree on it iff they compute the same.
+        ``ignoring`` leaves dotted keys out: ``fingerprint(ignoring=("seed",))`` is the same for
+        every seed of one pipeline (how a report groups seeds)."""
+        settings = {k: v for k, v in _result_affecting(config_to_dict(self)).items() if k not in ignoring}
+        return sha256_bytes(canonical_json(settings).encode())
 
 
 def check_trained_positions(config: PipelineConfig, trained: int, origin: str) -> None:

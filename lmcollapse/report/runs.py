@@ -7,7 +7,6 @@ setting but the seed), and aggregated over seeds (mean ± sd, ddof = 1).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shlex
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmcollapse.config import OPERATIONAL_KEYS, PipelineConfig, config_to_dict, flatten, load_config
+from lmcollapse.config import PipelineConfig, load_config
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.rundir import RunDir, build_command
@@ -103,10 +102,7 @@ def group_runs(records: list[RunRecord]) -> list[Group]:
     the seed); a run with the same seed as one already in its group is left out of it, once."""
     groups: dict[str, Group] = {}
     for record in records:
-        settings = {k: v for k, v in flatten(config_to_dict(record.config)).items()
-                    if k not in OPERATIONAL_KEYS and k != "seed"}
-        key = json.dumps(settings, sort_keys=True, default=str)
-        group = groups.setdefault(key, Group(record.config.name))
+        group = groups.setdefault(record.config.fingerprint(ignoring=("seed",)), Group(record.config.name))
         twin = next((r for r in group.runs if r.config.seed == record.config.seed), None)
         if twin is None:
             group.runs.append(record)
