@@ -98,3 +98,57 @@ def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[
 def require_corpus() -> None:
     if wikitext_words() is None:
         raise SystemExit("the benchmarks read WikiText-2: set LMCOLLAPSE_DATA_DIR to the folder holding wikitext-2-raw/")
+
+
+# ---------------------------------------------------------------------------- the limit
+
+GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def matmul_peak() -> tuple[float, str]:
+    """The machine's matmul rate, FLOP/s, and how it was found: on a CPU the best of five fp32
+    2048 x 2048 products at the default thread count (measured; what the stages compute in); on a
+    GPU the vendor's dense bf16 peak (MFU's denominator), or a measured 8192-square bf16 product
+    where the card is not in the table."""
+    import time
+
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        spec = next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
+        if spec:
+            return spec, f"{name} dense bf16 peak (specification)"
+        size, dtype, device = 8192, torch.bfloat16, "cuda"
+    else:
+        size, dtype, device = 2048, torch.float32, "cpu"
+    a, b = torch.randn(size, size, dtype=dtype, device=device), torch.randn(size, size, dtype=dtype, device=device)
+    best = float("inf")
+    for _ in range(6):  # the first is a warm-up
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best, f"measured: best of 5 {str(dtype).removeprefix('torch.')} {size}x{size} matmuls, {torch.get_num_threads()} threads"
+
+
+def model_shape(model) -> dict:
+    """What the FLOP counts need: matmul parameters N (every weight but the position table; the
+    tied embedding counts once, as the output layer), layers L and width d = heads x head size."""
+    config = model.config
+    matmul_params = sum(p.numel() for n, p in model.named_parameters() if "embed_positions" not in n)
+    return {"N": matmul_params, "L": config.num_hidden_layers, "d": config.hidden_size}
+
+
+def forward_flops(shape: dict, tokens: float, context: float) -> float:
+    """FLOPs of a forward pass over ``tokens`` tokens that each attend to ``context`` tokens on
+    average: 2N per token for the matmuls, 4 L d context for the attention scores and values
+    (the forward third of PaLM's 6N + 12 L H Q T, Chowdhery et al. 2022, appendix B)."""
+    return tokens * (2 * shape["N"] + 4 * shape["L"] * shape["d"] * context)
+
+
+def of_peak(flops_per_second: float, peak: float) -> str:
+    return f"{flops_per_second / 1e9:,.1f} GFLOP/s = {flops_per_second / peak:.1%}"

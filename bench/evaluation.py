@@ -19,7 +19,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, print_table, require_corpus, run_variants, tiny_assets, tiny_model  # noqa: E402
+from common import (  # noqa: E402
+    forward_flops,
+    machine,
+    matmul_peak,
+    model_shape,
+    of_peak,
+    peak_rss_mb,
+    print_table,
+    require_corpus,
+    run_variants,
+    tiny_assets,
+    tiny_model,
+)
 
 SPEED_BLOCKS = 1000
 WINDOW, STRIDE, BATCH = 64, 32, 64
@@ -35,6 +47,14 @@ def setup(blocks: int | None):
     return model, test[:usable]
 
 
+def forwarded_flops(model, tokens: int, method: str) -> float:
+    """Forward FLOPs the method runs over ``tokens`` held-out tokens: every block once, or every
+    window of WINDOW tokens at STRIDE (each token then goes through the model about twice)."""
+    windows = -(-max(tokens - WINDOW, 0) // STRIDE) + 1
+    forwarded = tokens if method == "blocks" else windows * WINDOW
+    return forward_flops(model_shape(model), forwarded, WINDOW / 2)
+
+
 def variant_speed(method: str) -> dict:
     from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding
 
@@ -46,7 +66,8 @@ def variant_speed(method: str) -> dict:
         result = perplexity_sliding(model, tokens, WINDOW, STRIDE, BATCH)
     seconds = time.perf_counter() - started
     return {"variant": f"lmcollapse {method}", "tokens": result.tokens, "seconds": seconds,
-            "tokens_per_second": result.tokens / seconds, "perplexity": result.perplexity, "peak_rss_mb": peak_rss_mb()}
+            "tokens_per_second": result.tokens / seconds, "perplexity": result.perplexity, "peak_rss_mb": peak_rss_mb(),
+            "flops": forwarded_flops(model, len(tokens), method)}
 
 
 def variant_guide() -> dict:
@@ -74,7 +95,8 @@ def variant_guide() -> dict:
             break
     seconds = time.perf_counter() - started
     return {"variant": "HF guide loop, sliding", "tokens": n_tokens, "seconds": seconds,
-            "tokens_per_second": n_tokens / seconds, "perplexity": math.exp(nll_sum / n_tokens), "peak_rss_mb": peak_rss_mb()}
+            "tokens_per_second": n_tokens / seconds, "perplexity": math.exp(nll_sum / n_tokens), "peak_rss_mb": peak_rss_mb(),
+            "flops": forwarded_flops(model, len(tokens), "sliding")}
 
 
 def variant_write(blocks: str, path: str) -> dict:
@@ -111,12 +133,15 @@ def main() -> None:
         files = [f"{scratch}/{size}.parquet" for size in ("1000", "3000", "all")]
         run_variants(Path(__file__), [f"write:{size}:{f}" for size, f in zip(("1000", "3000", "all"), files)])
         memory = run_variants(Path(__file__), [f"memory:{f}" for f in files])
+    peak, how = matmul_peak()
     print(f"evaluation: tiny-opt, batch {BATCH}; blocks of 64; sliding window {WINDOW}, stride {STRIDE}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; matmul peak {peak / 1e9:,.0f} GFLOP/s ({how})")
     guide = speed[2]["tokens_per_second"]
-    print_table(["variant", "scored tokens", "seconds", "tokens/s", "ratio to guide", "perplexity"],
+    print_table(["variant", "scored tokens", "seconds", "tokens/s", "achieved (of peak)", "ratio to guide", "perplexity"],
                 [[r["variant"], f"{r['tokens']:,}", f"{r['seconds']:.1f}", f"{r['tokens_per_second']:,.0f}",
-                  f"{r['tokens_per_second'] / guide:.1f}", f"{r['perplexity']:.2f}"] for r in speed])
+                  of_peak(r["flops"] / r["seconds"], peak), f"{r['tokens_per_second'] / guide:.1f}",
+                  f"{r['perplexity']:.2f}"] for r in speed])
+    print("achieved: forward FLOPs run (2N + 4 L d context per forwarded token) per second")
     print()
     print_table(["held-out size", "scored tokens (both methods)", "seconds", "peak RSS MB"],
                 [[f"{r['blocks']:,} blocks", f"{r['tokens']:,}", f"{r['seconds']:.1f}", f"{r['peak_rss_mb']:,.0f}"]

@@ -12,7 +12,9 @@ provenance and sha256. Three cases:
   end-of-text; the reference pads each batch to its longest prompt in arrival order, ours sorts
   prompts by length first (length bucketing).
 
-On a GPU, a static KV cache variant is added. Each variant runs in its own process.
+Ours also runs with the inverse-CDF sampler (``generate.sampler: inverse-cdf``: one uniform variate
+per sequence and step instead of torch.multinomial's one per vocabulary entry) and with a static KV
+cache. Each variant runs in its own process.
 
     python bench/generate.py     # or: make bench
 """
@@ -27,7 +29,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, peak_rss_mb, print_table, require_corpus, run_variants, tiny_assets, tiny_model  # noqa: E402
+from common import (  # noqa: E402
+    forward_flops,
+    machine,
+    matmul_peak,
+    model_shape,
+    of_peak,
+    peak_rss_mb,
+    print_table,
+    require_corpus,
+    run_variants,
+    tiny_assets,
+    tiny_model,
+)
 
 BATCH = 128
 NEW_TOKENS = 64
@@ -49,13 +63,23 @@ def prompts_for(case: str, count: int):
     return tokenizer, prompts
 
 
+def useful_flops(model, prompts, case: str) -> float:
+    """The forward FLOPs the decoding needs, padding aside: each of the prompt's beams prefilled
+    (every beam holds a copy of the prompt, as transformers' beam search does), then NEW_TOKENS
+    steps of one token per beam attending to the prompt and what came before."""
+    shape = model_shape(model)
+    beams = CASES[case]["num_beams"]
+    return sum(beams * (forward_flops(shape, len(p), len(p) / 2) + forward_flops(shape, NEW_TOKENS, len(p) + NEW_TOKENS / 2))
+               for p in prompts)
+
+
 def count_for(case: str) -> int:
     import torch
 
     return 2048 if torch.cuda.is_available() else (256 if case == "beam" else 512)
 
 
-def variant_ours(case: str, static: bool = False) -> dict:
+def variant_ours(case: str, static: bool = False, icdf: bool = False) -> dict:
     import torch
 
     from lmcollapse.config import GenerateConfig, PipelineConfig
@@ -68,7 +92,8 @@ def variant_ours(case: str, static: bool = False) -> dict:
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
     settings = CASES[case]
     config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
-                            shard_size=4096, cache_implementation="static" if static else "dynamic")
+                            shard_size=4096, cache_implementation="static" if static else "dynamic",
+                            sampler="inverse-cdf" if icdf else "multinomial")
     records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
                             "generation": [None] * len(prompts), "parent": [None] * len(prompts),
                             "model": [None] * len(prompts), "input_ids": [p.tolist() for p in prompts],
@@ -80,9 +105,10 @@ def variant_ours(case: str, static: bool = False) -> dict:
                                         out_dir=Path(scratch), accelerator=accelerator, progress=False)
         seconds = time.perf_counter() - started
     new_tokens = sum(s["new_tokens"] for s in shards)
-    return {"variant": f"lmcollapse stage{' + static cache' if static else ''}", "case": case, "prompts": len(prompts),
+    label = "lmcollapse stage" + (" + inverse-cdf sampler" if icdf else "") + (" + static cache" if static else "")
+    return {"variant": label, "case": case, "prompts": len(prompts),
             "seconds": seconds, "tokens_per_second": new_tokens / seconds, "peak_rss_mb": peak_rss_mb(),
-            **_gpu_memory()}
+            "flops": useful_flops(model, prompts, case), **_gpu_memory()}
 
 
 def variant_reference(case: str) -> dict:
@@ -112,7 +138,8 @@ def variant_reference(case: str) -> dict:
                 kept.append({"input_ids": preds[j, :].cpu(), "attention_mask": attention_mask[j, :], "labels": preds[j, :].cpu()})
     seconds = time.perf_counter() - started
     return {"variant": "reference loop", "case": case, "prompts": len(prompts), "seconds": seconds,
-            "tokens_per_second": len(kept) * NEW_TOKENS / seconds, "peak_rss_mb": peak_rss_mb(), **_gpu_memory()}
+            "tokens_per_second": len(kept) * NEW_TOKENS / seconds, "peak_rss_mb": peak_rss_mb(),
+            "flops": useful_flops(model, prompts, case), **_gpu_memory()}
 
 
 def _gpu_memory() -> dict:
@@ -122,21 +149,23 @@ def _gpu_memory() -> dict:
 
 
 def main() -> None:
-    import torch
-
     require_corpus()
     variants = [f"{side}:{case}" for case in CASES for side in ("ours", "reference")]
-    if torch.cuda.is_available():
-        variants += ["ours-static:beam", "ours-static:sample"]
+    variants += ["ours+icdf:sample", "ours+icdf:varlen", "ours+static:beam", "ours+static:sample",
+                 "ours+icdf+static:sample"]
     results = run_variants(Path(__file__), variants)
+    peak, how = matmul_peak()
     print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; matmul peak {peak / 1e9:,.0f} GFLOP/s ({how})")
     reference = {r["case"]: r for r in results if r["variant"] == "reference loop"}
     rows = [[r["case"], r["variant"], r["prompts"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:,.0f}",
-             f"{r['peak_rss_mb']:,.0f}", f"{r['tokens_per_second'] / reference[r['case']]['tokens_per_second']:.2f}"]
+             of_peak(r["flops"] / r["seconds"], peak), f"{r['peak_rss_mb']:,.0f}",
+             f"{r['tokens_per_second'] / reference[r['case']]['tokens_per_second']:.2f}"]
             for r in results]
-    print_table(["case", "variant", "prompts", "seconds", "new tokens/s", "peak RSS MB", "ratio"], rows)
+    print_table(["case", "variant", "prompts", "seconds", "new tokens/s", "achieved (of peak)", "peak RSS MB", "ratio"], rows)
     print("ratio: tokens per second over the reference loop's, same case (ours also writes Parquet shards)")
+    print("achieved: the decoding's useful forward FLOPs (2N + 4 L d context per token, every beam, no padding) per second")
+    print("targets: sampling >= 3x and beam search >= 1.5x the reference loop")
 
 
 if __name__ == "__main__":
@@ -148,6 +177,6 @@ if __name__ == "__main__":
         if side == "reference":
             print(json.dumps(variant_reference(case)))
         else:
-            print(json.dumps(variant_ours(case, static=side == "ours-static")))
+            print(json.dumps(variant_ours(case, static="+static" in side, icdf="+icdf" in side)))
     else:
         main()

@@ -2,7 +2,7 @@
 
 Generation 0 fine-tunes a causal LM on human text; every later generation trains on text written
 by the one before it; every generation is measured on held-out human text, for diversity and for
-its tails. See README.md for the commands and DESIGN in the shared docs for the contract.
+its tails. README.md has the commands, the pipelines, the outputs and a map of these modules.
 """
 
 from lmcollapse.errors import ConfigError, LmcollapseError

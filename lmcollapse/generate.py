@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import LogitsProcessor
 
 from lmcollapse.atomic import read_json, write_json_atomic
 from lmcollapse.config import GenerateConfig
@@ -53,7 +54,11 @@ def build_generation_config(config: GenerateConfig, tokenizer):
         num_return_sequences=1, use_cache=True, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
-    if config.do_sample:
+    if config.do_sample and config.sampler == "inverse-cdf":
+        # A greedy step after InverseCdfSampler, the last logits processor: it applies the
+        # filters itself and leaves one finite logit, the token it drew.
+        settings.update(do_sample=False)
+    elif config.do_sample:
         # Neutral values where the config says null: transformers would otherwise apply its
         # own defaults (top_k=50), a filter the user never asked for.
         settings.update(
@@ -71,6 +76,47 @@ def build_generation_config(config: GenerateConfig, tokenizer):
     return generation_config
 
 
+class InverseCdfSampler(LogitsProcessor):
+    """Ancestral sampling as the last logits processor before a greedy step (``generate.sampler:
+    inverse-cdf``).
+
+    It applies the filters ``generate`` applies when it samples, in its order (temperature,
+    top-k, top-p, typical; transformers' own warpers), then draws each sequence's token by
+    inverting the cumulative distribution at one uniform variate, and leaves that token the only
+    finite logit, so the greedy step takes it. The distribution is ``torch.multinomial``'s; the
+    cost is one variate per sequence instead of one per vocabulary entry.
+    """
+
+    def __init__(self, config: GenerateConfig, seed: int, device: torch.device):
+        from transformers import (
+            LogitsProcessorList,
+            TemperatureLogitsWarper,
+            TopKLogitsWarper,
+            TopPLogitsWarper,
+            TypicalLogitsWarper,
+        )
+
+        warpers = []
+        if config.temperature is not None and config.temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(config.temperature))
+        if config.top_k is not None:
+            warpers.append(TopKLogitsWarper(top_k=config.top_k))
+        if config.top_p is not None and config.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(top_p=config.top_p))
+        if config.typical_p is not None and config.typical_p < 1.0:
+            warpers.append(TypicalLogitsWarper(mass=config.typical_p))
+        self.warpers = LogitsProcessorList(warpers)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = self.warpers(input_ids, scores)
+        cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
+        draw = torch.rand((scores.shape[0], 1), generator=self.generator, device=scores.device) * cdf[:, -1:]
+        # The first token whose cumulative mass exceeds the draw: never one of probability 0.
+        token = torch.searchsorted(cdf, draw, right=True).clamp_(max=scores.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
 def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *, seed: int, generation: int,
                            model_label: str, out_dir: Path, accelerator, progress: bool = True) -> list[dict]:
     """Continue every record of ``prompts`` (a records Dataset); return every shard's sidecar."""
@@ -78,7 +124,11 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
     generation_config = build_generation_config(config, tokenizer)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / GENERATION_CONFIG_FILE, generation_config.to_diff_dict())
+        record = generation_config.to_diff_dict()
+        if config.do_sample and config.sampler == "inverse-cdf":  # the greedy step above draws nothing itself
+            record["lmcollapse_sampler"] = {"sampler": "inverse-cdf", "temperature": config.temperature,
+                                            "top_k": config.top_k, "top_p": config.top_p, "typical_p": config.typical_p}
+        write_json_atomic(out_dir / GENERATION_CONFIG_FILE, record)
     accelerator.wait_for_everyone()
 
     ranges = shard_ranges(len(prompts), config.shard_size)
@@ -128,6 +178,11 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     outputs: list[np.ndarray | None] = [None] * len(prompts)
     torch.manual_seed(shard_seed)
+    processors = None
+    if config.do_sample and config.sampler == "inverse-cdf":
+        from transformers import LogitsProcessorList
+
+        processors = LogitsProcessorList([InverseCdfSampler(config, shard_seed, device)])
     for start in range(0, len(order), config.batch_size):
         batch = order[start:start + config.batch_size]
         longest = max(len(prompts[i]) for i in batch)
@@ -139,7 +194,7 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
         # The generation's own precision (generate.mixed_precision), not whatever training left.
         with autocast(config.mixed_precision, device):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                       generation_config=generation_config)
+                                       generation_config=generation_config, logits_processor=processors)
         new = generated[:, longest:].cpu().numpy()
         for k, i in enumerate(batch):
             outputs[i] = _until_end(new[k], eos)

@@ -9,9 +9,16 @@ import pytest
 import torch
 
 from helpers import SingleProcess, micro_opt, token_records
-from lmcollapse.atomic import sha256_file
-from lmcollapse.config import GenerateConfig
-from lmcollapse.generate import build_generation_config, completed_shard, shard_paths, write_synthetic_corpus
+from lmcollapse.atomic import read_json, sha256_file
+from lmcollapse.config import GenerateConfig, load_config
+from lmcollapse.errors import ConfigError
+from lmcollapse.generate import (
+    InverseCdfSampler,
+    build_generation_config,
+    completed_shard,
+    shard_paths,
+    write_synthetic_corpus,
+)
 from lmcollapse.records import HUMAN, read_records
 
 BASE = GenerateConfig(num_beams=1, do_sample=True, repetition_penalty=1.0, min_new_tokens=12,
@@ -129,3 +136,59 @@ def test_static_kv_cache_writes_the_same_greedy_corpus(model, prompts, tmp_path)
     assert config.cache_implementation == "static"
     for shard in ("shard-00000.parquet", "shard-00002.parquet"):
         assert read_records(tmp_path / "dynamic" / shard)["input_ids"] == read_records(tmp_path / "static" / shard)["input_ids"]
+
+
+def sampler_draws(config: GenerateConfig, logits: torch.Tensor, rows: int, seed: int = 0) -> np.ndarray:
+    """The tokens InverseCdfSampler leaves as the only finite logit, for ``rows`` copies of ``logits``."""
+    scores = logits.expand(rows, -1).clone()
+    out = InverseCdfSampler(config, seed, torch.device("cpu"))(torch.zeros((rows, 1), dtype=torch.long), scores)
+    assert torch.isfinite(out).sum(dim=1).eq(1).all()  # exactly one token left per sequence
+    return out.argmax(dim=1).numpy()
+
+
+@pytest.mark.parametrize("filters", [{}, {"temperature": 0.7, "top_k": 6}, {"top_p": 0.8}, {"typical_p": 0.9}])
+def test_inverse_cdf_sampling_draws_from_the_distribution_multinomial_draws_from(filters):
+    from scipy.stats import chisquare
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper, TypicalLogitsWarper
+
+    logits = torch.tensor(np.random.default_rng(0).normal(0, 1.5, size=40), dtype=torch.float32)[None]
+    config = dataclasses.replace(BASE, sampler="inverse-cdf", **filters)
+    # The exact distribution, through transformers' own warpers (as generate(do_sample=True) applies them).
+    warped = logits.clone()
+    for key, warper in (("temperature", TemperatureLogitsWarper), ("top_k", TopKLogitsWarper),
+                        ("top_p", TopPLogitsWarper), ("typical_p", TypicalLogitsWarper)):
+        if key in filters:
+            warped = (warper(filters[key]) if key != "typical_p" else warper(mass=filters[key]))(None, warped)
+    expected = torch.softmax(warped.double(), dim=-1)[0].numpy()
+    draws = sampler_draws(config, logits, 40_000)
+    counts = np.bincount(draws, minlength=40)
+    assert counts[expected == 0].sum() == 0  # filtered tokens are never drawn
+    support = expected > 0
+    assert chisquare(counts[support], expected[support] / expected[support].sum() * counts.sum()).pvalue > 1e-3
+    # torch.multinomial on the same probabilities: the same distribution, by the same test.
+    torch.manual_seed(0)
+    reference = np.bincount(torch.multinomial(torch.from_numpy(expected).float()[None].expand(40_000, -1), 1)[:, 0].numpy(),
+                            minlength=40)
+    assert chisquare(reference[support], expected[support] / expected[support].sum() * reference.sum()).pvalue > 1e-3
+
+
+def test_inverse_cdf_sampling_is_seeded_and_writes_a_sampled_corpus(model, prompts, tmp_path):
+    config = dataclasses.replace(BASE, sampler="inverse-cdf")
+    run_stage(model, prompts, config, tmp_path / "a")
+    run_stage(model, prompts, config, tmp_path / "b")
+    run_stage(model, prompts, config, tmp_path / "c", seed=1)
+    shard = "shard-00000.parquet"
+    assert sha256_file(tmp_path / "a" / shard) == sha256_file(tmp_path / "b" / shard)  # deterministic for a seed
+    assert sha256_file(tmp_path / "a" / shard) != sha256_file(tmp_path / "c" / shard)
+    greedy = dataclasses.replace(BASE, do_sample=False)
+    run_stage(model, prompts, greedy, tmp_path / "greedy")
+    assert read_records(tmp_path / "a" / shard)["input_ids"] != read_records(tmp_path / "greedy" / shard)["input_ids"]
+    record = read_json(tmp_path / "a" / "generation_config.json")
+    assert record["lmcollapse_sampler"]["sampler"] == "inverse-cdf" and not record.get("do_sample")
+
+
+def test_inverse_cdf_sampling_needs_one_sampled_beam():
+    with pytest.raises(ConfigError, match="generate.sampler: inverse-cdf draws the token of a sampled, one-beam search"):
+        load_config(None, ["generate.sampler=inverse-cdf", "generate.do_sample=false"])
+    with pytest.raises(ConfigError, match="generate.sampler"):
+        load_config(None, ["generate.sampler=inverse-cdf", "generate.do_sample=true", "generate.num_beams=3"])

@@ -206,8 +206,11 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(reference, pipeline, tmp_pat
 
 def test_two_concurrent_make_generation_one_proceeds(reference, pipeline, tmp_path):
     run = RunDir(tmp_path / "run")
-    make = ["make", "-s", "-o", ".venv/bin/.installed", "generation-1", f"PIPELINE={pipeline}", f"RUN={run.root}",
-            f"PYTHON={sys.executable}", f"BIN={Path(sys.executable).parent}"]
+    # make's venv is this interpreter's; its install marker is marked old, so make never reinstalls
+    # the package (from whichever checkout runs the tests) into it.
+    bin_dir = Path(sys.executable).parent
+    make = ["make", "-s", "-o", f"{bin_dir}/.installed", "generation-1", f"PIPELINE={pipeline}", f"RUN={run.root}",
+            f"PYTHON={sys.executable}", f"BIN={bin_dir}"]
     first = subprocess.Popen(make, cwd=REPO, env={**_env(), "LMCOLLAPSE_FAILPOINT": "train-step@1=sleep:6"},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60

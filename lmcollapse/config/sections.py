@@ -306,6 +306,12 @@ class GenerateConfig:
     """Continue only the last this many tokens of each training block; null: the whole block."""
     batch_size: int = 64
     """Prompts per ``generate`` call."""
+    sampler: Literal["multinomial", "inverse-cdf"] = "multinomial"
+    """How a token is drawn when sampling with one beam: ``multinomial``, transformers' own
+    ``torch.multinomial`` (one exponential variate per vocabulary entry and step: about half of
+    a CPU's sampling time); ``inverse-cdf``, the same distribution (the same filters, in the same
+    order) from one uniform variate per sequence and step, by a logits processor before a greedy
+    step: faster, but another random stream, so other text than ``multinomial`` for one seed."""
     cache_implementation: Literal["dynamic", "static"] = "dynamic"
     """KV cache of ``generate``: ``static`` preallocates it, so transformers can compile the decoding
     step (pays on GPUs for fixed-length generation)."""
@@ -330,6 +336,10 @@ class GenerateConfig:
         for key in ("top_p", "typical_p"):
             value = getattr(self, key)
             _require(value is None or 0.0 < value <= 1.0, key, f"must be in (0, 1], got {value}")
+        if self.sampler == "inverse-cdf":
+            _require(self.do_sample and self.num_beams == 1, "sampler",
+                     "inverse-cdf draws the token of a sampled, one-beam search: set generate.do_sample=true "
+                     "generate.num_beams=1, or generate.sampler=multinomial")
         _require(self.repetition_penalty > 0, "repetition_penalty",
                  f"must be positive (1.0 is off), got {self.repetition_penalty}")
         _require(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be 0 (off) or more")
