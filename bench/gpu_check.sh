@@ -18,7 +18,14 @@ trap 'kill $SAMPLER 2>/dev/null' EXIT
 status=0
 started=$(date +%s)
 timeout "$PIPELINE_LIMIT" "$PYTHON" -m lmcollapse run --pipeline pipelines/gpu-check.yaml --run "$RUN" || status=$?
-echo "=== pipeline: $(( $(date +%s) - started )) s, exit $status; GPU memory peak $(cut -d, -f2 "$RUN.gpu-memory.csv" | sort -n | tail -1)"
+echo "=== pipeline: $(( $(date +%s) - started )) s, exit $status; GPU memory peak $(cut -d, -f2 "$RUN.gpu-memory.csv" | sort -n | tail -1) (nvidia-smi: the allocator's cache included)"
+"$PYTHON" - "$RUN" <<'PY'
+import json, sys
+from pathlib import Path
+for manifest in sorted(Path(sys.argv[1]).glob("generation-*/manifest.json")):
+    timings = json.loads(manifest.read_text())["timings"]
+    print(manifest.parent.name, ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+PY
 kill $SAMPLER 2>/dev/null
 timeout "$BENCH_LIMIT" "$PYTHON" bench/run_all.py train generate || status=$?
 exit $status

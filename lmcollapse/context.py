@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -72,3 +73,17 @@ def make_accelerator(config: PipelineConfig):
     # accelerate's default would step it once per process.
     return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False,
                        cpu=cpu_only, dynamo_backend="inductor" if config.train.compile else "no")
+
+
+@contextlib.contextmanager
+def gpu_memory_peak(record: dict, key: str):
+    """Record the CUDA memory the block allocated at its peak (GB, what PyTorch allocated, not its
+    cache) under ``record[key]``; nothing without a CUDA device, so CPU manifests do not change."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        yield
+    finally:
+        record[key] = torch.cuda.max_memory_allocated() / 1e9

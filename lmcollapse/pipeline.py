@@ -42,7 +42,7 @@ from lmcollapse.atomic import (
 )
 from lmcollapse.base_and_human import ensure_base_and_human, ensure_base_eval
 from lmcollapse.config import PipelineConfig, config_to_yaml
-from lmcollapse.context import Context, make_accelerator
+from lmcollapse.context import Context, gpu_memory_peak, make_accelerator
 from lmcollapse.decontaminate import decontaminate
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.evaluation import evaluate_generation, metrics_row
@@ -206,11 +206,15 @@ def build_generation(context: Context, index: int) -> dict:
     consumed = verify_inputs(context, index)
     mark_lineage(context, index)
     train_set, train_sha = ensure_training_set(context, index)
-    model, train_log = ensure_trained_model(context, index, train_set, train_sha)
-    shards = ensure_synthetic_corpus(context, index, model, train_set)
-    results = evaluate_generation(context, index, model, read_synthetic(generation))
+    memory: dict[str, float] = {}  # on a GPU: each stage's peak, as this invocation ran it
+    with gpu_memory_peak(memory, "train_gpu_peak_gb"):
+        model, train_log = ensure_trained_model(context, index, train_set, train_sha)
+    with gpu_memory_peak(memory, "generate_gpu_peak_gb"):
+        shards = ensure_synthetic_corpus(context, index, model, train_set)
+    with gpu_memory_peak(memory, "eval_gpu_peak_gb"):
+        results = evaluate_generation(context, index, model, read_synthetic(generation))
     timings = {"train_seconds": train_log["seconds"], "generate_seconds": sum(s["seconds"] for s in shards),
-               "eval_seconds": sum(result["seconds"] for result in results.values())}
+               "eval_seconds": sum(result["seconds"] for result in results.values()), **memory}
     row = metrics_row(context.config, index, train_set, train_log, shards, results, timings, generation.decontamination)
     write_generation_manifest(context, index, consumed, train_sha, timings, row)
     return row
