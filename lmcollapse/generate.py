@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor
+from transformers import LogitsProcessor, LogitsProcessorList
 
 from lmcollapse.atomic import read_json, write_json_atomic
 from lmcollapse.config import GenerateConfig
@@ -37,7 +37,7 @@ from lmcollapse.precision import autocast
 from lmcollapse.progress import progress_bar
 from lmcollapse.records import SYNTHETIC, make_records, write_records
 from lmcollapse.rundir import GENERATION_CONFIG_FILE, completed_shard, shard_paths, shard_ranges
-from lmcollapse.seeding import derive_seed
+from lmcollapse.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,13 @@ class InverseCdfSampler(LogitsProcessor):
     inverting the cumulative distribution at one uniform variate, and leaves that token the only
     finite logit, so the greedy step takes it. The distribution is ``torch.multinomial``'s; the
     cost is one variate per sequence instead of one per vocabulary entry.
+
+    ``uniforms`` holds each sequence's own variates, one per step (``record_uniforms``): which
+    token a record gets does not depend on the batch it is in, its place there, or the batch size.
     """
 
-    def __init__(self, config: GenerateConfig, seed: int, device: torch.device):
+    def __init__(self, config: GenerateConfig, uniforms: torch.Tensor, prompt_length: int):
         from transformers import (
-            LogitsProcessorList,
             TemperatureLogitsWarper,
             TopKLogitsWarper,
             TopPLogitsWarper,
@@ -106,15 +108,23 @@ class InverseCdfSampler(LogitsProcessor):
         if config.typical_p is not None and config.typical_p < 1.0:
             warpers.append(TypicalLogitsWarper(mass=config.typical_p))
         self.warpers = LogitsProcessorList(warpers)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.uniforms = uniforms  # (sequences, max_new_tokens), in [0, 1)
+        self.prompt_length = prompt_length  # the (padded) prompt's length: the step is the length beyond it
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self.warpers(input_ids, scores)
         cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
-        draw = torch.rand((scores.shape[0], 1), generator=self.generator, device=scores.device) * cdf[:, -1:]
+        step = input_ids.shape[1] - self.prompt_length
+        draw = self.uniforms[:, step:step + 1].to(device=scores.device, dtype=cdf.dtype) * cdf[:, -1:]
         # The first token whose cumulative mass exceeds the draw: never one of probability 0.
         token = torch.searchsorted(cdf, draw, right=True).clamp_(max=scores.shape[-1] - 1)
         return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+
+
+def record_uniforms(seed: int, generation: int, record_index: int, steps: int) -> np.ndarray:
+    """The uniform variates the inverse-CDF sampler spends on one record: a stream of its own,
+    keyed by the run's seed, the generation and the record's index in the corpus."""
+    return rng(seed, "sample", generation, record_index).random(steps, dtype=np.float32)
 
 
 def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *, seed: int, generation: int,
@@ -145,8 +155,11 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
         lo, hi = ranges[index]
         started = time.perf_counter()
         rows = prompts.select(range(lo, hi))
+        uniforms = None
+        if config.do_sample and config.sampler == "inverse-cdf":
+            uniforms = np.stack([record_uniforms(seed, generation, i, config.max_new_tokens) for i in range(lo, hi)])
         continuations = _continue_prompts(model, tokenizer, rows["input_ids"], config, generation_config,
-                                          derive_seed(seed, "generate", generation, index), bar)
+                                          derive_seed(seed, "generate", generation, index), bar, uniforms)
         texts = tokenizer.batch_decode(continuations, skip_special_tokens=True)
         records = make_records({
             "id": [f"g{generation:02d}-{i:07d}" for i in range(lo, hi)],
@@ -170,7 +183,7 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
 
 @torch.no_grad()
 def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, generation_config, shard_seed: int,
-                      bar) -> list[np.ndarray]:
+                      bar, uniforms: np.ndarray | None = None) -> list[np.ndarray]:
     prompts = [np.asarray(ids[-config.prompt_tokens:] if config.prompt_tokens else ids, dtype=np.int64)
                for ids in prompt_rows]
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -178,11 +191,6 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     outputs: list[np.ndarray | None] = [None] * len(prompts)
     torch.manual_seed(shard_seed)
-    processors = None
-    if config.do_sample and config.sampler == "inverse-cdf":
-        from transformers import LogitsProcessorList
-
-        processors = LogitsProcessorList([InverseCdfSampler(config, shard_seed, device)])
     for start in range(0, len(order), config.batch_size):
         batch = order[start:start + config.batch_size]
         longest = max(len(prompts[i]) for i in batch)
@@ -191,6 +199,9 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
         for k, i in enumerate(batch):  # left padding: the prompt ends where generation begins
             ids[k, longest - len(prompts[i]):] = torch.from_numpy(prompts[i])
             mask[k, longest - len(prompts[i]):] = 1
+        processors = None
+        if uniforms is not None:
+            processors = LogitsProcessorList([InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest)])
         # The generation's own precision (generate.mixed_precision), not whatever training left.
         with autocast(config.mixed_precision, device):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),

@@ -311,7 +311,8 @@ class GenerateConfig:
     ``torch.multinomial`` (one exponential variate per vocabulary entry and step: about half of
     a CPU's sampling time); ``inverse-cdf``, the same distribution (the same filters, in the same
     order) from one uniform variate per sequence and step, by a logits processor before a greedy
-    step: faster, but another random stream, so other text than ``multinomial`` for one seed."""
+    step: faster, and each record draws from a stream of its own (seed, generation, record), so its
+    text does not depend on the batch it is generated in; other text than ``multinomial``'s."""
     cache_implementation: Literal["dynamic", "static"] = "dynamic"
     """KV cache of ``generate``: ``static`` preallocates it, so transformers can compile the decoding
     step (pays on GPUs for fixed-length generation)."""
