@@ -22,17 +22,8 @@ from lmcollapse.config.pipeline_config import (
     flatten,
     result_affecting_differences,
 )
-from lmcollapse.config.sections import (
-    AUTO_PRETRAIN,
-    DEFAULT_PRETRAIN_CORPUS,
-    DataConfig,
-    DecontaminateConfig,
-    EvaluateConfig,
-    GenerateConfig,
-    ModelConfig,
-    PretrainConfig,
-    TrainConfig,
-)
+from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
+from lmcollapse.config.stage_sections import DecontaminateConfig, EvaluateConfig, GenerateConfig, TrainConfig
 
 __all__ = ["AUTO_PRETRAIN", "DEFAULT_PRETRAIN_CORPUS", "OPERATIONAL_KEYS", "DataConfig", "DecontaminateConfig",
            "EvaluateConfig", "GenerateConfig", "ModelConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",

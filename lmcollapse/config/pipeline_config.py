@@ -13,18 +13,8 @@ from typing import Any
 import yaml
 
 from lmcollapse.atomic import canonical_json, sha256_bytes
-from lmcollapse.config.sections import (
-    AUTO_PRETRAIN,
-    DEFAULT_PRETRAIN_CORPUS,
-    DataConfig,
-    DecontaminateConfig,
-    EvaluateConfig,
-    GenerateConfig,
-    ModelConfig,
-    PretrainConfig,
-    TrainConfig,
-    _require,
-)
+from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
+from lmcollapse.config.stage_sections import DecontaminateConfig, EvaluateConfig, GenerateConfig, TrainConfig, _require
 from lmcollapse.errors import ConfigError
 
 

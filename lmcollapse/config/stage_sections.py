@@ -1,0 +1,210 @@
+"""The sections of what each stage of a generation does: train, generate, evaluate,
+decontaminate. One frozen dataclass each, every field documented by the docstring under it,
+every impossible value refused with a :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from lmcollapse.errors import ConfigError
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{key}: {message}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    """Passes over the generation's training set."""
+    batch_size: int = 128
+    """Blocks per optimizer step, over all processes together."""
+    micro_batch_size: int | None = None
+    """Blocks per forward pass on one process; gradients are accumulated up to ``batch_size``.
+    null: ``batch_size`` divided by the number of processes."""
+    learning_rate: float = 2e-5
+    """Peak AdamW learning rate."""
+    min_learning_rate: float = 1e-6
+    """The cosine schedule decays to this value at the last step."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the cosine decay."""
+    weight_decay: float = 0.01
+    """AdamW decoupled weight decay (PyTorch's default, as the reference code uses)."""
+    max_grad_norm: float | None = None
+    """Clip the global gradient norm to this value; null: no clipping (the reference)."""
+    human_loss_weight: float = 1.0
+    """Provenance-aware training: the loss weight of a human record relative to a synthetic one
+    (from each record's ``source``); 1.0 treats them alike."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision of training through accelerate (bf16 on recent GPUs and CPUs; fp16 on
+    GPUs); the weights stay fp32."""
+    fused_optimizer: bool = False
+    """PyTorch's fused AdamW: one kernel updates every parameter (faster on GPUs)."""
+    compile: bool = False
+    """torch.compile the model for training (accelerate's dynamo plugin, inductor backend); the
+    first steps compile, which pays off on GPUs and long runs."""
+    select: Literal["last", "best-validation"] = "last"
+    """Which weights a generation keeps: ``last``, those after the last epoch; ``best-validation``,
+    those after the epoch with the lowest loss on the human validation blocks (``data.validation_split``;
+    the official code's ``ModelCheckpoint(monitor="val_loss")``). The manifest records every epoch's
+    validation loss and the winner."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every this many optimizer steps (and at the end)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep while a generation trains."""
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "checkpoint_every", "keep_checkpoints"):
+            _require(getattr(self, key) >= 1, key, f"must be at least 1, got {getattr(self, key)}")
+        if self.micro_batch_size is not None:
+            _require(self.micro_batch_size >= 1, "micro_batch_size", "must be at least 1 or null")
+        _require(self.learning_rate > 0, "learning_rate", f"must be positive, got {self.learning_rate}")
+        _require(0 <= self.min_learning_rate <= self.learning_rate, "min_learning_rate",
+                 f"must be between 0 and learning_rate ({self.learning_rate})")
+        _require(self.warmup_steps >= 0, "warmup_steps", "must be 0 or more")
+        _require(self.weight_decay >= 0, "weight_decay", "must be 0 or more")
+        if self.max_grad_norm is not None:
+            _require(self.max_grad_norm > 0, "max_grad_norm", "must be positive or null")
+        _require(self.human_loss_weight > 0, "human_loss_weight", f"must be positive, got {self.human_loss_weight}")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    num_beams: int = 5
+    """Beam width; 1 is greedy (or plain sampling with ``do_sample``)."""
+    do_sample: bool = False
+    """Sample from the distribution instead of searching for the most likely continuation."""
+    temperature: float | None = None
+    """Sampling temperature (needs do_sample); null: 1.0."""
+    top_k: int | None = None
+    """Sample among the k most likely tokens (needs do_sample); null: no top-k filter."""
+    top_p: float | None = None
+    """Nucleus sampling mass (needs do_sample); null: no nucleus filter."""
+    typical_p: float | None = None
+    """Locally typical sampling mass (needs do_sample); null: off."""
+    repetition_penalty: float = 3.0
+    """Divide the logits of tokens already present by this factor (1.0: off; the paper uses 3.0)."""
+    no_repeat_ngram_size: int = 0
+    """Forbid repeating any n-gram of this size (0: off)."""
+    min_new_tokens: int = 64
+    """Fewest new tokens per sample (end-of-text is suppressed before)."""
+    max_new_tokens: int = 64
+    """Most new tokens per sample; the paper uses min = max = 64."""
+    prompt_tokens: int | None = None
+    """Continue only the last this many tokens of each training block; null: the whole block."""
+    batch_size: int = 64
+    """Prompts per ``generate`` call."""
+    sampler: Literal["multinomial", "inverse-cdf"] = "multinomial"
+    """How a token is drawn when sampling with one beam: ``multinomial``, transformers' own
+    ``torch.multinomial`` (one exponential variate per vocabulary entry and step: about half of
+    a CPU's sampling time); ``inverse-cdf``, the same distribution (the same filters, in the same
+    order) from one uniform variate per sequence and step, by a logits processor before a greedy
+    step: faster, and each record draws from a stream of its own (seed, generation, record), so its
+    text does not depend on the batch it is generated in; other text than ``multinomial``'s."""
+    cache_implementation: Literal["dynamic", "static"] = "dynamic"
+    """KV cache of ``generate``: ``static`` preallocates it, so transformers can compile the decoding
+    step (pays on GPUs for fixed-length generation)."""
+    shard_size: int = 1024
+    """Records per Parquet shard: the unit of resumption and of work across processes."""
+    prompts: Literal["training-set", "human"] = "training-set"
+    """What each generation continues: ``training-set``, the blocks it was trained on (the official
+    code); ``human``, the original human training blocks (the other reading of the paper)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision while generating (fp32 weights either way); independent of training's,
+    and the same whether the model is fresh from training or reloaded after an interruption."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}")
+        for key in ("temperature", "top_k", "top_p", "typical_p"):
+            if getattr(self, key) is not None:
+                _require(self.do_sample, key, "only applies when sampling; set generate.do_sample=true")
+        if self.temperature is not None:
+            _require(self.temperature > 0, "temperature", f"must be positive, got {self.temperature}")
+        if self.top_k is not None:
+            _require(self.top_k >= 1, "top_k", f"must be at least 1, got {self.top_k}")
+        for key in ("top_p", "typical_p"):
+            value = getattr(self, key)
+            _require(value is None or 0.0 < value <= 1.0, key, f"must be in (0, 1], got {value}")
+        if self.sampler == "inverse-cdf":
+            _require(self.do_sample and self.num_beams == 1, "sampler",
+                     "inverse-cdf draws the token of a sampled, one-beam search: set generate.do_sample=true "
+                     "generate.num_beams=1, or generate.sampler=multinomial")
+        _require(self.repetition_penalty > 0, "repetition_penalty",
+                 f"must be positive (1.0 is off), got {self.repetition_penalty}")
+        _require(self.no_repeat_ngram_size >= 0, "no_repeat_ngram_size", "must be 0 (off) or more")
+        _require(self.min_new_tokens >= 0, "min_new_tokens", "must be 0 or more")
+        _require(self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1")
+        _require(self.min_new_tokens <= self.max_new_tokens, "min_new_tokens",
+                 f"must not exceed generate.max_new_tokens ({self.max_new_tokens})")
+        if self.prompt_tokens is not None:
+            _require(self.prompt_tokens >= 1, "prompt_tokens", "must be at least 1 or null")
+        _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        _require(self.shard_size >= 1, "shard_size", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    block_size: int | None = None
+    """Block length for ``ppl_blocks``; null: data.block_size (the paper's 64)."""
+    window: int = 128
+    """Context window of ``ppl_sliding``."""
+    stride: int = 64
+    """Step between sliding windows; every token is scored once, with up to window-1 tokens of
+    context. stride = window reproduces the block method."""
+    batch_size: int = 64
+    """Sequences per forward pass while evaluating."""
+    self_bleu_samples: int | None = 1000
+    """Self-BLEU on a fixed seeded subsample of this many synthetic samples; null: all of them."""
+    self_bleu_max_n: int = 4
+    """Highest n-gram order in self-BLEU (uniform weights 1/n)."""
+    self_bleu_smoothing: Literal["method0", "method1", "method2", "method3", "method4", "method5", "method7"] = "method1"
+    """NLTK smoothing function for self-BLEU."""
+    text_tokenization: Literal["whitespace", "nltk-wordpunct", "nltk-tweet"] = "whitespace"
+    """How decoded text is split into words for self-BLEU, distinct-n and rare n-grams."""
+    distinct_max_n: int = 4
+    """distinct-1 .. distinct-n are reported."""
+    tails: bool = True
+    """Score every generation's synthetic corpus with the generation-0 model (the paper's tails)."""
+    rare_ngram_n: int = 1
+    """n-gram order of the rare-n-gram survival metric."""
+    rare_ngram_max_count: int = 1
+    """An n-gram is rare when it occurs at most this often in the human training corpus."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision of every evaluation forward pass (perplexities, tails, detectors)."""
+
+    def __post_init__(self) -> None:
+        if self.block_size is not None:
+            _require(self.block_size >= 2, "block_size", "must be at least 2 or null")
+        _require(self.window >= 2, "window", "must be at least 2")
+        _require(1 <= self.stride <= self.window, "stride",
+                 f"must be between 1 and evaluate.window ({self.window}), got {self.stride}")
+        _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        if self.self_bleu_samples is not None:
+            _require(self.self_bleu_samples >= 2, "self_bleu_samples",
+                     "must be at least 2 (leave-one-out needs references) or null for all")
+        _require(1 <= self.self_bleu_max_n <= 8, "self_bleu_max_n", "must be between 1 and 8")
+        _require(1 <= self.distinct_max_n <= 8, "distinct_max_n", "must be between 1 and 8")
+        _require(self.rare_ngram_n >= 1, "rare_ngram_n", "must be at least 1")
+        _require(self.rare_ngram_max_count >= 1, "rare_ngram_max_count", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class DecontaminateConfig:
+    enabled: bool = False
+    """Filter each generation's candidate training records with a human-vs-synthetic detector."""
+    detector: Literal["classifier", "perplexity"] = "classifier"
+    """``classifier``: logistic regression on hashed token uni- and bigrams. ``perplexity``: logistic
+    regression on each record's mean NLL under the previous generation's model."""
+    threshold: float = 0.5
+    """Drop a candidate when the detector's probability that it is synthetic exceeds this."""
+    labelled_fraction: float = 0.2
+    """Share of candidates whose provenance label fits the detector (a small annotated sample);
+    precision and recall are measured on the rest."""
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.threshold < 1.0, "threshold", f"must be between 0 and 1, got {self.threshold}")
+        _require(0.0 < self.labelled_fraction < 1.0, "labelled_fraction",
+                 f"must be between 0 and 1, got {self.labelled_fraction}")
