@@ -79,7 +79,7 @@ def count_for(case: str) -> int:
     return 2048 if torch.cuda.is_available() else (256 if case == "beam" else 512)
 
 
-def variant_ours(case: str, static: bool = False, icdf: bool = False) -> dict:
+def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: bool = False) -> dict:
     import torch
 
     from lmcollapse.config import GenerateConfig, PipelineConfig
@@ -93,7 +93,7 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False) -> dict:
     settings = CASES[case]
     config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
                             shard_size=4096, cache_implementation="static" if static else "dynamic",
-                            sampler="inverse-cdf" if icdf else "multinomial")
+                            sampler="inverse-cdf" if icdf else "multinomial", batch_probe=probe)
     records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
                             "generation": [None] * len(prompts), "parent": [None] * len(prompts),
                             "model": [None] * len(prompts), "input_ids": [p.tolist() for p in prompts],
@@ -105,7 +105,8 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False) -> dict:
                                         out_dir=Path(scratch), accelerator=accelerator, progress=False)
         seconds = time.perf_counter() - started
     new_tokens = sum(s["new_tokens"] for s in shards)
-    label = "lmcollapse stage" + (" + inverse-cdf sampler" if icdf else "") + (" + static cache" if static else "")
+    label = "lmcollapse stage" + (" + inverse-cdf sampler" if icdf else "") + (" + static cache" if static else "") \
+        + (" + batch probe" if probe else "")
     return {"variant": label, "case": case, "prompts": len(prompts),
             "seconds": seconds, "tokens_per_second": new_tokens / seconds, "peak_rss_mb": peak_rss_mb(),
             "flops": useful_flops(model, prompts, case), **_gpu_memory()}
@@ -152,7 +153,7 @@ def main() -> None:
     require_corpus()
     variants = [f"{side}:{case}" for case in CASES for side in ("ours", "reference")]
     variants += ["ours+icdf:sample", "ours+icdf:varlen", "ours+static:beam", "ours+static:sample",
-                 "ours+icdf+static:sample"]
+                 "ours+icdf+static:sample", "ours+icdf+static+probe:sample"]
     results = run_variants(Path(__file__), variants)
     peak, how = matmul_peak()
     print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")
@@ -177,6 +178,6 @@ if __name__ == "__main__":
         if side == "reference":
             print(json.dumps(variant_reference(case)))
         else:
-            print(json.dumps(variant_ours(case, static="+static" in side, icdf="+icdf" in side)))
+            print(json.dumps(variant_ours(case, static="+static" in side, icdf="+icdf" in side, probe="+probe" in side)))
     else:
         main()

@@ -21,6 +21,8 @@ shards name the model by content and do not depend on the folder the run lives i
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -36,7 +38,7 @@ from lmcollapse.interrupts import check_stop
 from lmcollapse.precision import autocast
 from lmcollapse.progress import progress_bar
 from lmcollapse.records import SYNTHETIC, make_records, write_records
-from lmcollapse.rundir import GENERATION_CONFIG_FILE, completed_shard, shard_paths, shard_ranges
+from lmcollapse.rundir import BATCH_PROBE_FILE, GENERATION_CONFIG_FILE, completed_shard, shard_paths, shard_ranges
 from lmcollapse.seeding import derive_seed, rng
 
 log = logging.getLogger(__name__)
@@ -144,6 +146,9 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
     ranges = shard_ranges(len(prompts), config.shard_size)
     world, rank = accelerator.num_processes, accelerator.process_index
     todo = [i for i in range(rank, len(ranges), world) if completed_shard(out_dir, i) is None]
+    if config.batch_probe and todo:
+        config = dataclasses.replace(config, batch_size=ensure_batch_probe(
+            model, tokenizer, prompts, config, generation_config, out_dir / BATCH_PROBE_FILE, accelerator))
     for index in todo:
         if shard_paths(out_dir, index)[1].is_file():
             log.warning("shard %d of %s does not match its recorded sha256: regenerating it", index, out_dir)
@@ -212,6 +217,69 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
         bar.update(len(batch))
         failpoint("generate-batch")
     return outputs  # type: ignore[return-value]
+
+
+def ensure_batch_probe(model, tokenizer, prompts, config: GenerateConfig, generation_config, path: Path,
+                       accelerator) -> int:
+    """The batch size ``generate.batch_probe`` chose for this corpus: probed once by the main
+    process and recorded, then read back by every process and every resumed run."""
+    if accelerator.is_main_process and not path.is_file():
+        write_json_atomic(path, probe_batch_size(model, tokenizer, prompts, config, generation_config))
+    accelerator.wait_for_everyone()
+    return int(read_json(path)["batch_size"])
+
+
+def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generation_config, steps: int = 8) -> dict:
+    """Time a few decoding steps at batch_size, twice that, ... (up to the corpus, at most 4,096
+    prompts) on the corpus's first prompts; stop when throughput falls or, on a GPU, before 80% of
+    its memory; return the fastest and every measurement."""
+    device = next(model.parameters()).device
+    steps = min(steps, config.max_new_tokens)
+    short = copy.deepcopy(generation_config)
+    short.max_new_tokens, short.min_new_tokens = steps, min(config.min_new_tokens, steps)
+    limit = min(len(prompts), 4096)
+    sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
+    sample = config.do_sample and config.sampler == "inverse-cdf"
+
+    def run(size: int) -> float:
+        rows = prompts.select(range(size))["input_ids"]
+        uniforms = np.random.default_rng(0).random((size, steps), dtype=np.float32) if sample else None
+        started = time.perf_counter()
+        _continue_prompts(model, tokenizer, rows, dataclasses.replace(config, batch_size=size), short, 0,
+                          _NoBar(), uniforms)
+        return size * steps / (time.perf_counter() - started)
+
+    run(min(sizes[0], 8))  # the first call pays one-off costs: not part of any measurement
+    tried: list[dict] = []
+    for size in sizes:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        try:
+            speed = run(size)
+        except torch.OutOfMemoryError:
+            tried.append({"batch_size": size, "out_of_memory": True})
+            torch.cuda.empty_cache()
+            break
+        entry = {"batch_size": size, "new_tokens_per_second": speed}
+        if device.type == "cuda":
+            entry["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+        tried.append(entry)
+        measured = [t for t in tried if "new_tokens_per_second" in t]
+        if speed < max(t["new_tokens_per_second"] for t in measured) or (
+                device.type == "cuda" and torch.cuda.max_memory_allocated(device)
+                > 0.8 * torch.cuda.get_device_properties(device).total_memory / 2):
+            break  # slower than a smaller batch, or the next doubling would pass 80% of the memory
+    best = max((t for t in tried if "new_tokens_per_second" in t), key=lambda t: t["new_tokens_per_second"],
+               default={"batch_size": sizes[0]})
+    log.info("generate.batch_probe: batch size %d (%s)", best["batch_size"],
+             ", ".join(f"{t['batch_size']}: {t.get('new_tokens_per_second', 0):,.0f} tokens/s" for t in tried))
+    return {"batch_size": best["batch_size"], "steps": steps, "device": str(device), "tried": tried}
+
+
+class _NoBar:
+    def update(self, _: int) -> None:
+        pass
 
 
 def _until_end(tokens: np.ndarray, eos: int) -> np.ndarray:

@@ -121,7 +121,9 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
     lines.append(
         f"generate: {decoding}, {gen.num_beams} beam(s), repetition penalty {gen.repetition_penalty:g}, "
         f"no-repeat n-gram {gen.no_repeat_ngram_size}, {gen.min_new_tokens}-{gen.max_new_tokens} new tokens per "
-        f"prompt of {gen.prompt_tokens or data.block_size} tokens, batch {gen.batch_size}, shards of {gen.shard_size}")
+        f"prompt of {gen.prompt_tokens or data.block_size} tokens, "
+        f"{f'batch probed from {gen.batch_size} up' if gen.batch_probe else f'batch {gen.batch_size}'}, "
+        f"shards of {gen.shard_size}")
     lines.append(
         f"evaluate: ppl over {config.eval_block_size}-token blocks and a {ev.window}-token window (stride {ev.stride}); "
         f"self-BLEU-{ev.self_bleu_max_n} ({ev.self_bleu_smoothing}) on {ev.self_bleu_samples or 'all'} samples, "

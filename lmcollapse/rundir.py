@@ -223,6 +223,7 @@ def shard_ranges(total: int, shard_size: int) -> list[tuple[int, int]]:
 
 
 GENERATION_CONFIG_FILE = "generation_config.json"  # beside the shards: the decoding settings used
+BATCH_PROBE_FILE = "batch_probe.json"  # beside them, with generate.batch_probe: the batch size chosen, and why
 
 
 def shard_paths(out_dir: Path, index: int) -> tuple[Path, Path]:

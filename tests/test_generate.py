@@ -213,3 +213,29 @@ def test_inverse_cdf_sampling_gives_a_record_the_same_text_in_any_batch(model, p
     run_stage(model, prompts, dataclasses.replace(BASE, batch_size=1), tmp_path / "multinomial-1")
     assert read_records(tmp_path / "multinomial-4" / "shard-00000.parquet")["input_ids"] != \
         read_records(tmp_path / "multinomial-1" / "shard-00000.parquet")["input_ids"]
+
+
+def test_batch_probe_chooses_records_and_keeps_the_text(model, prompts, tmp_path):
+    config = dataclasses.replace(BASE, sampler="inverse-cdf", batch_size=2, shard_size=12)
+    run_stage(model, prompts, config, tmp_path / "fixed")
+    probed = dataclasses.replace(config, batch_probe=True)
+    run_stage(model, prompts, probed, tmp_path / "probed")
+    record = read_json(tmp_path / "probed" / "batch_probe.json")
+    tried = [t["batch_size"] for t in record["tried"]]
+    assert tried[0] == 2 and all(b == 2 * a for a, b in zip(tried, tried[1:])) and max(tried) <= len(prompts)
+    assert record["batch_size"] in tried and record["steps"] == 8
+    fixed = read_records(tmp_path / "fixed" / "shard-00000.parquet")["input_ids"]
+    chosen = read_records(tmp_path / "probed" / "shard-00000.parquet")["input_ids"]
+    assert sum(a == b for a, b in zip(fixed, chosen)) >= 0.99 * len(prompts)  # the batch does not decide the text
+    # A resumed stage reads the recorded choice instead of probing again.
+    before = (tmp_path / "probed" / "batch_probe.json").stat().st_mtime_ns
+    (tmp_path / "probed" / "shard-00000.json").unlink()
+    run_stage(model, prompts, probed, tmp_path / "probed")
+    assert (tmp_path / "probed" / "batch_probe.json").stat().st_mtime_ns == before
+    assert read_records(tmp_path / "probed" / "shard-00000.parquet")["input_ids"] == chosen
+
+
+def test_batch_probe_is_refused_where_the_batch_decides_the_text():
+    with pytest.raises(ConfigError, match="generate.batch_probe: with the multinomial sampler the batch decides the text"):
+        load_config(None, ["generate.batch_probe=true", "generate.do_sample=true", "generate.num_beams=1"])
+    assert load_config(None, ["generate.batch_probe=true"]).generate.batch_probe  # beam search: allowed

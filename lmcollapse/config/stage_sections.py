@@ -96,7 +96,12 @@ class GenerateConfig:
     prompt_tokens: int | None = None
     """Continue only the last this many tokens of each training block; null: the whole block."""
     batch_size: int = 64
-    """Prompts per ``generate`` call."""
+    """Prompts per ``generate`` call (with ``batch_probe``, the smallest tried)."""
+    batch_probe: bool = False
+    """Choose the batch size by a probe before the first shard: batch_size, twice that, ... up to
+    the corpus size (at most 4,096), each timed on a few decoding steps, on a GPU stopping before
+    80% of its memory; the fastest is used and recorded (``synthetic/batch_probe.json``). Only
+    where the batch does not decide the text: ``sampler: inverse-cdf`` or search (beam, greedy)."""
     sampler: Literal["multinomial", "inverse-cdf"] = "multinomial"
     """How a token is drawn when sampling with one beam: ``multinomial``, transformers' own
     ``torch.multinomial`` (one exponential variate per vocabulary entry and step: about half of
@@ -142,6 +147,10 @@ class GenerateConfig:
         if self.prompt_tokens is not None:
             _require(self.prompt_tokens >= 1, "prompt_tokens", "must be at least 1 or null")
         _require(self.batch_size >= 1, "batch_size", "must be at least 1")
+        if self.batch_probe:
+            _require(not self.do_sample or self.sampler == "inverse-cdf", "batch_probe",
+                     "with the multinomial sampler the batch decides the text: set generate.sampler=inverse-cdf "
+                     "(each record its own random stream) or generate.batch_probe=false")
         _require(self.shard_size >= 1, "shard_size", "must be at least 1")
 
 
