@@ -29,7 +29,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+    TypicalLogitsWarper,
+)
 
 from lmcollapse.atomic import read_json, write_json_atomic
 from lmcollapse.config import GenerateConfig
@@ -93,13 +100,6 @@ class InverseCdfSampler(LogitsProcessor):
     """
 
     def __init__(self, config: GenerateConfig, uniforms: torch.Tensor, prompt_length: int):
-        from transformers import (
-            TemperatureLogitsWarper,
-            TopKLogitsWarper,
-            TopPLogitsWarper,
-            TypicalLogitsWarper,
-        )
-
         warpers = []
         if config.temperature is not None and config.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(config.temperature))
