@@ -63,7 +63,7 @@ def build_generation_config(config: GenerateConfig, tokenizer):
         num_return_sequences=1, use_cache=True, pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
-    if config.do_sample and config.sampler == "inverse-cdf":
+    if config.sampler == "inverse-cdf":  # the config allows it only with do_sample and one beam
         # A greedy step after InverseCdfSampler, the last logits processor: it applies the
         # filters itself and leaves one finite logit, the token it drew.
         settings.update(do_sample=False)
@@ -137,7 +137,7 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         record = generation_config.to_diff_dict()
-        if config.do_sample and config.sampler == "inverse-cdf":  # the greedy step above draws nothing itself
+        if config.sampler == "inverse-cdf":  # the greedy step above draws nothing itself
             record["lmcollapse_sampler"] = {"sampler": "inverse-cdf", "temperature": config.temperature,
                                             "top_k": config.top_k, "top_p": config.top_p, "typical_p": config.typical_p}
         write_json_atomic(out_dir / GENERATION_CONFIG_FILE, record)
@@ -161,7 +161,7 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
         started = time.perf_counter()
         rows = prompts.select(range(lo, hi))
         uniforms = None
-        if config.do_sample and config.sampler == "inverse-cdf":
+        if config.sampler == "inverse-cdf":
             uniforms = np.stack([record_uniforms(seed, generation, i, config.max_new_tokens) for i in range(lo, hi)])
         continuations = _continue_prompts(model, tokenizer, rows["input_ids"], config, generation_config,
                                           derive_seed(seed, "generate", generation, index), bar, uniforms)
@@ -239,14 +239,14 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     short.max_new_tokens, short.min_new_tokens = steps, min(config.min_new_tokens, steps)
     limit = min(len(prompts), 4096)
     sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
-    sample = config.do_sample and config.sampler == "inverse-cdf"
+    sample = config.sampler == "inverse-cdf"
 
     def run(size: int) -> float:
         rows = prompts.select(range(size))["input_ids"]
         uniforms = np.random.default_rng(0).random((size, steps), dtype=np.float32) if sample else None
         started = time.perf_counter()
         _continue_prompts(model, tokenizer, rows, dataclasses.replace(config, batch_size=size), short, 0,
-                          _NoBar(), uniforms)
+                          progress_bar(enabled=False), uniforms)
         return size * steps / (time.perf_counter() - started)
 
     run(min(sizes[0], 8))  # the first call pays one-off costs: not part of any measurement
@@ -275,11 +275,6 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     log.info("generate.batch_probe: batch size %d (%s)", best["batch_size"],
              ", ".join(f"{t['batch_size']}: {t.get('new_tokens_per_second', 0):,.0f} tokens/s" for t in tried))
     return {"batch_size": best["batch_size"], "steps": steps, "device": str(device), "tried": tried}
-
-
-class _NoBar:
-    def update(self, _: int) -> None:
-        pass
 
 
 def _until_end(tokens: np.ndarray, eos: int) -> np.ndarray:

@@ -116,7 +116,7 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
     decoding = ("sampling" + "".join(
         f", {k} {v}" for k, v in (("temperature", gen.temperature), ("top_k", gen.top_k), ("top_p", gen.top_p),
                                   ("typical_p", gen.typical_p)) if v is not None)) if gen.do_sample else "search"
-    if gen.do_sample and gen.sampler == "inverse-cdf":
+    if gen.sampler == "inverse-cdf":
         decoding += " (inverse-CDF sampler)"
     lines.append(
         f"generate: {decoding}, {gen.num_beams} beam(s), repetition penalty {gen.repetition_penalty:g}, "
