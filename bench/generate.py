@@ -17,6 +17,7 @@ per sequence and step instead of torch.multinomial's one per vocabulary entry) a
 cache. Each variant runs in its own process.
 
     python bench/generate.py     # or: make bench
+    python bench/generate.py --only reference:beam ours:beam
 """
 
 from __future__ import annotations
@@ -149,11 +150,13 @@ def _gpu_memory() -> dict:
     return {"gpu_peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if torch.cuda.is_available() else {}
 
 
-def main() -> None:
+VARIANTS = [f"{side}:{case}" for case in CASES for side in ("ours", "reference")] + [
+    "ours+icdf:sample", "ours+icdf:varlen", "ours+static:beam", "ours+static:sample",
+    "ours+icdf+static:sample", "ours+icdf+static+probe:sample"]
+
+
+def main(variants: list[str]) -> None:
     require_corpus()
-    variants = [f"{side}:{case}" for case in CASES for side in ("ours", "reference")]
-    variants += ["ours+icdf:sample", "ours+icdf:varlen", "ours+static:beam", "ours+static:sample",
-                 "ours+icdf+static:sample", "ours+icdf+static+probe:sample"]
     results = run_variants(Path(__file__), variants)
     peak, how = matmul_peak()
     print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")
@@ -172,6 +175,8 @@ def main() -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant")
+    parser.add_argument("--only", nargs="+", choices=VARIANTS, default=VARIANTS,
+                        help="these variants only (each case's reference loop must be among them)")
     args = parser.parse_args()
     if args.variant:
         side, case = args.variant.split(":")
@@ -180,4 +185,4 @@ if __name__ == "__main__":
         else:
             print(json.dumps(variant_ours(case, static="+static" in side, icdf="+icdf" in side, probe="+probe" in side)))
     else:
-        main()
+        main(args.only)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU evidence in one command (make gpu-check; under 10 minutes on one H100-class GPU):
-# 1. two generations of pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size: pretraining,
+# 1. one batch of the paper's beam search at 256 and 512 prompts: live vs reserved GPU memory;
+# 2. two generations of pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size: pretraining,
 #    bf16 fine-tuning, 5-way beam search, every metric), with the GPU's memory sampled every 0.5 s;
-# 2. the training and generation benchmarks in their GPU mode (opt-125m shape, bf16, MFU).
+# 3. the training and generation benchmarks in their GPU mode (opt-125m shape, bf16, MFU).
 # Each step has its own time limit, so one that hangs still leaves the others their turn.
 #   PYTHON=python3 RUN=runs/gpu-check bash bench/gpu_check.sh
 set -uo pipefail
@@ -16,6 +17,7 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,nohead
 SAMPLER=$!
 trap 'kill $SAMPLER 2>/dev/null' EXIT
 status=0
+timeout 150 "$PYTHON" bench/gpu_memory.py || status=$?
 started=$(date +%s)
 timeout "$PIPELINE_LIMIT" "$PYTHON" -m lmcollapse run --pipeline pipelines/gpu-check.yaml --run "$RUN" || status=$?
 echo "=== pipeline: $(( $(date +%s) - started )) s, exit $status; GPU memory peak $(cut -d, -f2 "$RUN.gpu-memory.csv" | sort -n | tail -1) (nvidia-smi: the allocator's cache included)"
@@ -27,5 +29,5 @@ for manifest in sorted(Path(sys.argv[1]).glob("generation-*/manifest.json")):
     print(manifest.parent.name, ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 PY
 kill $SAMPLER 2>/dev/null
-timeout "$BENCH_LIMIT" "$PYTHON" bench/run_all.py train generate || status=$?
+[ "${BENCHES:-}" = none ] || timeout "$BENCH_LIMIT" "$PYTHON" bench/run_all.py ${BENCHES:-train generate} || status=$?
 exit $status

@@ -78,7 +78,9 @@ def make_accelerator(config: PipelineConfig):
 @contextlib.contextmanager
 def gpu_memory_peak(record: dict, key: str):
     """Record the CUDA memory the block allocated at its peak (GB, what PyTorch allocated, not its
-    cache) under ``record[key]``; nothing without a CUDA device, so CPU manifests do not change."""
+    cache) under ``record[key]``, and the most the caching allocator held (allocations plus its
+    cache, what nvidia-smi shows) under the same key with ``reserved`` for ``peak``; nothing without
+    a CUDA device, so CPU manifests do not change."""
     if not torch.cuda.is_available():
         yield
         return
@@ -87,3 +89,4 @@ def gpu_memory_peak(record: dict, key: str):
         yield
     finally:
         record[key] = torch.cuda.max_memory_allocated() / 1e9
+        record[key.replace("_peak_", "_reserved_")] = torch.cuda.max_memory_reserved() / 1e9
