@@ -140,7 +140,7 @@ def main() -> None:
     print_table(header, rows)
     print("achieved: tokens/s x (6N + 12 L d T) FLOPs per token (PaLM); on a GPU, of its bf16 peak, that is MFU")
     print("ratio: tokens per second over transformers.Trainer's (defaults: no compile); warm: timed after a first "
-          "training of the same shapes compiled the model")
+          "training of the same shapes compiled the model (what every generation after the first pays)")
     print("target: ratio >= 1.3")
 
 

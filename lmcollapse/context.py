@@ -72,7 +72,7 @@ def make_accelerator(config: PipelineConfig):
     # The scheduler is stepped once per optimizer step by the training loop itself;
     # accelerate's default would step it once per process.
     return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False,
-                       cpu=cpu_only, dynamo_backend="inductor" if config.train.compile else "no")
+                       cpu=cpu_only)
 
 
 @contextlib.contextmanager

@@ -172,7 +172,7 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
             torch.manual_seed(derive_seed(seed, "dropout", generation, step, chunk_index or 0))
             sync = contextlib.nullcontext() if last else accelerator.no_sync(model)
             with sync:
-                loss = _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer)
+                loss = _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer, config.compile)
                 # DDP averages gradients over processes; scaling by the world size turns that
                 # average back into the sum the global normalizer expects.
                 accelerator.backward(loss * world)
@@ -234,7 +234,7 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     return trained, outcome
 
 
-def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer):
+def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer, compiled: bool = False):
     if len(chunk) == 0:
         # This process has no block in a short last batch; DDP still needs its backward
         # pass to join the gradient all-reduce, so run a zero-weight one.
@@ -253,11 +253,29 @@ def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalize
         mask[k, :len(row)] = 1
         targets[k, :len(row) - 1] = row[1:]
     ids, mask, targets = ids.to(accelerator.device), mask.to(accelerator.device), targets.to(accelerator.device)
+    row_weights = torch.as_tensor(weights[chunk], dtype=torch.float32, device=accelerator.device)
     with accelerator.autocast():
-        logits = model(input_ids=ids, attention_mask=mask).logits
-    token_nll = token_losses(logits, targets)
-    row_weights = torch.as_tensor(weights[chunk], dtype=token_nll.dtype, device=token_nll.device)
-    return (token_nll * row_weights[:, None]).sum() / max(normalizer, 1e-12)
+        summed = (_compiled_weighted_nll() if compiled else _weighted_nll)(model, ids, mask, targets, row_weights)
+    return summed / max(normalizer, 1e-12)
+
+
+def _weighted_nll(model, ids, mask, targets, row_weights):
+    """The chunk's next-token NLL summed over its tokens, each row's weighted by its weight."""
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return (token_losses(logits, targets) * row_weights[:, None]).sum()
+
+
+_COMPILED: dict[str, object] = {}
+
+
+def _compiled_weighted_nll():
+    """``_weighted_nll`` compiled once per process (``train.compile``): the model's forward and the
+    loss over the vocabulary in one graph (compiling the model alone leaves the log-softmax, a
+    large share of a small model's step, outside it). The compiled code is keyed by the function,
+    not the model object, so the next generation's model of the same shape reuses it."""
+    if "nll" not in _COMPILED:
+        _COMPILED["nll"] = torch.compile(_weighted_nll)
+    return _COMPILED["nll"]
 
 
 @torch.no_grad()

@@ -113,17 +113,25 @@ def test_fused_adamw_matches_the_default_one(tmp_path):
     assert torch.allclose(weights(plain), weights(fused), atol=1e-4)  # rounding only (see above)
 
 
-def test_torch_compile_through_accelerate_trains_like_eager(tmp_path):
+def test_torch_compile_trains_like_eager_and_compiles_once_per_process(tmp_path):
+    """train.compile compiles the forward and the loss as one function, once per process: the next
+    generation's model (another object of the same shape) reuses the compiled code."""
+    from torch._dynamo.utils import counters
+
     config = dataclasses.replace(CONFIG, epochs=1, compile=True)
     accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=config))
-    assert accelerator.state.dynamo_plugin.backend.value.lower() == "inductor"
     compiled, outcome = train_model(fresh_model(), sequences(), config, seed=0, generation=0,
                                     checkpoint_dir=tmp_path / "c", accelerator=accelerator, data_fingerprint="x",
                                     pad_id=1, progress=False)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1  # it really compiled
     eager, reference = train(tmp_path, dataclasses.replace(CONFIG, epochs=1), name="e")
     assert [h["step"] for h in outcome.log] == [h["step"] for h in reference.log]
     assert np.allclose([h["loss"] for h in outcome.log], [h["loss"] for h in reference.log], rtol=1e-4)
     assert torch.allclose(weights(compiled), weights(eager), atol=1e-4)
+    train_model(fresh_model(), sequences(seed=1), config, seed=0, generation=1, checkpoint_dir=tmp_path / "c1",
+                accelerator=accelerator, data_fingerprint="y", pad_id=1, progress=False)
+    assert counters["stats"]["unique_graphs"] == graphs  # the second model compiled nothing new
 
 
 def test_one_accelerator_for_many_generations_keeps_nothing_between_them(tmp_path):
