@@ -65,7 +65,8 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
     elif config.model.is_preset:
         shape = config.model.architecture()  # model.vocab_size and model.max_positions applied
         context.say(f"base: training a {shape['vocab_size']}-token byte-level BPE tokenizer on {train_source.describe()}")
-        tokenizer = train_bpe_tokenizer(train_lines["text"], int(shape["vocab_size"]), int(shape["max_position_embeddings"]))
+        tokenizer = train_bpe_tokenizer(train_lines["text"], int(shape["vocab_size"]), int(shape["max_position_embeddings"]),
+                                        config.model.family)
     else:
         context.say(f"base: loading {config.model.name} with from_pretrained")
         model, tokenizer = load_model(config.model.name, config.model.attn_implementation)

@@ -1,8 +1,9 @@
 """Models and tokenizers: presets built from config, pretrained ones loaded, all saved alike.
 
-A preset (``tiny-opt``, ``opt-125m``) is an ``OPTConfig`` built with fresh, seeded weights and a
-byte-level BPE tokenizer with OPT's special tokens (``</s>`` opens every line, as OPT's own
-tokenizer does), trained on the pretraining corpus (pretrain.py), or on the human train split
+A preset (``tiny-opt``, ``opt-125m``, ``tiny-gpt2``, ``tiny-pythia``, ``tiny-llama``, ...; see
+presets.py) is its family's transformers config built with fresh, seeded weights and a byte-level
+BPE tokenizer with that family's special tokens (``</s>`` opens every line for OPT, ``<s>`` for
+Llama, nothing for GPT-2, Pythia and Qwen2, as their own tokenizers do), trained on the pretraining corpus (pretrain.py), or on the human train split
 for a preset used from scratch (``pretrain.corpus: null``). A pretrained model is loaded with
 ``from_pretrained`` from a hub id or a local folder. Either way the run keeps its own copy in
 ``base/model`` (weights, config, tokenizer), so every generation loads the same bytes with
@@ -25,49 +26,77 @@ import torch
 from lmcollapse.atomic import atomic_path, canonical_json, sha256_bytes, sha256_file
 from lmcollapse.config import ModelConfig
 from lmcollapse.errors import LmcollapseError
+from lmcollapse.presets import TOKEN_CONVENTIONS
 
 log = logging.getLogger(__name__)
 
-# OPT's special tokens, at OPT's ids, so presets and facebook/opt-* agree on bos/eos/pad.
-SPECIAL_TOKENS = ("<s>", "<pad>", "</s>", "<unk>")
-PAD_ID, EOS_ID = 1, 2
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
-def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int, max_length: int = 2048):
-    """A byte-level BPE tokenizer (GPT-2/OPT style) trained on ``lines``."""
+def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int, max_length: int = 2048, family: str = "opt"):
+    """A byte-level BPE tokenizer (GPT-2 style) trained on ``lines``, with ``family``'s special
+    tokens at the start of the vocabulary and its conventions: which token opens every text (OPT's
+    ``</s>``, Llama's ``<s>``, none for GPT-2, Pythia and Qwen2), which ends it, which pads."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
+    convention = TOKEN_CONVENTIONS[family]
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+        vocab_size=vocab_size, special_tokens=list(convention.specials),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     backend.train_from_iterator(lines, trainer=trainer)
-    backend.post_processor = processors.TemplateProcessing(
-        single="</s> $A", pair="</s> $A </s> $B", special_tokens=[("</s>", EOS_ID)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="</s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", model_max_length=max_length)
+    if convention.prepend is not None:
+        first = convention.prepend
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{first} $A", pair=f"{first} $A {first} $B", special_tokens=[(first, backend.token_to_id(first))])
+    specials = {"bos_token": convention.bos, "eos_token": convention.eos, "pad_token": convention.pad,
+                "unk_token": convention.unk}
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, model_max_length=max_length,
+                                        **{k: v for k, v in specials.items() if v is not None})
     return prepare_tokenizer(tokenizer)
 
 
-def build_preset_model(config: ModelConfig, tokenizer, seed: int):
-    """Fresh, seeded weights in the preset's shape, sized to ``tokenizer``'s vocabulary."""
-    from transformers import AutoModelForCausalLM, OPTConfig
+def family_config(config: ModelConfig, tokenizer):
+    """The transformers config of ``config``'s preset in its family's own class and names, sized
+    to ``tokenizer``'s vocabulary and carrying its special ids."""
+    from transformers import AutoConfig
 
     shape = config.architecture()
-    shape["vocab_size"] = len(tokenizer)
-    opt_config = OPTConfig(
-        **shape, word_embed_proj_dim=shape["hidden_size"], attention_dropout=0.0,
-        activation_dropout=0.0, layerdrop=0.0, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        attn_implementation=config.attn_implementation)
+    width, layers, heads = shape["hidden_size"], shape["num_hidden_layers"], shape["num_attention_heads"]
+    ffn, positions, dropout = shape["ffn_dim"], shape["max_position_embeddings"], shape["dropout"]
+    family = config.family
+    if family == "opt":
+        # Dropout on the residual stream only, as facebook/opt-* are configured.
+        native = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, ffn_dim=ffn,
+                      max_position_embeddings=positions, dropout=dropout, word_embed_proj_dim=width,
+                      attention_dropout=0.0, activation_dropout=0.0, layerdrop=0.0)
+    elif family == "gpt2":
+        native = dict(n_embd=width, n_layer=layers, n_head=heads, n_inner=ffn, n_positions=positions,
+                      resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+    elif family == "gpt_neox":
+        native = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=ffn,
+                      max_position_embeddings=positions, hidden_dropout=dropout, attention_dropout=dropout,
+                      tie_word_embeddings=False)
+    else:  # llama, qwen2: attention dropout is the only dropout these families have
+        native = dict(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
+                      intermediate_size=ffn, max_position_embeddings=positions, attention_dropout=dropout,
+                      tie_word_embeddings=family == "qwen2")
+    return AutoConfig.for_model(
+        family, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, attn_implementation=config.attn_implementation, **native)
+
+
+def build_preset_model(config: ModelConfig, tokenizer, seed: int):
+    """Fresh, seeded weights in the preset's shape and family, sized to ``tokenizer``'s vocabulary."""
+    from transformers import AutoModelForCausalLM
+
+    model_config = family_config(config, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(opt_config, attn_implementation=config.attn_implementation)
+        model = AutoModelForCausalLM.from_config(model_config, attn_implementation=config.attn_implementation)
     return model
 
 

@@ -34,11 +34,18 @@ BYTES_PER_TOKEN_ESTIMATE = 4.0  # byte-level BPE on English Wikipedia text, roug
 def preset_parameters(config: PipelineConfig) -> int:
     """Parameter count of a preset, from its shape on the meta device (no memory, no weights)."""
     import torch
-    from transformers import AutoModelForCausalLM, OPTConfig
+    from transformers import AutoModelForCausalLM
 
-    shape = config.model.architecture()
+    from lmcollapse.modeling import family_config
+
+    class Vocabulary:  # the preset's vocabulary size, before any tokenizer is trained
+        pad_token_id = bos_token_id = eos_token_id = None
+
+        def __len__(self) -> int:
+            return int(config.model.architecture()["vocab_size"])
+
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(OPTConfig(**shape, word_embed_proj_dim=shape["hidden_size"]))
+        model = AutoModelForCausalLM.from_config(family_config(config.model, Vocabulary()))
     return sum(p.numel() for p in model.parameters())
 
 

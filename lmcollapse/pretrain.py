@@ -202,7 +202,8 @@ def pretrain(config: PipelineConfig, entry: PretrainedBase, accelerator, progres
         log.info("base: pretraining %s on %s (once; cached in %s)", config.model.name, source.describe(), entry.root)
         lines = corpus.load_split_lines(source)
         shape = config.model.architecture()  # model.vocab_size and model.max_positions applied
-        tokenizer = train_bpe_tokenizer(lines["text"], int(shape["vocab_size"]), int(shape["max_position_embeddings"]))
+        tokenizer = train_bpe_tokenizer(lines["text"], int(shape["vocab_size"]), int(shape["max_position_embeddings"]),
+                                        config.model.family)
         blocks = corpus.cut_into_blocks(corpus.tokenize_lines(lines, tokenizer), settings.block_size,
                                         f"{settings.split} split of {settings.corpus}")
         if settings.max_blocks is not None and settings.max_blocks < len(blocks):

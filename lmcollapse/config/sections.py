@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from lmcollapse.config.stage_sections import TrainConfig, _require
-from lmcollapse.presets import ARCHITECTURE_PRESETS
+from lmcollapse.presets import ARCHITECTURE_PRESETS, PRESET_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,11 @@ class DataConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "tiny-opt"
-    """An architecture preset (``tiny-opt``, ``opt-125m``: fresh weights and a BPE tokenizer trained
-    on the human train split), or a hub id / local folder loaded with ``from_pretrained``
-    (e.g. ``facebook/opt-125m``; write a local folder named like a preset as ``./tiny-opt``)."""
+    """An architecture preset (fresh weights and a BPE tokenizer with the family's special tokens,
+    pretrained once, see ``pretrain``): ``tiny-opt``, ``opt-125m``, ``tiny-gpt2``, ``gpt2-124m``,
+    ``tiny-pythia``, ``pythia-160m``, ``tiny-llama``, ``tiny-qwen2``; or any causal LM
+    ``AutoModelForCausalLM`` loads, by hub id or local folder (e.g. ``facebook/opt-125m``,
+    ``EleutherAI/pythia-160m``, ``./my-model``; write a local folder named like a preset as ``./tiny-opt``)."""
     init: Literal["base", "previous", "generation-0"] = "base"
     """Where each generation k >= 1 starts: ``base``, the base model; ``previous``, generation k-1's
     trained model; ``generation-0``, generation 0's trained model (the official code's
@@ -125,6 +127,11 @@ class ModelConfig:
     @property
     def is_preset(self) -> bool:
         return self.name in ARCHITECTURE_PRESETS
+
+    @property
+    def family(self) -> str:
+        """The preset's transformers model type (``opt``, ``gpt2``, ``gpt_neox``, ``llama``, ``qwen2``)."""
+        return PRESET_FAMILIES[self.name]
 
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must name a preset, a hub id or a local folder")
