@@ -30,6 +30,7 @@ holding both, ``SplitSource.record()`` says where a split came from and in which
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -50,8 +51,13 @@ SPLIT_ALIASES = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test",),
 }
+# Files of records, read with datasets' own builder; each record's data.text_column is one row.
+STRUCTURED_SUFFIXES = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+CORPUS_SUFFIXES = TEXT_SUFFIXES + tuple(STRUCTURED_SUFFIXES)
+HUB_PREFIX = "hub:"
 # How a file's suffix names its kind of text (WikiText's raw and tokenized releases, plain text).
-SUFFIX_KINDS = {".raw": "raw", ".tokens": "tokenized", ".txt": "text"}
+SUFFIX_KINDS = {".raw": "raw", ".tokens": "tokenized", ".txt": "text", ".jsonl": "jsonl", ".json": "json",
+                ".csv": "csv", ".parquet": "parquet"}
 LINE_FORMAT = ("text lines, line breaks kept, blank and whitespace-only lines as empty strings "
                "(the hub builder's convention)")
 MIXED_SOURCES_FIX = ("put both splits in one folder (e.g. set LMCOLLAPSE_DATA_DIR to a folder holding both, "
@@ -60,14 +66,16 @@ MIXED_SOURCES_FIX = ("put both splits in one folder (e.g. set LMCOLLAPSE_DATA_DI
 
 @dataclass(frozen=True)
 class NamedCorpus:
-    folders: tuple[str, ...]  # where it lives under a data root, in order of preference
-    files: dict[str, str]  # split -> file name, as in the official archive
+    folders: tuple[str, ...]  # where it lives under a data root, in order of preference (none: hub only)
+    files: dict[str, str]  # split -> file name, as in the official archive (hub only: split -> "")
     hub_path: str
-    hub_config: str
-    url: str  # the official archive, for `lmcollapse data`
+    hub_config: str | None
+    url: str  # the official archive, for `lmcollapse data` ("": none)
     sizes: dict[str, int]  # bytes per split in the official archive: plans before any download
     kind: str = "text"  # "raw" (original text) or "tokenized" (rare words replaced by <unk>)
     family: str = ""  # releases of the same articles share it: their splits hold the same text
+    text_column: str = "text"
+    licence: str = ""
 
 
 NAMED_CORPORA: dict[str, NamedCorpus] = {
@@ -85,27 +93,83 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         "https://wikitext.smerity.com/wikitext-2-v1.zip",
         {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}, kind="tokenized",
         family="wikitext-2"),
+    # WikiText-103: the same Good and Featured articles' source, 50 times WikiText-2's train split.
+    "wikitext-103-raw-v1": NamedCorpus(
+        ("wikitext-103-raw",),
+        {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
+        "Salesforce/wikitext", "wikitext-103-raw-v1",
+        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", {}, kind="raw", family="wikitext-103"),
+    # TinyStories (Eldan and Li 2023): one story per hub row, so read from the hub only (its text
+    # files separate stories by <|endoftext|> lines, which line-by-line reading would not keep).
+    "tinystories": NamedCorpus(
+        (), {"train": "", "validation": ""}, "roneneldan/TinyStories", None, "", {}, family="tinystories",
+        licence="CDLA-Sharing-1.0"),
 }
+
+
+class MissingSplit(LmcollapseError):
+    """The corpus has no such split (``data.carve_fraction`` can carve it from the train split)."""
+
+
+@dataclass(frozen=True)
+class Carving:
+    """The rows of a split carved from the train split of a corpus that lacks it
+    (``data.carve_fraction``). The train split's rows are ranked by a permutation seeded with
+    ``seed``; carved split number ``part`` holds ranks [part * k, (part + 1) * k), k =
+    max(1, round(fraction * rows)), and the train split keeps the ranks from ``parts * k`` on
+    (``part`` None). Rows keep their order in the file."""
+
+    source_split: str
+    fraction: float
+    seed: int
+    part: int | None
+    parts: int
+
+    def rows(self, count: int) -> np.ndarray:
+        from lmcollapse.seeding import rng
+
+        size = max(1, round(self.fraction * count))
+        rank = np.empty(count, dtype=np.int64)
+        rank[rng(self.seed, "carve", self.source_split).permutation(count)] = np.arange(count)
+        if self.part is None:
+            chosen = rank >= self.parts * size
+        else:
+            chosen = (rank >= self.part * size) & (rank < (self.part + 1) * size)
+        return np.flatnonzero(chosen)
 
 
 @dataclass(frozen=True)
 class SplitSource:
-    """Where one split of a corpus comes from: local files, or the hub."""
+    """Where one split of a corpus comes from: local files, or the hub; which column holds the
+    text (files of records and hub datasets); and, for a carved split, which rows."""
 
     corpus: str
     split: str
     files: tuple[Path, ...] = ()
-    hub: tuple[str, str] | None = None
+    hub: tuple[str, str | None] | None = None
     searched: tuple[str, ...] = ()
+    text_column: str = "text"
+    carving: Carving | None = None
+
+    @property
+    def structured(self) -> bool:
+        """Files of records (JSON lines, JSON, CSV, Parquet) rather than lines of text."""
+        return bool(self.files) and self.files[0].suffix in STRUCTURED_SUFFIXES
 
     @property
     def is_local(self) -> bool:
         return bool(self.files)
 
     def describe(self) -> str:
+        carved = "" if self.carving is None else (
+            f" (rows carved from its {self.carving.source_split} split, {self.carving.fraction:g} of them, "
+            f"seed {self.carving.seed})" if self.carving.part is not None else
+            f" (less the rows carved from it for {self.carving.parts} missing split(s))")
         if self.files:
-            return ", ".join(str(f) for f in self.files)
-        return f"hub {self.hub[0]} ({self.hub[1]}), not found locally" if self.hub else "nowhere"
+            return ", ".join(str(f) for f in self.files) + carved
+        if self.hub and self.corpus.startswith(HUB_PREFIX):
+            return f"hub {self.hub[0]}" + (f" ({self.hub[1]})" if self.hub[1] else "") + carved
+        return (f"hub {self.hub[0]} ({self.hub[1]}), not found locally" + carved) if self.hub else "nowhere"
 
     @property
     def folder(self) -> Path | None:
@@ -115,7 +179,8 @@ class SplitSource:
             return None
         if self.corpus in NAMED_CORPORA:
             return self.files[0].parent
-        return Path(self.corpus).expanduser()
+        path = Path(self.corpus).expanduser()
+        return path.parent if path.is_file() else path
 
     @property
     def kind(self) -> str:
@@ -138,8 +203,11 @@ class SplitSource:
             "origin": "local" if self.is_local else "hub",
             "files": [str(p.resolve()) for p in self.files],
             "hub": {"path": self.hub[0], "config": self.hub[1]} if self.hub else None,
-            "format": LINE_FORMAT,
+            "format": (f"one row per record, its {self.text_column!r} field" if self.structured or (
+                self.hub and self.corpus not in NAMED_CORPORA) else LINE_FORMAT),
             "kind": self.kind,
+            **({"text_column": self.text_column} if self.structured or not self.files else {}),
+            **({"carved": dataclasses.asdict(self.carving)} if self.carving else {}),
         }
 
     def where(self) -> str:
@@ -158,32 +226,49 @@ def data_roots() -> list[Path]:
     return roots
 
 
-def locate_split(corpus: str, split: str) -> SplitSource:
-    """Resolve ``corpus``/``split`` to files (or the hub) without reading them."""
+def locate_split(corpus: str, split: str, text_column: str = "text", hub_config: str | None = None) -> SplitSource:
+    """Resolve ``corpus``/``split`` to files (or the hub) without reading them; ``MissingSplit``
+    where the corpus is found but has no such split."""
     if corpus in NAMED_CORPORA:
         named = NAMED_CORPORA[corpus]
         if split not in named.files:
-            raise LmcollapseError(
-                f"corpus {corpus} has no split {split!r}: use one of {', '.join(named.files)}")
+            raise MissingSplit(
+                f"corpus {corpus} has no split {split!r}: use one of {', '.join(named.files)}, or set "
+                f"data.carve_fraction (e.g. 0.05) to carve it from the train split")
         searched = []
         for root in data_roots():
             for folder in named.folders:
                 candidate = root / folder / named.files[split]
                 searched.append(str(candidate))
                 if candidate.is_file():
-                    return SplitSource(corpus, split, (candidate,))
-        return SplitSource(corpus, split, hub=(named.hub_path, named.hub_config), searched=tuple(searched))
-    folder = Path(corpus).expanduser()
-    if not folder.exists():
+                    return SplitSource(corpus, split, (candidate,), text_column=named.text_column)
+        return SplitSource(corpus, split, hub=(named.hub_path, named.hub_config), searched=tuple(searched),
+                           text_column=named.text_column)
+    if corpus.startswith(HUB_PREFIX):
+        path = corpus[len(HUB_PREFIX):]
+        if path.count("/") != 1 or not all(path.split("/")):
+            raise LmcollapseError(f"data.corpus {corpus!r}: a hub dataset is written hub:owner/name")
+        return SplitSource(corpus, split, hub=(path, hub_config), text_column=text_column)
+    path = Path(corpus).expanduser()
+    if not path.exists():
         raise LmcollapseError(
-            f"corpus {corpus!r} not found: it is neither a named corpus ({', '.join(NAMED_CORPORA)}) "
-            "nor an existing folder; fix data.corpus")
-    if not folder.is_dir():
-        raise LmcollapseError(f"corpus {corpus!r} is a file: data.corpus must name a folder of text files")
-    return SplitSource(corpus, split, _split_files_in_folder(folder, split))
+            f"corpus {corpus!r} not found: it is neither a named corpus ({', '.join(NAMED_CORPORA)}), "
+            f"a hub dataset ({HUB_PREFIX}owner/name) nor an existing folder or file; fix data.corpus")
+    if path.is_file():
+        if path.suffix not in CORPUS_SUFFIXES:
+            raise LmcollapseError(
+                f"corpus file {corpus!r} is not one of {', '.join(CORPUS_SUFFIXES)}: name a folder of such files, "
+                "or a file with one of these suffixes")
+        if split not in SPLIT_ALIASES["train"]:
+            raise MissingSplit(
+                f"corpus {corpus!r} is one file, the train split: it has no {split!r} split; set "
+                "data.carve_fraction (e.g. 0.05) to carve it from the file, or name a folder holding the split")
+        return SplitSource(corpus, split, (path,), text_column=text_column)
+    return SplitSource(corpus, split, _split_files_in_folder(path, split), text_column=text_column)
 
 
-def locate_splits(corpus: str, *splits: str) -> tuple[SplitSource, ...]:
+def locate_splits(corpus: str, *splits: str, text_column: str = "text",
+                  hub_config: str | None = None) -> tuple[SplitSource, ...]:
     """Locate several splits of one corpus (e.g. train and held-out), from one folder if one holds them all.
 
     For a named corpus the first data folder, in ``locate_split``'s search order, holding every
@@ -196,15 +281,48 @@ def locate_splits(corpus: str, *splits: str) -> tuple[SplitSource, ...]:
         named = NAMED_CORPORA[corpus]
         for split in splits:
             if split not in named.files:
-                raise LmcollapseError(
-                    f"corpus {corpus} has no split {split!r}: use one of {', '.join(named.files)}")
+                locate_split(corpus, split)  # raises MissingSplit
         for root in data_roots():
             for folder in named.folders:
                 candidates = [root / folder / named.files[split] for split in splits]
                 if all(candidate.is_file() for candidate in candidates):
-                    return tuple(SplitSource(corpus, split, (candidate,))
+                    return tuple(SplitSource(corpus, split, (candidate,), text_column=named.text_column)
                                  for split, candidate in zip(splits, candidates, strict=True))
-    return tuple(locate_split(corpus, split) for split in splits)
+    return tuple(locate_split(corpus, split, text_column, hub_config) for split in splits)
+
+
+def locate_data_splits(data, *splits: str) -> tuple[SplitSource, ...]:
+    """``locate_splits`` for the fine-tuning corpus of ``data`` (a ``DataConfig``): its text column
+    and hub config, and, with ``data.carve_fraction``, the held-out and validation splits the
+    corpus lacks carved from its train split (and the train split without those rows). Which
+    splits are carved does not depend on which are asked for, so every caller sees one partition."""
+    carve_fraction = getattr(data, "carve_fraction", None)
+    options = dict(text_column=data.text_column, hub_config=data.hub_config)
+    if not carve_fraction:
+        return locate_splits(data.corpus, *splits, **options)
+    wanted = [data.heldout_split] + ([data.validation_split] if data.validation_split else [])
+    missing = []
+    for split in wanted:
+        try:
+            locate_splits(data.corpus, split, **options)
+        except MissingSplit:
+            missing.append(split)
+    present = [s for s in splits if s not in missing]
+    located = dict(zip(present, locate_splits(data.corpus, *present, **options))) if present else {}
+    if missing and data.train_split not in located:
+        (located[data.train_split],) = locate_splits(data.corpus, data.train_split, **options)
+    sources = []
+    for split in splits:
+        if split in missing:
+            source = located[data.train_split]
+            carving = Carving(data.train_split, carve_fraction, data.subset_seed, missing.index(split), len(missing))
+            sources.append(dataclasses.replace(source, split=split, carving=carving))
+        elif split == data.train_split and missing:
+            carving = Carving(data.train_split, carve_fraction, data.subset_seed, None, len(missing))
+            sources.append(dataclasses.replace(located[split], carving=carving))
+        else:
+            sources.append(located[split])
+    return tuple(sources)
 
 
 def same_text(a: SplitSource, b: SplitSource) -> bool:
@@ -244,20 +362,30 @@ def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
     for name in names:
         sub = folder / name
         if sub.is_dir():
-            files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in TEXT_SUFFIXES)
+            files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in CORPUS_SUFFIXES)
             if files:
-                return tuple(files)
-            raise LmcollapseError(f"corpus folder {sub} has no {'/'.join(TEXT_SUFFIXES)} files for split {split!r}")
+                return _one_format(tuple(files), split)
+            raise LmcollapseError(f"corpus folder {sub} has no {'/'.join(CORPUS_SUFFIXES)} files for split {split!r}")
     for name in names:
         for prefix in ("", "wiki."):
-            for suffix in TEXT_SUFFIXES:
+            for suffix in CORPUS_SUFFIXES:
                 candidate = folder / f"{prefix}{name}{suffix}"
                 if candidate.is_file():
                     return (candidate,)
     present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
-    raise LmcollapseError(
-        f"corpus folder {folder} has no split {split!r}: expected {names[0]}.txt (or .raw, .tokens) "
-        f"or a folder {names[0]}/ of text files; it holds {present}")
+    raise MissingSplit(
+        f"corpus folder {folder} has no split {split!r}: expected {names[0]}.txt (or .raw, .tokens, .jsonl, "
+        f".json, .csv, .parquet) or a folder {names[0]}/ of such files; it holds {present} (or set "
+        "data.carve_fraction to carve the split from the train split)")
+
+
+def _one_format(files: tuple[Path, ...], split: str) -> tuple[Path, ...]:
+    """The files of a split are all lines of text, or all records of one format."""
+    formats = {STRUCTURED_SUFFIXES.get(p.suffix, "text") for p in files}
+    if len(formats) > 1:
+        raise LmcollapseError(
+            f"split {split!r} mixes file formats ({', '.join(sorted(formats))} in {files[0].parent}): keep one format per split")
+    return files
 
 
 def check_text_file(path: Path) -> None:
@@ -313,31 +441,82 @@ def lines_dataset(lines: Iterable[str]):
     return datasets.Dataset(pa.table({"text": pa.chunked_array(chunks, type=pa.string())}))
 
 
+def check_source(source: SplitSource) -> None:
+    """One-line errors for unreadable local files, before anything is computed: text files are
+    checked here (present, non-empty, UTF-8); files of records when they are loaded."""
+    for path in source.files:
+        if path.suffix in STRUCTURED_SUFFIXES:
+            if not path.is_file() or path.stat().st_size == 0:
+                raise LmcollapseError(f"corpus file {path} is missing or empty: point data.corpus at records, or remove it")
+        else:
+            check_text_file(path)
+
+
 def load_split_lines(source: SplitSource):
     """The split as an in-memory ``datasets.Dataset`` with one ``text`` row per line (breaks kept;
-    whitespace-only lines as "", the hub builder's convention: see the module docstring)."""
-    if source.is_local:
-        for path in source.files:
-            check_text_file(path)
+    whitespace-only lines as "", the hub builder's convention: see the module docstring), or per
+    record of a file of records or a hub dataset (its ``text_column``); a carved split (or the
+    train split it was carved from) keeps its own rows only."""
+    if source.is_local and not source.structured:
+        check_source(source)
         loaded = lines_dataset(line for path in source.files for line in read_lines(path))
+    elif source.is_local:
+        check_source(source)
+        import datasets
+
+        builder = STRUCTURED_SUFFIXES[source.files[0].suffix]
+        try:
+            rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
+                                         keep_in_memory=True)
+        except Exception as err:  # the builders raise many kinds for a malformed file
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise LmcollapseError(
+                f"corpus file(s) {source.describe()} could not be read as {builder} ({reason}): check the format "
+                f"matches the suffix") from None
+        loaded = lines_dataset(hub_builder_line(row) for row in _text_column(rows, source))
     else:
         import datasets
 
         hub_path, hub_config = source.hub  # type: ignore[misc]
+        split = source.carving.source_split if source.carving else source.split
         try:
-            rows = datasets.load_dataset(hub_path, hub_config, split=source.split)
+            rows = datasets.load_dataset(hub_path, hub_config, split=split)
         except Exception as err:  # offline, hub down, gated: all mean "not available here"
             reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            where = f" (looked in {', '.join(source.searched)})" if source.searched else ""
             raise LmcollapseError(
-                f"corpus {source.corpus} split {source.split!r} is not on disk (looked in "
-                f"{', '.join(source.searched)}) and the hub failed ({reason}): set {DATA_DIR_ENV} "
-                "to a folder holding it, or run `make data` where the network is reachable") from None
+                f"corpus {source.corpus} split {split!r} is not on disk{where} and the hub failed ({reason}): set "
+                f"{DATA_DIR_ENV} to a folder holding it, or run `make data` where the network is reachable") from None
         # The builder's rows already follow the convention; applying it again changes nothing there
         # and holds the convention whatever form the hub serves the dataset in.
-        loaded = lines_dataset(hub_builder_line(row) for row in rows["text"])
+        loaded = lines_dataset(hub_builder_line(row) for row in _text_column(rows, source))
+    if source.carving is not None:
+        kept = source.carving.rows(len(loaded))
+        if len(kept) == 0:
+            raise LmcollapseError(
+                f"carving {source.carving.parts} split(s) of {source.carving.fraction:g} from the {len(loaded)} rows of "
+                f"{source.carving.source_split} leaves {source.split!r} no rows: lower data.carve_fraction")
+        loaded = loaded.select(kept)
     if not any(line.strip() for line in loaded["text"]):
         raise LmcollapseError(f"corpus {source.corpus} split {source.split!r} is empty ({source.describe()})")
     return loaded
+
+
+def _text_column(rows, source: SplitSource) -> list[str]:
+    """The ``text_column`` of a dataset of records, checked: present, and text."""
+    import datasets
+
+    column = source.text_column
+    if column not in rows.column_names:
+        raise LmcollapseError(
+            f"corpus {source.describe()} has no column {column!r} (it has {', '.join(rows.column_names) or 'none'}): "
+            "set data.text_column to the column holding the text")
+    feature = rows.features[column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        raise LmcollapseError(
+            f"column {column!r} of corpus {source.describe()} holds {feature}, not text: set data.text_column to a "
+            "text column")
+    return ["" if value is None else value for value in rows[column]]
 
 
 def tokenize_lines(lines, tokenizer) -> np.ndarray:

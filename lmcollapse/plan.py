@@ -95,7 +95,7 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
     human_blocks = None
     if (run.human / MANIFEST).is_file():
         human_blocks = read_manifest(run.human / MANIFEST)["train"]["blocks"]
-    sources = corpus.locate_splits(data.corpus, data.train_split, data.heldout_split)
+    sources = corpus.locate_data_splits(data, data.train_split, data.heldout_split)
     try:
         corpus.check_same_source(*sources, allow_mixed=data.mixed_sources)
     except LmcollapseError as err:
@@ -104,7 +104,8 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
         if source.is_local:
             size = sum(p.stat().st_size for p in source.files)
         else:
-            size = corpus.NAMED_CORPORA[data.corpus].sizes.get(split, 0)
+            named = corpus.NAMED_CORPORA.get(data.corpus)
+            size = named.sizes.get(split, 0) if named else 0  # a hub dataset's size is known once downloaded
         estimate = int(size / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
         lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{estimate} blocks)")
         if role == "train" and human_blocks is None:

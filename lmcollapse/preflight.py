@@ -51,14 +51,13 @@ def check_pretraining_text(config: PipelineConfig) -> None:
     """The pretraining split is readable and shares no text with the fine-tuning, held-out or
     validation text (by release family and split for named corpora, by file content otherwise)."""
     (source,) = corpus.locate_splits(config.pretrain.corpus, config.pretrain.split)
-    for path in source.files:
-        corpus.check_text_file(path)
+    corpus.check_source(source)
     data = config.data
     roles = [("data.train_split", data.train_split), ("data.heldout_split", data.heldout_split)]
     if separate_validation_split(config):
         roles.append(("data.validation_split", separate_validation_split(config)))
     for key, split in roles:
-        (other,) = corpus.locate_splits(data.corpus, split)
+        (other,) = corpus.locate_data_splits(data, split)
         if corpus.same_text(source, other):
             raise LmcollapseError(
                 f"pretrain.split: the {config.pretrain.split} split of {config.pretrain.corpus} holds the same text as "
@@ -83,15 +82,14 @@ def separate_validation_split(config: PipelineConfig) -> str | None:
 
 def check_corpus(config: PipelineConfig) -> None:
     """The train and held-out splits are found, in one place, and readable (not yet loaded)."""
-    sources = corpus.locate_splits(config.data.corpus, config.data.train_split, config.data.heldout_split)
+    sources = corpus.locate_data_splits(config.data, config.data.train_split, config.data.heldout_split)
     corpus.check_same_source(*sources, allow_mixed=config.data.mixed_sources)
     if separate_validation_split(config):
-        (validation,) = corpus.locate_splits(config.data.corpus, separate_validation_split(config))
+        (validation,) = corpus.locate_data_splits(config.data, separate_validation_split(config))
         corpus.check_same_source(sources[0], validation, allow_mixed=config.data.mixed_sources)
         sources = (*sources, validation)
     for source in sources:
-        for path in source.files:
-            corpus.check_text_file(path)
+        corpus.check_source(source)
 
 
 def check_same_config(config: PipelineConfig, run: RunDir) -> None:

@@ -18,7 +18,19 @@ from lmcollapse.presets import ARCHITECTURE_PRESETS, PRESET_FAMILIES
 @dataclass(frozen=True)
 class DataConfig:
     corpus: str = "wikitext-2-raw-v1"
-    """Named corpus (``wikitext-2-raw-v1``, ``wikitext-2-v1``) or a local folder of text files."""
+    """A named corpus (``wikitext-2-raw-v1``, ``wikitext-2-v1``, ``wikitext-103-raw-v1``,
+    ``tinystories``); a hub dataset, ``hub:owner/name``; a local folder whose splits are
+    ``<split>.txt`` (or ``.raw``, ``.tokens``: one row per line) or ``<split>.jsonl`` (or ``.json``,
+    ``.csv``, ``.parquet``: one row per record), or sub-folders ``<split>/`` of such files; or one
+    such file, the train split."""
+    text_column: str = "text"
+    """The column holding the text, in files of records and hub datasets."""
+    hub_config: str | None = None
+    """The configuration (subset) of a ``hub:`` dataset; null: its default."""
+    carve_fraction: float | None = None
+    """A held-out or validation split the corpus lacks is carved from ``train_split``: this
+    fraction of its rows each (lines of text files, records otherwise), drawn with ``subset_seed``,
+    and the train split keeps the rest. null: a missing split is an error."""
     train_split: str = "train"
     """Split of the corpus that generation 0 trains on (``train``, ``validation`` or ``test``)."""
     heldout_split: str = "test"
@@ -64,6 +76,10 @@ class DataConfig:
                  f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
         _require(self.validation_split != self.heldout_split, "validation_split",
                  f"must differ from heldout_split ({self.heldout_split!r}); held-out text never selects a model")
+        if self.carve_fraction is not None:
+            _require(0.0 < self.carve_fraction < 0.5, "carve_fraction",
+                     f"must be between 0 and 0.5 (e.g. 0.05), or null, got {self.carve_fraction}")
+        _require(bool(self.text_column.strip()), "text_column", "must name a column")
         for key in ("max_train_blocks", "max_heldout_blocks", "max_validation_blocks"):
             value = getattr(self, key)
             _require(value is None or value >= 1, key, f"must be at least 1 or null, got {value}")
