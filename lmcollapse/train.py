@@ -121,8 +121,14 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     lengths = np.array([len(s) for s in sequences], dtype=np.int64)
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
-                                  fused=True if config.fused_optimizer else None)
+    if config.lora is not None:
+        model = with_lora_adapters(model, config, derive_seed(seed, "lora", generation))
+    if config.gradient_checkpointing:
+        # Non-reentrant checkpointing: the recomputed forward replays the same dropout masks
+        # (the RNG state is restored), so gradients equal those without it.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay, fused=True if config.fused_optimizer else None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule(config, total_steps))
     # NOTE: accelerate remembers every model, optimizer and scheduler a process ever prepared and
     # saves them all (model_1.safetensors, optimizer_1.bin, ...) in every checkpoint; load_state in
@@ -229,9 +235,36 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
     if selecting and kept_epoch != config.epochs - 1:
         load_best_weights(trained, checkpoint_dir, kept_epoch)
+    if config.gradient_checkpointing:
+        trained.activation_checkpointing_disable()
+    if config.lora is not None:
+        # The adapters merged into the weights: a plain model of the family, which every later
+        # stage (generation, evaluation, init: previous) loads like a fully fine-tuned one.
+        trained = trained.merge_and_unload()
     del model, optimizer, scheduler
     accelerator.free_memory()
     return trained, outcome
+
+
+def with_lora_adapters(model, config: TrainConfig, seed: int):
+    """``model`` wrapped by ``peft`` with fresh low-rank adapters (seeded: a resumed run rebuilds
+    the same ones before loading their trained state); only the adapters require gradients."""
+    try:
+        import peft
+    except ImportError:
+        raise LmcollapseError("train.lora needs the peft package: run `make install` (or pip install peft), "
+                              "or set train.lora=null for full fine-tuning") from None
+    settings = config.lora
+    adapter = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                              target_modules=list(settings.target_modules) if settings.target_modules else None,
+                              task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            return peft.get_peft_model(model, adapter)
+        except ValueError as err:  # e.g. target modules not found in this family
+            raise LmcollapseError(f"train.lora: {str(err).splitlines()[0][:200]}: set train.lora.target_modules to "
+                                  "module names of this model (e.g. [q_proj, v_proj])") from None
 
 
 def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalizer, compiled: bool = False):

@@ -23,9 +23,15 @@ from lmcollapse.config.pipeline_config import (
     result_affecting_differences,
 )
 from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
-from lmcollapse.config.stage_sections import DecontaminateConfig, EvaluateConfig, GenerateConfig, TrainConfig
+from lmcollapse.config.stage_sections import (
+    DecontaminateConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    LoraConfig,
+    TrainConfig,
+)
 
 __all__ = ["AUTO_PRETRAIN", "DEFAULT_PRETRAIN_CORPUS", "OPERATIONAL_KEYS", "DataConfig", "DecontaminateConfig",
-           "EvaluateConfig", "GenerateConfig", "ModelConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",
+           "EvaluateConfig", "GenerateConfig", "LoraConfig", "ModelConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",
            "build_config", "check_trained_positions", "config_to_dict", "config_to_yaml", "describe_config", "field_docs",
            "flatten", "load_config", "merge_sections", "parse_overrides", "result_affecting_differences"]

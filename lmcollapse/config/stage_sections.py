@@ -17,6 +17,26 @@ def _require(condition: bool, key: str, message: str) -> None:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """Low-rank adapters (Hu et al. 2021) through ``peft``: only the adapters train, and the saved
+    generation model has them merged into its weights, so every later stage loads it like any other."""
+
+    r: int = 8
+    """Rank of each adapter."""
+    alpha: float = 16.0
+    """Scale: the adapter's update is multiplied by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the adapters' input while training."""
+    target_modules: tuple[str, ...] | None = None
+    """Module names to adapt (e.g. [q_proj, v_proj]); null: peft's default for the model family."""
+
+    def __post_init__(self) -> None:
+        _require(self.r >= 1, "r", f"must be at least 1, got {self.r}")
+        _require(self.alpha > 0, "alpha", f"must be positive, got {self.alpha}")
+        _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 5
     """Passes over the generation's training set."""
@@ -53,6 +73,12 @@ class TrainConfig:
     those after the epoch with the lowest loss on the human validation blocks (``data.validation_split``;
     the official code's ``ModelCheckpoint(monitor="val_loss")``). The manifest records every epoch's
     validation loss and the winner."""
+    lora: LoraConfig | None = None
+    """Train low-rank adapters instead of every weight (``train.lora: {r: 8}``; needs ``peft``,
+    which ``make install`` installs); null: full fine-tuning."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass instead of keeping them: less memory, about a
+    third more compute; the same gradients."""
     checkpoint_every: int = 200
     """Save a resumable checkpoint every this many optimizer steps (and at the end)."""
     keep_checkpoints: int = 2
