@@ -1,8 +1,8 @@
 """Read-only views of a run: the plan (``--dry-run``) and the status (``lmcollapse status``).
 
-Neither computes, downloads nor writes anything: the plan reads the config, the corpus files'
-sizes and whatever the run directory already holds; the status reads markers, checkpoints and
-shard sidecars.
+Neither downloads nor writes anything: the plan reads the config, the corpus files' sizes and
+whatever the run directory already holds, and times one matmul for its cost estimate (cost.py);
+the status reads markers, checkpoints and shard sidecars.
 
     print(describe_plan(config, RunDir(Path("runs/tiny")), last_generation=4))
     print(describe_status(RunDir(Path("runs/tiny"))))
@@ -49,7 +49,8 @@ def preset_parameters(config: PipelineConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> str:
+def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, device=None) -> str:
+    """The plan; ``device`` (a ``cost.Device``) defaults to this machine's, its matmul peak timed."""
     data, train, gen, ev = config.data, config.train, config.generate, config.evaluate
     lines = [f"pipeline {config.name} -> run {run.root}  (config fingerprint {config.fingerprint()[:12]}, seed {config.seed})"]
     if config.description:
@@ -108,8 +109,12 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
             size = named.sizes.get(split, 0) if named else 0  # a hub dataset's size is known once downloaded
         estimate = int(size / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
         lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{estimate} blocks)")
-        if role == "train" and human_blocks is None:
-            human_blocks = estimate if data.max_train_blocks is None else min(estimate, data.max_train_blocks)
+        if role == "train":
+            train_estimate = estimate
+            if human_blocks is None and estimate:
+                human_blocks = estimate if data.max_train_blocks is None else min(estimate, data.max_train_blocks)
+        else:
+            heldout_blocks = estimate if data.max_heldout_blocks is None else min(estimate, data.max_heldout_blocks)
     if data.max_train_blocks is not None:
         lines.append(f"  training set capped at {data.max_train_blocks} blocks (fixed subset, seed {data.subset_seed})")
     lines.append(f"regime: {describe_regime(config)}")
@@ -137,9 +142,35 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int) -> 
         f"self-BLEU-{ev.self_bleu_max_n} ({ev.self_bleu_smoothing}) on {ev.self_bleu_samples or 'all'} samples, "
         f"distinct-1..{ev.distinct_max_n}, rare {ev.rare_ngram_n}-gram survival, tails {'on' if ev.tails else 'off'}; "
         f"words: {ev.text_tokenization}")
+    lines.extend(_cost_lines(config, run, human_blocks, train_estimate, heldout_blocks, last_generation, device))
     lines.append("stages:")
     lines.extend(f"  {line}" for line in stage_lines(run, last_generation, config))
     return "\n".join(lines)
+
+
+def _cost_lines(config: PipelineConfig, run: RunDir, train_blocks: int | None, train_estimate: int, heldout_blocks: int,
+                last_generation: int, device) -> list[str]:
+    from lmcollapse import cost
+
+    data = config.data
+    validation = 0
+    if config.train.select == "best-validation":
+        pool = max(train_estimate - (train_blocks or 0), 0) if data.validation_split is None else train_estimate
+        validation = pool if data.max_validation_blocks is None else min(pool, data.max_validation_blocks)
+    pretrain_tokens = 0
+    if config.model.is_preset and config.pretrain.enabled:
+        from lmcollapse.pretrain import locate_entry
+
+        if not locate_entry(config).is_complete:
+            (source,) = corpus.locate_splits(config.pretrain.corpus, config.pretrain.split)
+            size = sum(p.stat().st_size for p in source.files) if source.is_local else \
+                corpus.NAMED_CORPORA.get(config.pretrain.corpus, corpus.NAMED_CORPORA[data.corpus]).sizes.get(config.pretrain.split, 0)
+            tokens = size / BYTES_PER_TOKEN_ESTIMATE
+            if config.pretrain.max_blocks is not None:
+                tokens = min(tokens, config.pretrain.max_blocks * config.pretrain.block_size)
+            pretrain_tokens = int(tokens * config.pretrain.epochs)
+    return cost.describe_cost(config, device or cost.this_device(), cost.shape_of(config), train_blocks,
+                              heldout_blocks * config.eval_block_size, validation, pretrain_tokens, last_generation + 1)
 
 
 def describe_regime(config: PipelineConfig) -> str:
