@@ -116,7 +116,7 @@ def test_bad_records_are_one_line_errors(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
 def test_a_single_file_corpus_with_carved_held_out_text_runs_end_to_end(tmp_path, fmt):
     path = tmp_path / f"corpus.{fmt}"
     write_records(path, documents(300, 0), fmt)
@@ -127,3 +127,13 @@ def test_a_single_file_corpus_with_carved_held_out_text_runs_end_to_end(tmp_path
     assert manifest["heldout"]["provenance"]["carved"]["part"] == 0 and "carved from" in manifest["heldout"]["source"]
     assert manifest["train"]["provenance"]["carved"]["part"] is None
     assert run.generation(1).is_complete
+
+
+def test_a_hub_dataset_that_cannot_be_reached_is_a_one_line_error():
+    """hub:owner/name datasets load with datasets.load_dataset; the tests run offline
+    (HF_HUB_OFFLINE=1), where loading one says what failed and how to use local files instead."""
+    (source,) = corpus.locate_splits("hub:some-org/some-dataset", "train", text_column="story")
+    assert source.hub == ("some-org/some-dataset", None) and source.text_column == "story"
+    with pytest.raises(LmcollapseError, match=r"corpus hub:some-org/some-dataset split 'train' is not on disk and the "
+                                              r"hub failed \(.*\): set LMCOLLAPSE_DATA_DIR"):
+        corpus.load_split_lines(source)
