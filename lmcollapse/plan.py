@@ -163,8 +163,9 @@ def _cost_lines(config: PipelineConfig, run: RunDir, train_blocks: int | None, t
 
         if not locate_entry(config).is_complete:
             (source,) = corpus.locate_splits(config.pretrain.corpus, config.pretrain.split)
-            size = sum(p.stat().st_size for p in source.files) if source.is_local else \
-                corpus.NAMED_CORPORA.get(config.pretrain.corpus, corpus.NAMED_CORPORA[data.corpus]).sizes.get(config.pretrain.split, 0)
+            named = corpus.NAMED_CORPORA.get(config.pretrain.corpus)
+            size = (sum(p.stat().st_size for p in source.files) if source.is_local
+                    else named.sizes.get(config.pretrain.split, 0) if named else 0)
             tokens = size / BYTES_PER_TOKEN_ESTIMATE
             if config.pretrain.max_blocks is not None:
                 tokens = min(tokens, config.pretrain.max_blocks * config.pretrain.block_size)
