@@ -135,6 +135,8 @@ def test_from_another_folder_without_pipeline_it_says_what_to_do(tmp_path):
     message = result.stderr.strip()
     assert "\n" not in message
     assert message == (f"lmcollapse: error: no --pipeline given and there is no pipelines/tiny.yaml in {tmp_path}: "
-                       f"pass --pipeline {REPO / 'pipelines' / 'tiny.yaml'} (or --run an existing run, whose "
-                       "pipeline.yaml is used)")
+                       "pass --pipeline tiny (a shipped pipeline; lmcollapse pipelines lists them), a YAML file, or "
+                       "--run an existing run, whose pipeline.yaml is used")
     assert list(tmp_path.iterdir()) == []
+    hinted = run_cli("config", "--pipeline", "tiny", cwd=tmp_path)  # the hint works when pasted
+    assert hinted.returncode == 0 and "name: tiny" in hinted.stdout
