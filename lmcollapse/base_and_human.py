@@ -135,7 +135,7 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
 def human_text(config: PipelineConfig):
     """The train and held-out splits: their sources (found in one place) and their lines."""
     data = config.data
-    train_source, heldout_source = corpus.locate_data_splits(data, data.train_split, data.heldout_split)
+    train_source, heldout_source = corpus.locate_data_splits(config, data.train_split, data.heldout_split)
     corpus.check_same_source(train_source, heldout_source, allow_mixed=data.mixed_sources)
     return train_source, heldout_source, corpus.load_split_lines(train_source), corpus.load_split_lines(heldout_source)
 
@@ -165,7 +165,7 @@ def validation_records(context: Context, tokenizer, train_blocks: np.ndarray, ke
         blocks, source = train_blocks, f"{data.train_split} split, blocks outside the training subset"
         files = None  # the train split's files, recorded under "train"
     else:
-        (located,) = corpus.locate_data_splits(data, split)
+        (located,) = corpus.locate_data_splits(config, split)
         stream = corpus.tokenize_lines(corpus.load_split_lines(located), tokenizer)
         blocks, source = corpus.cut_into_blocks(stream, data.block_size, f"{split} split"), located.describe()
         pool = np.arange(len(blocks))

@@ -73,9 +73,10 @@ class NamedCorpus:
     url: str  # the official archive, for `lmcollapse data` ("": none)
     sizes: dict[str, int]  # bytes per split in the official archive: plans before any download
     kind: str = "text"  # "raw" (original text) or "tokenized" (rare words replaced by <unk>)
-    family: str = ""  # releases of the same articles share it: their splits hold the same text
+    family: str = ""  # corpora whose same-named splits hold the same text share it
     text_column: str = "text"
     licence: str = ""
+    records: bool = False  # a row is a document (a line break is added where it has none), not a line
 
 
 NAMED_CORPORA: dict[str, NamedCorpus] = {
@@ -84,7 +85,7 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         "Salesforce/wikitext", "wikitext-2-raw-v1",
         "https://wikitext.smerity.com/wikitext-2-raw-v1.zip",
-        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw", family="wikitext-2"),
+        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw", family="wikitext"),
     # The tokenized release (rare words replaced by <unk>): the full-size train split.
     "wikitext-2-v1": NamedCorpus(
         ("wikitext-2", "wikitext-2-raw/tokenized-fallback-wikitext-2-v1"),
@@ -92,18 +93,19 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         "Salesforce/wikitext", "wikitext-2-v1",
         "https://wikitext.smerity.com/wikitext-2-v1.zip",
         {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}, kind="tokenized",
-        family="wikitext-2"),
-    # WikiText-103: the same Good and Featured articles' source, 50 times WikiText-2's train split.
+        family="wikitext"),
+    # WikiText-103: its validation and test splits are WikiText-2's, its train split holds WikiText-2's
+    # train articles and many more (Merity et al. 2016): one family, so same-named splits share text.
     "wikitext-103-raw-v1": NamedCorpus(
         ("wikitext-103-raw",),
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         "Salesforce/wikitext", "wikitext-103-raw-v1",
-        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", {}, kind="raw", family="wikitext-103"),
+        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", {}, kind="raw", family="wikitext"),
     # TinyStories (Eldan and Li 2023): one story per hub row, so read from the hub only (its text
     # files separate stories by <|endoftext|> lines, which line-by-line reading would not keep).
     "tinystories": NamedCorpus(
         (), {"train": "", "validation": ""}, "roneneldan/TinyStories", None, "", {}, family="tinystories",
-        licence="CDLA-Sharing-1.0"),
+        licence="CDLA-Sharing-1.0", records=True),
 }
 
 
@@ -157,6 +159,13 @@ class SplitSource:
         return bool(self.files) and self.files[0].suffix in STRUCTURED_SUFFIXES
 
     @property
+    def records(self) -> bool:
+        """Each row a document (files of records, hub datasets, TinyStories), not a line of text."""
+        if self.corpus in NAMED_CORPORA:
+            return NAMED_CORPORA[self.corpus].records
+        return self.structured or not self.files
+
+    @property
     def is_local(self) -> bool:
         return bool(self.files)
 
@@ -169,7 +178,9 @@ class SplitSource:
             return ", ".join(str(f) for f in self.files) + carved
         if self.hub and self.corpus.startswith(HUB_PREFIX):
             return f"hub {self.hub[0]}" + (f" ({self.hub[1]})" if self.hub[1] else "") + carved
-        return (f"hub {self.hub[0]} ({self.hub[1]}), not found locally" + carved) if self.hub else "nowhere"
+        if self.hub:
+            return f"hub {self.hub[0]}" + (f" ({self.hub[1]})" if self.hub[1] else "") + ", not found locally" + carved
+        return "nowhere"
 
     @property
     def folder(self) -> Path | None:
@@ -203,8 +214,8 @@ class SplitSource:
             "origin": "local" if self.is_local else "hub",
             "files": [str(p.resolve()) for p in self.files],
             "hub": {"path": self.hub[0], "config": self.hub[1]} if self.hub else None,
-            "format": (f"one row per record, its {self.text_column!r} field" if self.structured or (
-                self.hub and self.corpus not in NAMED_CORPORA) else LINE_FORMAT),
+            "format": (f"one row per record, its {self.text_column!r} field, ending with a line break"
+                       if self.records else LINE_FORMAT),
             "kind": self.kind,
             **({"text_column": self.text_column} if self.structured or not self.files else {}),
             **({"carved": dataclasses.asdict(self.carving)} if self.carving else {}),
@@ -291,22 +302,20 @@ def locate_splits(corpus: str, *splits: str, text_column: str = "text",
     return tuple(locate_split(corpus, split, text_column, hub_config) for split in splits)
 
 
-def locate_data_splits(data, *splits: str) -> tuple[SplitSource, ...]:
-    """``locate_splits`` for the fine-tuning corpus of ``data`` (a ``DataConfig``): its text column
-    and hub config, and, with ``data.carve_fraction``, the held-out and validation splits the
-    corpus lacks carved from its train split (and the train split without those rows). Which
-    splits are carved does not depend on which are asked for, so every caller sees one partition."""
-    carve_fraction = getattr(data, "carve_fraction", None)
+def locate_data_splits(config, *splits: str) -> tuple[SplitSource, ...]:
+    """``locate_splits`` for the fine-tuning corpus of ``config`` (a ``PipelineConfig``): its text
+    column and hub config, and, with ``data.carve_fraction``, the held-out split (and, with
+    ``train.select: best-validation``, the validation split) the corpus lacks carved from its train
+    split, and the train split without those rows. Which splits are carved does not depend on which
+    are asked for, so every caller sees one partition."""
+    data = config.data
     options = dict(text_column=data.text_column, hub_config=data.hub_config)
-    if not carve_fraction:
+    if not data.carve_fraction:
         return locate_splits(data.corpus, *splits, **options)
-    wanted = [data.heldout_split] + ([data.validation_split] if data.validation_split else [])
-    missing = []
-    for split in wanted:
-        try:
-            locate_splits(data.corpus, split, **options)
-        except MissingSplit:
-            missing.append(split)
+    wanted = [data.heldout_split]
+    if config.train.select == "best-validation" and data.validation_split not in (None, data.train_split):
+        wanted.append(data.validation_split)
+    missing = [split for split in wanted if not _has_split(data, split, options)]
     present = [s for s in splits if s not in missing]
     located = dict(zip(present, locate_splits(data.corpus, *present, **options))) if present else {}
     if missing and data.train_split not in located:
@@ -314,22 +323,47 @@ def locate_data_splits(data, *splits: str) -> tuple[SplitSource, ...]:
     sources = []
     for split in splits:
         if split in missing:
-            source = located[data.train_split]
-            carving = Carving(data.train_split, carve_fraction, data.subset_seed, missing.index(split), len(missing))
-            sources.append(dataclasses.replace(source, split=split, carving=carving))
+            carving = Carving(data.train_split, data.carve_fraction, data.subset_seed, missing.index(split), len(missing))
+            sources.append(dataclasses.replace(located[data.train_split], split=split, carving=carving))
         elif split == data.train_split and missing:
-            carving = Carving(data.train_split, carve_fraction, data.subset_seed, None, len(missing))
+            carving = Carving(data.train_split, data.carve_fraction, data.subset_seed, None, len(missing))
             sources.append(dataclasses.replace(located[split], carving=carving))
         else:
             sources.append(located[split])
     return tuple(sources)
 
 
+def _has_split(data, split: str, options: dict) -> bool:
+    """Whether the corpus has ``split``: by its files, its table entry, or (a hub dataset) the
+    split names the hub, or datasets' cache, gives."""
+    if data.corpus.startswith(HUB_PREFIX) and data.corpus not in NAMED_CORPORA:
+        import datasets
+
+        path = data.corpus[len(HUB_PREFIX):]
+        try:
+            return split in datasets.get_dataset_split_names(path, data.hub_config)
+        except Exception as err:  # offline, unknown id, gated
+            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            raise LmcollapseError(
+                f"data.carve_fraction: the splits of {data.corpus} could not be listed ({reason}): run where the hub is "
+                "reachable, or set data.heldout_split to a split the dataset has") from None
+    try:
+        locate_splits(data.corpus, split, **options)
+    except MissingSplit:
+        return False
+    return True
+
+
 def same_text(a: SplitSource, b: SplitSource) -> bool:
-    """Whether two splits hold the same text: one split of two releases of a named corpus (the raw
-    and tokenized WikiText-2), or local splits that share a file (by content)."""
+    """Whether two splits may hold the same text: one split of two releases of a named corpus (the
+    raw and tokenized WikiText-2, WikiText-103), one split of one hub dataset, or local splits that
+    share a file (by content). A carved split counts as the split its rows come from."""
+    split_a = a.carving.source_split if a.carving else a.split
+    split_b = b.carving.source_split if b.carving else b.split
     if a.corpus in NAMED_CORPORA and b.corpus in NAMED_CORPORA:
-        return NAMED_CORPORA[a.corpus].family == NAMED_CORPORA[b.corpus].family and a.split == b.split
+        return NAMED_CORPORA[a.corpus].family == NAMED_CORPORA[b.corpus].family and split_a == split_b
+    if a.hub and b.hub and not a.files and not b.files:
+        return a.hub == b.hub and split_a == split_b
     if a.files and b.files:
         from lmcollapse.atomic import sha256_file
 
@@ -483,10 +517,15 @@ def load_split_lines(source: SplitSource):
             rows = datasets.load_dataset(hub_path, hub_config, split=split)
         except Exception as err:  # offline, hub down, gated: all mean "not available here"
             reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
-            where = f" (looked in {', '.join(source.searched)})" if source.searched else ""
+            if source.searched:  # a named corpus with local files somewhere
+                raise LmcollapseError(
+                    f"corpus {source.corpus} split {split!r} is not on disk (looked in {', '.join(source.searched)}) and "
+                    f"the hub failed ({reason}): set {DATA_DIR_ENV} to a folder holding it, or run `make data` where "
+                    "the network is reachable") from None
             raise LmcollapseError(
-                f"corpus {source.corpus} split {split!r} is not on disk{where} and the hub failed ({reason}): set "
-                f"{DATA_DIR_ENV} to a folder holding it, or run `make data` where the network is reachable") from None
+                f"corpus {source.corpus} split {split!r} could not be loaded from the hub ({reason}): check the dataset "
+                "id, data.hub_config and the network, or save it to a folder of .jsonl/.parquet files and set "
+                "data.corpus to that folder") from None
         # The builder's rows already follow the convention; applying it again changes nothing there
         # and holds the convention whatever form the hub serves the dataset in.
         loaded = lines_dataset(hub_builder_line(row) for row in _text_column(rows, source))
@@ -503,7 +542,11 @@ def load_split_lines(source: SplitSource):
 
 
 def _text_column(rows, source: SplitSource) -> list[str]:
-    """The ``text_column`` of a dataset of records, checked: present, and text."""
+    """The ``text_column`` of a dataset, checked: present, and text. Where a row is a document
+    (``source.records``), it ends with a line break (added where it has none, as a text file's lines
+    have one), so that in the token stream one document does not run into the next for families
+    that put no token between texts (GPT-2, Pythia, Qwen2). WikiText's hub rows are lines, kept as
+    its builder serves them."""
     import datasets
 
     column = source.text_column
@@ -516,7 +559,10 @@ def _text_column(rows, source: SplitSource) -> list[str]:
         raise LmcollapseError(
             f"column {column!r} of corpus {source.describe()} holds {feature}, not text: set data.text_column to a "
             "text column")
-    return ["" if value is None else value for value in rows[column]]
+    values = ["" if value is None else value for value in rows[column]]
+    if source.records:
+        values = [value if not value.strip() or value.endswith("\n") else value + "\n" for value in values]
+    return values
 
 
 def tokenize_lines(lines, tokenizer) -> np.ndarray:
@@ -551,6 +597,9 @@ def fetch_named_corpus(corpus: str, destination: Path) -> Path:
     if corpus not in NAMED_CORPORA:
         raise LmcollapseError(f"`data` fetches named corpora only ({', '.join(NAMED_CORPORA)}); {corpus!r} is a folder")
     named = NAMED_CORPORA[corpus]
+    if not named.folders:
+        raise LmcollapseError(f"{corpus} is read from the hub ({named.hub_path}) only, with no archive to fetch: run "
+                              "the pipeline where the hub is reachable; datasets caches it")
     target = destination / named.folders[0]
     if all((target / name).is_file() for name in named.files.values()):
         return target

@@ -90,12 +90,29 @@ def shape_of(config: PipelineConfig) -> Shape | None:
     width = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
     parameters = sum(p.numel() for p in model.parameters())
     trainable = parameters
-    lora = config.train.lora
-    if lora is not None:
-        # peft's default targets are two projections per layer (query and value); named ones, one each
-        per_layer = len(lora.target_modules) if lora.target_modules else 2
-        trainable = layers * per_layer * lora.r * 2 * width
+    if config.train.lora is not None:
+        trainable = _lora_parameters(model, config.train)
     return Shape(parameters, layers, width, int(text.vocab_size), trainable)
+
+
+def _lora_parameters(model, train) -> int:
+    """The adapters' parameters, counted by wrapping the meta-device model as training will (peft
+    missing: two rank-r adapters of width x width per layer, peft's default for these families)."""
+    import torch
+
+    lora = train.lora
+    try:
+        import peft
+    except ImportError:
+        text = model.config.get_text_config()
+        width = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
+        layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0))
+        return layers * 2 * lora.r * 2 * width
+    adapter = peft.LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                              target_modules=list(lora.target_modules) if lora.target_modules else None)
+    with torch.device("meta"):
+        wrapped = peft.get_peft_model(model, adapter)
+    return sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
 
 
 def this_device(measure: bool = True) -> Device:

@@ -96,17 +96,13 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
     human_blocks = None
     if (run.human / MANIFEST).is_file():
         human_blocks = read_manifest(run.human / MANIFEST)["train"]["blocks"]
-    sources = corpus.locate_data_splits(data, data.train_split, data.heldout_split)
+    sources = corpus.locate_data_splits(config, data.train_split, data.heldout_split)
     try:
         corpus.check_same_source(*sources, allow_mixed=data.mixed_sources)
     except LmcollapseError as err:
         lines.append(f"  WARNING: building would stop: {err}")
     for (role, split), source in zip((("train", data.train_split), ("held out", data.heldout_split)), sources):
-        if source.is_local:
-            size = sum(p.stat().st_size for p in source.files)
-        else:
-            named = corpus.NAMED_CORPORA.get(data.corpus)
-            size = named.sizes.get(split, 0) if named else 0  # a hub dataset's size is known once downloaded
+        size = split_bytes(source)
         estimate = int(size / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
         lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{estimate} blocks)")
         if role == "train":
@@ -148,14 +144,33 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
     return "\n".join(lines)
 
 
+def split_bytes(source: corpus.SplitSource) -> int:
+    """The bytes of text a split holds (a carved split: its share of the train split's); 0 where
+    only the hub knows (a hub dataset's size is known once downloaded)."""
+    if source.is_local:
+        size = sum(p.stat().st_size for p in source.files)
+    else:
+        named = corpus.NAMED_CORPORA.get(source.corpus)
+        size = named.sizes.get(source.carving.source_split if source.carving else source.split, 0) if named else 0
+    carving = source.carving
+    if carving is not None:
+        size = int(size * (carving.fraction if carving.part is not None else 1 - carving.parts * carving.fraction))
+    return size
+
+
 def _cost_lines(config: PipelineConfig, run: RunDir, train_blocks: int | None, train_estimate: int, heldout_blocks: int,
                 last_generation: int, device) -> list[str]:
     from lmcollapse import cost
+    from lmcollapse.preflight import separate_validation_split
 
     data = config.data
     validation = 0
     if config.train.select == "best-validation":
-        pool = max(train_estimate - (train_blocks or 0), 0) if data.validation_split is None else train_estimate
+        if separate_validation_split(config):
+            (source,) = corpus.locate_data_splits(config, separate_validation_split(config))
+            pool = int(split_bytes(source) / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
+        else:  # the train split's blocks outside the training subset
+            pool = max(train_estimate - (train_blocks or 0), 0)
         validation = pool if data.max_validation_blocks is None else min(pool, data.max_validation_blocks)
     pretrain_tokens = 0
     if config.model.is_preset and config.pretrain.enabled:

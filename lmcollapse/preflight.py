@@ -57,7 +57,7 @@ def check_pretraining_text(config: PipelineConfig) -> None:
     if separate_validation_split(config):
         roles.append(("data.validation_split", separate_validation_split(config)))
     for key, split in roles:
-        (other,) = corpus.locate_data_splits(data, split)
+        (other,) = corpus.locate_data_splits(config, split)
         if corpus.same_text(source, other):
             raise LmcollapseError(
                 f"pretrain.split: the {config.pretrain.split} split of {config.pretrain.corpus} holds the same text as "
@@ -82,10 +82,10 @@ def separate_validation_split(config: PipelineConfig) -> str | None:
 
 def check_corpus(config: PipelineConfig) -> None:
     """The train and held-out splits are found, in one place, and readable (not yet loaded)."""
-    sources = corpus.locate_data_splits(config.data, config.data.train_split, config.data.heldout_split)
+    sources = corpus.locate_data_splits(config, config.data.train_split, config.data.heldout_split)
     corpus.check_same_source(*sources, allow_mixed=config.data.mixed_sources)
     if separate_validation_split(config):
-        (validation,) = corpus.locate_data_splits(config.data, separate_validation_split(config))
+        (validation,) = corpus.locate_data_splits(config, separate_validation_split(config))
         corpus.check_same_source(sources[0], validation, allow_mixed=config.data.mixed_sources)
         sources = (*sources, validation)
     for source in sources:

@@ -219,7 +219,9 @@ def pretrain(config: PipelineConfig, entry: PretrainedBase, accelerator, progres
     blocks = np.load(entry.blocks)
     sequences = [row.astype(np.int64) for row in blocks]
     model, outcome = train_model(
-        model, sequences, settings.as_train_config(), seed=derive_seed(settings.seed, "pretrain"), generation=0,
+        # train.compile applies to pretraining too (its cache key records it)
+        model, sequences, dataclasses.replace(settings.as_train_config(), compile=config.train.compile),
+        seed=derive_seed(settings.seed, "pretrain"), generation=0,
         checkpoint_dir=entry.checkpoints, accelerator=accelerator, data_fingerprint=sha256_file(entry.blocks),
         pad_id=tokenizer.pad_token_id, progress=progress, label="the base")
     if accelerator.is_main_process:

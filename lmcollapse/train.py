@@ -237,10 +237,12 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         load_best_weights(trained, checkpoint_dir, kept_epoch)
     if config.gradient_checkpointing:
         trained.activation_checkpointing_disable()
+        trained.disable_input_require_grads()  # the input hook enabling it registers, which it keeps
     if config.lora is not None:
         # The adapters merged into the weights: a plain model of the family, which every later
-        # stage (generation, evaluation, init: previous) loads like a fully fine-tuned one.
-        trained = trained.merge_and_unload()
+        # stage (generation, evaluation, init: previous) loads like a fully fine-tuned one; its
+        # weights trainable again, as a model fresh from from_pretrained is.
+        trained = trained.merge_and_unload().requires_grad_(True)
     del model, optimizer, scheduler
     accelerator.free_memory()
     return trained, outcome

@@ -4,6 +4,7 @@ split, and the one-line errors for records that hold no text."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import datasets
@@ -22,12 +23,13 @@ WORDS = "the a river valley song album game battle city army road station church
 
 
 def documents(count: int, seed: int) -> list[str]:
-    """Short multi-line documents (a record's text may hold line breaks)."""
+    """Short multi-line documents (a record's text may hold line breaks), each ending with one (as
+    every record reads: lmcollapse adds it where it is missing)."""
     import random
 
     generator = random.Random(seed)
     return [" ".join(generator.choice(WORDS) for _ in range(generator.randint(12, 30))) +
-            ("\n" + " ".join(generator.choice(WORDS) for _ in range(5)) if i % 3 == 0 else "")
+            ("\n" + " ".join(generator.choice(WORDS) for _ in range(5)) if i % 3 == 0 else "") + "\n"
             for i in range(count)]
 
 
@@ -53,7 +55,8 @@ def test_files_of_records_give_one_row_per_record(tmp_path, fmt):
     assert list(corpus.load_split_lines(source)["text"]) == train
     assert list(corpus.load_split_lines(heldout)["text"]) == test
     record = source.record()
-    assert record["text_column"] == "text" and record["format"] == "one row per record, its 'text' field"
+    assert record["text_column"] == "text"
+    assert record["format"] == "one row per record, its 'text' field, ending with a line break"
 
 
 def test_a_split_folder_of_record_files_reads_them_in_order(tmp_path):
@@ -68,22 +71,26 @@ def test_a_split_folder_of_record_files_reads_them_in_order(tmp_path):
 def test_carved_splits_partition_the_train_split(tmp_path):
     texts = documents(100, 0)
     write_records(tmp_path / "stories.jsonl", texts, "jsonl")
-    data = build_config({"data": {"corpus": str(tmp_path / "stories.jsonl"), "carve_fraction": 0.1,
-                                  "validation_split": "validation"}, "train": {"select": "best-validation"}}).data
-    train, heldout, validation = corpus.locate_data_splits(data, "train", "test", "validation")
+    config = build_config({"data": {"corpus": str(tmp_path / "stories.jsonl"), "carve_fraction": 0.1,
+                                    "validation_split": "validation"}, "train": {"select": "best-validation"}})
+    train, heldout, validation = corpus.locate_data_splits(config, "train", "test", "validation")
     rows = {name: list(corpus.load_split_lines(source)["text"]) for name, source in
             (("train", train), ("test", heldout), ("validation", validation))}
     assert (len(rows["test"]), len(rows["validation"]), len(rows["train"])) == (10, 10, 80)
     assert sorted(rows["train"] + rows["test"] + rows["validation"]) == sorted(texts)
     assert not set(rows["test"]) & set(rows["train"]) and not set(rows["validation"]) & set(rows["test"])
     # the same partition whichever splits a caller asks for (preflight, the human stage, the plan)
-    (alone,) = corpus.locate_data_splits(data, "test")
+    (alone,) = corpus.locate_data_splits(config, "test")
     assert list(corpus.load_split_lines(alone)["text"]) == rows["test"]
     assert heldout.record()["carved"] == {"source_split": "train", "fraction": 0.1, "seed": 0, "part": 0, "parts": 2}
     # another subset_seed carves other rows
     other = build_config({"data": {"corpus": str(tmp_path / "stories.jsonl"), "carve_fraction": 0.1,
-                                   "subset_seed": 1}}).data
+                                   "subset_seed": 1, "validation_split": "validation"}})
     assert list(corpus.load_split_lines(corpus.locate_data_splits(other, "test")[0])["text"]) != rows["test"]
+    # without best-validation selection no validation split is carved: the train split keeps 90%
+    last = build_config({"data": {"corpus": str(tmp_path / "stories.jsonl"), "carve_fraction": 0.1,
+                                  "validation_split": "validation"}, "train": {"select": "last"}})
+    assert len(corpus.load_split_lines(corpus.locate_data_splits(last, "train")[0])) == 90
 
 
 def test_bad_records_are_one_line_errors(tmp_path):
@@ -131,9 +138,37 @@ def test_a_single_file_corpus_with_carved_held_out_text_runs_end_to_end(tmp_path
 
 def test_a_hub_dataset_that_cannot_be_reached_is_a_one_line_error():
     """hub:owner/name datasets load with datasets.load_dataset; the tests run offline
-    (HF_HUB_OFFLINE=1), where loading one says what failed and how to use local files instead."""
+    (HF_HUB_OFFLINE=1), where loading one says what failed and what to check, or how to use files."""
     (source,) = corpus.locate_splits("hub:some-org/some-dataset", "train", text_column="story")
     assert source.hub == ("some-org/some-dataset", None) and source.text_column == "story"
-    with pytest.raises(LmcollapseError, match=r"corpus hub:some-org/some-dataset split 'train' is not on disk and the "
-                                              r"hub failed \(.*\): set LMCOLLAPSE_DATA_DIR"):
+    with pytest.raises(LmcollapseError, match=r"corpus hub:some-org/some-dataset split 'train' could not be loaded "
+                                              r"from the hub \(.*\): check the dataset id, data.hub_config and the "
+                                              r"network, or save it to a folder of .jsonl/.parquet files"):
         corpus.load_split_lines(source)
+
+
+def test_records_without_a_line_break_get_one_so_documents_do_not_run_together(tmp_path):
+    write_records(tmp_path / "train.jsonl", ["first story.", "second story.\n", "  "], "jsonl")
+    (source,) = corpus.locate_splits(str(tmp_path), "train")
+    assert list(corpus.load_split_lines(source)["text"]) == ["first story.\n", "second story.\n", ""]
+
+
+def test_corpus_options_that_do_not_apply_are_refused():
+    with pytest.raises(ConfigError, match=r"data.hub_config: only applies to hub datasets"):
+        build_config({"data": {"corpus": "wikitext-2-raw-v1", "hub_config": "x"}})
+    with pytest.raises(ConfigError, match=r"data.text_column: wikitext-2-raw-v1 is a named corpus with its own text column"):
+        build_config({"data": {"text_column": "body"}})
+
+
+def test_splits_of_one_release_family_or_one_hub_dataset_count_as_the_same_text(tmp_path):
+    wt2, wt103 = corpus.locate_split("wikitext-2-v1", "test"), corpus.locate_split("wikitext-103-raw-v1", "test")
+    assert corpus.same_text(wt2, wt103)  # WikiText-103's test split is WikiText-2's
+    assert not corpus.same_text(corpus.locate_split("wikitext-2-v1", "train"), wt103)
+    hub_train = corpus.locate_split("hub:o/stories", "train")
+    config = build_config({"data": {"corpus": "hub:o/stories", "carve_fraction": 0.1}})
+    carved = dataclasses.replace(hub_train, split="test", carving=corpus.Carving("train", 0.1, 0, 0, 1))
+    assert corpus.same_text(hub_train, carved)  # held-out rows carved from the train split pretraining reads
+    with pytest.raises(LmcollapseError, match=r"data.carve_fraction: the splits of hub:o/stories could not be listed"):
+        corpus.locate_data_splits(config, "test")  # offline in the tests
+    with pytest.raises(LmcollapseError, match=r"tinystories is read from the hub .* only, with no archive to fetch"):
+        corpus.fetch_named_corpus("tinystories", tmp_path)

@@ -71,3 +71,23 @@ def test_a_hub_model_is_not_estimated_before_it_is_downloaded(tmp_path, small_co
     assert cost.shape_of(config) is None
     plan = describe_plan(config, RunDir(tmp_path / "run"), 1, device=TWO_CORES)
     assert "some-org/some-model is on the hub: its size is known once it is downloaded (no estimate)" in plan
+
+
+@pytest.mark.parametrize("preset, targets", [("tiny-gpt2", None), ("tiny-llama", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                             ("tiny-pythia", None)])
+def test_the_lora_count_is_what_training_trains(preset, targets):
+    """The plan's trainable count equals the adapters train_model builds on a real model."""
+    pytest.importorskip("peft")
+    from lmcollapse.config import LoraConfig, ModelConfig
+    from lmcollapse.modeling import build_preset_model, train_bpe_tokenizer
+    from lmcollapse.train import with_lora_adapters
+
+    overrides = [f"model.name={preset}", "model.vocab_size=300", "train.lora.r=4"]
+    if targets:
+        overrides.append(f"train.lora.target_modules=[{', '.join(targets)}]")
+    config = load_config(REPO / "pipelines" / "tiny.yaml", overrides)
+    assert config.train.lora == LoraConfig(r=4, target_modules=targets)
+    tokenizer = train_bpe_tokenizer(["a few words of text\n"] * 50, 300, 256, config.model.family)
+    model = build_preset_model(ModelConfig(name=preset, vocab_size=300), tokenizer, seed=0)
+    wrapped = with_lora_adapters(model, config.train, seed=0)
+    assert cost.shape_of(config).trainable == sum(p.numel() for p in wrapped.parameters() if p.requires_grad)

@@ -63,8 +63,20 @@ def test_gradient_checkpointing_gives_the_same_model(tmp_path):
     plain, _ = train(tmp_path, config, name="plain")
     checkpointed, _ = train(tmp_path, dataclasses.replace(config, gradient_checkpointing=True), name="gc")
     assert not checkpointed.is_activation_checkpointing  # switched off again for generation
+    assert not getattr(checkpointed, "_require_grads_hooks", None)
     for a, b in zip(plain.parameters(), checkpointed.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_lora_with_checkpointing_and_best_validation_gives_a_plain_trainable_model(tmp_path):
+    config = dataclasses.replace(LORA, gradient_checkpointing=True, select="best-validation")
+    accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=LORA))
+    model, outcome = train_model(micro_opt(vocab_size=40, positions=32, dropout=0.1), DATA, config, seed=0, generation=1,
+                                 checkpoint_dir=tmp_path / "run", accelerator=accelerator, data_fingerprint="x",
+                                 pad_id=1, progress=False, validation=DATA[:4])
+    assert type(model).__name__ == "OPTForCausalLM" and outcome.selection["epoch"] in range(LORA.epochs)
+    assert all(p.requires_grad for p in model.parameters())
+    assert not model.is_activation_checkpointing and not getattr(model, "_require_grads_hooks", None)
 
 
 def test_lora_without_peft_or_with_unknown_modules_is_a_one_line_error(tmp_path, monkeypatch):

@@ -120,6 +120,7 @@ def test_torch_compile_trains_like_eager_and_compiles_once_per_process(tmp_path)
 
     config = dataclasses.replace(CONFIG, epochs=1, compile=True)
     accelerator = make_accelerator(dataclasses.replace(PipelineConfig(), train=config))
+    counters.clear()  # the counts are per process: only this test's compilations
     compiled, outcome = train_model(fresh_model(), sequences(), config, seed=0, generation=0,
                                     checkpoint_dir=tmp_path / "c", accelerator=accelerator, data_fingerprint="x",
                                     pad_id=1, progress=False)

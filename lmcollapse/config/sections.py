@@ -76,6 +76,15 @@ class DataConfig:
                  f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
         _require(self.validation_split != self.heldout_split, "validation_split",
                  f"must differ from heldout_split ({self.heldout_split!r}); held-out text never selects a model")
+        from lmcollapse.corpus import HUB_PREFIX, NAMED_CORPORA
+
+        if self.hub_config is not None:
+            _require(self.corpus.startswith(HUB_PREFIX), "hub_config",
+                     f"only applies to hub datasets (data.corpus={HUB_PREFIX}owner/name); set it to null")
+        if self.corpus in NAMED_CORPORA:
+            _require(self.text_column == NAMED_CORPORA[self.corpus].text_column, "text_column",
+                     f"{self.corpus} is a named corpus with its own text column; set data.text_column="
+                     f"{NAMED_CORPORA[self.corpus].text_column} (or leave it out)")
         if self.carve_fraction is not None:
             _require(0.0 < self.carve_fraction < 0.5, "carve_fraction",
                      f"must be between 0 and 0.5 (e.g. 0.05), or null, got {self.carve_fraction}")
