@@ -43,7 +43,7 @@ install: $(BIN)/.installed
 $(BIN)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,lora]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,lora,track]"
 	@touch $@
 
 # The table on the terminal, then the report (tables and figures) of the same run beside it.

@@ -58,6 +58,7 @@ from lmcollapse.records import concatenate, read_records, write_records
 from lmcollapse.regimes import assemble_training_set, consumed_generations, loss_weights, prompts_for, source_counts
 from lmcollapse.rundir import MANIFEST, GenerationDir, RunDir, build_command, run_lock
 from lmcollapse.tables import collect_rows, format_table, refresh_metrics
+from lmcollapse.tracking import RunTracker
 from lmcollapse.train import train_model
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
         if context.main:
             retire_stale(context, stale, last_generation)
         accelerator.wait_for_everyone()
+        tracker = RunTracker.open(config, run, context.main)
         for index in range(last_generation + 1):
             generation = run.generation(index)
             if generation.is_complete:
@@ -126,6 +128,10 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
             if context.main:
                 refresh_metrics(run, config)
                 context.echo(format_table([row]))
+                if tracker is not None:
+                    tracker.log_generation(index, read_json(generation.train_log), row)
+        if tracker is not None:
+            tracker.finish()
         if context.main and writable:
             refresh_metrics(run, config)  # a deleted or outdated metrics.csv is rebuilt
         rows = collect_rows(run)

@@ -20,6 +20,9 @@ from lmcollapse.rundir import RunDir, build_command
 def preflight(config: PipelineConfig, run: RunDir) -> None:
     """Cheap checks before anything is created: the run folder, the config it was built with, and
     the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
+    from lmcollapse.tracking import check_trackers
+
+    check_trackers(config)
     existing = existing_ancestor(run.root)
     if not existing.is_dir():
         where = "is a file" if existing == run.root else f"is inside {existing}, which is a file"

@@ -20,6 +20,7 @@
       metrics.csv, metrics.json
       stale/                  stages moved aside because what they were built on changed
       report/                 make report's tables and figures
+      tracking/               TensorBoard event files (track.with: [tensorboard])
 
 A stage is complete when its marker file exists; markers are written last and atomically, so
 a half-written folder is never mistaken for a done one. Manifests are in ``manifests.py``.

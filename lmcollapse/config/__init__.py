@@ -28,10 +28,11 @@ from lmcollapse.config.stage_sections import (
     EvaluateConfig,
     GenerateConfig,
     LoraConfig,
+    TrackConfig,
     TrainConfig,
 )
 
 __all__ = ["AUTO_PRETRAIN", "DEFAULT_PRETRAIN_CORPUS", "OPERATIONAL_KEYS", "DataConfig", "DecontaminateConfig",
-           "EvaluateConfig", "GenerateConfig", "LoraConfig", "ModelConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",
+           "EvaluateConfig", "GenerateConfig", "LoraConfig", "ModelConfig", "TrackConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",
            "build_config", "check_trained_positions", "config_to_dict", "config_to_yaml", "describe_config", "field_docs",
            "flatten", "load_config", "merge_sections", "parse_overrides", "result_affecting_differences"]

@@ -181,6 +181,8 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
         raise ConfigError(f"{where}: expected a section (a mapping), got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    aliases = getattr(cls, "ALIASES", {})
+    data = {aliases.get(key, key): value for key, value in data.items()}
     for key in data:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)

@@ -14,7 +14,14 @@ import yaml
 
 from lmcollapse.atomic import canonical_json, sha256_bytes
 from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
-from lmcollapse.config.stage_sections import DecontaminateConfig, EvaluateConfig, GenerateConfig, TrainConfig, _require
+from lmcollapse.config.stage_sections import (
+    DecontaminateConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    TrackConfig,
+    TrainConfig,
+    _require,
+)
 from lmcollapse.errors import ConfigError
 
 
@@ -42,6 +49,8 @@ class PipelineConfig:
     """What is measured for every generation."""
     decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     """Filtering synthetic records out of the training data before each generation trains."""
+    track: TrackConfig = field(default_factory=TrackConfig)
+    """Experiment trackers (TensorBoard, Weights & Biases, MLflow, ...) that receive what a run logs."""
 
     def __post_init__(self) -> None:
         if self.pretrain.corpus == AUTO_PRETRAIN:  # resolved, so a run's pipeline.yaml says what it did
@@ -129,6 +138,7 @@ def check_trained_positions(config: PipelineConfig, trained: int, origin: str) -
 OPERATIONAL_KEYS = frozenset({
     "name", "description", "generations",
     "train.checkpoint_every", "train.keep_checkpoints", "evaluate.batch_size", "pretrain.checkpoint_every",
+    "track.log_with",
 })
 
 

@@ -247,3 +247,30 @@ class DecontaminateConfig:
         _require(0.0 < self.threshold < 1.0, "threshold", f"must be between 0 and 1, got {self.threshold}")
         _require(0.0 < self.labelled_fraction < 1.0, "labelled_fraction",
                  f"must be between 0 and 1, got {self.labelled_fraction}")
+
+
+# The trackers accelerate's log_with accepts (accelerate.tracking.LOGGER_TYPE_TO_CLASS), and the
+# package each needs; kept here so that config validation does not import accelerate.
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio",
+                    "comet_ml": "comet_ml", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive",
+                    "swanlab": "swanlab"}
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    """Experiment tracking through accelerate's trackers; changes no result."""
+
+    ALIASES = {"with": "log_with"}  # track.with, as accelerate's log_with
+
+    log_with: tuple[str, ...] = ()
+    """Trackers to log to (``track.with`` works too): any of accelerate's ``log_with`` names
+    (tensorboard, wandb, mlflow, trackio, comet_ml, aim, clearml, dvclive, swanlab), each needing its
+    package (``make install`` installs tensorboard). Logged, by the main process only: the resolved
+    config; per generation, its training loss and learning rate per step, its tokens/s and every
+    metric of its metrics row (step = generation); and, by ``lmcollapse report``, the figures.
+    TensorBoard writes to ``<run>/tracking/``. Empty: no tracking."""
+
+    def __post_init__(self) -> None:
+        for name in self.log_with:
+            _require(name in TRACKER_PACKAGES, "log_with",
+                     f"unknown tracker {name!r}: use any of {', '.join(TRACKER_PACKAGES)}")

@@ -27,6 +27,7 @@ from lmcollapse.report.runs import (
     present_metrics,
 )
 from lmcollapse.tables import latex_table, markdown_table
+from lmcollapse.tracking import RunTracker
 
 
 def cell(value: tuple[float, float, int], metric: str) -> str:
@@ -123,6 +124,12 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     for draw in (figure_perplexity, figure_diversity, figure_tails, figure_training_loss):
         figures.extend(draw(groups, out))
     write_text_atomic(out / "index.md", index_page(root, groups, metrics, comparison, figures))
+    if len(groups) == 1 and len(groups[0].runs) == 1:  # one run: its trackers get the figures
+        record = groups[0].runs[0]
+        tracker = RunTracker.open(record.config, record.run)
+        if tracker is not None:
+            tracker.log_figures([f for f in figures if f.suffix == ".png"])
+            tracker.finish()
     return out
 
 
