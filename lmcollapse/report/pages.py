@@ -17,6 +17,7 @@ from lmcollapse.metrics import REGISTRY
 from lmcollapse.metrics.columns import COMPARED, HEADLINE, shown_in
 from lmcollapse.records import concatenate, read_records
 from lmcollapse.report.figures import figure_diversity, figure_perplexity, figure_tails, figure_training_loss
+from lmcollapse.report.html import html_page
 from lmcollapse.report.runs import (
     Group,
     aggregate,
@@ -123,7 +124,9 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     figures = []
     for draw in (figure_perplexity, figure_diversity, figure_tails, figure_training_loss):
         figures.extend(draw(groups, out))
-    write_text_atomic(out / "index.md", index_page(root, groups, metrics, comparison, figures))
+    page = index_page(root, groups, metrics, comparison, figures)
+    write_text_atomic(out / "index.md", page)
+    write_text_atomic(out / "index.html", html_page(page, out, f"lmcollapse report: {root}"))
     if len(groups) == 1 and len(groups[0].runs) == 1:  # one run: its trackers get the figures
         record = groups[0].runs[0]
         tracker = RunTracker.open(record.config, record.run)
