@@ -19,7 +19,7 @@ STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set 
 COMPARE ?= tiny tiny-keep10 tiny-accumulate tiny-paper
 COMPARE_RUN ?= runs/compare
 
-.PHONY: help install run test test-fast lint status report compare dry-run config data bench bench-first-run gpu-check theory clean-venv
+.PHONY: help install run test test-fast lint status report export compare dry-run config data bench bench-first-run gpu-check theory clean-venv
 
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
@@ -29,6 +29,7 @@ help:
 	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
 	@echo "make status              every stage of RUN checked against its manifest: complete, damaged, stale, partial, missing"
 	@echo "make report              tables and figures for RUN (a run or a folder of runs)"
+	@echo "make export TO=DIR       a self-contained copy of RUN to share (corpora with dataset cards, models, report)"
 	@echo "make compare             run COMPARE pipelines under SEEDS into COMPARE_RUN, then report them side by side"
 	@echo "make dry-run             print the plan of PIPELINE without computing anything"
 	@echo "make config              the resolved config of PIPELINE, every key documented"
@@ -60,6 +61,11 @@ status: install
 
 report: install
 	$(LMC) report --run "$(RUN)"
+
+# TO: a new folder; HUB=owner/name also uploads it as a hub dataset repository.
+export: install
+	@test -n "$(TO)" || { echo "make export needs TO=<new folder>, e.g. make export RUN=$(RUN) TO=exports/tiny"; exit 2; }
+	$(LMC) export --run "$(RUN)" --to "$(TO)" $(if $(strip $(HUB)),--push-to-hub $(HUB))
 
 # Each pipeline of COMPARE under every seed of SEEDS (default 0 1), then one report of all of them.
 compare: install

@@ -19,6 +19,7 @@ import numpy as np
 
 from lmcollapse import corpus
 from lmcollapse.atomic import atomic_path, sha256_file, sha256_tree
+from lmcollapse.cards import write_human_card
 from lmcollapse.config import PipelineConfig
 from lmcollapse.context import Context
 from lmcollapse.errors import LmcollapseError
@@ -113,6 +114,8 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
     write_records(heldout, run.human_heldout)
     if validation is not None:
         write_records(validation, run.human_validation)
+    write_human_card(config, run.human, {"train": len(train), "test": len(heldout),
+                                         **({"validation": len(validation)} if validation is not None else {})})
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(train_blocks)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
     write_manifest(run.human_manifest, {

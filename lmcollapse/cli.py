@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/report)")
     report.set_defaults(func=command_report)
 
+    export = verbs.add_parser("export", help="a self-contained copy of a run to share: corpora as datasets with cards, "
+                              "models with cards, metrics, report")
+    export.add_argument("--run", type=Path, required=True, help="the run directory")
+    export.add_argument("--to", type=Path, required=True, help="a new (or empty) folder for the copy")
+    export.add_argument("--push-to-hub", metavar="OWNER/NAME", default=None,
+                        help="then upload the copy as a hub dataset repository (needs the network and a token)")
+    export.set_defaults(func=command_export)
+
     status = verbs.add_parser("status", help="per stage: complete, damaged, stale, partial or missing (every file "
                               "checked against its manifest; exit 1 if anything is damaged or stale); what comes next")
     status.add_argument("--run", type=Path, required=True)
@@ -189,6 +197,17 @@ def command_report(args) -> int:
             f"{shlex.quote(sys.executable)} -m lmcollapse report --run {shlex.quote(str(args.run))} --out report-copy") from None
     print((out / "index.md").read_text(encoding="utf-8").split("## Figures")[0].rstrip())
     print(f"\nreport written to {out}/ (index.md, metrics.md/.csv/.tex/.json, figures .png/.svg)")
+    return 0
+
+
+def command_export(args) -> int:
+    from lmcollapse.export import export_run, push_to_hub
+
+    with full_disk_reported(args.to.parent if args.to.parent != Path("") else Path(".")):
+        folder = export_run(RunDir(args.run), args.to)
+    print(f"exported {args.run} to {folder}/ (README.md says what is where)")
+    if args.push_to_hub:
+        print(f"pushed to {push_to_hub(folder, args.push_to_hub)}")
     return 0
 
 

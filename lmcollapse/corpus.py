@@ -75,7 +75,7 @@ class NamedCorpus:
     kind: str = "text"  # "raw" (original text) or "tokenized" (rare words replaced by <unk>)
     family: str = ""  # corpora whose same-named splits hold the same text share it
     text_column: str = "text"
-    licence: str = ""
+    licence: str = ""  # the hub's licence id, inherited by every dataset card a run writes
     records: bool = False  # a row is a document (a line break is added where it has none), not a line
 
 
@@ -85,7 +85,7 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         "Salesforce/wikitext", "wikitext-2-raw-v1",
         "https://wikitext.smerity.com/wikitext-2-raw-v1.zip",
-        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw", family="wikitext"),
+        {"train": 10_940_747, "validation": 1_146_846, "test": 1_290_590}, kind="raw", family="wikitext", licence="cc-by-sa-3.0"),
     # The tokenized release (rare words replaced by <unk>): the full-size train split.
     "wikitext-2-v1": NamedCorpus(
         ("wikitext-2", "wikitext-2-raw/tokenized-fallback-wikitext-2-v1"),
@@ -93,19 +93,19 @@ NAMED_CORPORA: dict[str, NamedCorpus] = {
         "Salesforce/wikitext", "wikitext-2-v1",
         "https://wikitext.smerity.com/wikitext-2-v1.zip",
         {"train": 10_797_148, "validation": 1_121_681, "test": 1_256_449}, kind="tokenized",
-        family="wikitext"),
+        family="wikitext", licence="cc-by-sa-3.0"),
     # WikiText-103: its validation and test splits are WikiText-2's, its train split holds WikiText-2's
     # train articles and many more (Merity et al. 2016): one family, so same-named splits share text.
     "wikitext-103-raw-v1": NamedCorpus(
         ("wikitext-103-raw",),
         {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"},
         "Salesforce/wikitext", "wikitext-103-raw-v1",
-        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", {}, kind="raw", family="wikitext"),
+        "https://wikitext.smerity.com/wikitext-103-raw-v1.zip", {}, kind="raw", family="wikitext", licence="cc-by-sa-3.0"),
     # TinyStories (Eldan and Li 2023): one story per hub row, so read from the hub only (its text
     # files separate stories by <|endoftext|> lines, which line-by-line reading would not keep).
     "tinystories": NamedCorpus(
         (), {"train": "", "validation": ""}, "roneneldan/TinyStories", None, "", {}, family="tinystories",
-        licence="CDLA-Sharing-1.0", records=True),
+        licence="cdla-sharing-1.0", records=True),
 }
 
 

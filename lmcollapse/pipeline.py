@@ -41,6 +41,7 @@ from lmcollapse.atomic import (
     write_text_atomic,
 )
 from lmcollapse.base_and_human import ensure_base_and_human, ensure_base_eval
+from lmcollapse.cards import write_model_card, write_synthetic_card
 from lmcollapse.config import PipelineConfig, config_to_yaml
 from lmcollapse.context import Context, gpu_memory_peak, make_accelerator
 from lmcollapse.decontaminate import decontaminate
@@ -51,6 +52,7 @@ from lmcollapse.integrity import COMPLETE, DAMAGED, STALE, lineage_record, verif
 from lmcollapse.interrupts import stop_on_signals
 from lmcollapse.manifests import check_unchanged, environment_record, read_manifest, write_manifest
 from lmcollapse.modeling import end_of_text_ids, load_model, save_model, weights_sha256
+from lmcollapse.plan import describe_regime
 from lmcollapse.precision import stage_precisions
 from lmcollapse.preflight import check_corpus, check_same_config, preflight
 from lmcollapse.pretrain import ensure_pretrained_base
@@ -222,8 +224,25 @@ def build_generation(context: Context, index: int) -> dict:
     timings = {"train_seconds": train_log["seconds"], "generate_seconds": sum(s["seconds"] for s in shards),
                "eval_seconds": sum(result["seconds"] for result in results.values()), **memory}
     row = metrics_row(context.config, index, train_set, train_log, shards, results, timings, generation.decontamination)
+    write_cards(context, index, train_set, shards, row)
     write_generation_manifest(context, index, consumed, train_sha, timings, row)
     return row
+
+
+def write_cards(context: Context, index: int, train_set, shards: list[dict], row: dict) -> None:
+    """The synthetic corpus's dataset card and the model's card, before the manifest records them."""
+    run, config = context.run, context.config
+    generation = run.generation(index)
+    if context.main:
+        regime = describe_regime(config)
+        write_synthetic_card(config, generation.synthetic, index, weights_sha256(generation.model),
+                             sum(s["records"] for s in shards), regime, row)
+        start = start_model(run, config, index)
+        counts = ", ".join(f"{n} {source}" for source, n in source_counts(train_set).items())
+        write_model_card(config, generation.model, index,
+                         f"`{start.relative_to(run.root).as_posix()}` (weights sha256 `{weights_sha256(start)}`)",
+                         f"{len(train_set)} blocks of {config.data.block_size} tokens ({counts})", regime, row)
+    context.accelerator.wait_for_everyone()
 
 
 def mark_lineage(context: Context, index: int) -> None:

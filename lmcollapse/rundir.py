@@ -6,14 +6,16 @@
       base/model/             the starting weights and tokenizer; base/manifest.json
       base/eval.json          zero-shot perplexity of the base model
       human/                  train.parquet, heldout.parquet, validation.parquet (token blocks with
-                              provenance), manifest.json (sizes, sha256, human-corpus text metrics)
+                              provenance), manifest.json (sizes, sha256, human-corpus text metrics),
+                              README.md (its dataset card: load_dataset("human") loads it)
       generation-00/
         lineage.json          written first: the manifests it is built on (checked on resume)
         train-set.parquet     exactly what this generation trains on
         decontamination.json  the detector's report, when decontaminate.enabled
         checkpoints/          step-000200/ ... while training (removed once model/ exists)
-        model/                the trained model (from_pretrained-loadable) and train_log.json
-        synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json
+        model/                the trained model (from_pretrained-loadable), train_log.json, README.md
+        synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json,
+                              README.md (the dataset card: load_dataset(<this folder>) loads it)
         eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json,
                               tails.json, tails.npy
         manifest.json         written last, atomically: the generation is complete iff it exists

@@ -55,10 +55,11 @@ def test_run_layout_is_exactly_the_documented_one(staged_run):
     files = {p.relative_to(generation.root).as_posix() for p in generation.root.rglob("*") if p.is_file()}
     model_files = {f for f in files if f.startswith("model/")}
     assert {"model/config.json", "model/model.safetensors", "model/tokenizer.json", "model/train_log.json",
-            "model/generation_config.json"} <= model_files
+            "model/generation_config.json", "model/README.md"} <= model_files
     assert files - model_files == {
         "manifest.json", "lineage.json", "train-set.parquet",
-        "synthetic/generation_config.json", "synthetic/shard-00000.parquet", "synthetic/shard-00000.json",
+        "synthetic/generation_config.json", "synthetic/README.md",
+        "synthetic/shard-00000.parquet", "synthetic/shard-00000.json",
         "synthetic/shard-00001.parquet", "synthetic/shard-00001.json",
         "synthetic/shard-00002.parquet", "synthetic/shard-00002.json",
         "eval/perplexity.json", "eval/heldout_block_nll.npy", "eval/text_metrics.json", "eval/tails.json", "eval/tails.npy"}
