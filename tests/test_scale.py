@@ -92,3 +92,23 @@ def test_at_other_thread_counts_the_difference_is_float_rounding(runs, tmp_path)
     # perplexity is the exponential of a mean; a real difference (other data, another seed) is > 1%.
     for metric in ("ppl_blocks", "ppl_sliding", "tail_ppl_p50", "train_loss"):
         assert float(a[metric]) == pytest.approx(float(b[metric]), rel=1e-4), metric
+
+
+def test_two_processes_with_train_compile_equal_one(tmp_path, small_corpus):
+    """train.compile compiles a function that calls the DDP-wrapped model: under two gloo
+    processes it computes what one process does (the same micro-batches, the same sums)."""
+    from helpers import micro_raw_config, write_pipeline
+
+    pipeline = write_pipeline(tmp_path / "micro.yaml", micro_raw_config(small_corpus, [
+        "train.compile=true", "train.micro_batch_size=4", "generations=1"]))
+    accelerate = Path(sys.executable).parent / "accelerate"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run([str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                               "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmcollapse", "-q", "generation",
+                               "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "two"), "--no-progress"],
+                              cwd=REPO, capture_output=True, text=True, timeout=600, env=environment)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    alone = run_cli("-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "one"),
+                    "--no-progress", env={"OMP_NUM_THREADS": "1"})
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert rows(tmp_path / "two") == rows(tmp_path / "one")
