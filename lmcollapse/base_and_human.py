@@ -19,7 +19,7 @@ import numpy as np
 
 from lmcollapse import corpus
 from lmcollapse.atomic import atomic_path, sha256_file, sha256_tree
-from lmcollapse.cards import write_human_card
+from lmcollapse.cards import CARD, write_human_card
 from lmcollapse.config import PipelineConfig
 from lmcollapse.context import Context
 from lmcollapse.errors import LmcollapseError
@@ -129,7 +129,8 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
                     "tokens_in_split": int(len(heldout_stream)),
                     "corpus_sha256": {str(p): sha256_file(p) for p in heldout_source.files}},
         **({"validation": validation_record} if validation is not None else {}),
-        "files": {path.name: sha256_file(path) for path in (run.human_train, run.human_heldout, run.human_validation)
+        "files": {path.name: sha256_file(path) for path in (run.human_train, run.human_heldout, run.human_validation,
+                                                             run.human / CARD)
                   if path != run.human_validation or validation is not None},
         "text_metrics": corpus_text_metrics(config, train["text"]), "seconds": time.perf_counter() - started})
     context.accelerator.wait_for_everyone()

@@ -12,13 +12,15 @@ Each dataset card's YAML header holds what the hub reads (licence, tags, size, t
 that name the data files, the features and split sizes); its text, what a reader needs: the
 generating model's sha256 and generation, the decoding settings, the regime, the provenance
 columns explained, the generation's metrics. The cards are written before the stage's manifest
-(so they are among its recorded outputs) and hold nothing that differs between two runs of one
-config and seed: no folder names, no dates, no timings.
+(so they are among its recorded outputs: the human manifest lists its card too) and hold nothing
+that differs between two runs of one config and seed: no pipeline or folder names (a run is named
+by its config's fingerprint), no dates, no timings.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -43,6 +45,15 @@ PROVENANCE = {
 CARD_METRICS = [name for name in shown_in(HEADLINE)] + ["ppl_blocks_no_eos", "distinct_1", "distinct_3", "distinct_4"]
 
 
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _label(config: PipelineConfig) -> str:
+    """The run named by what it computes (the config's fingerprint), not by its pipeline or folder
+    name, which do not change a result: two runs of one config and seed write the same cards."""
+    return config.fingerprint()[:12]
+
+
 def licence_of(config: PipelineConfig) -> str:
     """The human corpus's licence (the synthetic text derives from it); ``other`` where unknown."""
     named = NAMED_CORPORA.get(config.data.corpus)
@@ -57,14 +68,15 @@ def size_category(rows: int) -> str:
 
 
 def split_sizes(folder: Path, files: dict[str, str]) -> dict[str, dict]:
-    """Rows and in-memory (Arrow) bytes of each split, from its Parquet files' metadata and data."""
+    """Rows and uncompressed bytes of each split, from its Parquet files' metadata."""
     import pyarrow.parquet as pq
 
     sizes = {}
     for split, pattern in files.items():
-        paths = sorted(folder.glob(pattern))
-        sizes[split] = {"num_examples": sum(pq.ParquetFile(p).metadata.num_rows for p in paths),
-                        "num_bytes": sum(pq.read_table(p).nbytes for p in paths)}
+        metadata = [pq.ParquetFile(p).metadata for p in sorted(folder.glob(pattern))]
+        sizes[split] = {"num_examples": sum(m.num_rows for m in metadata),
+                        # uncompressed bytes, from the files' metadata (no data read)
+                        "num_bytes": sum(m.row_group(i).total_byte_size for m in metadata for i in range(m.num_row_groups))}
     return sizes
 
 
@@ -101,7 +113,7 @@ def write_human_card(config: PipelineConfig, folder: Path, rows: dict[str, int])
     if "validation" in rows:
         files["validation"] = "validation.parquet"
     text = [
-        f"# Human text of an lmcollapse run ({config.name})", "",
+        f"# Human text of lmcollapse run {_label(config)}", "",
         f"Blocks of {data.block_size} tokens cut from {corpus_source(config)}: `train` holds the blocks generation 0 "
         f"trains on (split {data.train_split!r}, {rows['train']} blocks), `test` the held-out blocks every generation's "
         f"perplexity is measured on (split {data.heldout_split!r}), `validation` the blocks that select each "
@@ -109,7 +121,7 @@ def write_human_card(config: PipelineConfig, folder: Path, rows: dict[str, int])
         *provenance_section(),
     ]
     write_text_atomic(folder / CARD, dataset_header(config, files, split_sizes(folder, files),
-                                                    f"lmcollapse {config.name}: human blocks") + "\n" + "\n".join(text))
+                                                    f"lmcollapse {_label(config)}: human blocks") + "\n" + "\n".join(text))
 
 
 def write_synthetic_card(config: PipelineConfig, folder: Path, index: int, model_sha256: str, records: int,
@@ -117,7 +129,7 @@ def write_synthetic_card(config: PipelineConfig, folder: Path, index: int, model
     """``generation-NN/synthetic/README.md``: the generation's corpus as a dataset."""
     decoding = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
     text = [
-        f"# Generation {index} of an lmcollapse run ({config.name}): synthetic text", "",
+        f"# Generation {index} of lmcollapse run {_label(config)}: synthetic text", "",
         f"{records} continuations written by generation {index}'s model (weights sha256 `{model_sha256}`), one per "
         f"prompt, {config.generate.max_new_tokens} new tokens at most, the prompt left out. Regime: {regime}. "
         f"The text derives from {corpus_source(config)}; its licence applies.", "",
@@ -126,22 +138,22 @@ def write_synthetic_card(config: PipelineConfig, folder: Path, index: int, model
         "## Metrics of this generation", "",
         "| metric | value | definition |", "| --- | ---: | --- |",
         *[f"| `{name}` {COLUMNS[name].arrow} | {_value(row.get(name), COLUMNS[name].decimals)} | "
-          f"{COLUMNS[name].definition.split('. ')[0].replace('|', '/')} |" for name in CARD_METRICS if name in row],
+          f"{COLUMNS[name].definition.replace('|', '/')} |" for name in CARD_METRICS if name in row],
         "",
     ]
     files = {"train": "shard-*.parquet"}
     write_text_atomic(folder / CARD, dataset_header(config, files, split_sizes(folder, files),
-                                                    f"lmcollapse {config.name}: generation {index}") + "\n" + "\n".join(text))
+                                                    f"lmcollapse {_label(config)}: generation {index}") + "\n" + "\n".join(text))
 
 
 def write_model_card(config: PipelineConfig, folder: Path, index: int, start: str, train_set: str, regime: str,
                      row: dict) -> None:
     """``generation-NN/model/README.md``: what the model is, from where, how good on human text."""
     header = {"library_name": "transformers", "tags": TAGS, "pipeline_tag": "text-generation"}
-    if not config.model.is_preset and "/" in config.model.name and not Path(config.model.name).exists():
+    if HUB_ID.match(config.model.name):  # a hub id, not a local folder (the card must not depend on the cwd)
         header["base_model"] = config.model.name
     text = [
-        f"# Generation {index} of an lmcollapse run ({config.name})", "",
+        f"# Generation {index} of lmcollapse run {_label(config)}", "",
         f"A `{config.model.name}` model fine-tuned from {start} on {train_set} (regime: {regime}), "
         f"{config.train.epochs} epoch(s), AdamW lr {config.train.learning_rate:g}"
         + (f", LoRA rank {config.train.lora.r} merged into the weights" if config.train.lora else "") + ".", "",

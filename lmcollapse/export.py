@@ -1,7 +1,8 @@
 """``lmcollapse export``: a self-contained copy of a run to share (``make export RUN=... TO=...``).
 
 The copy holds the run's resolved config, its metrics, the human blocks and every complete
-generation's corpus, model, evaluation and manifest, the base model, and the report if one was
+generation (checked against its manifest: a damaged or stale one is left out, and so is a run
+that is being written) with its corpus, model, evaluation and manifest, the base model, and the report if one was
 written, each corpus with its dataset card (``datasets.load_dataset(<folder>)`` loads it) and each
 model with its card (``from_pretrained(<folder>)`` loads it), plus a ``README.md`` for the whole.
 Left out: checkpoints, stages moved to ``stale/``, partial generations, the lock. The copy is
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import shutil
 from pathlib import Path
 
 from lmcollapse.atomic import remove_path, temporary_sibling, write_text_atomic
+from lmcollapse.cards import CARD
 from lmcollapse.config import load_config
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.rundir import RunDir
+from lmcollapse.integrity import COMPLETE, verify_run
+from lmcollapse.rundir import RunDir, lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -35,12 +39,22 @@ def export_run(run: RunDir, destination: Path) -> Path:
     destination = Path(destination)
     if destination.exists() and (not destination.is_dir() or any(destination.iterdir())):
         raise LmcollapseError(f"{destination} exists and is not empty: export into a new folder (--to ...)")
-    complete = run.complete_generations()
+    holder = lock_holder(run)
+    if holder is not None:
+        raise LmcollapseError(f"run {run.root} is being written ({holder}): export it when that command has finished")
+    checks = {check.name: check for check in verify_run(run)}
+    for name in ("base", "human"):
+        if name in checks and checks[name].state != COMPLETE:
+            raise LmcollapseError(f"run {run.root}: {name} is {checks[name].state} ({checks[name].problem}); "
+                                  f"mend it first (lmcollapse status --run {shlex.quote(str(run.root))} says how)")
+    complete = [g for g in run.complete_generations() if checks.get(g.name) and checks[g.name].state == COMPLETE]
     if not complete:
-        raise LmcollapseError(f"run {run.root} has no complete generation to export yet: build one first "
-                              f"(make generation-0 RUN={run.root})")
+        raise LmcollapseError(f"run {run.root} has no complete, intact generation to export yet: build one first "
+                              f"(make generation-0 RUN={shlex.quote(str(run.root))})")
     done = {g.name for g in complete}
     partial = [g.name for g in run.generations_on_disk() if g.name not in done]
+    uncarded = [folder.relative_to(run.root).as_posix() for folder in [run.human, *(g.synthetic for g in complete)]
+                if not (folder / CARD).is_file()]
     scratch = temporary_sibling(destination)
     remove_path(scratch)
     try:
@@ -60,7 +74,11 @@ def export_run(run: RunDir, destination: Path) -> Path:
         remove_path(scratch)
         raise
     if partial:
-        log.warning("left out %s: not complete (finish them with make generation-N, then export again)", ", ".join(partial))
+        log.warning("left out %s: not complete or not intact (lmcollapse status --run %s says which)",
+                    ", ".join(partial), shlex.quote(str(run.root)))
+    if uncarded:
+        log.warning("%s have no dataset card (built by an older lmcollapse): load their Parquet files by name",
+                    ", ".join(uncarded))
     return destination
 
 

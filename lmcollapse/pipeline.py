@@ -118,22 +118,27 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
         if context.main:
             retire_stale(context, stale, last_generation)
         accelerator.wait_for_everyone()
-        tracker = RunTracker.open(config, run, context.main)
-        for index in range(last_generation + 1):
-            generation = run.generation(index)
-            if generation.is_complete:
-                check = checks[generation.name]
-                log.info("%s is complete%s; skipping it", generation.name,
-                         "" if check.state == COMPLETE else f" but {check.state}, used as it is (--accept-changed)")
-                continue
-            row = build_generation(context, index)
-            if context.main:
-                refresh_metrics(run, config)
-                context.echo(format_table([row]))
-                if tracker is not None:
-                    tracker.log_generation(index, read_json(generation.train_log), row)
-        if tracker is not None:
-            tracker.finish()
+        tracker, opened = None, False
+        try:
+            for index in range(last_generation + 1):
+                generation = run.generation(index)
+                if generation.is_complete:
+                    check = checks[generation.name]
+                    log.info("%s is complete%s; skipping it", generation.name,
+                             "" if check.state == COMPLETE else f" but {check.state}, used as it is (--accept-changed)")
+                    continue
+                if not opened:  # only a command that builds something logs (and opens the trackers)
+                    tracker, opened = RunTracker.open(config, run, context.main), True
+                row = build_generation(context, index)
+                if context.main:
+                    refresh_metrics(run, config)
+                    context.echo(format_table([row]))
+                    if tracker is not None:
+                        steps_before = sum(read_json(run.generation(i).train_log)["steps"] for i in range(index))
+                        tracker.log_generation(index, read_json(generation.train_log), row, steps_before)
+        finally:
+            if tracker is not None:
+                tracker.finish()
         if context.main and writable:
             refresh_metrics(run, config)  # a deleted or outdated metrics.csv is rebuilt
         rows = collect_rows(run)

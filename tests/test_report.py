@@ -270,7 +270,7 @@ def test_the_index_page_shows_sample_continuations_of_every_generation(study):
 def test_markdown_text_escapes_what_markdown_would_act_on():
     from lmcollapse.report.pages import markdown_text
 
-    assert markdown_text("a *b* _c_ <unk> | `d`\n e") == "a \\*b\\* \\_c\\_ \\<unk\\> \\| \\`d\\` e"
+    assert markdown_text("a *b* _c_ <unk> | `d`\n e ~ &") == "a \\*b\\* \\_c\\_ &lt;unk&gt; \\| \\`d\\` e &#126; &amp;"
     assert markdown_text("x" * 500).endswith("x …") and len(markdown_text("x" * 500)) == 402
 
 
@@ -279,7 +279,9 @@ def test_the_html_page_is_self_contained(study, tmp_path):
     page = (out / "index.html").read_text(encoding="utf-8")
     sources = re.findall(r'<img[^>]*\bsrc="([^"]+)"', page)
     assert len(sources) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
-    assert page.count("<table>") >= 3 and "data-sortable" in page  # runs, results, comparison; the sorter
+    assert page.count("<table>") >= 3  # runs, results, comparison
+    assert "<pre><code" in page and "\\&lt;" not in page  # the settings' YAML block; no stray escapes
+    assert page.count("<script>") == 1
 
 
 def browser() -> str | None:

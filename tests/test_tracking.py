@@ -73,3 +73,79 @@ def test_unknown_or_missing_trackers_are_one_line_errors(tmp_path, small_corpus,
     with pytest.raises(LmcollapseError, match=r"track.with: wandb needs the wandb package: pip install wandb, or remove"):
         build(config, tmp_path / "run", 0, progress=False, echo=lambda _: None)
     assert not (tmp_path / "run").exists()
+
+
+class Recorder:
+    """A stand-in for a hosted tracker (wandb), recording what it is given; ``fail`` makes it
+    raise when started, as wandb does without a login."""
+
+    name, requires_logging_directory, fail = "wandb", False, False
+    logged: list = []
+
+    def __init__(self, run_name, **kwargs):
+        self.run_name = run_name
+
+    def start(self):
+        if Recorder.fail:
+            raise RuntimeError("not logged in")
+
+    def store_init_configuration(self, values):
+        Recorder.logged.append(("config", None, values))
+
+    def log(self, values, step=None, **kwargs):
+        Recorder.logged.append(("log", step, values))
+
+    def log_images(self, values, step=None, **kwargs):
+        assert not kwargs  # dataformats is TensorBoard's alone
+        Recorder.logged.append(("images", step, sorted(values)))
+
+    def finish(self):
+        pass
+
+
+@pytest.fixture
+def recorder(monkeypatch):
+    import accelerate.tracking
+
+    from lmcollapse import tracking
+
+    Recorder.logged, Recorder.fail = [], False
+    monkeypatch.setitem(accelerate.tracking.LOGGER_TYPE_TO_CLASS, "wandb", Recorder)
+    monkeypatch.setattr(tracking, "check_trackers", lambda config: None)
+    import lmcollapse.preflight  # noqa: F401 - preflight imports check_trackers from tracking at call time
+    return Recorder
+
+
+@pytest.mark.slow
+def test_a_one_axis_tracker_gets_growing_steps_and_the_figures_once(tmp_path, small_corpus, recorder):
+    config = micro_config(small_corpus, ["track.with=[wandb]"])
+    root = tmp_path / "run"
+    build(config, root, 1, progress=False, echo=lambda _: None)
+    steps = [step for kind, step, _ in recorder.logged if kind == "log"]
+    assert steps == sorted(steps) and steps[0] == 1  # wandb drops a step lower than the last
+    curve = [step for kind, step, values in recorder.logged if kind == "log" and "train/gen-01/loss" in values]
+    assert curve[0] > max(step for kind, step, values in recorder.logged if kind == "log" and "train/gen-00/loss" in values)
+    metrics = [values for kind, _, values in recorder.logged if kind == "log" and "metrics/ppl_blocks" in values]
+    assert [m["generation"] for m in metrics] == [0, 1]
+    build(config, root, 1, progress=False, echo=lambda _: None)  # nothing to build: nothing logged, no config
+    assert sum(kind == "config" for kind, _, _ in recorder.logged) == 1
+    write_report(root)
+    write_report(root)  # the same figures: logged once
+    assert [names for kind, _, names in recorder.logged if kind == "images"] == [
+        ["figures/diversity", "figures/perplexity", "figures/tails", "figures/training_loss"]]
+
+
+@pytest.mark.slow
+def test_a_tracker_that_fails_does_not_stop_the_run(tmp_path, small_corpus, recorder, caplog):
+    recorder.fail = True
+    config = micro_config(small_corpus, ["track.with=[wandb]"])
+    build(config, tmp_path / "run", 0, progress=False, echo=lambda _: None)
+    assert RunDir(tmp_path / "run").generation(0).is_complete
+    assert "tracking to wandb is off for this command (not logged in): the run goes on without it" in caplog.text
+
+
+def test_track_with_and_log_with_are_one_setting():
+    with pytest.raises(ConfigError, match=r"track.with and track.log_with are one setting: keep one of them"):
+        build_config({"track": {"with": ["wandb"], "log_with": ["tensorboard"]}})
+    with pytest.raises(ConfigError, match=r"expected a list, got 'tensorboard': write it in brackets"):
+        build_config({"track": {"with": "tensorboard"}})

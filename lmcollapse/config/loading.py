@@ -182,6 +182,9 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     aliases = getattr(cls, "ALIASES", {})
+    for alias, name in aliases.items():
+        if alias in data and name in data:
+            raise ConfigError(f"{prefix}{alias} and {prefix}{name} are one setting: keep one of them")
     data = {aliases.get(key, key): value for key, value in data.items()}
     for key in data:
         if key not in names:
@@ -214,7 +217,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{key}: expected a list, got {value!r}")
+            raise ConfigError(f"{key}: expected a list, got {value!r}: write it in brackets, e.g. {key}=[{value}]")
         return tuple(_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is Literal:
         allowed = typing.get_args(tp)

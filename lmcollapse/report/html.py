@@ -30,13 +30,14 @@ code { background: #f6f6f6; padding: 0 0.2em; }
 # Sorting: a click on a header sorts its table's body rows by that column, ascending, then
 # descending; numbers compare as numbers (a leading "±" part or arrows ignored), text as text,
 # "-" and empty cells last. data-sortable="ready" on <body> says the script ran.
-SCRIPT = """
+SCRIPT = r"""
 (function () {
   function key(cell) {
     var text = cell.textContent.trim();
     if (text === "" || text === "-") return null;
-    var number = parseFloat(text.replace(/,/g, ""));
-    return isNaN(number) ? text.toLowerCase() : number;
+    // a number, or a mean with its spread ("160.51 \u00b1 2.3 (3)"); anything else is text
+    var match = /^([-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?)(?:\s*\u00b1.*)?$/.exec(text);
+    return match ? Number(match[1].replace(/,/g, "")) : text.toLowerCase();
   }
   function compare(a, b) {
     if (a === null) return b === null ? 0 : 1;
@@ -58,7 +59,7 @@ SCRIPT = """
       else th.removeAttribute("data-order");
     });
   }
-  function name(th) { return th.textContent.replace(/[\\u2191\\u2193]/g, "").trim(); }
+  function name(th) { return th.textContent.replace(/[\u2191\u2193]/g, "").replace(/\s+/g, " ").trim(); }
   Array.prototype.forEach.call(document.querySelectorAll("table"), function (table) {
     if (!table.tHead) return;
     Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
@@ -86,7 +87,7 @@ def html_page(markdown_text: str, folder: Path, title: str) -> str:
     """``markdown_text`` (the report's index.md) as one HTML page, figures from ``folder`` inlined."""
     import markdown
 
-    body = markdown.markdown(markdown_text, extensions=["tables"], output_format="html")
+    body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code"], output_format="html")
 
     def inline(match: re.Match) -> str:
         source = html.unescape(match.group(2))

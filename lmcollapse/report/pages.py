@@ -28,7 +28,7 @@ from lmcollapse.report.runs import (
     present_metrics,
 )
 from lmcollapse.tables import latex_table, markdown_table
-from lmcollapse.tracking import RunTracker
+from lmcollapse.tracking import log_report_figures
 
 
 def cell(value: tuple[float, float, int], metric: str) -> str:
@@ -127,24 +127,27 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     page = index_page(root, groups, metrics, comparison, figures)
     write_text_atomic(out / "index.md", page)
     write_text_atomic(out / "index.html", html_page(page, out, f"lmcollapse report: {root}"))
-    if len(groups) == 1 and len(groups[0].runs) == 1:  # one run: its trackers get the figures
+    if len(groups) == 1 and len(groups[0].runs) == 1:  # one run: its trackers get its own report's figures
         record = groups[0].runs[0]
-        tracker = RunTracker.open(record.config, record.run)
-        if tracker is not None:
-            tracker.log_figures([f for f in figures if f.suffix == ".png"])
-            tracker.finish()
+        if out.resolve() == record.run.report.resolve():
+            log_report_figures(record.config, record.run, [f for f in figures if f.suffix == ".png"])
     return out
 
 
 SAMPLES_PER_GENERATION = 3
 
 
+MARKDOWN_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", "~": "&#126;"}
+
+
 def markdown_text(text: str, limit: int = 400) -> str:
-    """Corpus text shown verbatim in Markdown: one line, characters Markdown would act on escaped."""
+    """Corpus text shown verbatim in Markdown: one line; characters Markdown acts on escaped with a
+    backslash, and <, >, ~ and & as HTML entities (a backslash before them is not an escape in
+    every Markdown: Python-Markdown, which renders index.html, would show it)."""
     text = " ".join(text.split())
     if len(text) > limit:
         text = text[:limit].rstrip() + " …"
-    return "".join(f"\\{c}" if c in "\\`*_[]<>|~" else c for c in text)
+    return "".join(MARKDOWN_ENTITIES.get(c, f"\\{c}" if c in "\\`*_[]|" else c) for c in text)
 
 
 def sample_continuations(groups: list[Group]) -> list[str]:
