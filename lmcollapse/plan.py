@@ -33,20 +33,9 @@ BYTES_PER_TOKEN_ESTIMATE = 4.0  # byte-level BPE on English Wikipedia text, roug
 
 def preset_parameters(config: PipelineConfig) -> int:
     """Parameter count of a preset, from its shape on the meta device (no memory, no weights)."""
-    import torch
-    from transformers import AutoModelForCausalLM
+    from lmcollapse.cost import shape_of
 
-    from lmcollapse.modeling import family_config
-
-    class Vocabulary:  # the preset's vocabulary size, before any tokenizer is trained
-        pad_token_id = bos_token_id = eos_token_id = None
-
-        def __len__(self) -> int:
-            return int(config.model.architecture()["vocab_size"])
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(family_config(config.model, Vocabulary()))
-    return sum(p.numel() for p in model.parameters())
+    return shape_of(config).parameters
 
 
 def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, device=None) -> str:

@@ -13,6 +13,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+TINY: dict[str, int | float] = {
+    "hidden_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "ffn_dim": 512,
+    "max_position_embeddings": 256,
+    "dropout": 0.1,
+    "vocab_size": 4096,
+}
+
 ARCHITECTURE_PRESETS: dict[str, dict[str, int | float]] = {
     # The facebook/opt-125m shape (Zhang et al. 2022), for GPU runs that pretrain their own base.
     "opt-125m": {
@@ -25,15 +35,7 @@ ARCHITECTURE_PRESETS: dict[str, dict[str, int | float]] = {
         "vocab_size": 50272,
     },
     # A 2-layer OPT that trains at ~10k tokens/s on two CPU cores: the demo and test model.
-    "tiny-opt": {
-        "hidden_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "ffn_dim": 512,
-        "max_position_embeddings": 256,
-        "dropout": 0.1,
-        "vocab_size": 4096,
-    },
+    "tiny-opt": TINY,
     # The gpt2 (124M) and EleutherAI/pythia-160m shapes, for GPU runs of those families.
     "gpt2-124m": {
         "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "ffn_dim": 3072,
@@ -43,23 +45,12 @@ ARCHITECTURE_PRESETS: dict[str, dict[str, int | float]] = {
         "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "ffn_dim": 3072,
         "max_position_embeddings": 2048, "dropout": 0.0, "vocab_size": 50304,
     },
-    # tiny-opt's size in the other families: CPU runs and tests of each family's conventions.
-    "tiny-gpt2": {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 512,
-        "max_position_embeddings": 256, "dropout": 0.1, "vocab_size": 4096,
-    },
-    "tiny-pythia": {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 512,
-        "max_position_embeddings": 256, "dropout": 0.0, "vocab_size": 4096,
-    },
-    "tiny-llama": {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 344,
-        "max_position_embeddings": 256, "dropout": 0.0, "vocab_size": 4096,
-    },
-    "tiny-qwen2": {
-        "hidden_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 344,
-        "max_position_embeddings": 256, "dropout": 0.0, "vocab_size": 4096,
-    },
+    # tiny-opt's size in the other families (CPU runs and tests of each family's conventions), with
+    # their own conventions: no dropout in Pythia, Llama and Qwen2; a gated MLP of ~8/3 the width.
+    "tiny-gpt2": TINY,
+    "tiny-pythia": {**TINY, "dropout": 0.0},
+    "tiny-llama": {**TINY, "ffn_dim": 344, "dropout": 0.0},
+    "tiny-qwen2": {**TINY, "ffn_dim": 344, "dropout": 0.0},
 }
 
 # The transformers model type each preset is built as (its config class: modeling.family_config).
