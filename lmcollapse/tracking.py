@@ -24,7 +24,6 @@ run. TensorBoard (and aim, MLflow) write under ``<run>/tracking/``, readable off
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import logging
 import math
@@ -42,11 +41,16 @@ log = logging.getLogger(__name__)
 def check_trackers(config: PipelineConfig) -> None:
     """Each tracker's package is installed (before any work starts)."""
     for name in config.track.log_with:
-        package = TRACKER_PACKAGES[name]
-        if importlib.util.find_spec(package) is None:
-            fix = "run `make install`, or " if name == "tensorboard" else ""
-            raise LmcollapseError(f"track.with: {name} needs the {package} package: {fix}pip install {package}, "
-                                  f"or remove {name} from track.with")
+        check_tracker(name)
+
+
+def check_tracker(name: str) -> None:
+    """The tracker's package is installed, or a one-line error naming it."""
+    package = TRACKER_PACKAGES[name]
+    if importlib.util.find_spec(package) is None:
+        fix = "run `make install`, or " if name == "tensorboard" else ""
+        raise LmcollapseError(f"track.with: {name} needs the {package} package: {fix}pip install {package}, "
+                              f"or remove {name} from track.with")
 
 
 # Trackers whose runs have one step axis that may only grow (wandb drops a step lower than one
@@ -78,7 +82,7 @@ class RunTracker:
             if "logging_dir" in inspect.signature(tracker_class.__init__).parameters:  # tensorboard, aim, mlflow
                 options["logging_dir"] = str(run.root / TRACKING_DIR)
             try:
-                check_trackers(dataclasses.replace(config, track=dataclasses.replace(config.track, log_with=(name,))))
+                check_tracker(name)
                 tracker = tracker_class(run.name, **options)
                 if hasattr(tracker, "start"):  # accelerate >= 1.2 starts trackers explicitly
                     tracker.start()
