@@ -23,6 +23,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from lmcollapse.allocator import keep_freed_memory
 from lmcollapse.errors import DiskFull, LmcollapseError
 from lmcollapse.rundir import RunDir
 from lmcollapse.shipped import describe_pipelines, resolve_pipeline, shipped_pipelines
@@ -300,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="lmcollapse: %(message)s", stream=sys.stderr)
     quiet_libraries()
     try:
+        keep_freed_memory()  # before the stages allocate anything large (allocator.py says why)
         return args.func(args)
     except LmcollapseError as err:
         print(f"lmcollapse: error: {err}", file=sys.stderr)
