@@ -145,8 +145,11 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
 
     ranges = shard_ranges(len(prompts), config.shard_size)
     world, rank = accelerator.num_processes, accelerator.process_index
-    todo = [i for i in range(rank, len(ranges), world) if completed_shard(out_dir, i) is None]
-    if config.batch_probe and todo:
+    missing = [i for i in range(len(ranges)) if completed_shard(out_dir, i) is None]
+    todo = [i for i in missing if i % world == rank]
+    # Every process probes or none does (the probe ends at a barrier), whether or not this one has
+    # shards left: they all see the same files here, since none is written before the probe.
+    if config.batch_probe and missing:
         config = dataclasses.replace(config, batch_size=ensure_batch_probe(
             model, tokenizer, prompts, config, generation_config, out_dir / BATCH_PROBE_FILE, accelerator))
     for index in todo:
@@ -219,6 +222,9 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
     return outputs  # type: ignore[return-value]
 
 
+PROBE_GAIN = 1.05  # a doubling of the batch must be this much faster for the probe to try the next
+
+
 def ensure_batch_probe(model, tokenizer, prompts, config: GenerateConfig, generation_config, path: Path,
                        accelerator) -> int:
     """The batch size ``generate.batch_probe`` chose for this corpus: probed once by the main
@@ -230,14 +236,15 @@ def ensure_batch_probe(model, tokenizer, prompts, config: GenerateConfig, genera
 
 
 def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generation_config, steps: int = 8) -> dict:
-    """Time a few decoding steps at batch_size, twice that, ... (up to the corpus, at most 4,096
-    prompts) on the corpus's first prompts; stop when throughput falls or, on a GPU, before 80% of
+    """Time a few decoding steps at batch_size, twice that, ... (up to the corpus or a shard, at
+    most 4,096 prompts) on the corpus's first prompts; stop when a doubling gains less than 5%
+    (each try costs prompts, and a larger batch more memory for little) or, on a GPU, before 80% of
     its memory; return the fastest and every measurement."""
     device = next(model.parameters()).device
     steps = min(steps, config.max_new_tokens)
     short = copy.deepcopy(generation_config)
     short.max_new_tokens, short.min_new_tokens = steps, min(config.min_new_tokens, steps)
-    limit = min(len(prompts), 4096)
+    limit = min(len(prompts), config.shard_size, 4096)  # a batch never spans two shards
     sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
     sample = config.sampler == "inverse-cdf"
 
@@ -265,11 +272,11 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
         if device.type == "cuda":
             entry["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         tried.append(entry)
-        measured = [t for t in tried if "new_tokens_per_second" in t]
-        if speed < max(t["new_tokens_per_second"] for t in measured) or (
+        earlier = [t["new_tokens_per_second"] for t in tried[:-1] if "new_tokens_per_second" in t]
+        if (earlier and speed < PROBE_GAIN * max(earlier)) or (
                 device.type == "cuda" and torch.cuda.max_memory_allocated(device)
                 > 0.8 * torch.cuda.get_device_properties(device).total_memory / 2):
-            break  # slower than a smaller batch, or the next doubling would pass 80% of the memory
+            break  # doubling gained too little, or the next doubling would pass 80% of the memory
     best = max((t for t in tried if "new_tokens_per_second" in t), key=lambda t: t["new_tokens_per_second"],
                default={"batch_size": sizes[0]})
     log.info("generate.batch_probe: batch size %d (%s)", best["batch_size"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pytest
@@ -235,7 +236,113 @@ def test_batch_probe_chooses_records_and_keeps_the_text(model, prompts, tmp_path
     assert read_records(tmp_path / "probed" / "shard-00000.parquet")["input_ids"] == chosen
 
 
+class Rank(SingleProcess):
+    """One of two processes, run one after the other: rank 0 notes which files its folder holds at
+    each barrier; rank 1, at its k-th barrier, gets the files rank 0 held at its k-th."""
+
+    num_processes = 2
+
+    def __init__(self, index: int, folder, rank0=None):
+        self.process_index, self.is_main_process, self.folder, self.rank0 = index, index == 0, folder, rank0
+        self.snapshots: list[list[str]] = []
+
+    def wait_for_everyone(self) -> None:
+        if self.rank0 is None:
+            self.snapshots.append(sorted(p.name for p in self.folder.iterdir()))
+            return
+        self.snapshots.append(self.rank0.snapshots[len(self.snapshots)])  # IndexError: a barrier rank 0 never reached
+        self.folder.mkdir(parents=True, exist_ok=True)  # the main process made it, on the shared filesystem
+        for name in self.snapshots[-1]:
+            if not (self.folder / name).exists():
+                shutil.copy(self.rank0.folder / name, self.folder / name)
+
+
+def test_batch_probe_every_process_reaches_the_same_barriers(model, prompts, tmp_path):
+    # One shard: rank 0 has it all and rank 1 nothing to generate. Rank 1 must still join the
+    # probe's barrier; else its last barrier meets rank 0's probe and it reads shards not yet written.
+    config = dataclasses.replace(BASE, sampler="inverse-cdf", batch_size=2, shard_size=12, batch_probe=True)
+    folders = [tmp_path / "rank0", tmp_path / "rank1"]
+    rank0 = Rank(0, folders[0])
+    rank1 = Rank(1, folders[1], rank0=rank0)
+    for rank, folder in ((rank0, folders[0]), (rank1, folders[1])):
+        write_synthetic_corpus(model, Tokenizer(), prompts, config, seed=0, generation=3, model_label="m",
+                               out_dir=folder, accelerator=rank, progress=False)
+    assert len(rank1.snapshots) == len(rank0.snapshots)
+    assert "batch_probe.json" in rank0.snapshots[1] and "shard-00000.json" not in rank0.snapshots[1]
+
+
 def test_batch_probe_is_refused_where_the_batch_decides_the_text():
     with pytest.raises(ConfigError, match="generate.batch_probe: with the multinomial sampler the batch decides the text"):
         load_config(None, ["generate.batch_probe=true", "generate.do_sample=true", "generate.num_beams=1"])
     assert load_config(None, ["generate.batch_probe=true"]).generate.batch_probe  # beam search: allowed
+
+
+PAPER = GenerateConfig(num_beams=5, do_sample=False, repetition_penalty=3.0, min_new_tokens=12, max_new_tokens=12,
+                       batch_size=4, shard_size=12)
+
+
+def reference_loop(model, prompts, batch_size: int) -> list[list[int]]:
+    """The reference code's corpus writer: ``model.generate`` over the prompts in their order, in
+    batches, the prompt sliced off (Zakahler/curse_recurse), at the paper's decoding settings."""
+    continuations = []
+    with torch.no_grad():
+        for start in range(0, len(prompts), batch_size):
+            ids = torch.tensor(prompts[start:start + batch_size]["input_ids"])
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=5, do_sample=False,
+                                 repetition_penalty=3.0, min_new_tokens=12, max_new_tokens=12, pad_token_id=1,
+                                 eos_token_id=2, length_penalty=1.0, early_stopping=False)
+            continuations += [row[ids.shape[1]:].tolist() for row in out]
+    return [c[:c.index(2) + 1] if 2 in c else c for c in continuations]  # up to end-of-text, as the stage keeps
+
+
+def corpus_tokens(folder) -> list[list[int]]:
+    return [ids for shard in sorted(folder.glob("shard-*.parquet")) for ids in read_records(shard)["input_ids"]]
+
+
+def test_beam_search_writes_the_reference_loops_tokens(model, prompts, tmp_path):
+    # Same batches, same arithmetic: token for token what the reference loop writes.
+    run_stage(model, prompts, PAPER, tmp_path / "same")
+    reference = reference_loop(model, prompts, PAPER.batch_size)
+    assert corpus_tokens(tmp_path / "same") == reference
+    # Other batches, a static cache, a probed batch size: other float sums, the same search.
+    for name, config in (("batch-5", dataclasses.replace(PAPER, batch_size=5)),
+                         ("static", dataclasses.replace(PAPER, cache_implementation="static")),
+                         ("probe", dataclasses.replace(PAPER, batch_size=2, batch_probe=True))):
+        run_stage(model, prompts, config, tmp_path / name)
+        same = sum(a == b for a, b in zip(corpus_tokens(tmp_path / name), reference))
+        assert same >= 0.99 * len(prompts), (name, same)
+
+
+def test_inverse_cdf_corpus_is_a_multinomial_corpus_within_seed_noise(model, tmp_path):
+    # 300 prompts x 10 sampled tokens from the peaked micro model. At a given step every sequence
+    # draws once, independently of the others: the inverse-CDF corpus's tokens at the first and the
+    # last step are distributed as multinomial corpora's (a chi-square test of homogeneity; tokens of
+    # one sequence are correlated, so steps are tested apart), and its mean log-likelihood under the
+    # model lies within the spread of five multinomial seeds.
+    from scipy.stats import chi2_contingency
+
+    rng = np.random.default_rng(1)
+    many = token_records([rng.integers(3, 40, size=6).tolist() for _ in range(300)], HUMAN,
+                         ids=[f"h{i}" for i in range(300)], text="x")
+    config = dataclasses.replace(BASE, min_new_tokens=10, max_new_tokens=10, batch_size=50, shard_size=300)
+
+    def corpus(sampler: str, seed: int) -> list[list[int]]:
+        out = tmp_path / f"{sampler}-{seed}"
+        run_stage(model, many, dataclasses.replace(config, sampler=sampler), out, seed=seed)
+        return corpus_tokens(out)
+
+    def mean_log_likelihood(continuations) -> float:
+        ids = torch.tensor([p + c for p, c in zip(many["input_ids"], continuations)])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[:, 5:-1].float(), dim=-1)
+        return float(logp.gather(2, ids[:, 6:, None]).mean())
+
+    multinomial = [corpus("multinomial", seed) for seed in range(5)]
+    inverse = corpus("inverse-cdf", 0)
+    for step in (0, 9):
+        counts = np.array([np.bincount([ids[step] for ids in c], minlength=40) for c in (inverse, *multinomial)])
+        common = counts.sum(axis=0) >= 30  # rare tokens pooled into one column, so every cell expects > 4
+        table = np.column_stack([counts[:, common], counts[:, ~common].sum(axis=1)])
+        assert chi2_contingency(table).pvalue > 1e-3, step
+    spread = [mean_log_likelihood(c) for c in multinomial]
+    assert abs(mean_log_likelihood(inverse) - np.mean(spread)) < 4 * np.std(spread, ddof=1)
