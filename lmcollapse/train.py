@@ -97,6 +97,9 @@ def epoch_order(seed: int, generation: int, epoch: int, num_blocks: int) -> np.n
     return rng(seed, "order", generation, epoch).permutation(num_blocks)
 
 
+LOSS_EVERY = 25  # steps between copies of the losses to the host (and progress-bar loss updates)
+
+
 def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed: int, generation: int,
                 checkpoint_dir: Path, accelerator, data_fingerprint: str, pad_id: int,
                 weights: np.ndarray | None = None, progress: bool = True, validation: list[np.ndarray] | None = None,
@@ -148,8 +151,19 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         log.info("%s: resuming training at step %d of %d from %s", label, start_step, total_steps, latest.path)
 
     started = time.perf_counter()
+    # Steps whose loss is still a device tensor: copied to the host together (settle), at most every
+    # LOSS_EVERY steps and before anything reads the log, so that no step waits for the device to
+    # finish the last one (a GPU then queues step n+1 while it computes step n).
+    pending: list[tuple[dict, torch.Tensor]] = []
+
+    def settle() -> None:
+        if pending:
+            for (entry, _), value in zip(pending, torch.stack([loss for _, loss in pending]).tolist()):
+                entry["loss"] = float(value)
+            pending.clear()
 
     def save(step: int) -> None:
+        settle()
         save_checkpoint(accelerator, checkpoint_dir, step, history, data_fingerprint, config.keep_checkpoints,
                         earlier_seconds + time.perf_counter() - started, validation=validations)
         if selecting and accelerator.is_main_process:
@@ -195,10 +209,13 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         batch_tokens = int(np.sum(lengths[global_batch]))
         tokens_seen += batch_tokens
         elapsed = time.perf_counter() - started
-        history.append({"step": step + 1, "epoch": epoch, "loss": float(step_loss.item()),
+        history.append({"step": step + 1, "epoch": epoch, "loss": None,
                         "lr": float(scheduler.get_last_lr()[0]), "tokens": batch_tokens})
+        pending.append((history[-1], step_loss))
         bar.update(1)
-        bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
+        if (step + 1) % LOSS_EVERY == 0 or step + 1 == total_steps:
+            settle()
+            bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", tok_s=f"{tokens_seen / max(elapsed, 1e-9):.0f}")
         if selecting and (step + 1) % per_epoch == 0:
             # The same number on every process (validation_loss reduces exactly), so every process
             # takes the same branch and calls the same collectives.
@@ -210,6 +227,7 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total_steps:
             save(step + 1)
     bar.close()
+    settle()
     seconds = earlier_seconds + time.perf_counter() - started
 
     def epoch_loss(epoch: int) -> float:
@@ -287,11 +305,21 @@ def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalize
         ids[k, :len(row)] = row
         mask[k, :len(row)] = 1
         targets[k, :len(row) - 1] = row[1:]
-    ids, mask, targets = ids.to(accelerator.device), mask.to(accelerator.device), targets.to(accelerator.device)
-    row_weights = torch.as_tensor(weights[chunk], dtype=torch.float32, device=accelerator.device)
+    device = accelerator.device
+    ids, mask, targets = (_to_device(t, device) for t in (ids, mask, targets))
+    row_weights = _to_device(torch.as_tensor(weights[chunk], dtype=torch.float32), device)
     with accelerator.autocast():
         summed = (_compiled_weighted_nll() if compiled else _weighted_nll)(model, ids, mask, targets, row_weights)
     return summed / max(normalizer, 1e-12)
+
+
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; to a GPU through pinned memory, without waiting: a copy from
+    pageable memory first waits for every queued kernel, which would stall the step's launch
+    until the previous step is done."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _weighted_nll(model, ids, mask, targets, row_weights):
