@@ -80,19 +80,40 @@ def tiny_model(tokenizer, preset: str = "tiny-opt", seed: int = 0):
 
 
 def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[dict]:
-    """Run ``script --variant V`` for each V in a fresh process; each prints one JSON line last."""
+    """Run ``script --variant V`` for each V in a fresh process; each prints one JSON line last.
+
+    A variant whose name holds ``+2proc`` runs as two processes (``accelerate launch``, gloo on a
+    CPU), each with half of the machine's cores as threads, as a user runs a stage on both cores of
+    a small machine; only the main process prints its result. ``BENCH_SCRATCH`` names an empty
+    folder that all of a variant's processes share, removed afterwards."""
     import json
+    import shutil
     import subprocess
     import sys
+    import tempfile
 
     results = []
     for variant in variants:
-        done = subprocess.run([sys.executable, str(script), "--variant", variant], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        scratch = tempfile.mkdtemp(prefix="lmcollapse-bench-")
+        command = [sys.executable, str(script), "--variant", variant]
+        env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_SCRATCH": scratch}
+        if "+2proc" in variant:
+            command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         if done.returncode != 0:
             raise SystemExit(f"{script.name} --variant {variant} failed:\n{done.stderr[-3000:]}")
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return results
+
+
+def main_process() -> bool:
+    """Whether this is the process that reports (the only one, or rank 0 of ``accelerate launch``)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def require_corpus() -> None:

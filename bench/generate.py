@@ -13,8 +13,12 @@ provenance and sha256. Three cases:
   prompts by length first (length bucketing).
 
 Ours also runs with the inverse-CDF sampler (``generate.sampler: inverse-cdf``: one uniform variate
-per sequence and step instead of torch.multinomial's one per vocabulary entry) and with a static KV
-cache. Each variant runs in its own process.
+per sequence and step instead of torch.multinomial's one per vocabulary entry), with a static KV
+cache and with the batch size chosen by ``generate.batch_probe``. Each variant runs in its own
+process. Ours runs as the command line runs it, with glibc told to keep freed memory
+(lmcollapse/allocator.py); the reference loop runs in a default process, as a researcher's script
+does, and again with the same allocator setting ("reference loop, same allocator"), so the table
+shows how much of the difference is the process's allocator and how much the stage.
 
     python bench/generate.py     # or: make bench
     python bench/generate.py --only reference:beam ours:beam
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -33,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     forward_flops,
     machine,
+    main_process,
     matmul_peak,
     model_shape,
     of_peak,
@@ -77,45 +83,53 @@ def useful_flops(model, prompts, case: str) -> float:
 def count_for(case: str) -> int:
     import torch
 
-    return 2048 if torch.cuda.is_available() else (256 if case == "beam" else 512)
+    return 2048 if torch.cuda.is_available() else (512 if case == "beam" else 2048)
 
 
-def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: bool = False) -> dict:
+def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: bool = False, processes: int = 1) -> dict:
     import torch
 
+    from lmcollapse.allocator import keep_freed_memory
     from lmcollapse.config import GenerateConfig, PipelineConfig
     from lmcollapse.generate import write_synthetic_corpus
     from lmcollapse.pipeline import make_accelerator
     from lmcollapse.records import HUMAN, make_records
 
+    keep_freed_memory()  # as the command line does
     tokenizer, prompts = prompts_for(case, count_for(case))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
     settings = CASES[case]
-    config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS, batch_size=BATCH,
-                            shard_size=4096, cache_implementation="static" if static else "dynamic",
+    # Two processes take one shard each, in batches of its size (the batch a probe chooses here)
+    config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS,
+                            batch_size=BATCH if processes == 1 else -(-len(prompts) // processes),
+                            shard_size=-(-len(prompts) // processes),  # one shard per process cache_implementation="static" if static else "dynamic",
                             sampler="inverse-cdf" if icdf else "multinomial", batch_probe=probe)
     records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
                             "generation": [None] * len(prompts), "parent": [None] * len(prompts),
                             "model": [None] * len(prompts), "input_ids": [p.tolist() for p in prompts],
                             "text": [""] * len(prompts)})
     accelerator = make_accelerator(PipelineConfig())
-    with tempfile.TemporaryDirectory() as scratch:
-        started = time.perf_counter()
-        shards = write_synthetic_corpus(model, tokenizer, records, config, seed=0, generation=0, model_label="bench",
-                                        out_dir=Path(scratch), accelerator=accelerator, progress=False)
-        seconds = time.perf_counter() - started
+    scratch = Path(os.environ.get("BENCH_SCRATCH") or tempfile.mkdtemp()) / "synthetic"  # one folder for every process
+    started = time.perf_counter()
+    shards = write_synthetic_corpus(model, tokenizer, records, config, seed=0, generation=0, model_label="bench",
+                                    out_dir=scratch, accelerator=accelerator, progress=False)
+    seconds = time.perf_counter() - started
     new_tokens = sum(s["new_tokens"] for s in shards)
     label = "lmcollapse stage" + (" + inverse-cdf sampler" if icdf else "") + (" + static cache" if static else "") \
-        + (" + batch probe" if probe else "")
+        + (" + batch probe" if probe else "") + (f", {processes} processes" if processes > 1 else "")
     return {"variant": label, "case": case, "prompts": len(prompts),
             "seconds": seconds, "tokens_per_second": new_tokens / seconds, "peak_rss_mb": peak_rss_mb(),
             "flops": useful_flops(model, prompts, case), **_gpu_memory()}
 
 
-def variant_reference(case: str) -> dict:
+def variant_reference(case: str, same_allocator: bool = False) -> dict:
     import torch
 
+    if same_allocator:
+        from lmcollapse.allocator import keep_freed_memory
+
+        keep_freed_memory()
     tokenizer, prompts = prompts_for(case, count_for(case))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
@@ -139,7 +153,7 @@ def variant_reference(case: str) -> dict:
             for j in range(len(batch)):  # one dict per sample, as the reference builds its dataset
                 kept.append({"input_ids": preds[j, :].cpu(), "attention_mask": attention_mask[j, :], "labels": preds[j, :].cpu()})
     seconds = time.perf_counter() - started
-    return {"variant": "reference loop", "case": case, "prompts": len(prompts), "seconds": seconds,
+    return {"variant": "reference loop" + (", same allocator" if same_allocator else ""), "case": case, "prompts": len(prompts), "seconds": seconds,
             "tokens_per_second": len(kept) * NEW_TOKENS / seconds, "peak_rss_mb": peak_rss_mb(),
             "flops": useful_flops(model, prompts, case), **_gpu_memory()}
 
@@ -147,27 +161,45 @@ def variant_reference(case: str) -> dict:
 def _gpu_memory() -> dict:
     import torch
 
-    return {"gpu_peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9} if torch.cuda.is_available() else {}
+    return {"gpu_peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9,
+            "gpu_reserved_memory_gb": torch.cuda.max_memory_reserved() / 1e9} if torch.cuda.is_available() else {}
 
 
-VARIANTS = [f"{side}:{case}" for case in CASES for side in ("ours", "reference")] + [
-    "ours+icdf:sample", "ours+icdf:varlen", "ours+static:beam", "ours+static:sample",
-    "ours+icdf+static:sample", "ours+icdf+static+probe:sample"]
+VARIANTS = [f"{side}:{case}" for case in CASES for side in ("ours", "reference", "reference+allocator")] + [
+    "ours+static:beam", "ours+probe:beam", "ours+icdf:sample", "ours+static:sample", "ours+icdf+static:sample",
+    "ours+icdf+static+probe:sample", "ours+icdf+static+2proc:sample", "ours+icdf:varlen"]
 
 
 def main(variants: list[str]) -> None:
+    import torch
+
     require_corpus()
+    if torch.cuda.is_available():  # one process per GPU: the two-process variants are for a CPU's cores
+        variants = [v for v in variants if "+2proc" not in v]
     results = run_variants(Path(__file__), variants)
     peak, how = matmul_peak()
     print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")
     print(f"machine: {machine()}; matmul peak {peak / 1e9:,.0f} GFLOP/s ({how})")
     reference = {r["case"]: r for r in results if r["variant"] == "reference loop"}
+    same = {r["case"]: r for r in results if r["variant"] == "reference loop, same allocator"}
+
+    def ratio(r: dict, to: dict) -> str:
+        return f"{r['tokens_per_second'] / to[r['case']]['tokens_per_second']:.2f}" if r["case"] in to else ""
+
     rows = [[r["case"], r["variant"], r["prompts"], f"{r['seconds']:.1f}", f"{r['tokens_per_second']:,.0f}",
-             of_peak(r["flops"] / r["seconds"], peak), f"{r['peak_rss_mb']:,.0f}",
-             f"{r['tokens_per_second'] / reference[r['case']]['tokens_per_second']:.2f}"]
+             of_peak(r["flops"] / r["seconds"], peak), f"{r['peak_rss_mb']:,.0f}", ratio(r, reference), ratio(r, same)]
             for r in results]
-    print_table(["case", "variant", "prompts", "seconds", "new tokens/s", "achieved (of peak)", "peak RSS MB", "ratio"], rows)
-    print("ratio: tokens per second over the reference loop's, same case (ours also writes Parquet shards)")
+    header = ["case", "variant", "prompts", "seconds", "new tokens/s", "achieved (of peak)", "peak RSS MB", "ratio",
+              "ratio, same allocator"]
+    if any("gpu_peak_memory_gb" in r for r in results):
+        header += ["GPU GB live (reserved)"]
+        for row, r in zip(rows, results):
+            row += [f"{r['gpu_peak_memory_gb']:.1f} ({r['gpu_reserved_memory_gb']:.1f})"]
+    print_table(header, rows)
+    print("ratio: tokens per second over the reference loop's (a default process), same case; ours runs as the command "
+          "line runs it (glibc keeping freed memory, CUDA's expandable segments: lmcollapse/allocator.py) and also writes "
+          "Parquet shards")
+    print("ratio, same allocator: over the reference loop run with that allocator setting too")
     print("achieved: the decoding's useful forward FLOPs (2N + 4 L d context per token, every beam, no padding) per second")
     print("targets: sampling >= 3x and beam search >= 1.5x the reference loop")
 
@@ -176,13 +208,16 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant")
     parser.add_argument("--only", nargs="+", choices=VARIANTS, default=VARIANTS,
-                        help="these variants only (each case's reference loop must be among them)")
+                        help="these variants only (a ratio needs its case's reference loop among them)")
     args = parser.parse_args()
     if args.variant:
         side, case = args.variant.split(":")
-        if side == "reference":
-            print(json.dumps(variant_reference(case)))
+        if side.startswith("reference"):
+            print(json.dumps(variant_reference(case, same_allocator=side == "reference+allocator")))
         else:
-            print(json.dumps(variant_ours(case, static="+static" in side, icdf="+icdf" in side, probe="+probe" in side)))
+            result = variant_ours(case, static="+static" in side, icdf="+icdf" in side, probe="+probe" in side,
+                                  processes=2 if "+2proc" in side else 1)
+            if main_process():
+                print(json.dumps(result))
     else:
         main(args.only)
