@@ -56,8 +56,10 @@ def forwarded_flops(model, tokens: int, method: str) -> float:
 
 
 def variant_speed(method: str) -> dict:
+    from lmcollapse.allocator import keep_freed_memory
     from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding
 
+    keep_freed_memory()  # as the command line does
     model, tokens = setup(SPEED_BLOCKS)
     started = time.perf_counter()
     if method == "blocks":
