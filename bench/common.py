@@ -111,6 +111,14 @@ def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[
     return results
 
 
+def with_allocator_settings() -> None:
+    """What every lmcollapse command does first (lmcollapse/allocator.py): our side of a benchmark
+    runs as the command line runs it, and an alternative "with the same allocator" does too."""
+    from lmcollapse.allocator import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def main_process() -> bool:
     """Whether this is the process that reports (the only one, or rank 0 of ``accelerate launch``)."""
     return int(os.environ.get("RANK", "0")) == 0

@@ -31,6 +31,7 @@ from common import (  # noqa: E402
     run_variants,
     tiny_assets,
     tiny_model,
+    with_allocator_settings,
 )
 
 SPEED_BLOCKS = 1000
@@ -56,10 +57,9 @@ def forwarded_flops(model, tokens: int, method: str) -> float:
 
 
 def variant_speed(method: str) -> dict:
-    from lmcollapse.allocator import keep_freed_memory
     from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding
 
-    keep_freed_memory()  # as the command line does
+    with_allocator_settings()
     model, tokens = setup(SPEED_BLOCKS)
     started = time.perf_counter()
     if method == "blocks":

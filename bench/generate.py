@@ -48,6 +48,7 @@ from common import (  # noqa: E402
     run_variants,
     tiny_assets,
     tiny_model,
+    with_allocator_settings,
 )
 
 BATCH = 128
@@ -89,13 +90,12 @@ def count_for(case: str) -> int:
 def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: bool = False, processes: int = 1) -> dict:
     import torch
 
-    from lmcollapse.allocator import keep_freed_memory
     from lmcollapse.config import GenerateConfig, PipelineConfig
     from lmcollapse.generate import write_synthetic_corpus
     from lmcollapse.pipeline import make_accelerator
     from lmcollapse.records import HUMAN, make_records
 
-    keep_freed_memory()  # as the command line does
+    with_allocator_settings()
     tokenizer, prompts = prompts_for(case, count_for(case))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
@@ -103,7 +103,8 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     # Two processes take one shard each, in batches of its size (the batch a probe chooses here)
     config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS,
                             batch_size=BATCH if processes == 1 else -(-len(prompts) // processes),
-                            shard_size=-(-len(prompts) // processes),  # one shard per process cache_implementation="static" if static else "dynamic",
+                            shard_size=-(-len(prompts) // processes),  # one shard per process
+                            cache_implementation="static" if static else "dynamic",
                             sampler="inverse-cdf" if icdf else "multinomial", batch_probe=probe)
     records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
                             "generation": [None] * len(prompts), "parent": [None] * len(prompts),
@@ -115,6 +116,10 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     shards = write_synthetic_corpus(model, tokenizer, records, config, seed=0, generation=0, model_label="bench",
                                     out_dir=scratch, accelerator=accelerator, progress=False)
     seconds = time.perf_counter() - started
+    # What ran is what the label says: the stage records its decoding settings beside the shards.
+    recorded = json.loads((scratch / "generation_config.json").read_text())
+    assert (recorded.get("cache_implementation") == "static") == static, recorded
+    assert ("lmcollapse_sampler" in recorded) == icdf and ((scratch / "batch_probe.json").is_file() == probe), recorded
     new_tokens = sum(s["new_tokens"] for s in shards)
     label = "lmcollapse stage" + (" + inverse-cdf sampler" if icdf else "") + (" + static cache" if static else "") \
         + (" + batch probe" if probe else "") + (f", {processes} processes" if processes > 1 else "")
@@ -127,9 +132,7 @@ def variant_reference(case: str, same_allocator: bool = False) -> dict:
     import torch
 
     if same_allocator:
-        from lmcollapse.allocator import keep_freed_memory
-
-        keep_freed_memory()
+        with_allocator_settings()
     tokenizer, prompts = prompts_for(case, count_for(case))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()

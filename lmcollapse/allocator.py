@@ -43,7 +43,7 @@ CHOICES = ("keep", "system")
 
 def keep_freed_memory() -> bool:
     """Apply the settings above (unless ``LMCOLLAPSE_MALLOC=system``); True if glibc's was applied."""
-    choice = os.environ.get(ENV, "keep")
+    choice = os.environ.get(ENV) or "keep"  # unset or empty: the default
     if choice not in CHOICES:
         from lmcollapse.errors import LmcollapseError
 

@@ -239,7 +239,7 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     """Time a few decoding steps at batch_size, twice that, ... (up to the corpus or a shard, at
     most 4,096 prompts) on the corpus's first prompts; stop when a doubling gains less than 5%
     (each try costs prompts, and a larger batch more memory for little) or, on a GPU, before 80% of
-    its memory; return the fastest and every measurement."""
+    its memory; return the smallest batch within 5% of the fastest, and every measurement."""
     device = next(model.parameters()).device
     steps = min(steps, config.max_new_tokens)
     short = copy.deepcopy(generation_config)
@@ -277,8 +277,10 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
                 device.type == "cuda" and torch.cuda.max_memory_allocated(device)
                 > 0.8 * torch.cuda.get_device_properties(device).total_memory / 2):
             break  # doubling gained too little, or the next doubling would pass 80% of the memory
-    best = max((t for t in tried if "new_tokens_per_second" in t), key=lambda t: t["new_tokens_per_second"],
-               default={"batch_size": sizes[0]})
+    measured = [t for t in tried if "new_tokens_per_second" in t]
+    fastest = max((t["new_tokens_per_second"] for t in measured), default=0.0)
+    # The smallest batch within 5% of the fastest: as fast, in less memory.
+    best = next((t for t in measured if PROBE_GAIN * t["new_tokens_per_second"] >= fastest), {"batch_size": sizes[0]})
     log.info("generate.batch_probe: batch size %d (%s)", best["batch_size"],
              ", ".join(f"{t['batch_size']}: {t.get('new_tokens_per_second', 0):,.0f} tokens/s" for t in tried))
     return {"batch_size": best["batch_size"], "steps": steps, "device": str(device), "tried": tried}

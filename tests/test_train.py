@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
+import lmcollapse.train as train_module
 from helpers import micro_opt
+from lmcollapse.atomic import read_json
 from lmcollapse.config import PipelineConfig, TrainConfig
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.pipeline import make_accelerator
+from lmcollapse.rundir import STATE_FILE
 from lmcollapse.train import epoch_order, latest_checkpoint, list_checkpoints, schedule, train_model, validation_loss
 
 CONFIG = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1,
@@ -104,6 +107,20 @@ def test_checkpoints_keep_the_newest_and_resume_reproduces_the_run(tmp_path):
     assert again.resumed_from_step == 6
     assert torch.equal(weights(full), weights(resumed))
     assert again.log == outcome.log
+
+
+def test_losses_reach_the_log_in_batches_and_none_is_missing(tmp_path, monkeypatch):
+    # Losses are copied to the host every LOSS_EVERY steps: checkpoints between two copies and the
+    # outcome must still hold every step's loss, equal to a run that copies after each step.
+    config = dataclasses.replace(CONFIG, epochs=3, checkpoint_every=2, keep_checkpoints=2)  # 9 steps
+    monkeypatch.setattr(train_module, "LOSS_EVERY", 1)
+    _, every_step = train(tmp_path, config, name="every-step")
+    monkeypatch.setattr(train_module, "LOSS_EVERY", 5)
+    _, batched = train(tmp_path, config, name="batched")
+    assert batched.log == every_step.log and all(isinstance(h["loss"], float) for h in batched.log)
+    for checkpoint in list_checkpoints(tmp_path / "batched"):  # steps 6 and 8: mid-way between copies
+        logged = read_json(checkpoint.path / STATE_FILE)["log"]
+        assert logged == every_step.log[:checkpoint.step]
 
 
 def test_fused_adamw_matches_the_default_one(tmp_path):

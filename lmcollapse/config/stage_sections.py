@@ -131,8 +131,8 @@ class GenerateConfig:
     batch_probe: bool = False
     """Choose the batch size by a probe before the first shard: batch_size, twice that, ... up to
     the corpus or shard size (at most 4,096), each timed on a few decoding steps, stopping when a
-    doubling gains less than 5% or, on a GPU, before 80% of its memory; the fastest is used and
-    recorded (``synthetic/batch_probe.json``). Only
+    doubling gains less than 5% or, on a GPU, before 80% of its memory; the smallest batch
+    within 5% of the fastest is used and recorded (``synthetic/batch_probe.json``). Only
     where the batch does not decide the text: ``sampler: inverse-cdf`` or search (beam, greedy)."""
     sampler: Literal["multinomial", "inverse-cdf"] = "multinomial"
     """How a token is drawn when sampling with one beam: ``multinomial``, transformers' own
