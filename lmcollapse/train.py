@@ -295,22 +295,28 @@ def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalize
         with accelerator.autocast():
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
         return logits.float().sum() * 0.0
-    rows = [sequences[i] for i in chunk]
+    device = accelerator.device
+    ids, mask, targets = _padded_batch([sequences[i] for i in chunk], pad_id, device)
+    row_weights = _to_device(torch.as_tensor(weights[chunk], dtype=torch.float32), device)
+    with accelerator.autocast():
+        summed = (_compiled_weighted_nll() if compiled else _weighted_nll)(model, ids, mask, targets, row_weights)
+    return summed / max(normalizer, 1e-12)
+
+
+def _padded_batch(rows: list, pad_id: int, device: torch.device):
+    """Token ids (right-padded), the attention mask and next-token targets (-100 where none) of
+    ``rows``, on ``device``. The mask is None when no row is padded: the model then uses SDPA's
+    causal kernel directly (the same arithmetic) instead of checking a mask of ones, a check that
+    on a GPU waits for every queued kernel."""
     longest = max(len(r) for r in rows)
     ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), longest), dtype=torch.long)
     targets = torch.full((len(rows), longest), -100, dtype=torch.long)  # at t: token t+1, or -100
     for k, row in enumerate(rows):
         row = torch.as_tensor(np.asarray(row, dtype=np.int64))
-        ids[k, :len(row)] = row
-        mask[k, :len(row)] = 1
-        targets[k, :len(row) - 1] = row[1:]
-    device = accelerator.device
-    ids, mask, targets = (_to_device(t, device) for t in (ids, mask, targets))
-    row_weights = _to_device(torch.as_tensor(weights[chunk], dtype=torch.float32), device)
-    with accelerator.autocast():
-        summed = (_compiled_weighted_nll() if compiled else _weighted_nll)(model, ids, mask, targets, row_weights)
-    return summed / max(normalizer, 1e-12)
+        ids[k, :len(row)], mask[k, :len(row)], targets[k, :len(row) - 1] = row, 1, row[1:]
+    padded = any(len(r) < longest for r in rows)
+    return _to_device(ids, device), _to_device(mask, device) if padded else None, _to_device(targets, device)
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -367,17 +373,10 @@ def validation_loss(model, blocks: list[np.ndarray], pad_id: int, accelerator, b
 
 def _block_nll(model, sequences, chunk, pad_id, accelerator) -> torch.Tensor:
     """The summed next-token NLL of each block in ``chunk`` (padding excluded)."""
-    rows = [sequences[i] for i in chunk]
-    longest = max(len(r) for r in rows)
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    targets = torch.full((len(rows), longest), -100, dtype=torch.long)
-    for k, row in enumerate(rows):
-        row = torch.as_tensor(np.asarray(row, dtype=np.int64))
-        ids[k, :len(row)], mask[k, :len(row)], targets[k, :len(row) - 1] = row, 1, row[1:]
+    ids, mask, targets = _padded_batch([sequences[i] for i in chunk], pad_id, accelerator.device)
     with accelerator.autocast():
-        logits = model(input_ids=ids.to(accelerator.device), attention_mask=mask.to(accelerator.device)).logits
-    return token_losses(logits, targets.to(accelerator.device)).sum(dim=1)
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    return token_losses(logits, targets).sum(dim=1)
 
 
 def save_best_weights(accelerator, model, checkpoint_dir: Path, epoch: int, loss: float) -> None:

@@ -233,3 +233,16 @@ def test_best_epoch_weights_are_kept_while_a_kept_checkpoint_may_need_them(tmp_p
     known_best = min(known, key=lambda v: v["loss"])["epoch"]
     kept = sorted(int(p.name[-3:]) for p in (tmp_path / "pruned").glob("best-epoch-*"))
     assert kept and min(kept) == known_best and outcome.selection["epoch"] in kept
+
+
+def test_unpadded_batches_go_without_a_mask_and_compute_the_same():
+    # No row padded: no mask, so the model takes SDPA's causal kernel without checking a mask of
+    # ones (on a GPU the check waits for the device); the logits are the very same.
+    full = [np.arange(3, 11), np.arange(11, 19)]
+    ids, mask, targets = train_module._padded_batch(full, 1, torch.device("cpu"))
+    assert mask is None and targets[0, -1] == -100 and targets[0, 0] == 4
+    model = micro_opt(dropout=0.0).eval()
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
+    _, mask, targets = train_module._padded_batch([np.arange(3, 11), np.arange(3, 8)], 1, torch.device("cpu"))
+    assert mask.tolist()[1] == [1] * 5 + [0] * 3 and targets[1, 4:].tolist() == [-100] * 4
