@@ -118,6 +118,7 @@ def variant_memory(path: str) -> dict:
     """Both perplexities streamed from the file: what the pipeline does with the held-out split."""
     from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding
 
+    with_allocator_settings()  # the pipeline's evaluation runs under the command line's settings
     model, _ = setup(16)
     before = peak_rss_mb()
     started = time.perf_counter()
