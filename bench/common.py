@@ -119,11 +119,6 @@ def with_allocator_settings() -> None:
     keep_freed_memory()
 
 
-def main_process() -> bool:
-    """Whether this is the process that reports (the only one, or rank 0 of ``accelerate launch``)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def require_corpus() -> None:
     if wikitext_words() is None:
         raise SystemExit("the benchmarks read WikiText-2: set LMCOLLAPSE_DATA_DIR to the folder holding wikitext-2-raw/")

@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     forward_flops,
     machine,
-    main_process,
     matmul_peak,
     model_shape,
     of_peak,
@@ -220,7 +219,9 @@ if __name__ == "__main__":
         else:
             result = variant_ours(case, static="+static" in side, icdf="+icdf" in side, probe="+probe" in side,
                                   processes=2 if "+2proc" in side else 1)
-            if main_process():
+            from lmcollapse.cli import is_main_process
+
+            if is_main_process():  # rank 0 reports
                 print(json.dumps(result))
     else:
         main(args.only)

@@ -167,9 +167,9 @@ def _build(args, last: int | None) -> int:
                 print(describe_plan(seed_config, RunDir(root), last))
                 continue
             build(seed_config, root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
-            if _is_main_process():
+            if is_main_process():
                 print(f"\n{RunDir(root).metrics_csv}\n{summary_table(RunDir(root))}")
-    if args.seeds and not args.dry_run and _is_main_process():
+    if args.seeds and not args.dry_run and is_main_process():
         print(f"\n{len(runs)} seeds in {run_root}: make report RUN={shlex.quote(str(run_root))} aggregates them")
     return 0
 
@@ -291,7 +291,8 @@ def full_disk_reported(run_root: Path | None):
                        "the same command; completed stages are intact") from err
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
+    """Whether this is the only process, or rank 0 of ``accelerate launch`` / torchrun."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
