@@ -293,7 +293,7 @@ def _chunk_loss(model, sequences, chunk, weights, pad_id, accelerator, normalize
         # pass to join the gradient all-reduce, so run a zero-weight one.
         ids = torch.full((1, 2), pad_id, dtype=torch.long, device=accelerator.device)
         with accelerator.autocast():
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+            logits = model(input_ids=ids, use_cache=False).logits
         return logits.float().sum() * 0.0
     device = accelerator.device
     ids, mask, targets = _padded_batch([sequences[i] for i in chunk], pad_id, device)
@@ -329,8 +329,12 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _weighted_nll(model, ids, mask, targets, row_weights):
-    """The chunk's next-token NLL summed over its tokens, each row's weighted by its weight."""
-    logits = model(input_ids=ids, attention_mask=mask).logits
+    """The chunk's next-token NLL summed over its tokens, each row's weighted by its weight.
+
+    ``use_cache=False``: a model's config asks for a KV cache by default, and with it every forward
+    pass copies each layer's keys and values into a fresh cache that nothing reads (Trainer turns
+    it off the same way); the logits do not change."""
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return (token_losses(logits, targets) * row_weights[:, None]).sum()
 
 
@@ -375,7 +379,7 @@ def _block_nll(model, sequences, chunk, pad_id, accelerator) -> torch.Tensor:
     """The summed next-token NLL of each block in ``chunk`` (padding excluded)."""
     ids, mask, targets = _padded_batch([sequences[i] for i in chunk], pad_id, accelerator.device)
     with accelerator.autocast():
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
     return token_losses(logits, targets).sum(dim=1)
 
 

@@ -246,3 +246,27 @@ def test_unpadded_batches_go_without_a_mask_and_compute_the_same():
         assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
     _, mask, targets = train_module._padded_batch([np.arange(3, 11), np.arange(3, 8)], 1, torch.device("cpu"))
     assert mask.tolist()[1] == [1] * 5 + [0] * 3 and targets[1, 4:].tolist() == [-100] * 4
+
+
+def test_training_validation_and_scoring_build_no_kv_cache(tmp_path, monkeypatch):
+    # A model's config asks for a KV cache by default: every forward pass would copy each layer's
+    # keys and values into a cache nothing reads (on a GPU, a share of the step's kernels).
+    from transformers import cache_utils
+
+    from lmcollapse.metrics.perplexity import sample_perplexities
+
+    built = []
+    original = cache_utils.DynamicCache.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cache_utils.DynamicCache, "__init__", counting)
+    model, outcome = select(tmp_path, "best-validation", "c", sequences(), sequences(4, seed=1))
+    assert len(outcome.selection["validation_losses"]) == 6  # validation ran
+    sample_perplexities(model.eval(), sequences(3, seed=2, lengths=(9, 16)), batch_size=2)
+    assert built == []
+    with torch.no_grad():
+        model(input_ids=torch.tensor([[3, 4, 5]]))
+    assert built == [1]  # the count would see one

@@ -253,7 +253,7 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: 
         targets[targets == token] = -100
     ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
     with autocast(precision, device):
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # no KV cache to fill
     token_nll = token_losses(logits, targets)
     # NOTE: plain Python numbers, not arrays viewing tensors: a small tensor kept alive past the
     # batch sits on top of the heap, above the freed logits, and glibc cannot give those pages
