@@ -139,6 +139,12 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     # holds exactly this generation's state, and again at the end, so memory does not grow.
     accelerator.free_memory()
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # With mixed precision, prepare also wraps the model's forward in autocast and an fp32 cast of
+    # its outputs. Every forward pass here already runs under accelerator.autocast() and casts the
+    # logits itself; and the wrapper, a new closure for each model, would make torch.compile
+    # compile again for every generation (its guards check the closure), falling back to eager
+    # after torch's limit of 8 recompilations. unwrap_model restores the plain forward in place.
+    accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=True)
 
     start_step, history, resumed, earlier_seconds, validations = 0, [], None, 0.0, []
     latest = latest_checkpoint(checkpoint_dir)
