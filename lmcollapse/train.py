@@ -143,8 +143,8 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     # its outputs. Every forward pass here already runs under accelerator.autocast() and casts the
     # logits itself; and the wrapper, a new closure for each model, would make torch.compile
     # compile again for every generation (its guards check the closure), falling back to eager
-    # after torch's limit of 8 recompilations. unwrap_model restores the plain forward in place.
-    accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=True)
+    # after torch's limit of 8 recompilations.
+    _drop_forward_wrapper(accelerator.unwrap_model(model, keep_fp32_wrapper=True, keep_torch_compile=True))
 
     start_step, history, resumed, earlier_seconds, validations = 0, [], None, 0.0, []
     latest = latest_checkpoint(checkpoint_dir)
@@ -253,10 +253,10 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
              tokens_seen / max(time.perf_counter() - started, 1e-9))
     outcome = TrainOutcome(total_steps, int(sum(h["tokens"] for h in history)), seconds, epoch_loss(kept_epoch),
                            history, resumed, selection)
-    # The plain module: without accelerate's autocast wrapper on forward (keep_fp32_wrapper) and
-    # without torch.compile, i.e. exactly what from_pretrained gives after an interruption, so the
-    # stages after training compute the same whether or not the run was interrupted.
-    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+    # The plain module: without DDP, without accelerate's autocast wrapper on forward (dropped
+    # above) and without torch.compile, i.e. exactly what from_pretrained gives after an
+    # interruption, so the stages after training compute the same whether or not the run was interrupted.
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=True, keep_torch_compile=False)
     if selecting and kept_epoch != config.epochs - 1:
         load_best_weights(trained, checkpoint_dir, kept_epoch)
     if config.gradient_checkpointing:
@@ -270,6 +270,16 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
     del model, optimizer, scheduler
     accelerator.free_memory()
     return trained, outcome
+
+
+def _drop_forward_wrapper(module) -> None:
+    """Call the class's own ``forward`` again: accelerate's prepare sets an instance attribute
+    ``forward`` (autocast and an fp32 cast of the outputs, under mixed precision) and keeps the
+    original in ``_original_forward``. Deleting both is exact; accelerate's own unwrapping
+    (``keep_fp32_wrapper=False``) also peels transformers' decorators off the class's forward
+    (``@can_return_tuple``: ``return_dict=False`` then fails)."""
+    module.__dict__.pop("forward", None)
+    module.__dict__.pop("_original_forward", None)
 
 
 def with_lora_adapters(model, config: TrainConfig, seed: int):
@@ -396,7 +406,7 @@ def save_best_weights(accelerator, model, checkpoint_dir: Path, epoch: int, loss
     from lmcollapse.atomic import atomic_path
 
     if accelerator.is_main_process:
-        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        plain = accelerator.unwrap_model(model, keep_fp32_wrapper=True, keep_torch_compile=False)
         with atomic_path(best_weights_path(checkpoint_dir, epoch)) as scratch:
             scratch.mkdir(parents=True)
             save_model(plain, str(scratch / "model.safetensors"))

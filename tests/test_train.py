@@ -148,10 +148,8 @@ def test_torch_compile_trains_like_eager_and_compiles_once_per_process(tmp_path,
     assert graphs >= 1  # it really compiled
     eager, reference = train(tmp_path, dataclasses.replace(CONFIG, epochs=1), name="e", precision=precision)
     assert [h["step"] for h in outcome.log] == [h["step"] for h in reference.log]
-    # bf16: the compiled graph rounds its fused kernels' intermediates differently
-    tolerance = {"no": (1e-4, 1e-4), "bf16": (1e-2, 1e-3)}[precision]
-    assert np.allclose([h["loss"] for h in outcome.log], [h["loss"] for h in reference.log], rtol=tolerance[0])
-    assert torch.allclose(weights(compiled), weights(eager), atol=tolerance[1])
+    assert np.allclose([h["loss"] for h in outcome.log], [h["loss"] for h in reference.log], rtol=1e-4)
+    assert torch.allclose(weights(compiled), weights(eager), atol=1e-4)
     train_model(fresh_model(), sequences(seed=1), config, seed=0, generation=1, checkpoint_dir=tmp_path / "c1",
                 accelerator=accelerator, data_fingerprint="y", pad_id=1, progress=False)
     assert counters["stats"]["unique_graphs"] == graphs  # the second model compiled nothing new
@@ -175,6 +173,8 @@ def test_one_accelerator_for_many_generations_keeps_nothing_between_them(tmp_pat
         ids = torch.tensor([[3, 4, 5, 6, 7]])
         with torch.no_grad():
             assert torch.equal(model(input_ids=ids).logits, clone(input_ids=ids).logits)
+            # The class's forward, decorators included: a tuple when asked for one
+            assert "forward" not in vars(model) and torch.equal(model(input_ids=ids, return_dict=False)[0], clone(input_ids=ids).logits)
 
 
 def select(tmp_path, mode, name, data, validation, keep=2):
