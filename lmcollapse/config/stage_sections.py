@@ -69,8 +69,9 @@ class TrainConfig:
     later generations reuse it. The loss curve equals eager training's within float rounding
     (another summation order). Measured once compiled, with fused_optimizer: 1.39-1.92x eager
     training with the default AdamW on an H200 (the opt-125m shape in bf16: a step there is bound
-    by kernel launches, which compiling fuses), 0.97x on two CPU cores (it gave 1.26x there only while glibc mapped every
-    large block afresh, which the command line no longer lets it do: lmcollapse/allocator.py)."""
+    by kernel launches, which compiling fuses), 0.97x on two CPU cores (it gave 1.26x there only
+    while glibc mapped every large block afresh, which the command line no longer lets it do:
+    lmcollapse/allocator.py)."""
     select: Literal["last", "best-validation"] = "last"
     """Which weights a generation keeps: ``last``, those after the last epoch; ``best-validation``,
     those after the epoch with the lowest loss on the human validation blocks (``data.validation_split``;
