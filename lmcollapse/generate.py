@@ -65,8 +65,11 @@ def build_generation_config(config: GenerateConfig, tokenizer):
     )
     if config.sampler == "inverse-cdf":  # the config allows it only with do_sample and one beam
         # A greedy step after InverseCdfSampler, the last logits processor: it applies the
-        # filters itself and leaves one finite logit, the token it drew.
-        settings.update(do_sample=False)
+        # filters itself and leaves one finite logit, the token it drew. It also keeps
+        # end-of-text out for the first min_new_tokens steps: given min_new_tokens, generate adds
+        # two processors for that one bound (MinLength and MinNewTokensLength), each copying and
+        # rewriting every row's logits, about a tenth of a large batch's step on a CPU.
+        settings.update(do_sample=False, min_new_tokens=None)
     elif config.do_sample:
         # Neutral values where the config says null: transformers would otherwise apply its
         # own defaults (top_k=50), a filter the user never asked for.
@@ -89,17 +92,25 @@ class InverseCdfSampler(LogitsProcessor):
     """Ancestral sampling as the last logits processor before a greedy step (``generate.sampler:
     inverse-cdf``).
 
-    It applies the filters ``generate`` applies when it samples, in its order (temperature,
-    top-k, top-p, typical; transformers' own warpers), then draws each sequence's token by
-    inverting the cumulative distribution at one uniform variate, and leaves that token the only
-    finite logit, so the greedy step takes it. The distribution is ``torch.multinomial``'s; the
-    cost is one variate per sequence instead of one per vocabulary entry.
+    It keeps end-of-text out for the first ``min_new_tokens`` steps (transformers'
+    MinNewTokensLengthLogitsProcessor, which the stage leaves out of the GenerationConfig here:
+    see ``build_generation_config``), applies the filters ``generate`` applies when it samples,
+    in its order (temperature, top-k, top-p, typical; transformers' own warpers), then draws each
+    sequence's token by inverting the cumulative distribution at one uniform variate, and leaves
+    that token the only finite logit, so the greedy step takes it. The distribution is
+    ``torch.multinomial``'s; the cost is one variate per sequence instead of one per vocabulary
+    entry.
+
+    It writes into the scores it is given rather than copying them (a copy of every row's logits
+    per step is a measurable share of a CPU's step): ``generate`` hands its processors a fresh
+    float32 copy of the logits each step, and the stage asks for neither scores nor logits back.
 
     ``uniforms`` holds each sequence's own variates, one per step (``record_uniforms``): which
     token a record gets does not depend on the batch it is in, its place there, or the batch size.
     """
 
-    def __init__(self, config: GenerateConfig, uniforms: torch.Tensor, prompt_length: int):
+    def __init__(self, config: GenerateConfig, uniforms: torch.Tensor, prompt_length: int, *,
+                 end_of_text: int | None):
         warpers = []
         if config.temperature is not None and config.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(config.temperature))
@@ -112,15 +123,19 @@ class InverseCdfSampler(LogitsProcessor):
         self.warpers = LogitsProcessorList(warpers)
         self.uniforms = uniforms  # (sequences, max_new_tokens), in [0, 1)
         self.prompt_length = prompt_length  # the (padded) prompt's length: the step is the length beyond it
+        self.min_new_tokens = config.min_new_tokens
+        self.end_of_text = end_of_text  # None: the tokenizer has no end-of-text token to keep out
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.prompt_length
+        if step < self.min_new_tokens and self.end_of_text is not None:
+            scores[:, self.end_of_text] = float("-inf")
         scores = self.warpers(input_ids, scores)
         cdf = torch.softmax(scores.float(), dim=-1).cumsum(dim=-1)
-        step = input_ids.shape[1] - self.prompt_length
         draw = self.uniforms[:, step:step + 1].to(device=scores.device, dtype=cdf.dtype) * cdf[:, -1:]
         # The first token whose cumulative mass exceeds the draw: never one of probability 0.
         token = torch.searchsorted(cdf, draw, right=True).clamp_(max=scores.shape[-1] - 1)
-        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
+        return scores.fill_(float("-inf")).scatter_(1, token, 0.0)
 
 
 def record_uniforms(seed: int, generation: int, record_index: int, steps: int) -> np.ndarray:
@@ -139,7 +154,8 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
         record = generation_config.to_diff_dict()
         if config.sampler == "inverse-cdf":  # the greedy step above draws nothing itself
             record["lmcollapse_sampler"] = {"sampler": "inverse-cdf", "temperature": config.temperature,
-                                            "top_k": config.top_k, "top_p": config.top_p, "typical_p": config.typical_p}
+                                            "top_k": config.top_k, "top_p": config.top_p, "typical_p": config.typical_p,
+                                            "min_new_tokens": config.min_new_tokens}
         write_json_atomic(out_dir / GENERATION_CONFIG_FILE, record)
     accelerator.wait_for_everyone()
 
@@ -209,7 +225,8 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
             mask[k, longest - len(prompts[i]):] = 1
         processors = None
         if uniforms is not None:
-            processors = LogitsProcessorList([InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest)])
+            processors = LogitsProcessorList([InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest,
+                                                              end_of_text=eos)])
         # The generation's own precision (generate.mixed_precision), not whatever training left.
         with autocast(config.mixed_precision, device):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -243,7 +260,9 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     device = next(model.parameters()).device
     steps = min(steps, config.max_new_tokens)
     short = copy.deepcopy(generation_config)
-    short.max_new_tokens, short.min_new_tokens = steps, min(config.min_new_tokens, steps)
+    short.max_new_tokens = steps
+    if short.min_new_tokens is not None:  # (the inverse-CDF sampler keeps its own bound)
+        short.min_new_tokens = min(short.min_new_tokens, steps)
     limit = min(len(prompts), config.shard_size, 4096)  # a batch never spans two shards
     sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
     sample = config.sampler == "inverse-cdf"

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from transformers import LogitsProcessorList
 
 import lmcollapse.generate as generate_module
 from helpers import SingleProcess, micro_opt, token_records
@@ -16,9 +17,11 @@ from lmcollapse.config import GenerateConfig, load_config
 from lmcollapse.errors import ConfigError
 from lmcollapse.generate import (
     InverseCdfSampler,
+    _until_end,
     build_generation_config,
     completed_shard,
     probe_batch_size,
+    record_uniforms,
     shard_paths,
     write_synthetic_corpus,
 )
@@ -145,7 +148,7 @@ def sampler_draws(config: GenerateConfig, logits: torch.Tensor, rows: int, seed:
     """The tokens InverseCdfSampler leaves as the only finite logit, for ``rows`` copies of ``logits``."""
     scores = logits.expand(rows, -1).clone()
     uniforms = torch.from_numpy(np.random.default_rng(seed).random((rows, 1), dtype=np.float32))
-    out = InverseCdfSampler(config, uniforms, prompt_length=1)(torch.zeros((rows, 1), dtype=torch.long), scores)
+    out = InverseCdfSampler(config, uniforms, prompt_length=1, end_of_text=None)(torch.zeros((rows, 1), dtype=torch.long), scores)
     assert torch.isfinite(out).sum(dim=1).eq(1).all()  # exactly one token left per sequence
     return out.argmax(dim=1).numpy()
 
@@ -189,6 +192,36 @@ def test_inverse_cdf_sampling_is_seeded_and_writes_a_sampled_corpus(model, promp
     assert read_records(tmp_path / "a" / shard)["input_ids"] != read_records(tmp_path / "greedy" / shard)["input_ids"]
     record = read_json(tmp_path / "a" / "generation_config.json")
     assert record["lmcollapse_sampler"]["sampler"] == "inverse-cdf" and not record.get("do_sample")
+
+
+def test_inverse_cdf_sampler_keeps_end_of_text_out_as_generates_own_processors_do(model, prompts, tmp_path):
+    # The stage leaves min_new_tokens out of the GenerationConfig under the inverse-CDF sampler,
+    # which applies the bound itself: the corpus must be token for token the one generate's own
+    # MinLength/MinNewTokensLength processors give, and end-of-text never come before the bound.
+    likely_end = micro_opt(vocab_size=40).eval()
+    with torch.no_grad():  # end-of-text (2) made likely, so that the bound bites and records end
+        likely_end.lm_head.weight.mul_(8.0)
+        likely_end.model.decoder.final_layer_norm.bias.copy_(likely_end.lm_head.weight[2] / 12)
+    config = dataclasses.replace(BASE, sampler="inverse-cdf", min_new_tokens=6, max_new_tokens=12, batch_size=12,
+                                 shard_size=12)
+    run_stage(likely_end, prompts, config, tmp_path / "stage")
+    written = read_records(tmp_path / "stage" / "shard-00000.parquet")["input_ids"]
+
+    library = build_generation_config(config, Tokenizer())
+    assert library.min_new_tokens is None  # the bound is the sampler's, not two processors'
+    library.min_new_tokens = config.min_new_tokens  # ... and here generate's own processors apply it
+    uniforms = torch.from_numpy(np.stack([record_uniforms(0, 3, i, 12) for i in range(12)]))
+    ids = torch.tensor(prompts["input_ids"])  # all 8 tokens long: one batch, no padding, the stage's order
+    with torch.no_grad():
+        out = likely_end.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=library,
+                                  logits_processor=LogitsProcessorList(
+                                      [InverseCdfSampler(config, uniforms, 8, end_of_text=None)]))
+    expected = [_until_end(row, 2).tolist() for row in out[:, 8:].numpy()]
+    assert written == expected
+    ended = [len(ids) for ids in written if ids[-1] == 2]
+    assert ended and min(ended) > config.min_new_tokens and max(map(len, written)) <= 12
+    record = read_json(tmp_path / "stage" / "generation_config.json")
+    assert record["lmcollapse_sampler"]["min_new_tokens"] == 6 and "min_new_tokens" not in record
 
 
 def test_inverse_cdf_sampling_needs_one_sampled_beam():
