@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -86,7 +87,8 @@ def count_for(case: str) -> int:
     return 2048 if torch.cuda.is_available() else (512 if case == "beam" else 2048)
 
 
-def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: bool = False, processes: int = 1) -> dict:
+def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: bool = False, processes: int = 1,
+                 eager: bool = False, batch: int = BATCH) -> dict:
     import torch
 
     from lmcollapse.config import GenerateConfig, PipelineConfig
@@ -101,10 +103,11 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     settings = CASES[case]
     # Two processes take one shard each, in batches of its size (the batch a probe chooses here)
     config = GenerateConfig(**settings, min_new_tokens=NEW_TOKENS, max_new_tokens=NEW_TOKENS,
-                            batch_size=BATCH if processes == 1 else -(-len(prompts) // processes),
+                            batch_size=batch if processes == 1 else -(-len(prompts) // processes),
                             shard_size=-(-len(prompts) // processes),  # one shard per process
                             cache_implementation="static" if static else "dynamic",
-                            sampler="inverse-cdf" if icdf else "multinomial", batch_probe=probe)
+                            sampler="inverse-cdf" if icdf else "multinomial", batch_probe=probe,
+                            attn_implementation="eager" if eager else None)
     records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
                             "generation": [None] * len(prompts), "parent": [None] * len(prompts),
                             "model": [None] * len(prompts), "input_ids": [p.tolist() for p in prompts],
@@ -119,9 +122,12 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     recorded = json.loads((scratch / "generation_config.json").read_text())
     assert (recorded.get("cache_implementation") == "static") == static, recorded
     assert ("lmcollapse_sampler" in recorded) == icdf and ((scratch / "batch_probe.json").is_file() == probe), recorded
+    assert (recorded.get("lmcollapse_attn_implementation") == "eager") == eager, recorded
+    chosen = json.loads((scratch / "batch_probe.json").read_text())["batch_size"] if probe else config.batch_size
     new_tokens = sum(s["new_tokens"] for s in shards)
     label = "lmcollapse stage" + (" + inverse-cdf sampler" if icdf else "") + (" + static cache" if static else "") \
-        + (" + batch probe" if probe else "") + (f", {processes} processes" if processes > 1 else "")
+        + (" + eager attention" if eager else "") + (f", batch {batch}" if batch != BATCH else "") \
+        + (f" + batch probe (chose {chosen})" if probe else "") + (f", {processes} processes" if processes > 1 else "")
     return {"variant": label, "case": case, "prompts": len(prompts),
             "seconds": seconds, "tokens_per_second": new_tokens / seconds, "peak_rss_mb": peak_rss_mb(),
             "flops": useful_flops(model, prompts, case), **_gpu_memory()}
@@ -168,8 +174,9 @@ def _gpu_memory() -> dict:
 
 
 VARIANTS = [f"{side}:{case}" for case in CASES for side in ("ours", "reference", "reference+allocator")] + [
-    "ours+static:beam", "ours+probe:beam", "ours+icdf:sample", "ours+static:sample", "ours+icdf+static:sample",
-    "ours+icdf+static+probe:sample", "ours+icdf+static+2proc:sample", "ours+icdf:varlen"]
+    "ours+static:beam", "ours+probe:beam", "ours+icdf:sample", "ours+icdf+static:sample", "ours+icdf+static+eager:sample",
+    "ours+icdf+static+eager+b1024:sample", "ours+icdf+static+eager+probe:sample", "ours+icdf+static+eager+2proc:sample",
+    "ours+icdf:varlen"]
 
 
 def main(variants: list[str]) -> None:
@@ -217,8 +224,9 @@ if __name__ == "__main__":
         if side.startswith("reference"):
             print(json.dumps(variant_reference(case, same_allocator=side == "reference+allocator")))
         else:
+            batch = next((int(part[1:]) for part in side.split("+") if re.fullmatch(r"b\d+", part)), BATCH)
             result = variant_ours(case, static="+static" in side, icdf="+icdf" in side, probe="+probe" in side,
-                                  processes=2 if "+2proc" in side else 1)
+                                  processes=2 if "+2proc" in side else 1, eager="+eager" in side, batch=batch)
             from lmcollapse.cli import is_main_process
 
             if is_main_process():  # rank 0 reports

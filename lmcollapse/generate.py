@@ -21,6 +21,7 @@ shards name the model by content and do not depend on the folder the run lives i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -156,6 +157,8 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
             record["lmcollapse_sampler"] = {"sampler": "inverse-cdf", "temperature": config.temperature,
                                             "top_k": config.top_k, "top_p": config.top_p, "typical_p": config.typical_p,
                                             "min_new_tokens": config.min_new_tokens}
+        if config.attn_implementation is not None:
+            record["lmcollapse_attn_implementation"] = config.attn_implementation
         write_json_atomic(out_dir / GENERATION_CONFIG_FILE, record)
     accelerator.wait_for_everyone()
 
@@ -163,51 +166,67 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
     world, rank = accelerator.num_processes, accelerator.process_index
     missing = [i for i in range(len(ranges)) if completed_shard(out_dir, i) is None]
     todo = [i for i in missing if i % world == rank]
-    # Every process probes or none does (the probe ends at a barrier), whether or not this one has
-    # shards left: they all see the same files here, since none is written before the probe.
-    if config.batch_probe and missing:
-        config = dataclasses.replace(config, batch_size=ensure_batch_probe(
-            model, tokenizer, prompts, config, generation_config, out_dir / BATCH_PROBE_FILE, accelerator))
-    for index in todo:
-        if shard_paths(out_dir, index)[1].is_file():
-            log.warning("shard %d of %s does not match its recorded sha256: regenerating it", index, out_dir)
-    model.eval()
-    bar = progress_bar(total=sum(ranges[i][1] - ranges[i][0] for i in todo), desc=f"generate gen {generation}",
-                       unit="sample", enabled=progress and accelerator.is_main_process)
-    for index in todo:
-        check_stop(f"while generating generation {generation}'s corpus (shard {index})")
-        lo, hi = ranges[index]
-        started = time.perf_counter()
-        rows = prompts.select(range(lo, hi))
-        uniforms = None
-        if config.sampler == "inverse-cdf":
-            uniforms = np.stack([record_uniforms(seed, generation, i, config.max_new_tokens) for i in range(lo, hi)])
-        continuations = _continue_prompts(model, tokenizer, rows["input_ids"], config, generation_config,
-                                          derive_seed(seed, "generate", generation, index), bar, uniforms)
-        texts = tokenizer.batch_decode(continuations, skip_special_tokens=True)
-        records = make_records({
-            "id": [f"g{generation:02d}-{i:07d}" for i in range(lo, hi)],
-            "source": [SYNTHETIC] * (hi - lo),
-            "generation": [generation] * (hi - lo),
-            "parent": rows["id"],
-            "model": [model_label] * (hi - lo),
-            "input_ids": [c.tolist() for c in continuations],
-            "text": texts,
-        })
-        data, sidecar = shard_paths(out_dir, index)
-        digest = write_records(records, data)
-        new_tokens = int(sum(len(c) for c in continuations))
-        # NOTE: the sidecar is written after the data; a shard without one is redone.
-        write_json_atomic(sidecar, {"shard": index, "sha256": digest, "records": hi - lo, "first": lo,
-                                    "new_tokens": new_tokens, "seconds": time.perf_counter() - started})
+    with attention_implementation(model, config.attn_implementation):
+        # Every process probes or none does (the probe ends at a barrier), whether or not this one has
+        # shards left: they all see the same files here, since none is written before the probe.
+        if config.batch_probe and missing:
+            config = dataclasses.replace(config, batch_size=ensure_batch_probe(
+                model, tokenizer, prompts, config, generation_config, out_dir / BATCH_PROBE_FILE, accelerator))
+        for index in todo:
+            if shard_paths(out_dir, index)[1].is_file():
+                log.warning("shard %d of %s does not match its recorded sha256: regenerating it", index, out_dir)
+        model.eval()
+        bar = progress_bar(total=sum(ranges[i][1] - ranges[i][0] for i in todo), desc=f"generate gen {generation}",
+                           unit="sample", enabled=progress and accelerator.is_main_process)
+        for index in todo:
+            check_stop(f"while generating generation {generation}'s corpus (shard {index})")
+            lo, hi = ranges[index]
+            started = time.perf_counter()
+            rows = prompts.select(range(lo, hi))
+            uniforms = None
+            if config.sampler == "inverse-cdf":
+                uniforms = np.stack([record_uniforms(seed, generation, i, config.max_new_tokens) for i in range(lo, hi)])
+            continuations = _continue_prompts(model, tokenizer, rows["input_ids"], config, generation_config,
+                                              derive_seed(seed, "generate", generation, index), bar, uniforms)
+            texts = tokenizer.batch_decode(continuations, skip_special_tokens=True)
+            records = make_records({
+                "id": [f"g{generation:02d}-{i:07d}" for i in range(lo, hi)],
+                "source": [SYNTHETIC] * (hi - lo),
+                "generation": [generation] * (hi - lo),
+                "parent": rows["id"],
+                "model": [model_label] * (hi - lo),
+                "input_ids": [c.tolist() for c in continuations],
+                "text": texts,
+            })
+            data, sidecar = shard_paths(out_dir, index)
+            digest = write_records(records, data)
+            new_tokens = int(sum(len(c) for c in continuations))
+            # NOTE: the sidecar is written after the data; a shard without one is redone.
+            write_json_atomic(sidecar, {"shard": index, "sha256": digest, "records": hi - lo, "first": lo,
+                                        "new_tokens": new_tokens, "seconds": time.perf_counter() - started})
     bar.close()
     accelerator.wait_for_everyone()
     return [read_json(shard_paths(out_dir, i)[1]) for i in range(len(ranges))]
 
 
+@contextlib.contextmanager
+def attention_implementation(model, name: str | None):
+    """``model`` with attention ``name`` (transformers' ``set_attn_implementation``) inside the
+    block, and its own again after it, however the block ends: the model goes on to be scored."""
+    own = model.config._attn_implementation
+    if name is None or name == own:
+        yield model
+        return
+    model.set_attn_implementation(name)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(own)
+
+
 @torch.no_grad()
 def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, generation_config, shard_seed: int,
-                      bar, uniforms: np.ndarray | None = None) -> list[np.ndarray]:
+                      bar, uniforms: np.ndarray | None = None, clock: StepClock | None = None) -> list[np.ndarray]:
     prompts = [np.asarray(ids[-config.prompt_tokens:] if config.prompt_tokens else ids, dtype=np.int64)
                for ids in prompt_rows]
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -223,10 +242,9 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
         for k, i in enumerate(batch):  # left padding: the prompt ends where generation begins
             ids[k, longest - len(prompts[i]):] = torch.from_numpy(prompts[i])
             mask[k, longest - len(prompts[i]):] = 1
-        processors = None
+        processors = LogitsProcessorList([clock] if clock is not None else [])
         if uniforms is not None:
-            processors = LogitsProcessorList([InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest,
-                                                              end_of_text=eos)])
+            processors.append(InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest, end_of_text=eos))
         # The generation's own precision (generate.mixed_precision), not whatever training left.
         with autocast(config.mixed_precision, device):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -252,28 +270,51 @@ def ensure_batch_probe(model, tokenizer, prompts, config: GenerateConfig, genera
     return int(read_json(path)["batch_size"])
 
 
+class StepClock(LogitsProcessor):
+    """Notes the time of every decoding step (logits processors run once a step, after the forward
+    pass), changing nothing: the batch probe's stopwatch."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.times = device, []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generation_config, steps: int = 8) -> dict:
-    """Time a few decoding steps at batch_size, twice that, ... (up to the corpus or a shard, at
-    most 4,096 prompts) on the corpus's first prompts; stop when a doubling gains less than 5%
+    """Time a few decoding steps at batch_size, twice that, ... (up to a quarter of the prompts,
+    a shard, at most 4,096) on the corpus's first prompts; stop when a doubling gains less than 5%
     (each try costs prompts, and a larger batch more memory for little) or, on a GPU, before 80% of
-    its memory; return the smallest batch within 5% of the fastest, and every measurement."""
+    its memory; return the smallest batch within 5% of the fastest, and every measurement.
+
+    A batch's speed is the decoding's, max_new_tokens steps: its prefill (the prompts' forward
+    pass) plus max_new_tokens - 1 times its measured step. Timing the probe's few steps as a whole
+    would weigh the prefill eight times too much and favour small batches. Trying batches beyond a
+    quarter of the prompts would cost, in the probe, about as much as a larger batch could save."""
     device = next(model.parameters()).device
     steps = min(steps, config.max_new_tokens)
     short = copy.deepcopy(generation_config)
     short.max_new_tokens = steps
     if short.min_new_tokens is not None:  # (the inverse-CDF sampler keeps its own bound)
         short.min_new_tokens = min(short.min_new_tokens, steps)
-    limit = min(len(prompts), config.shard_size, 4096)  # a batch never spans two shards
+    limit = min(max(len(prompts) // 4, 1), config.shard_size, 4096)  # a batch never spans two shards
     sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
     sample = config.sampler == "inverse-cdf"
 
-    def run(size: int) -> float:
+    def run(size: int) -> dict:
         rows = prompts.select(range(size))["input_ids"]
         uniforms = np.random.default_rng(0).random((size, steps), dtype=np.float32) if sample else None
+        clock = StepClock(device)
         started = time.perf_counter()
         _continue_prompts(model, tokenizer, rows, dataclasses.replace(config, batch_size=size), short, 0,
-                          progress_bar(enabled=False), uniforms)
-        return size * steps / (time.perf_counter() - started)
+                          progress_bar(enabled=False), uniforms, clock)
+        prefill, times = clock.times[0] - started, clock.times
+        step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+        return {"batch_size": size, "prefill_seconds": prefill, "step_seconds": step,
+                "new_tokens_per_second": size * config.max_new_tokens / (prefill + (config.max_new_tokens - 1) * step)}
 
     run(min(sizes[0], 8))  # the first call pays one-off costs: not part of any measurement
     tried: list[dict] = []
@@ -282,12 +323,12 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
         try:
-            speed = run(size)
+            entry = run(size)
         except torch.OutOfMemoryError:
             tried.append({"batch_size": size, "out_of_memory": True})
             torch.cuda.empty_cache()
             break
-        entry = {"batch_size": size, "new_tokens_per_second": speed}
+        speed = entry["new_tokens_per_second"]
         if device.type == "cuda":
             entry["gpu_peak_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
         tried.append(entry)

@@ -116,6 +116,8 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
                                   ("typical_p", gen.typical_p)) if v is not None)) if gen.do_sample else "search"
     if gen.sampler == "inverse-cdf":
         decoding += " (inverse-CDF sampler)"
+    if gen.attn_implementation is not None:
+        decoding += f", {gen.attn_implementation} attention"
     lines.append(
         f"generate: {decoding}, {gen.num_beams} beam(s), repetition penalty {gen.repetition_penalty:g}, "
         f"no-repeat n-gram {gen.no_repeat_ngram_size}, {gen.min_new_tokens}-{gen.max_new_tokens} new tokens per "

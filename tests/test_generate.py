@@ -224,6 +224,38 @@ def test_inverse_cdf_sampler_keeps_end_of_text_out_as_generates_own_processors_d
     assert record["lmcollapse_sampler"]["min_new_tokens"] == 6 and "min_new_tokens" not in record
 
 
+def test_eager_attention_while_generating_keeps_the_corpus_and_gives_the_model_back_as_it_was(model, tmp_path,
+                                                                                          monkeypatch):
+    rng = np.random.default_rng(1)  # uneven prompts: left padding, masked in both kernels
+    uneven = token_records([rng.integers(3, 40, size=n).tolist() for n in rng.integers(3, 12, size=40)], HUMAN,
+                           ids=[f"human-train-{i:06d}" for i in range(40)], text="x")
+    config = dataclasses.replace(BASE, sampler="inverse-cdf", cache_implementation="static", batch_size=8,
+                                 shard_size=40)
+    seen, real = [], model.generate
+
+    def spy(*args, **kwargs):
+        seen.append(model.config._attn_implementation)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    assert model.config._attn_implementation == "sdpa"
+    run_stage(model, uneven, config, tmp_path / "sdpa")
+    run_stage(model, uneven, dataclasses.replace(config, attn_implementation="eager"), tmp_path / "eager")
+    assert seen == ["sdpa"] * 5 + ["eager"] * 5 and model.config._attn_implementation == "sdpa"
+    texts = {name: read_records(tmp_path / name / "shard-00000.parquet")["input_ids"] for name in ("sdpa", "eager")}
+    assert sum(a == b for a, b in zip(texts["sdpa"], texts["eager"])) >= 0.99 * 40  # another summation order
+    assert read_json(tmp_path / "eager" / "generation_config.json")["lmcollapse_attn_implementation"] == "eager"
+    assert "lmcollapse_attn_implementation" not in read_json(tmp_path / "sdpa" / "generation_config.json")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(model, "generate", interrupted)  # however the stage ends, the model is given back as it was
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(model, uneven, dataclasses.replace(config, attn_implementation="eager"), tmp_path / "stopped")
+    assert model.config._attn_implementation == "sdpa"
+
+
 def test_inverse_cdf_sampling_needs_one_sampled_beam():
     with pytest.raises(ConfigError, match="generate.sampler: inverse-cdf draws the token of a sampled, one-beam search"):
         load_config(None, ["generate.sampler=inverse-cdf", "generate.do_sample=false"])
@@ -306,22 +338,40 @@ def test_batch_probe_every_process_reaches_the_same_barriers(model, prompts, tmp
     assert "batch_probe.json" in rank0.snapshots[1] and "shard-00000.json" not in rank0.snapshots[1]
 
 
-def test_batch_probe_stays_within_a_shard_and_keeps_the_smallest_of_equal_speeds(model, prompts, monkeypatch):
-    config = dataclasses.replace(BASE, sampler="inverse-cdf", batch_size=1, shard_size=4)
+def test_batch_probe_stays_within_a_quarter_of_the_prompts_and_keeps_the_smallest_of_equal_speeds(model, prompts,
+                                                                                                  monkeypatch):
+    config = dataclasses.replace(BASE, sampler="inverse-cdf", batch_size=1, shard_size=4, max_new_tokens=64)
     generation_config = build_generation_config(config, Tokenizer())
-    now, speed = [0.0], {}  # a clock the decoding advances by batch x 8 steps / its speed at that batch
+    now, step, prefill = [0.0], {}, [0.0]  # a clock: the prefill, then 8 steps of step[batch] seconds each
 
-    def decode(model, tokenizer, rows, *args, **kwargs):
-        now[0] += len(rows) * 8 / speed[len(rows)]
+    def decode(model, tokenizer, rows, config, generation_config, seed, bar, uniforms, clock):
+        for k in range(generation_config.max_new_tokens):
+            now[0] += prefill[0] * len(rows) if k == 0 else step[len(rows)]
+            clock(None, None)
 
     monkeypatch.setattr(generate_module, "_continue_prompts", decode)
     monkeypatch.setattr(generate_module.time, "perf_counter", lambda: now[0])
-    speed.update({1: 100.0, 2: 200.0, 4: 400.0, 8: 800.0})  # faster at every size
-    tried = [t["batch_size"] for t in probe_batch_size(model, Tokenizer(), prompts, config, generation_config)["tried"]]
-    assert tried == [1, 2, 4]  # a batch never spans two shards: 8 is not tried
-    speed.update({2: 104.0})  # doubling to 2 gains 4%: the probe stops, and keeps 1, as fast within 5%
-    record = probe_batch_size(model, Tokenizer(), prompts, config, generation_config)
+
+    def probe(given_prompts=prompts, given_config=config) -> dict:
+        return probe_batch_size(model, Tokenizer(), given_prompts, given_config, generation_config)
+
+    step.update({1: 0.01, 2: 0.01, 4: 0.01, 8: 0.01})  # twice as fast a token at each doubling
+    record = probe(given_config=dataclasses.replace(config, shard_size=12))
+    assert [t["batch_size"] for t in record["tried"]] == [1, 2]  # 4 is more than a quarter of the 12 prompts
+    record = probe()
+    assert [t["batch_size"] for t in record["tried"]] == [1, 2]
+    assert record["tried"][1]["step_seconds"] == pytest.approx(0.01) and record["batch_size"] == 2
+    larger = token_records([[3] * 8] * 40, HUMAN, ids=[f"h{i}" for i in range(40)], text="x")
+    assert [t["batch_size"] for t in probe(larger)["tried"]] == [1, 2, 4]  # a batch never spans two shards
+    step.update({2: 0.0192})  # doubling to 2 gains 4%: the probe stops, and keeps 1, as fast within 5%
+    record = probe()
     assert [t["batch_size"] for t in record["tried"]] == [1, 2] and record["batch_size"] == 1
+    # The speed is the whole decoding's, max_new_tokens steps: a prefill that grows with the
+    # batch weighs once, not once in the probe's eight steps.
+    prefill[0] = 1.0  # seconds per prompt
+    step.update({1: 0.01, 2: 0.0125, 4: 0.015})
+    speeds = [t["new_tokens_per_second"] for t in probe(larger)["tried"]]
+    assert speeds == pytest.approx([size * 64 / (size + 63 * s) for size, s in ((1, 0.01), (2, 0.0125), (4, 0.015))])
 
 
 def test_batch_probe_is_refused_where_the_batch_decides_the_text():
