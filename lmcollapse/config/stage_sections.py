@@ -131,10 +131,12 @@ class GenerateConfig:
     """Prompts per ``generate`` call (with ``batch_probe``, the smallest tried)."""
     batch_probe: bool = False
     """Choose the batch size by a probe before the first shard: batch_size, twice that, ... up to
-    the corpus or shard size (at most 4,096), each timed on a few decoding steps, stopping when a
-    doubling gains less than 5% or, on a GPU, before 80% of its memory; the smallest batch
-    within 5% of the fastest is used and recorded (``synthetic/batch_probe.json``). Only
-    where the batch does not decide the text: ``sampler: inverse-cdf`` or search (beam, greedy)."""
+    a quarter of the prompts or a shard (at most 4,096), each run for a few decoding steps and
+    rated by the whole decoding's speed (its prefill once, plus max_new_tokens timed steps),
+    stopping when a doubling gains less than 5% or, on a GPU, before 80% of its memory; the
+    smallest batch within 5% of the fastest is used and recorded (``synthetic/batch_probe.json``).
+    Only where the batch does not decide the text: ``sampler: inverse-cdf`` or search (beam,
+    greedy). Its cost is about a tenth of the stage on 2,048 prompts, less on larger corpora."""
     sampler: Literal["multinomial", "inverse-cdf"] = "multinomial"
     """How a token is drawn when sampling with one beam: ``multinomial``, transformers' own
     ``torch.multinomial`` (one exponential variate per vocabulary entry and step: about half of
@@ -145,8 +147,8 @@ class GenerateConfig:
     text does not depend on the batch it is generated in; other text than ``multinomial``'s."""
     cache_implementation: Literal["dynamic", "static"] = "dynamic"
     """KV cache of ``generate``: ``static`` preallocates it (no growth by concatenation; transformers
-    can compile the decoding step). Measured: 1.2x with the inverse-CDF sampler on a CPU, 0.37x on an
-    H200 in ``make bench``'s short runs, where the compilation is not repaid."""
+    can compile the decoding step). Measured: 1.07x with the inverse-CDF sampler on a CPU, 0.37x on
+    an H200 in ``make bench``'s short runs, where the compilation is not repaid."""
     attn_implementation: Literal["sdpa", "eager"] | None = None
     """Attention kernel while generating; null: model.attn_implementation (sdpa). ``eager`` (matmul,
     softmax, matmul) decodes faster on a CPU than PyTorch's scaled-dot-product kernel, whose
