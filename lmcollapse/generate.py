@@ -300,7 +300,8 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     short.max_new_tokens = steps
     if short.min_new_tokens is not None:  # (the inverse-CDF sampler keeps its own bound)
         short.min_new_tokens = min(short.min_new_tokens, steps)
-    limit = min(max(len(prompts) // 4, 1), config.shard_size, 4096)  # a batch never spans two shards
+    # A quarter of the prompts, but never below the configured batch; a batch never spans two shards.
+    limit = min(max(len(prompts) // 4, config.batch_size), config.shard_size, 4096)
     sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
     sample = config.sampler == "inverse-cdf"
 

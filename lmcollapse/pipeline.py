@@ -58,7 +58,7 @@ from lmcollapse.preflight import check_corpus, check_same_config, preflight
 from lmcollapse.pretrain import ensure_pretrained_base
 from lmcollapse.records import concatenate, read_records, write_records
 from lmcollapse.regimes import assemble_training_set, consumed_generations, loss_weights, prompts_for, source_counts
-from lmcollapse.rundir import MANIFEST, GenerationDir, RunDir, build_command, run_lock
+from lmcollapse.rundir import BATCH_PROBE_FILE, MANIFEST, GenerationDir, RunDir, build_command, run_lock
 from lmcollapse.tables import collect_rows, format_table, refresh_metrics
 from lmcollapse.tracking import RunTracker
 from lmcollapse.train import train_model
@@ -334,10 +334,16 @@ def write_generation_manifest(context: Context, index: int, consumed: dict, trai
         write_manifest(generation.manifest, {
             "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
             **lineage_record(run, index), "consumed": consumed, "mixed_precision": stage_precisions(config),
-            "processes": context.accelerator.num_processes,
+            "processes": context.accelerator.num_processes, "generate_batch_size": generate_batch_size(context, index),
             "train_set_sha256": train_sha, "outputs": outputs, "timings": timings,
             "metrics": row, **environment_record()})
     context.accelerator.wait_for_everyone()
+
+
+def generate_batch_size(context: Context, index: int) -> int:
+    """The batch the corpus was generated in: generate.batch_probe's choice where it probed."""
+    probe = context.run.generation(index).synthetic / BATCH_PROBE_FILE
+    return int(read_json(probe)["batch_size"]) if probe.is_file() else context.config.generate.batch_size
 
 
 def start_model(run: RunDir, config: PipelineConfig, index: int) -> Path:

@@ -358,6 +358,9 @@ def test_batch_probe_stays_within_a_quarter_of_the_prompts_and_keeps_the_smalles
     step.update({1: 0.01, 2: 0.01, 4: 0.01, 8: 0.01})  # twice as fast a token at each doubling
     record = probe(given_config=dataclasses.replace(config, shard_size=12))
     assert [t["batch_size"] for t in record["tried"]] == [1, 2]  # 4 is more than a quarter of the 12 prompts
+    step.update({3: 0.01, 6: 0.01})  # ... but the configured batch is always tried
+    record = probe(given_config=dataclasses.replace(config, batch_size=3, shard_size=12))
+    assert [t["batch_size"] for t in record["tried"]] == [3] and record["batch_size"] == 3
     record = probe()
     assert [t["batch_size"] for t in record["tried"]] == [1, 2]
     assert record["tried"][1]["step_seconds"] == pytest.approx(0.01) and record["batch_size"] == 2

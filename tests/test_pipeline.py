@@ -233,6 +233,19 @@ def test_prompt_source_switch(tmp_path, small_corpus, prompts):
     assert all(p.startswith("g00-") for p in parents) == (prompts == "training-set")
 
 
+def test_the_manifest_records_the_batch_the_corpus_was_generated_in(staged_run, tmp_path, small_corpus):
+    config, run, _ = staged_run
+    assert json.loads(run.generation(1).manifest.read_text())["generate_batch_size"] == config.generate.batch_size == 8
+    probed = micro_config(small_corpus, ["generate.sampler=inverse-cdf", "generate.batch_probe=true",
+                                         "generate.batch_size=2", "generations=1", "train.epochs=1"])
+    other = RunDir(tmp_path / "probed")
+    build(probed, other.root, 0, progress=False, echo=lambda _: None)
+    chosen = json.loads((other.generation(0).synthetic / "batch_probe.json").read_text())
+    assert [t["batch_size"] for t in chosen["tried"]][0] == 2  # 24 prompts: tries 2 and 4, at most a quarter, 6
+    assert max(t["batch_size"] for t in chosen["tried"]) <= 6
+    assert json.loads(other.generation(0).manifest.read_text())["generate_batch_size"] == chosen["batch_size"]
+
+
 def test_best_validation_selects_on_human_blocks_disjoint_from_training_and_heldout(tmp_path, small_corpus):
     config = micro_config(small_corpus, ["train.select=best-validation", "data.max_validation_blocks=8",
                                          "train.epochs=3", "train.learning_rate=3.0e-2"])
