@@ -41,6 +41,7 @@ from transformers import (
 
 from lmcollapse.atomic import read_json, write_json_atomic
 from lmcollapse.config import GenerateConfig
+from lmcollapse.errors import ConfigError
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.precision import autocast
@@ -218,6 +219,10 @@ def attention_implementation(model, name: str | None):
         yield model
         return
     model.set_attn_implementation(name)
+    if model.config._attn_implementation != name:  # transformers only warns for a model that cannot switch
+        model.set_attn_implementation(own)
+        raise ConfigError(f"generate.attn_implementation: {type(model).__name__} cannot switch its attention from "
+                          f"{own} to {name} in place; set generate.attn_implementation=null (its own, {own})")
     try:
         yield model
     finally:
@@ -291,17 +296,22 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     its memory; return the smallest batch within 5% of the fastest, and every measurement.
 
     A batch's speed is the decoding's, max_new_tokens steps: its prefill (the prompts' forward
-    pass) plus max_new_tokens - 1 times its measured step. Timing the probe's few steps as a whole
-    would weigh the prefill eight times too much and favour small batches. Trying batches beyond a
-    quarter of the prompts would cost, in the probe, about as much as a larger batch could save."""
+    pass) plus max_new_tokens - 1 times its step, the median of the probe's timed steps (a step
+    that compiles, as transformers does on CUDA for a static cache and each new batch shape,
+    does not count). Timing the probe's few steps as a whole would weigh the prefill eight times
+    too much and favour small batches. The quarter bounds the probe's own cost: about a tenth of
+    the stage on 2,048 prompts, where it stops the probe at 512 although 1,024 is faster."""
     device = next(model.parameters()).device
     steps = min(steps, config.max_new_tokens)
     short = copy.deepcopy(generation_config)
+    # Every sequence runs every step (end-of-text kept out, here by generate's processors or the
+    # inverse-CDF sampler's own bound below), so that each batch is timed over as many steps.
     short.max_new_tokens = steps
-    if short.min_new_tokens is not None:  # (the inverse-CDF sampler keeps its own bound)
-        short.min_new_tokens = min(short.min_new_tokens, steps)
-    # A quarter of the prompts, but never below the configured batch; a batch never spans two shards.
-    limit = min(max(len(prompts) // 4, config.batch_size), config.shard_size, 4096)
+    if short.min_new_tokens is not None:
+        short.min_new_tokens = steps
+    # A quarter of the prompts, but never below the configured batch (nor above the prompts there
+    # are); a batch never spans two shards.
+    limit = min(max(len(prompts) // 4, min(config.batch_size, len(prompts))), config.shard_size, 4096)
     sizes = [config.batch_size * 2**k for k in range(13) if config.batch_size * 2**k <= limit] or [limit]
     sample = config.sampler == "inverse-cdf"
 
@@ -310,10 +320,10 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
         uniforms = np.random.default_rng(0).random((size, steps), dtype=np.float32) if sample else None
         clock = StepClock(device)
         started = time.perf_counter()
-        _continue_prompts(model, tokenizer, rows, dataclasses.replace(config, batch_size=size), short, 0,
-                          progress_bar(enabled=False), uniforms, clock)
+        _continue_prompts(model, tokenizer, rows, dataclasses.replace(config, batch_size=size, min_new_tokens=steps),
+                          short, 0, progress_bar(enabled=False), uniforms, clock)
         prefill, times = clock.times[0] - started, clock.times
-        step = (times[-1] - times[0]) / (len(times) - 1) if len(times) > 1 else 0.0
+        step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
         return {"batch_size": size, "prefill_seconds": prefill, "step_seconds": step,
                 "new_tokens_per_second": size * config.max_new_tokens / (prefill + (config.max_new_tokens - 1) * step)}
 

@@ -341,9 +341,11 @@ def write_generation_manifest(context: Context, index: int, consumed: dict, trai
 
 
 def generate_batch_size(context: Context, index: int) -> int:
-    """The batch the corpus was generated in: generate.batch_probe's choice where it probed."""
+    """The batch the corpus was generated in: generate.batch_probe's choice where it probed; never
+    more than a shard (a batch never spans two)."""
     probe = context.run.generation(index).synthetic / BATCH_PROBE_FILE
-    return int(read_json(probe)["batch_size"]) if probe.is_file() else context.config.generate.batch_size
+    chosen = int(read_json(probe)["batch_size"]) if probe.is_file() else context.config.generate.batch_size
+    return min(chosen, context.config.generate.shard_size)
 
 
 def start_model(run: RunDir, config: PipelineConfig, index: int) -> Path:
