@@ -133,11 +133,11 @@ class GenerateConfig:
     """Choose the batch size by a probe before the first shard: batch_size, twice that, ... up to
     a quarter of the prompts or a shard (at most 4,096), each run for a few decoding steps and
     rated by the whole decoding's speed (its prefill once, plus its median timed step for each
-    further token),
-    stopping when a doubling gains less than 5% or, on a GPU, before 80% of its memory; the
-    smallest batch within 5% of the fastest is used and recorded (``synthetic/batch_probe.json``).
-    Only where the batch does not decide the text: ``sampler: inverse-cdf`` or search (beam,
-    greedy). Its cost is about a tenth of the stage on 2,048 prompts, less on larger corpora."""
+    further token), stopping when a doubling gains less than 5% or, on a GPU, before 80% of its
+    memory; the smallest batch within 5% of the fastest is used and recorded
+    (``synthetic/batch_probe.json`` and the generation's manifest). Only where the batch does not
+    decide the text: ``sampler: inverse-cdf`` or search (beam, greedy). Its cost is about a tenth
+    of the stage on 2,048 prompts, less on larger corpora."""
     sampler: Literal["multinomial", "inverse-cdf"] = "multinomial"
     """How a token is drawn when sampling with one beam: ``multinomial``, transformers' own
     ``torch.multinomial`` (one exponential variate per vocabulary entry and step: about half of
