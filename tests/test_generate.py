@@ -254,6 +254,9 @@ def test_eager_attention_while_generating_keeps_the_corpus_and_gives_the_model_b
     with pytest.raises(KeyboardInterrupt):
         run_stage(model, uneven, dataclasses.replace(config, attn_implementation="eager"), tmp_path / "stopped")
     assert model.config._attn_implementation == "sdpa"
+    monkeypatch.setattr(model, "generate", real)  # resumed, the stopped stage writes the uninterrupted one's shard
+    run_stage(model, uneven, dataclasses.replace(config, attn_implementation="eager"), tmp_path / "stopped")
+    assert sha256_file(tmp_path / "stopped" / "shard-00000.parquet") == sha256_file(tmp_path / "eager" / "shard-00000.parquet")
 
     # A model that cannot switch (transformers only warns) is refused, not recorded as switched.
     monkeypatch.setattr(model, "set_attn_implementation", lambda name: None)
