@@ -22,7 +22,6 @@ shards name the model by content and do not depend on the folder the run lives i
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import logging
 import time
@@ -172,7 +171,7 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
         # shards left: they all see the same files here, since none is written before the probe.
         if config.batch_probe and missing:
             config = dataclasses.replace(config, batch_size=ensure_batch_probe(
-                model, tokenizer, prompts, config, generation_config, out_dir / BATCH_PROBE_FILE, accelerator))
+                model, tokenizer, prompts, config, out_dir / BATCH_PROBE_FILE, accelerator))
         for index in todo:
             if shard_paths(out_dir, index)[1].is_file():
                 log.warning("shard %d of %s does not match its recorded sha256: regenerating it", index, out_dir)
@@ -265,12 +264,11 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
 PROBE_GAIN = 1.05  # a doubling of the batch must be this much faster for the probe to try the next
 
 
-def ensure_batch_probe(model, tokenizer, prompts, config: GenerateConfig, generation_config, path: Path,
-                       accelerator) -> int:
+def ensure_batch_probe(model, tokenizer, prompts, config: GenerateConfig, path: Path, accelerator) -> int:
     """The batch size ``generate.batch_probe`` chose for this corpus: probed once by the main
     process and recorded, then read back by every process and every resumed run."""
     if accelerator.is_main_process and not path.is_file():
-        write_json_atomic(path, probe_batch_size(model, tokenizer, prompts, config, generation_config))
+        write_json_atomic(path, probe_batch_size(model, tokenizer, prompts, config))
     accelerator.wait_for_everyone()
     return int(read_json(path)["batch_size"])
 
@@ -289,7 +287,7 @@ class StepClock(LogitsProcessor):
         return scores
 
 
-def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generation_config, steps: int = 8) -> dict:
+def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, steps: int = 8) -> dict:
     """Time a few decoding steps at batch_size, twice that, ... (up to a quarter of the prompts,
     a shard, at most 4,096) on the corpus's first prompts; stop when a doubling gains less than 5%
     (each try costs prompts, and a larger batch more memory for little) or, on a GPU, before 80% of
@@ -303,12 +301,10 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
     the stage on 2,048 prompts, where it stops the probe at 512 although 1,024 is faster."""
     device = next(model.parameters()).device
     steps = min(steps, config.max_new_tokens)
-    short = copy.deepcopy(generation_config)
-    # Every sequence runs every step (end-of-text kept out, here by generate's processors or the
-    # inverse-CDF sampler's own bound below), so that each batch is timed over as many steps.
-    short.max_new_tokens = steps
-    if short.min_new_tokens is not None:
-        short.min_new_tokens = steps
+    # The stage's decoding, cut to `steps` tokens that every sequence runs (end-of-text kept out,
+    # by generate's processors or the inverse-CDF sampler): each batch is timed over as many steps.
+    probe_config = dataclasses.replace(config, min_new_tokens=steps, max_new_tokens=steps)
+    short = build_generation_config(probe_config, tokenizer)
     # A quarter of the prompts, but never below the configured batch (nor above the prompts there
     # are); a batch never spans two shards.
     limit = min(max(len(prompts) // 4, min(config.batch_size, len(prompts))), config.shard_size, 4096)
@@ -320,8 +316,8 @@ def probe_batch_size(model, tokenizer, prompts, config: GenerateConfig, generati
         uniforms = np.random.default_rng(0).random((size, steps), dtype=np.float32) if sample else None
         clock = StepClock(device)
         started = time.perf_counter()
-        _continue_prompts(model, tokenizer, rows, dataclasses.replace(config, batch_size=size, min_new_tokens=steps),
-                          short, 0, progress_bar(enabled=False), uniforms, clock)
+        _continue_prompts(model, tokenizer, rows, dataclasses.replace(probe_config, batch_size=size), short, 0,
+                          progress_bar(enabled=False), uniforms, clock)
         prefill, times = clock.times[0] - started, clock.times
         step = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
         return {"batch_size": size, "prefill_seconds": prefill, "step_seconds": step,

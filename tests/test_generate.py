@@ -350,7 +350,6 @@ def test_batch_probe_every_process_reaches_the_same_barriers(model, prompts, tmp
 def test_batch_probe_stays_within_a_quarter_of_the_prompts_and_keeps_the_smallest_of_equal_speeds(model, prompts,
                                                                                                   monkeypatch):
     config = dataclasses.replace(BASE, sampler="inverse-cdf", batch_size=1, shard_size=4, max_new_tokens=64)
-    generation_config = build_generation_config(config, Tokenizer())
     now, step, prefill, compiling = [0.0], {}, [0.0], [0.0]  # a clock: the prefill, then 8 steps of step[batch] s
 
     def decode(model, tokenizer, rows, config, generation_config, seed, bar, uniforms, clock):
@@ -364,7 +363,7 @@ def test_batch_probe_stays_within_a_quarter_of_the_prompts_and_keeps_the_smalles
     monkeypatch.setattr(generate_module.time, "perf_counter", lambda: now[0])
 
     def probe(given_prompts=prompts, given_config=config) -> dict:
-        return probe_batch_size(model, Tokenizer(), given_prompts, given_config, generation_config)
+        return probe_batch_size(model, Tokenizer(), given_prompts, given_config)
 
     step.update({1: 0.01, 2: 0.01, 4: 0.01, 8: 0.01})  # twice as fast a token at each doubling
     record = probe(given_config=dataclasses.replace(config, shard_size=12))
