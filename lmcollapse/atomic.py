@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from lmcollapse.errors import DiskFull
+from lmcollapse.errors import DiskFull, LmcollapseError
 from lmcollapse.failpoints import failpoint
 
 _CHUNK = 1 << 20
@@ -132,6 +132,16 @@ def existing_ancestor(path: Path) -> Path:
     """``path`` if it exists, else its nearest existing parent (a relative path ends at ``.``)."""
     path = Path(path)
     return next((p for p in (path, *path.parents) if p.exists()), Path("."))
+
+
+def check_folder_target(path: Path, what: str, example: str) -> None:
+    """Refuse, in one line, a folder to be written that is a file or lies under one."""
+    existing = existing_ancestor(path)
+    if existing.is_dir():
+        return
+    where = "is a file" if existing == Path(path) else f"is inside {existing}, which is a file"
+    named = f"{what}{path}" if what.endswith("=") else f"{what} {path}"
+    raise LmcollapseError(f"{named} {where}, not a folder: choose a folder, e.g. {example}")
 
 
 def write_text_atomic(final: Path, text: str) -> None:

@@ -30,7 +30,7 @@ from lmcollapse.modeling import (
     build_preset_model,
     count_parameters,
     load_model,
-    prepare_tokenizer,
+    load_tokenizer,
     save_model,
     train_bpe_tokenizer,
 )
@@ -59,10 +59,8 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
     if base_done:
         tokenizer = context.tokenizer()
     elif pretrained is not None:
-        from transformers import AutoTokenizer
-
         context.say(f"base: the pretrained {config.model.name} from the cache ({pretrained.root})")
-        tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(pretrained.model))
+        tokenizer = load_tokenizer(pretrained.model)
     elif config.model.is_preset:
         shape = config.model.architecture()  # model.vocab_size and model.max_positions applied
         context.say(f"base: training a {shape['vocab_size']}-token byte-level BPE tokenizer on {train_source.describe()}")
@@ -70,7 +68,8 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
                                         config.model.family)
     else:
         context.say(f"base: loading {config.model.name} with from_pretrained")
-        model, tokenizer = load_model(config.model.name, config.model.attn_implementation)
+        model, tokenizer = load_model(config.model.name, config.model.attn_implementation,
+                                      trust_remote_code=config.model.trust_remote_code)
         check_positions_of(config, model.config.to_dict())
 
     train_stream = corpus.tokenize_lines(train_lines, tokenizer)
@@ -97,6 +96,7 @@ def ensure_base_and_human(context: Context, pretrained=None) -> None:
         save_model(model, tokenizer, run.base_model)
         write_manifest(run.base_manifest, {
             "kind": "preset" if config.model.is_preset else "pretrained", "source": config.model.name,
+            **({} if config.model.is_preset else {"trust_remote_code": config.model.trust_remote_code}),
             "parameters": count_parameters(model), "vocab_size": len(tokenizer),
             "tokenizer_trained_on": {str(p): sha256_file(p) for p in train_source.files} if config.model.is_preset else None,
             "files": sha256_tree(run.base_model), "seconds": time.perf_counter() - started, **environment_record()})
@@ -197,8 +197,7 @@ def ensure_base_eval(context: Context) -> None:
     path = context.run.base_eval
     if path.is_file():
         return
-    model, _ = load_model(context.run.base_model, context.config.model.attn_implementation, with_tokenizer=False)
-    model = model.to(context.accelerator.device)
+    model = context.load_weights(context.run.base_model).to(context.accelerator.device)
     result = heldout_perplexity(context, model, "base model")
     if context.main:
         write_manifest(path, result | {"mixed_precision": context.config.evaluate.mixed_precision})

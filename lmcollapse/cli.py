@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from lmcollapse.allocator import keep_freed_memory
+from lmcollapse.atomic import check_folder_target
 from lmcollapse.errors import DiskFull, LmcollapseError
 from lmcollapse.rundir import RunDir
 from lmcollapse.shipped import describe_pipelines, resolve_pipeline, shipped_pipelines
@@ -166,12 +167,37 @@ def _build(args, last: int | None) -> int:
             if args.dry_run:
                 print(describe_plan(seed_config, RunDir(root), last))
                 continue
+            if last >= seed_config.generations and is_main_process():
+                warn_if_large(seed_config, RunDir(root), last)
             build(seed_config, root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
             if is_main_process():
                 print(f"\n{RunDir(root).metrics_csv}\n{summary_table(RunDir(root))}")
     if args.seeds and not args.dry_run and is_main_process():
         print(f"\n{len(runs)} seeds in {run_root}: make report RUN={shlex.quote(str(run_root))} aggregates them")
     return 0
+
+
+# Beyond the pipeline's own generations, a build this large gets a word before it starts.
+LARGE_BUILD_SECONDS, LARGE_BUILD_BYTES = 3600.0, 10e9
+
+
+def warn_if_large(config, run: RunDir, last: int) -> None:
+    """Warn (and go on) when generations beyond the pipeline's ``generations`` will take long or
+    fill a disk: ``generation 99999`` typed by mistake should not start without a word of its cost."""
+    from lmcollapse.plan import build_estimate
+
+    try:
+        found = build_estimate(config, run, last)
+    except LmcollapseError:
+        return  # the build itself reports what is wrong, in its own words
+    if found is None or (found[0] < LARGE_BUILD_SECONDS and found[1] < LARGE_BUILD_BYTES):
+        return
+    from lmcollapse.cost import duration
+
+    seconds, disk = found
+    log.warning("generation %d is beyond the %d generation(s) this pipeline builds: ~%s and ~%.0f GB of disk on this "
+                "machine by the cost model (the same command with --dry-run shows the plan); Ctrl-C stops it, and "
+                "what is built is kept", last, config.generations, duration(seconds), disk / 1e9)
 
 
 def command_run(args) -> int:
@@ -185,6 +211,8 @@ def command_generation(args) -> int:
 def command_report(args) -> int:
     from lmcollapse.report import write_report
 
+    if args.out is not None:
+        check_folder_target(args.out, "--out", "--out report-copy")
     try:
         with full_disk_reported(args.run):
             out = write_report(args.run, args.out)
@@ -204,6 +232,7 @@ def command_report(args) -> int:
 def command_export(args) -> int:
     from lmcollapse.export import export_run, push_to_hub
 
+    check_folder_target(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
     with full_disk_reported(args.to.parent if args.to.parent != Path("") else Path(".")):
         folder = export_run(RunDir(args.run), args.to)
     print(f"exported {args.run} to {folder}/ (README.md says what is where)")

@@ -17,7 +17,7 @@ from accelerate.state import AcceleratorState
 
 from lmcollapse.config import PipelineConfig
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.modeling import prepare_tokenizer
+from lmcollapse.modeling import load_model, load_tokenizer
 from lmcollapse.rundir import RunDir
 
 log = logging.getLogger("lmcollapse.pipeline")
@@ -47,10 +47,14 @@ class Context:
     def tokenizer(self):
         """The tokenizer saved with the run's base model, which every stage after the base uses."""
         if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(self.run.base_model))
+            self._tokenizer = load_tokenizer(self.run.base_model, self.config.model.trust_remote_code)
         return self._tokenizer
+
+    def load_weights(self, folder):
+        """One of the run's own saved models (fp32, the config's attention kernel), without its tokenizer."""
+        model, _ = load_model(folder, self.config.model.attn_implementation, with_tokenizer=False,
+                              trust_remote_code=self.config.model.trust_remote_code)
+        return model
 
     def forget_tokenizer(self) -> None:
         """After the base stage writes the run's tokenizer: the next ``tokenizer()`` reads that copy."""

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from lmcollapse.atomic import atomic_path
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 
 log = logging.getLogger(__name__)
 
@@ -232,9 +232,22 @@ def data_roots() -> list[Path]:
     """Folders searched for named corpora: $LMCOLLAPSE_DATA_DIR, then ./data."""
     roots = []
     if os.environ.get(DATA_DIR_ENV):
-        roots.append(Path(os.environ[DATA_DIR_ENV]).expanduser())
+        root = Path(os.environ[DATA_DIR_ENV]).expanduser()
+        if root.exists() and not root.is_dir():
+            raise LmcollapseError(f"{DATA_DIR_ENV}={root} is a file, not a folder: set it to the folder that holds "
+                                  "the corpus folders (e.g. the folder holding wikitext-2-raw/)")
+        roots.append(root)
     roots.append(Path("data"))
     return roots
+
+
+def is_broken_link(path: Path) -> bool:
+    """A symbolic link that leads nowhere: to a missing file, or around a loop back to itself."""
+    return path.is_symlink() and not path.exists()
+
+
+def broken_link_error(path: Path, fix: str = "point it at a file, or remove it") -> LmcollapseError:
+    return LmcollapseError(f"corpus file {path} is a broken or looping symbolic link (it leads to no file): {fix}")
 
 
 def locate_split(corpus: str, split: str, text_column: str = "text", hub_config: str | None = None) -> SplitSource:
@@ -251,6 +264,8 @@ def locate_split(corpus: str, split: str, text_column: str = "text", hub_config:
             for folder in named.folders:
                 candidate = root / folder / named.files[split]
                 searched.append(str(candidate))
+                if is_broken_link(candidate):
+                    raise broken_link_error(candidate, f"point it at the {split} file, or remove it")
                 if candidate.is_file():
                     return SplitSource(corpus, split, (candidate,), text_column=named.text_column)
         return SplitSource(corpus, split, hub=(named.hub_path, named.hub_config), searched=tuple(searched),
@@ -261,6 +276,9 @@ def locate_split(corpus: str, split: str, text_column: str = "text", hub_config:
             raise LmcollapseError(f"data.corpus {corpus!r}: a hub dataset is written hub:owner/name")
         return SplitSource(corpus, split, hub=(path, hub_config), text_column=text_column)
     path = Path(corpus).expanduser()
+    if is_broken_link(path):
+        raise LmcollapseError(f"corpus {corpus!r} is a broken or looping symbolic link (it leads to no file or folder): "
+                              "point data.corpus at the folder or file itself")
     if not path.exists():
         raise LmcollapseError(
             f"corpus {corpus!r} not found: it is neither a named corpus ({', '.join(NAMED_CORPORA)}), "
@@ -343,7 +361,7 @@ def _has_split(data, split: str, options: dict) -> bool:
         try:
             return split in datasets.get_dataset_split_names(path, data.hub_config)
         except Exception as err:  # offline, unknown id, gated
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            reason = error_reason(err)
             raise LmcollapseError(
                 f"data.carve_fraction: the splits of {data.corpus} could not be listed ({reason}): run where the hub is "
                 "reachable, or set data.heldout_split to a split the dataset has") from None
@@ -392,20 +410,33 @@ def check_same_source(train: SplitSource, heldout: SplitSource, allow_mixed: boo
 
 
 def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
+    """The files of ``split`` in a corpus folder: one file ``<split>.<suffix>`` (or ``wiki.<split>.*``),
+    or one sub-folder ``<split>/`` of files of one format. Two candidates for one split (``train.txt``
+    beside ``train.jsonl``, a file beside a sub-folder) are refused: picking one would be a guess."""
     names = SPLIT_ALIASES.get(split, (split,))
-    for name in names:
-        sub = folder / name
-        if sub.is_dir():
-            files = sorted(p for p in sub.iterdir() if p.is_file() and p.suffix in CORPUS_SUFFIXES)
-            if files:
-                return _one_format(tuple(files), split)
-            raise LmcollapseError(f"corpus folder {sub} has no {'/'.join(CORPUS_SUFFIXES)} files for split {split!r}")
-    for name in names:
-        for prefix in ("", "wiki."):
-            for suffix in CORPUS_SUFFIXES:
-                candidate = folder / f"{prefix}{name}{suffix}"
-                if candidate.is_file():
-                    return (candidate,)
+    folders = [folder / name for name in names if (folder / name).is_dir()]
+    named = [folder / f"{prefix}{name}{suffix}" for name in names for prefix in ("", "wiki.") for suffix in CORPUS_SUFFIXES]
+    broken = [path for path in named if is_broken_link(path)]
+    if broken:
+        raise broken_link_error(broken[0])
+    candidates = folders + [path for path in named if path.is_file()]
+    if len(candidates) > 1:
+        shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in candidates)
+        raise LmcollapseError(
+            f"corpus folder {folder} has {len(candidates)} candidates for split {split!r} ({shown}): keep one of them "
+            "(move the others out of the folder); a split is one file, or one folder of files of one format")
+    if folders:
+        sub = folders[0]
+        entries = sorted(p for p in sub.iterdir() if p.suffix in CORPUS_SUFFIXES)
+        broken = [path for path in entries if is_broken_link(path)]
+        if broken:
+            raise broken_link_error(broken[0])
+        files = [p for p in entries if p.is_file()]
+        if files:
+            return _one_format(tuple(files), split)
+        raise LmcollapseError(f"corpus folder {sub} has no {'/'.join(CORPUS_SUFFIXES)} files for split {split!r}")
+    if candidates:
+        return (candidates[0],)
     present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
     raise MissingSplit(
         f"corpus folder {folder} has no split {split!r}: expected {names[0]}.txt (or .raw, .tokens, .jsonl, "
@@ -417,13 +448,17 @@ def _one_format(files: tuple[Path, ...], split: str) -> tuple[Path, ...]:
     """The files of a split are all lines of text, or all records of one format."""
     formats = {STRUCTURED_SUFFIXES.get(p.suffix, "text") for p in files}
     if len(formats) > 1:
+        shown = ", ".join(p.name for p in files[:6]) + (", ..." if len(files) > 6 else "")
         raise LmcollapseError(
-            f"split {split!r} mixes file formats ({', '.join(sorted(formats))} in {files[0].parent}): keep one format per split")
+            f"split {split!r} mixes file formats ({', '.join(sorted(formats))} in {files[0].parent}: {shown}): keep "
+            "one format per split")
     return files
 
 
 def check_text_file(path: Path) -> None:
     """Raise a one-line error unless ``path`` is a non-empty UTF-8 text file."""
+    if is_broken_link(path):
+        raise broken_link_error(path)
     if not path.is_file():
         raise LmcollapseError(f"corpus file {path} not found: check data.corpus and {DATA_DIR_ENV}")
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
@@ -503,7 +538,7 @@ def load_split_lines(source: SplitSource):
             rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
                                          keep_in_memory=True)
         except Exception as err:  # the builders raise many kinds for a malformed file
-            reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+            reason = error_reason(err)
             raise LmcollapseError(
                 f"corpus file(s) {source.describe()} could not be read as {builder} ({reason}): check the format "
                 f"matches the suffix") from None
@@ -516,7 +551,7 @@ def load_split_lines(source: SplitSource):
         try:
             rows = datasets.load_dataset(hub_path, hub_config, split=split)
         except Exception as err:  # offline, hub down, gated: all mean "not available here"
-            reason = str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+            reason = error_reason(err)
             if source.searched:  # a named corpus with local files somewhere
                 raise LmcollapseError(
                     f"corpus {source.corpus} split {split!r} is not on disk (looked in {', '.join(source.searched)}) and "
@@ -531,6 +566,13 @@ def load_split_lines(source: SplitSource):
         loaded = lines_dataset(hub_builder_line(row) for row in _text_column(rows, source))
     if source.carving is not None:
         kept = source.carving.rows(len(loaded))
+        if len(kept) == 0 and len(loaded) <= source.carving.parts:  # no fraction can help
+            unit = "records" if source.records else "lines"
+            raise LmcollapseError(
+                f"the {source.carving.source_split} split of {source.corpus} has {len(loaded)} row(s) ({unit}), and "
+                f"carving {source.carving.parts} split(s) from it needs at least {source.carving.parts + 1}: carving "
+                "splits rows, never the text inside one, so give the corpus a held-out file of its own (e.g. "
+                f"test.txt beside train.txt) or more rows ({'one record each' if source.records else 'one per line'})")
         if len(kept) == 0:
             raise LmcollapseError(
                 f"carving {source.carving.parts} split(s) of {source.carving.fraction:g} from the {len(loaded)} rows of "
@@ -556,13 +598,21 @@ def _text_column(rows, source: SplitSource) -> list[str]:
             "set data.text_column to the column holding the text")
     feature = rows.features[column]
     if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        # Name the first value that is not text: "holds Json(decode=True)" tells a user nothing.
+        first = next(((i, v) for i, v in enumerate(rows[column]) if v is not None and not isinstance(v, str)), None)
+        where = "" if first is None else \
+            f"; record {first[0] + 1} holds {type(first[1]).__name__} {_shorten(repr(first[1]))}"
         raise LmcollapseError(
-            f"column {column!r} of corpus {source.describe()} holds {feature}, not text: set data.text_column to a "
-            "text column")
+            f"column {column!r} of corpus {source.describe()} is not text{where}: set data.text_column to a column "
+            "holding text in every record, or fix that record")
     values = ["" if value is None else value for value in rows[column]]
     if source.records:
         values = [value if not value.strip() or value.endswith("\n") else value + "\n" for value in values]
     return values
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def tokenize_lines(lines, tokenizer) -> np.ndarray:

@@ -60,6 +60,7 @@ class Estimate:
     train_bytes: float
     generate_bytes: float
     seconds: dict[str, float]  # per stage, per generation (pretraining once)
+    disk_bytes: float = 0.0  # what one generation leaves on disk
 
 
 def shape_of(config: PipelineConfig) -> Shape | None:
@@ -70,7 +71,7 @@ def shape_of(config: PipelineConfig) -> Shape | None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lmcollapse.modeling import family_config
+    from lmcollapse.modeling import check_model_folder, family_config
 
     if config.model.is_preset:
         class Vocabulary:  # the preset's vocabulary size, before any tokenizer is trained
@@ -81,11 +82,13 @@ def shape_of(config: PipelineConfig) -> Shape | None:
 
         model_config = family_config(config.model, Vocabulary())
     elif (Path(config.model.name).expanduser() / "config.json").is_file():
-        model_config = AutoConfig.from_pretrained(Path(config.model.name).expanduser())
+        folder = Path(config.model.name).expanduser()
+        check_model_folder(folder, config.model.trust_remote_code)  # refused here too: no code runs for a plan
+        model_config = AutoConfig.from_pretrained(folder, trust_remote_code=config.model.trust_remote_code)
     else:
         return None
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config)
+        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=config.model.trust_remote_code)
     text = model.config.get_text_config()
     layers = int(getattr(text, "num_hidden_layers", 0) or getattr(text, "n_layer", 0))
     width = int(getattr(text, "hidden_size", 0) or getattr(text, "n_embd", 0))
@@ -188,7 +191,10 @@ def estimate(config: PipelineConfig, shape: Shape, device: Device, train_blocks:
     }
     if pretrain_tokens:
         seconds["pretrain (once)"] = 3 * forward(pretrain_tokens, config.pretrain.block_size / 2) / (rate * fraction["train"])
-    return Estimate(train_bytes, generate_bytes, seconds)
+    # A generation keeps its weights (fp32) and two corpora of train_blocks records, its training
+    # set and its synthetic text, each token about 8 bytes in Parquet (an int32 id, its text).
+    disk_bytes = 4 * shape.parameters + train_blocks * 8 * (block + prompt + gen.max_new_tokens)
+    return Estimate(train_bytes, generate_bytes, seconds, disk_bytes)
 
 
 def describe_cost(config: PipelineConfig, device: Device, shape: Shape | None, train_blocks: int | None,
@@ -211,9 +217,9 @@ def describe_cost(config: PipelineConfig, device: Device, shape: Shape | None, t
                  f"{config.train.micro_batch_size or config.train.batch_size}), generation ~{cost.generate_bytes / 1e9:.2f} GB "
                  f"(batch {config.generate.batch_size} x {config.generate.num_beams} beam(s))")
     per_generation = sum(v for k, v in cost.seconds.items() if k != "pretrain (once)")
-    stages = ", ".join(f"{k} ~{_duration(v)}" for k, v in cost.seconds.items())
-    lines.append(f"  time per generation (generation 0's size): {stages}; ~{_duration(per_generation)} a generation, "
-                 f"~{_duration(per_generation * generations + cost.seconds.get('pretrain (once)', 0))} for {generations}")
+    stages = ", ".join(f"{k} ~{duration(v)}" for k, v in cost.seconds.items())
+    lines.append(f"  time per generation (generation 0's size): {stages}; ~{duration(per_generation)} a generation, "
+                 f"~{duration(per_generation * generations + cost.seconds.get('pretrain (once)', 0))} for {generations}")
     if device.kind == "cuda" and config.generate.num_beams == 1:
         lines.append("  (sampling on a GPU: make bench's rate; no pipeline has sampled on a GPU yet)")
     budget = 0.9 * device.memory_bytes
@@ -227,7 +233,7 @@ def describe_cost(config: PipelineConfig, device: Device, shape: Shape | None, t
     return lines
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:

@@ -25,3 +25,10 @@ class DiskFull(LmcollapseError):
     """The disk filled while writing; what was being written was removed, completed stages are intact."""
 
     exit_code = 3
+
+
+def error_reason(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name:
+    the "(reason)" of a one-line error built around a library's exception."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

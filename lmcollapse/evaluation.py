@@ -24,7 +24,7 @@ from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_pe
 from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding, sample_perplexities
 from lmcollapse.metrics.self_bleu import self_bleu_scores
-from lmcollapse.modeling import end_of_text_ids, load_model
+from lmcollapse.modeling import end_of_text_ids
 from lmcollapse.records import HUMAN, read_records
 from lmcollapse.regimes import source_counts
 from lmcollapse.seeding import subsample_indices
@@ -105,8 +105,7 @@ def synthetic_tails(context: Context, index: int, model, synthetic, values_path:
         return {}
     scorer = model
     if index > 0:
-        scorer, _ = load_model(context.run.generation(0).model, config.model.attn_implementation, with_tokenizer=False)
-        scorer = scorer.to(context.accelerator.device)
+        scorer = context.load_weights(context.run.generation(0).model).to(context.accelerator.device)
     values = sample_perplexities(scorer, [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]],
                                  config.evaluate.batch_size, context.accelerator,
                                  progress="tails" if context.progress else None,

@@ -23,7 +23,7 @@ from pathlib import Path
 from lmcollapse.atomic import remove_path, temporary_sibling, write_text_atomic
 from lmcollapse.cards import CARD
 from lmcollapse.config import load_config
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.integrity import COMPLETE, verify_run
 from lmcollapse.rundir import RunDir, lock_holder
 
@@ -116,7 +116,7 @@ def push_to_hub(folder: Path, repo_id: str) -> str:
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="dataset")
     except Exception as err:  # offline, no token, no rights: all one line
-        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        reason = error_reason(err, 200)
         raise LmcollapseError(f"could not push {folder} to the hub as {repo_id} ({reason}): check the network and "
                               f"`huggingface-cli login`; the export itself is complete in {folder}") from None
     return f"https://huggingface.co/datasets/{repo_id}"

@@ -26,7 +26,7 @@ from pathlib import Path
 from lmcollapse.atomic import sha256_file
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.manifests import check_unchanged, read_manifest
-from lmcollapse.rundir import MANIFEST, RunDir, build_command
+from lmcollapse.rundir import MANIFEST, RunDir, build_command, rebuild_command
 
 COMPLETE, DAMAGED, STALE, PARTIAL, MISSING = "complete", "damaged", "stale", "partial", "missing"
 
@@ -37,6 +37,7 @@ class StageCheck:
     root: Path
     state: str
     problem: str = ""  # one line: what is wrong, and the command that mends it
+    fix: str = ""  # a damaged stage: the command that rebuilds it (restoring its files mends it too)
 
     @property
     def usable(self) -> bool:
@@ -86,21 +87,21 @@ def _stage_check(name: str, root: Path, manifest_path: Path, key: str, files_roo
             try:
                 problem = _lineage_problem(read_manifest(started), parents)
             except LmcollapseError as err:
-                return StageCheck(name, root, DAMAGED, str(err))
+                return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
             if problem:
                 return StageCheck(name, root, STALE, problem)
         return StageCheck(name, root, PARTIAL)
     try:
         manifest = read_manifest(manifest_path)
     except LmcollapseError as err:
-        return StageCheck(name, root, DAMAGED, str(err))
+        return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
     problem = _lineage_problem(manifest, parents)
     if problem:
         return StageCheck(name, root, STALE, problem)
     try:
         check_unchanged(manifest.get(key, {}), files_root, name, accept_changed=False, stage_root=root, quick=quick)
     except LmcollapseError as err:
-        return StageCheck(name, root, DAMAGED, str(err))
+        return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
     return StageCheck(name, root, COMPLETE)
 
 
@@ -111,9 +112,10 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     if base.usable and evaluation.is_file():
         try:  # recomputed on its own: the base model need not be rebuilt for it
             last = max([g.index for g in run.generations_on_disk()], default=0)
-            read_manifest(evaluation, fix=f"rm {shlex.quote(str(evaluation))} && {build_command(run.root, last)}")
+            fix = f"rm {shlex.quote(str(evaluation))} && {build_command(run.root, last)}"
+            read_manifest(evaluation, fix=fix)
         except LmcollapseError as err:
-            base = StageCheck("base", run.base, DAMAGED, str(err))
+            base = StageCheck("base", run.base, DAMAGED, str(err), fix)
     human = _stage_check("human", run.human, run.human / MANIFEST, "files", run.human, quick,
                          {"base_manifest_sha256": (run.base / MANIFEST, base)})
     checks = [base, human]

@@ -11,13 +11,14 @@ manifests it was built on, and the environment (versions, git commit, device).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
 from pathlib import Path
 
 from lmcollapse.atomic import canonical_json, read_json, sha256_bytes, sha256_file, write_json_atomic
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.rundir import rebuild_command
 
 
@@ -101,6 +102,8 @@ def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_chan
 
     Raises naming the first changed file, and the command that rebuilds the stage at
     ``stage_root`` (default ``root``), unless ``accept_changed``; returns the changed names.
+    A file that is missing, or changed so that it can no longer be read (a truncated Parquet
+    file, say), is never accepted: the message offers ``--accept-changed`` only where it works.
     ``quick`` only checks that every file is there.
     """
     changed = []
@@ -112,12 +115,45 @@ def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_chan
             continue
         else:
             actual = sha256_file(path)
-        if actual != expected:
-            changed.append(name)
-            if not accept_changed:
-                state = "is missing" if actual is None else f"changed (sha256 {actual[:12]}, recorded {expected[:12]})"
-                raise LmcollapseError(
-                    f"{path} {state} since {what} completed: restore it, rebuild it with "
-                    f"`{rebuild_command(stage_root or root)}`, or pass --accept-changed (ACCEPT_CHANGED=1) "
-                    "to use it as it is now")
+        if actual == expected:
+            continue
+        changed.append(name)
+        unusable = "missing" if actual is None else unreadable_reason(path)
+        if accept_changed and unusable is None:
+            continue
+        rebuild = f"rebuild it with `{rebuild_command(stage_root or root)}`"
+        if actual is None:
+            state = "is missing"
+        elif unusable is not None:
+            state = f"changed and cannot be read ({unusable})"
+        else:
+            state = f"changed (sha256 {actual[:12]}, recorded {expected[:12]})"
+        fix = f"restore it, or {rebuild}" if unusable is not None else \
+            f"restore it, {rebuild}, or pass --accept-changed (ACCEPT_CHANGED=1) to use it as it is now"
+        raise LmcollapseError(f"{path} {state} since {what} completed: {fix}")
     return changed
+
+
+def unreadable_reason(path: Path) -> str | None:
+    """Why a file cannot be read as what its suffix says (Parquet, JSON, NumPy, safetensors), or
+    None: what ``--accept-changed`` checks before a changed file is used as it is."""
+    try:
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            pq.read_table(path)
+        elif path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".npy":
+            import numpy as np
+
+            np.load(path, allow_pickle=False)
+        elif path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            load_file(path)
+        else:
+            path.read_bytes()
+    except Exception as err:  # noqa: BLE001 - every reader's failure means the same: not usable
+        return error_reason(err, 100)
+    return None

@@ -17,7 +17,9 @@ for a preset used from scratch (``pretrain.corpus: null``). A pretrained model i
 
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -25,12 +27,13 @@ import torch
 
 from lmcollapse.atomic import atomic_path, canonical_json, sha256_bytes, sha256_file
 from lmcollapse.config import ModelConfig
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.presets import TOKEN_CONVENTIONS
 
 log = logging.getLogger(__name__)
 
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+SAFE_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 
 
 def train_bpe_tokenizer(lines: Iterable[str], vocab_size: int, max_length: int = 2048, family: str = "opt"):
@@ -100,39 +103,114 @@ def build_preset_model(config: ModelConfig, tokenizer, seed: int):
     return model
 
 
-def load_model(name_or_path: str | Path, attn_implementation: str = "sdpa", with_tokenizer: bool = True):
-    """``from_pretrained`` with fp32 weights and a one-line error for anything unloadable."""
+def load_model(name_or_path: str | Path, attn_implementation: str = "sdpa", with_tokenizer: bool = True,
+               trust_remote_code: bool = False):
+    """``from_pretrained`` with fp32 weights and a one-line error for anything unloadable.
+
+    NOTE: weights load from safetensors only (a pickle can run code when unpickled), and a model's
+    own Python code runs only with ``trust_remote_code`` (``model.trust_remote_code``), always
+    passed explicitly: transformers would otherwise ask on the terminal, and a yes runs it.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     location = Path(name_or_path).expanduser()
-    if location.exists():
-        check_model_folder(location)
+    if location.exists() or location.is_symlink():
+        check_model_folder(location, trust_remote_code)
     source = str(location) if location.exists() else str(name_or_path)
     try:
         # NOTE: transformers 5 loads in the checkpoint's dtype by default (fp16 for
         # facebook/opt-125m); training needs fp32 master weights, precision is autocast's job.
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attn_implementation)
-        tokenizer = AutoTokenizer.from_pretrained(source) if with_tokenizer else None
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise LmcollapseError(
-            f"model {name_or_path} could not be loaded ({first}): check model.name, or the network "
-            "for hub ids (HF_HUB_OFFLINE=1 uses the local cache only)") from None
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, attn_implementation=attn_implementation,
+                                                     use_safetensors=True, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code) if with_tokenizer else None
+    except Exception as err:  # noqa: BLE001 - a model's own code (trusted) may raise anything
+        raise _load_error(name_or_path, err) from None
     if tokenizer is not None:
         tokenizer = prepare_tokenizer(tokenizer)
     return model, tokenizer
 
 
-def check_model_folder(location: Path) -> None:
-    """One-line errors for a local model path that ``from_pretrained`` could not load."""
+def load_tokenizer(folder: str | Path, trust_remote_code: bool = False):
+    """A saved model's tokenizer, prepared for batched generation (``prepare_tokenizer``)."""
+    from transformers import AutoTokenizer
+
+    try:
+        return prepare_tokenizer(AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code))
+    except (OSError, ValueError) as err:
+        raise _load_error(folder, err) from None
+
+
+def _load_error(name_or_path: str | Path, err: Exception) -> LmcollapseError:
+    reason = error_reason(err, 200)
+    if not isinstance(err, (OSError, ValueError)):
+        reason = f"{type(err).__name__}: {reason}"
+    if "trust_remote_code" in str(err):
+        return LmcollapseError(
+            f"model {name_or_path} needs its own Python code to load, and lmcollapse runs no code from a model unless "
+            f"asked: read that code, then set model.trust_remote_code=true (SET=\"model.trust_remote_code=true\")")
+    if "safetensors" in str(err) and "no file named" in str(err):
+        return LmcollapseError(
+            f"model {name_or_path} has no safetensors weights, and weights in pickle format cannot be loaded safely "
+            "(unpickling can run code): use a model published with model.safetensors, or convert a copy you trust "
+            "to safetensors and set model.name to it")
+    return LmcollapseError(
+        f"model {name_or_path} could not be loaded ({reason}): check model.name, or the network "
+        "for hub ids (HF_HUB_OFFLINE=1 uses the local cache only)")
+
+
+def check_model_folder(location: Path, trust_remote_code: bool = False) -> None:
+    """One-line errors for a local model path that ``from_pretrained`` could not load, or should
+    not: weights only in pickle format, or code of its own that the user has not trusted."""
+    if location.is_symlink() and not location.exists():
+        raise LmcollapseError(f"model path {location} is a broken or looping symbolic link: point model.name at the "
+                              "folder itself")
     if not location.is_dir():
         raise LmcollapseError(f"model path {location} is a file: name the folder that holds config.json and the weights")
     if not (location / "config.json").is_file():
         raise LmcollapseError(f"model folder {location} has no config.json: point model.name at a folder saved with save_pretrained")
-    if not any((location / name).is_file() for name in WEIGHT_FILES):
+    if not any((location / name).is_file() for name in SAFE_WEIGHT_FILES):
+        pickled = [name for name in PICKLE_WEIGHT_FILES if (location / name).is_file()]
+        if pickled:
+            raise LmcollapseError(
+                f"model folder {location} holds its weights in pickle format ({pickled[0]}), which cannot be loaded "
+                f"safely (unpickling can run code): convert them to safetensors where you trust the file: "
+                f"{convert_command(location)}, then set model.name={shlex.quote(str(location))}-safetensors")
         raise LmcollapseError(
-            f"model folder {location} has no weights ({', '.join(WEIGHT_FILES[::2])}): "
+            f"model folder {location} has no weights (model.safetensors): "
             "copy them in, or use a preset such as model.name=tiny-opt")
+    try:
+        model_config = json.loads((location / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise LmcollapseError(f"model folder {location}: config.json is not valid JSON ({error_reason(err)}): restore "
+                              "it from where the model came from") from None
+    if not isinstance(model_config, dict):
+        raise LmcollapseError(f"model folder {location}: config.json is not a JSON object: restore it from where the "
+                              "model came from")
+    if model_config.get("auto_map") and not trust_remote_code and not _known_model_type(model_config.get("model_type")):
+        code = sorted({str(v).split(".")[0] + ".py" for v in model_config["auto_map"].values() if isinstance(v, str)})
+        raise LmcollapseError(
+            f"model folder {location} ships its own Python code ({', '.join(code) or 'auto_map in config.json'}; "
+            f"model_type {model_config.get('model_type')!r} is not one transformers knows), and lmcollapse runs no "
+            "code from a model unless asked: read that code, then set model.trust_remote_code=true "
+            "(SET=\"model.trust_remote_code=true\")")
+
+
+def _known_model_type(model_type) -> bool:
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return isinstance(model_type, str) and model_type in CONFIG_MAPPING_NAMES
+
+
+def convert_command(folder: Path) -> str:
+    """A shell command that saves ``folder``'s model and tokenizer again, with safetensors weights,
+    into ``<folder>-safetensors`` (transformers reads the pickle with ``weights_only=True``)."""
+    import sys
+
+    target = f"{folder}-safetensors"
+    code = ("from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; "
+            f"s, d = {str(folder)!r}, {target!r}; M.from_pretrained(s).save_pretrained(d); "
+            "T.from_pretrained(s).save_pretrained(d)")
+    return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
 
 
 def save_model(model, tokenizer, folder: Path, extra_files: dict[str, str] | None = None) -> None:

@@ -51,7 +51,7 @@ from lmcollapse.generate import write_synthetic_corpus
 from lmcollapse.integrity import COMPLETE, DAMAGED, STALE, lineage_record, verify_run
 from lmcollapse.interrupts import stop_on_signals
 from lmcollapse.manifests import check_unchanged, environment_record, read_manifest, write_manifest
-from lmcollapse.modeling import end_of_text_ids, load_model, save_model, weights_sha256
+from lmcollapse.modeling import end_of_text_ids, save_model, weights_sha256
 from lmcollapse.plan import describe_regime
 from lmcollapse.precision import stage_precisions
 from lmcollapse.preflight import check_corpus, check_same_config, preflight
@@ -280,12 +280,12 @@ def ensure_trained_model(context: Context, index: int, train_set, train_sha: str
     run, config, accelerator = context.run, context.config, context.accelerator
     generation = run.generation(index)
     if generation.model.is_dir():
-        model, _ = load_model(generation.model, config.model.attn_implementation, with_tokenizer=False)
+        model = context.load_weights(generation.model)
         return model.to(accelerator.device), read_json(generation.train_log)
     tokenizer = context.tokenizer()
     start = start_model(run, config, index)
     start_sha = weights_sha256(start)
-    model, _ = load_model(start, config.model.attn_implementation, with_tokenizer=False)
+    model = context.load_weights(start)
     validation = None
     if config.train.select == "best-validation":
         validation = [np.asarray(ids, dtype=np.int64) for ids in read_records(run.human_validation)["input_ids"]]
@@ -359,8 +359,7 @@ def filter_candidates(context: Context, index: int, candidates):
     """Decontamination: the detector's report is written before the training set it filtered."""
     scorer = None
     if context.config.decontaminate.detector == "perplexity":
-        scorer, _ = load_model(context.run.generation(index - 1).model, context.config.model.attn_implementation,
-                               with_tokenizer=False)
+        scorer = context.load_weights(context.run.generation(index - 1).model)
     kept, report = decontaminate(candidates, context.config, index, scorer, context.config.evaluate.batch_size,
                                  end_of_text_ids=end_of_text_ids(context.tokenizer()))
     write_json_atomic(context.run.generation(index).decontamination, report)

@@ -11,6 +11,7 @@ the status reads markers, checkpoints and shard sidecars.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from lmcollapse import corpus
 from lmcollapse.config import PipelineConfig, load_config, result_affecting_differences
@@ -82,24 +83,15 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
         cap = "" if data.max_validation_blocks is None else f", at most {data.max_validation_blocks} blocks"
         lines.append(f"  each generation keeps its epoch with the lowest loss on human validation text ({where}{cap})")
 
-    human_blocks = None
-    if (run.human / MANIFEST).is_file():
-        human_blocks = read_manifest(run.human / MANIFEST)["train"]["blocks"]
-    sources = corpus.locate_data_splits(config, data.train_split, data.heldout_split)
+    sizes = corpus_sizes(config, run)
+    human_blocks = sizes.human_blocks
     try:
-        corpus.check_same_source(*sources, allow_mixed=data.mixed_sources)
+        corpus.check_same_source(*sizes.sources, allow_mixed=data.mixed_sources)
     except LmcollapseError as err:
         lines.append(f"  WARNING: building would stop: {err}")
-    for (role, split), source in zip((("train", data.train_split), ("held out", data.heldout_split)), sources):
-        size = split_bytes(source)
-        estimate = int(size / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
-        lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{estimate} blocks)")
-        if role == "train":
-            train_estimate = estimate
-            if human_blocks is None and estimate:
-                human_blocks = estimate if data.max_train_blocks is None else min(estimate, data.max_train_blocks)
-        else:
-            heldout_blocks = estimate if data.max_heldout_blocks is None else min(estimate, data.max_heldout_blocks)
+    for (role, split), source, size, blocks in zip((("train", data.train_split), ("held out", data.heldout_split)),
+                                                   sizes.sources, sizes.split_bytes, sizes.split_blocks):
+        lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{blocks} blocks)")
     if data.max_train_blocks is not None:
         lines.append(f"  training set capped at {data.max_train_blocks} blocks (fixed subset, seed {data.subset_seed})")
     lines.append(f"regime: {describe_regime(config)}")
@@ -129,7 +121,7 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
         f"self-BLEU-{ev.self_bleu_max_n} ({ev.self_bleu_smoothing}) on {ev.self_bleu_samples or 'all'} samples, "
         f"distinct-1..{ev.distinct_max_n}, rare {ev.rare_ngram_n}-gram survival, tails {'on' if ev.tails else 'off'}; "
         f"words: {ev.text_tokenization}")
-    lines.extend(_cost_lines(config, run, human_blocks, train_estimate, heldout_blocks, last_generation, device))
+    lines.extend(_cost_lines(config, run, sizes, last_generation + 1, device))
     lines.append("stages:")
     lines.extend(f"  {line}" for line in stage_lines(run, last_generation, config))
     return "\n".join(lines)
@@ -149,9 +141,35 @@ def split_bytes(source: corpus.SplitSource) -> int:
     return size
 
 
-def _cost_lines(config: PipelineConfig, run: RunDir, train_blocks: int | None, train_estimate: int, heldout_blocks: int,
-                last_generation: int, device) -> list[str]:
-    from lmcollapse import cost
+@dataclass(frozen=True)
+class CorpusSizes:
+    """The sizes a plan is made from: the train and held-out splits' sources, bytes and blocks
+    (estimated from bytes), and the training and held-out blocks a generation uses (recorded once
+    the human stage is done, estimated before)."""
+
+    sources: tuple[corpus.SplitSource, corpus.SplitSource]
+    split_bytes: tuple[int, int]
+    split_blocks: tuple[int, int]
+    human_blocks: int | None
+    heldout_blocks: int
+
+
+def corpus_sizes(config: PipelineConfig, run: RunDir) -> CorpusSizes:
+    data = config.data
+    sources = corpus.locate_data_splits(config, data.train_split, data.heldout_split)
+    sizes = tuple(split_bytes(source) for source in sources)
+    train_blocks, heldout_blocks = (int(size / BYTES_PER_TOKEN_ESTIMATE / data.block_size) for size in sizes)
+    human_blocks = None
+    if run.human_manifest.is_file():
+        human_blocks = read_manifest(run.human_manifest)["train"]["blocks"]
+    elif train_blocks:
+        human_blocks = train_blocks if data.max_train_blocks is None else min(train_blocks, data.max_train_blocks)
+    heldout = heldout_blocks if data.max_heldout_blocks is None else min(heldout_blocks, data.max_heldout_blocks)
+    return CorpusSizes(sources, sizes, (train_blocks, heldout_blocks), human_blocks, heldout)
+
+
+def _cost_inputs(config: PipelineConfig, sizes: CorpusSizes) -> tuple[int, int]:
+    """The validation blocks each generation scores, and the pretraining tokens still to train."""
     from lmcollapse.preflight import separate_validation_split
 
     data = config.data
@@ -161,7 +179,7 @@ def _cost_lines(config: PipelineConfig, run: RunDir, train_blocks: int | None, t
             (source,) = corpus.locate_data_splits(config, separate_validation_split(config))
             pool = int(split_bytes(source) / BYTES_PER_TOKEN_ESTIMATE / data.block_size)
         else:  # the train split's blocks outside the training subset
-            pool = max(train_estimate - (train_blocks or 0), 0)
+            pool = max(sizes.split_blocks[0] - (sizes.human_blocks or 0), 0)
         validation = pool if data.max_validation_blocks is None else min(pool, data.max_validation_blocks)
     pretrain_tokens = 0
     if config.model.is_preset and config.pretrain.enabled:
@@ -176,8 +194,32 @@ def _cost_lines(config: PipelineConfig, run: RunDir, train_blocks: int | None, t
             if config.pretrain.max_blocks is not None:
                 tokens = min(tokens, config.pretrain.max_blocks * config.pretrain.block_size)
             pretrain_tokens = int(tokens * config.pretrain.epochs)
-    return cost.describe_cost(config, device or cost.this_device(), cost.shape_of(config), train_blocks,
-                              heldout_blocks * config.eval_block_size, validation, pretrain_tokens, last_generation + 1)
+    return validation, pretrain_tokens
+
+
+def _cost_lines(config: PipelineConfig, run: RunDir, sizes: CorpusSizes, generations: int, device) -> list[str]:
+    from lmcollapse import cost
+
+    validation, pretrain_tokens = _cost_inputs(config, sizes)
+    return cost.describe_cost(config, device or cost.this_device(), cost.shape_of(config), sizes.human_blocks,
+                              sizes.heldout_blocks * config.eval_block_size, validation, pretrain_tokens, generations)
+
+
+def build_estimate(config: PipelineConfig, run: RunDir, last_generation: int) -> tuple[float, float] | None:
+    """Seconds and bytes of disk that building the generations up to ``last_generation`` not yet
+    complete would take on this machine (the plan's cost model); None where the plan has no estimate."""
+    from lmcollapse import cost
+
+    shape = cost.shape_of(config)
+    sizes = corpus_sizes(config, run)
+    if shape is None or sizes.human_blocks is None:
+        return None
+    validation, pretrain_tokens = _cost_inputs(config, sizes)
+    result = cost.estimate(config, shape, cost.this_device(), sizes.human_blocks,
+                           sizes.heldout_blocks * config.eval_block_size, validation, pretrain_tokens)
+    todo = sum(1 for i in range(last_generation + 1) if not run.generation(i).is_complete)
+    per_generation = sum(v for k, v in result.seconds.items() if k != "pretrain (once)")
+    return (todo * per_generation + result.seconds.get("pretrain (once)", 0.0), todo * result.disk_bytes)
 
 
 def describe_regime(config: PipelineConfig) -> str:
@@ -286,7 +328,11 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     lines.extend(stage_lines(run, last, config, checks))
     complete = [g.index for g in run.complete_generations() if checks[g.name].state != STALE]
     first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
-    if first_missing <= last:
+    damaged = [c for c in checks.values() if c.state == DAMAGED]
+    if damaged:  # building would stop on it: the mend comes first
+        lines.append(f"next: mend {damaged[0].name} first (building stops on it): restore the file named above, or "
+                     f"rebuild it: {damaged[0].fix}")
+    elif first_missing <= last:
         state = generation_state(run.generation(first_missing), config)
         action = "resume" if state.startswith("partial") else "build"
         lines.append(f"next: {build_command(run.root, last)} would {action} {run.generation(first_missing).name}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmcollapse import corpus
-from lmcollapse.atomic import existing_ancestor, read_json
+from lmcollapse.atomic import check_folder_target, read_json
 from lmcollapse.config import PipelineConfig, check_trained_positions, load_config, result_affecting_differences
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.manifests import read_manifest
@@ -23,10 +23,7 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
     from lmcollapse.tracking import check_trackers
 
     check_trackers(config)
-    existing = existing_ancestor(run.root)
-    if not existing.is_dir():
-        where = "is a file" if existing == run.root else f"is inside {existing}, which is a file"
-        raise LmcollapseError(f"RUN={run.root} {where}, not a run folder: choose a folder, e.g. RUN=runs/{config.name}")
+    check_folder_target(run.root, "RUN=", f"RUN=runs/{config.name}")
     if run.pipeline_file.is_file():
         check_same_config(config, run)
     elif run.root.is_dir():
@@ -39,7 +36,7 @@ def preflight(config: PipelineConfig, run: RunDir) -> None:
         check_corpus(config)
     if not run.base_manifest.is_file() and not config.model.is_preset and Path(config.model.name).expanduser().exists():
         folder = Path(config.model.name).expanduser()
-        check_model_folder(folder)
+        check_model_folder(folder, config.model.trust_remote_code)
         check_positions_of(config, read_json(folder / "config.json"))
     if run.base_manifest.is_file() and config.pretrain.enabled:
         if read_manifest(run.base_manifest).get("kind") == "preset":  # an older run's fresh-weights base

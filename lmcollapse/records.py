@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcollapse.atomic import atomic_path, sha256_file
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 
 HUMAN, SYNTHETIC = "human", "synthetic"
 
@@ -58,7 +58,7 @@ def read_records(path: Path) -> datasets.Dataset:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise LmcollapseError(
-            f"{path} is not readable Parquet ({str(err).splitlines()[0][:120]}): it was truncated or "
+            f"{path} is not readable Parquet ({error_reason(err, 120)}): it was truncated or "
             "modified; delete it and rerun to rebuild it") from None
     return datasets.Dataset(table)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lmcollapse.config import PipelineConfig, config_to_dict, flatten
 from lmcollapse.config.stage_sections import TRACKER_PACKAGES
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.rundir import RunDir
 
 TRACKING_DIR = "tracking"
@@ -89,7 +89,7 @@ class RunTracker:
                 tracker.store_init_configuration(hyperparameters(config))
             except Exception as err:  # noqa: BLE001 - any tracker's failure: said, and the run goes on
                 log.warning("tracking to %s is off for this command (%s): the run goes on without it", name,
-                            str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__)
+                            error_reason(err))
                 continue
             trackers.append((name, tracker))
         return cls(trackers) if trackers else None
@@ -100,7 +100,7 @@ class RunTracker:
                 action(name, tracker)
             except Exception as err:  # noqa: BLE001
                 log.warning("tracking to %s stopped (%s): the run goes on without it", name,
-                            str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__)
+                            error_reason(err))
                 self.trackers.remove((name, tracker))
 
     def log_generation(self, index: int, train_log: dict, row: dict, steps_before: int) -> None:

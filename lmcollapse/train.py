@@ -43,7 +43,7 @@ from lmcollapse.atomic import (
     temporary_sibling,
 )
 from lmcollapse.config import TrainConfig
-from lmcollapse.errors import DiskFull, LmcollapseError
+from lmcollapse.errors import DiskFull, LmcollapseError, error_reason
 from lmcollapse.failpoints import failpoint
 from lmcollapse.interrupts import check_stop
 from lmcollapse.metrics.perplexity import token_losses
@@ -299,7 +299,7 @@ def with_lora_adapters(model, config: TrainConfig, seed: int):
         try:
             return peft.get_peft_model(model, adapter)
         except ValueError as err:  # e.g. target modules not found in this family
-            raise LmcollapseError(f"train.lora: {str(err).splitlines()[0][:200]}: set train.lora.target_modules to "
+            raise LmcollapseError(f"train.lora: {error_reason(err, 200)}: set train.lora.target_modules to "
                                   "module names of this model (e.g. [q_proj, v_proj])") from None
 
 

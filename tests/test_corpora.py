@@ -99,7 +99,7 @@ def test_bad_records_are_one_line_errors(tmp_path):
     with pytest.raises(LmcollapseError, match=r"has no column 'body' \(it has id, text\): set data.text_column"):
         corpus.load_split_lines(source)
     (source,) = corpus.locate_splits(str(tmp_path), "train", text_column="id")
-    with pytest.raises(LmcollapseError, match=r"column 'id' of corpus .* holds .*int64.*, not text: set data.text_column"):
+    with pytest.raises(LmcollapseError, match=r"column 'id' of corpus .* is not text; record 1 holds int 0: set data.text_column"):
         corpus.load_split_lines(source)
     (tmp_path / "empty").mkdir()
     write_records(tmp_path / "empty" / "train.jsonl", ["", "  "], "jsonl")

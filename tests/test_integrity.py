@@ -21,6 +21,7 @@ import pytest
 from helpers import REPO, micro_raw_config, run_cli, tree_hashes, write_pipeline
 from lmcollapse.atomic import sha256_file
 from lmcollapse.config import build_config
+from lmcollapse.manifests import unreadable_reason
 from lmcollapse.pipeline import build
 from lmcollapse.rundir import RunDir
 
@@ -77,7 +78,7 @@ def _flip_a_byte(path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, file, state", [
-    ("truncate", "generation-01/synthetic/shard-00001.parquet", "changed"),
+    ("truncate", "generation-01/synthetic/shard-00001.parquet", "changed and cannot be read"),
     ("flip", "generation-00/model/model.safetensors", "changed"),
     ("delete", "generation-02/eval/perplexity.json", "is missing"),
     ("flip", "human/heldout.parquet", "changed"),
@@ -99,7 +100,9 @@ def test_damage_is_found_by_status_and_stops_generation(run, pipeline, damage, f
     result = generation(pipeline, run)  # a complete run: today's defect was exit 0 here
     assert result.returncode == 2
     message = last_line(result)
-    assert message.startswith(f"lmcollapse: error: {path} {state}") and "--accept-changed" in message
+    assert message.startswith(f"lmcollapse: error: {path} {state}")
+    # --accept-changed is offered only where it can work: a file that is there and still reads
+    assert ("--accept-changed" in message) == (path.is_file() and unreadable_reason(path) is None)
     assert tree_hashes(run.root) == before
 
 

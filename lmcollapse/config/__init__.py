@@ -16,11 +16,13 @@ from lmcollapse.config.loading import build_config, load_config, merge_sections,
 from lmcollapse.config.pipeline_config import (
     OPERATIONAL_KEYS,
     PipelineConfig,
+    check_name,
     check_trained_positions,
     config_to_dict,
     config_to_yaml,
     flatten,
     result_affecting_differences,
+    safe_name,
 )
 from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
 from lmcollapse.config.stage_sections import (
@@ -34,5 +36,5 @@ from lmcollapse.config.stage_sections import (
 
 __all__ = ["AUTO_PRETRAIN", "DEFAULT_PRETRAIN_CORPUS", "OPERATIONAL_KEYS", "DataConfig", "DecontaminateConfig",
            "EvaluateConfig", "GenerateConfig", "LoraConfig", "ModelConfig", "TrackConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",
-           "build_config", "check_trained_positions", "config_to_dict", "config_to_yaml", "describe_config", "field_docs",
-           "flatten", "load_config", "merge_sections", "parse_overrides", "result_affecting_differences"]
+           "build_config", "check_name", "check_trained_positions", "config_to_dict", "config_to_yaml", "describe_config", "field_docs",
+           "flatten", "load_config", "merge_sections", "parse_overrides", "result_affecting_differences", "safe_name"]

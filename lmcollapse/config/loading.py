@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
-from lmcollapse.config.pipeline_config import PipelineConfig
+from lmcollapse.config.pipeline_config import PipelineConfig, safe_name
 from lmcollapse.errors import ConfigError
 
 
@@ -27,7 +27,7 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
     if path is not None:
         path = Path(path)
         raw = _read_with_base(path)
-        raw.setdefault("name", path.stem)
+        raw.setdefault("name", safe_name(path.stem))  # "my pipeline.yaml" runs as runs/my-pipeline
     for key, value in parse_overrides(overrides).items():
         _set_dotted(raw, key, value)
     return build_config(raw)
@@ -146,19 +146,36 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     return _build(PipelineConfig, raw, "")
 
 
+# One override's words: runs of plain characters, [list] values and quoted values ("a b"), so
+# that "a=[1, 2] b=3" is two overrides and description="a b" one. A stray quote or bracket is an
+# ordinary character.
+_OVERRIDE_WORD = re.compile(r"""(?:[^\s\["']+|\[[^\]]*\]|"[^"]*"|'[^']*'|["'\[])+""")
+
+
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """``["train.epochs=1", "seed=3"]`` -> ``{"train.epochs": 1, "seed": 3}`` (values as YAML)."""
-    parsed: dict[str, Any] = {}
+    """``["train.epochs=1", "seed=3"]`` -> ``{"train.epochs": 1, "seed": 3}`` (values as YAML).
+
+    A word without ``=`` continues the value before it, so ``description=a b`` (one argument, or
+    two where ``make`` split ``SET="description=a b"``) sets the text "a b"; quotes work too
+    (``SET='description="a b=c"'``).
+    """
+    texts: dict[str, str] = {}
+    last = None
     for item in overrides:
-        # Split on whitespace, but not inside a [list] value: "a=[1, 2] b=3" is two overrides.
-        for token in re.findall(r"(?:[^\s\[]+|\[[^\]]*\])+", item):
+        for token in _OVERRIDE_WORD.findall(item):
             key, sep, text = token.partition("=")
+            if not sep and last is not None:
+                texts[last] += " " + token
+                continue
             if not sep or not key:
                 raise ConfigError(f"override {token!r} is not key=value (e.g. SET=\"train.epochs=1\")")
-            try:
-                parsed[key] = yaml.safe_load(text) if text else ""
-            except yaml.YAMLError:
-                parsed[key] = text
+            texts[key], last = text, key
+    parsed: dict[str, Any] = {}
+    for key, text in texts.items():
+        try:
+            parsed[key] = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            parsed[key] = text
     return parsed
 
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,8 @@ from lmcollapse.errors import ConfigError
 @dataclass(frozen=True)
 class PipelineConfig:
     name: str = "pipeline"
-    """Pipeline name: the default run directory is runs/<name>."""
+    """Pipeline name: the default run directory is runs/<name>. A name, not a path: letters,
+    digits, ``-``, ``_`` and ``.`` (not ``.`` or ``..``); ``RUN`` chooses any other folder."""
     description: str = ""
     """What the pipeline reproduces (free text, recorded with the run)."""
     seed: int = 0
@@ -53,6 +55,7 @@ class PipelineConfig:
     """Experiment trackers (TensorBoard, Weights & Biases, MLflow, ...) that receive what a run logs."""
 
     def __post_init__(self) -> None:
+        check_name(self.name, "name")
         if self.pretrain.corpus == AUTO_PRETRAIN:  # resolved, so a run's pipeline.yaml says what it did
             resolved = DEFAULT_PRETRAIN_CORPUS if self.model.is_preset else None
             object.__setattr__(self, "pretrain", dataclasses.replace(self.pretrain, corpus=resolved))
@@ -112,6 +115,25 @@ class PipelineConfig:
         return sha256_bytes(canonical_json(settings).encode())
 
 
+# A pipeline's name becomes a folder under runs/ (and a study's run names are built from it): it
+# may hold nothing that walks out of that folder or that a shell would split.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(name: str, key: str) -> None:
+    """Refuse a name that is not a plain folder name (``runs/<name>`` must stay under ``runs/``)."""
+    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise ConfigError(
+            f"{key}: {name!r} is not a name: use letters, digits, '-', '_' and '.' (not '.' or '..'), e.g. "
+            f"{key}={safe_name(name)}; to write the run elsewhere, choose its folder with RUN=... (--run)")
+
+
+def safe_name(text: str) -> str:
+    """``text`` made a valid name: every run of other characters becomes one ``-``."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return cleaned or "pipeline"
+
+
 def check_trained_positions(config: PipelineConfig, trained: int, origin: str) -> None:
     """Refuse a pipeline whose sequences reach positions its base was not trained on."""
     prompt, new = config.prompt_length, config.generate.max_new_tokens
@@ -139,6 +161,8 @@ OPERATIONAL_KEYS = frozenset({
     "name", "description", "generations",
     "train.checkpoint_every", "train.keep_checkpoints", "evaluate.batch_size", "pretrain.checkpoint_every",
     "track.log_with",
+    # A permission, not a setting of the computation: the same model computes the same either way.
+    "model.trust_remote_code",
 })
 
 

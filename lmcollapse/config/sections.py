@@ -148,6 +148,11 @@ class ModelConfig:
     """Preset override: dropout probability during training."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: PyTorch scaled-dot-product attention or the eager reference."""
+    trust_remote_code: bool = False
+    """Run the Python code a model folder or hub repository ships with it (``auto_map`` in its
+    config.json), as transformers' ``trust_remote_code``. Off: such a model is refused, and no code
+    from a model ever runs. Turn it on only for a model whose code you have read; it is recorded in
+    the run's pipeline.yaml and base manifest."""
 
     @property
     def is_preset(self) -> bool:
@@ -176,6 +181,8 @@ class ModelConfig:
             _require(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         if self.is_preset:
             self.architecture()  # checks that the overrides fit together
+            _require(not self.trust_remote_code, "trust_remote_code",
+                     f"only applies to a model loaded with from_pretrained; the preset {self.name} runs no code of its own")
 
     def architecture(self) -> dict[str, int | float]:
         """The preset's OPTConfig arguments with this config's overrides applied."""
