@@ -95,11 +95,11 @@ lint: install
 	$(BIN)/ruff check lmcollapse tests bench
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python -m bench.run_all
 
 # The first make run on a fresh clone (install, pretraining, five generations), then a later one.
 bench-first-run: install
-	$(BIN)/python bench/first_run.py
+	$(BIN)/python -m bench.first_run
 
 # The GPU evidence in one command (one CUDA GPU, under 10 minutes): two generations of
 # pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size), then make bench's training and

@@ -59,22 +59,23 @@ def tiny_assets(train_blocks: int = 1024, seed: int = 0):
     (pipelines/tiny.yaml's splits, block size and training subset), tokenized by a 4,096-token BPE
     tokenizer trained on the train split: that many 64-token training blocks, and the held-out
     split as one token stream."""
-    from lmcollapse import corpus
-    from lmcollapse.base_and_human import human_text, training_subset
     from lmcollapse.config import load_config
-    from lmcollapse.modeling import train_bpe_tokenizer
+    from lmcollapse.data.corpus import CorpusPlan
+    from lmcollapse.data.read import cut_into_blocks, tokenize_lines
+    from lmcollapse.engine.modeling import train_bpe_tokenizer
+    from lmcollapse.stages.human import HumanText, training_subset
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config = load_config(REPO / "pipelines" / "tiny.yaml", [f"data.max_train_blocks={train_blocks}", f"data.subset_seed={seed}"])
-    _, _, train_lines, test_lines = human_text(config)
-    tokenizer = train_bpe_tokenizer(train_lines["text"], 4096, 256)
-    blocks = corpus.cut_into_blocks(corpus.tokenize_lines(train_lines, tokenizer), config.data.block_size)
-    return tokenizer, blocks[training_subset(config, len(blocks))], corpus.tokenize_lines(test_lines, tokenizer)
+    text = HumanText.read(CorpusPlan(config))
+    tokenizer = train_bpe_tokenizer(text.train["text"], 4096, 256)
+    blocks = cut_into_blocks(tokenize_lines(text.train, tokenizer), config.data.block_size)
+    return tokenizer, blocks[training_subset(config, len(blocks))], tokenize_lines(text.heldout, tokenizer)
 
 
 def tiny_model(tokenizer, preset: str = "tiny-opt", seed: int = 0):
     from lmcollapse.config import ModelConfig
-    from lmcollapse.modeling import build_preset_model
+    from lmcollapse.engine.modeling import build_preset_model
 
     return build_preset_model(ModelConfig(name=preset), tokenizer, seed)
 
@@ -95,14 +96,15 @@ def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[
     results = []
     for variant in variants:
         scratch = tempfile.mkdtemp(prefix="lmcollapse-bench-")
-        command = [sys.executable, str(script), "--variant", variant]
+        module = ["-m", f"bench.{script.stem}", "--variant", variant]  # the bench package, from the repository
+        command = [sys.executable, *module]
         env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "BENCH_SCRATCH": scratch}
         if "+2proc" in variant:
             command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *command[1:]]
+                       "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", *module]
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // 2))
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         if done.returncode != 0:
@@ -112,9 +114,9 @@ def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[
 
 
 def with_allocator_settings() -> None:
-    """What every lmcollapse command does first (lmcollapse/allocator.py): our side of a benchmark
+    """What every lmcollapse command does first (lmcollapse/engine/allocator.py): our side of a benchmark
     runs as the command line runs it, and an alternative "with the same allocator" does too."""
-    from lmcollapse.allocator import keep_freed_memory
+    from lmcollapse.engine.allocator import keep_freed_memory
 
     keep_freed_memory()
 

@@ -6,20 +6,18 @@
 * memory: both methods streamed from a Parquet file of 1,000, 3,000 and all test blocks, each in
   a fresh process: peak resident memory should not grow with the held-out size.
 
-    python bench/evaluation.py     # or: make bench
+    python -m bench.evaluation     # or: make bench
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     forward_flops,
     machine,
     matmul_peak,
@@ -103,7 +101,7 @@ def variant_guide() -> dict:
 
 def variant_write(blocks: str, path: str) -> dict:
     """Write the first ``blocks`` test blocks as a records file (in its own process)."""
-    from lmcollapse.records import HUMAN, make_records, write_records
+    from lmcollapse.data.records import HUMAN, make_records, write_records
 
     _, tokens = setup(None if blocks == "all" else int(blocks))
     rows = tokens.reshape(-1, 64)

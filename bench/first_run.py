@@ -9,7 +9,7 @@ A fresh clone of the repository's HEAD in a temporary folder, then, there:
 3. ``make run`` again into another run folder: the base comes from the cache (what every later
    run, seed and variant costs).
 
-    python bench/first_run.py        # or: make bench-first-run (about 10 minutes; not in make bench)
+    python -m bench.first_run        # or: make bench-first-run (about 10 minutes; not in make bench)
 """
 
 from __future__ import annotations
@@ -18,13 +18,11 @@ import json
 import os
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, require_corpus  # noqa: E402
+from bench.common import machine, print_table, require_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -16,12 +16,12 @@ Ours also runs with the inverse-CDF sampler (``generate.sampler: inverse-cdf``: 
 per sequence and step instead of torch.multinomial's one per vocabulary entry), with a static KV
 cache and with the batch size chosen by ``generate.batch_probe``. Each variant runs in its own
 process. Ours runs as the command line runs it, with glibc told to keep freed memory
-(lmcollapse/allocator.py); the reference loop runs in a default process, as a researcher's script
+(lmcollapse/engine/allocator.py); the reference loop runs in a default process, as a researcher's script
 does, and again with the same allocator setting ("reference loop, same allocator"), so the table
 shows how much of the difference is the process's allocator and how much the stage.
 
-    python bench/generate.py     # or: make bench
-    python bench/generate.py --only reference:beam ours:beam
+    python -m bench.generate     # or: make bench
+    python -m bench.generate --only reference:beam ours:beam
 """
 
 from __future__ import annotations
@@ -30,13 +30,11 @@ import argparse
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     forward_flops,
     machine,
     matmul_peak,
@@ -92,9 +90,9 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     import torch
 
     from lmcollapse.config import GenerateConfig, PipelineConfig
-    from lmcollapse.generate import write_synthetic_corpus
-    from lmcollapse.pipeline import make_accelerator
-    from lmcollapse.records import HUMAN, make_records
+    from lmcollapse.data.records import HUMAN, make_records
+    from lmcollapse.engine.sampling import write_synthetic_corpus
+    from lmcollapse.stages.pipeline import make_accelerator
 
     with_allocator_settings()
     tokenizer, prompts = prompts_for(case, count_for(case))
@@ -206,7 +204,7 @@ def main(variants: list[str]) -> None:
             row += [f"{r['gpu_peak_memory_gb']:.1f} ({r['gpu_reserved_memory_gb']:.1f})"]
     print_table(header, rows)
     print("ratio: tokens per second over the reference loop's (a default process), same case; ours runs as the command "
-          "line runs it (glibc keeping freed memory, CUDA's expandable segments: lmcollapse/allocator.py) and also writes "
+          "line runs it (glibc keeping freed memory, CUDA's expandable segments: lmcollapse/engine/allocator.py) and also writes "
           "Parquet shards")
     print("ratio, same allocator: over the reference loop run with that allocator setting too")
     print("achieved: the decoding's useful forward FLOPs (2N + 4 L d context per token, every beam, no padding) per second")

@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv,nohead
 SAMPLER=$!
 trap 'kill $SAMPLER 2>/dev/null' EXIT
 status=0
-timeout 150 "$PYTHON" bench/gpu_memory.py || status=$?
+timeout 150 "$PYTHON" -m bench.gpu_memory || status=$?
 started=$(date +%s)
 timeout "$PIPELINE_LIMIT" "$PYTHON" -m lmcollapse run --pipeline pipelines/gpu-check.yaml --run "$RUN" || status=$?
 echo "=== pipeline: $(( $(date +%s) - started )) s, exit $status; GPU memory peak $(cut -d, -f2 "$RUN.gpu-memory.csv" | sort -n | tail -1) (nvidia-smi: the allocator's cache included)"
@@ -29,5 +29,5 @@ for manifest in sorted(Path(sys.argv[1]).glob("generation-*/manifest.json")):
     print(manifest.parent.name, ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
 PY
 kill $SAMPLER 2>/dev/null
-[ "${BENCHES:-}" = none ] || timeout "$BENCH_LIMIT" "$PYTHON" bench/run_all.py ${BENCHES:-train generate} || status=$?
+[ "${BENCHES:-}" = none ] || timeout "$BENCH_LIMIT" "$PYTHON" -m bench.run_all ${BENCHES:-train generate} || status=$?
 exit $status

@@ -7,7 +7,7 @@ model under bf16 autocast, as pipelines/gpu-check.yaml runs it. The dynamic KV c
 token per step, so every step asks for slightly larger blocks than the last freed; this measures
 how much of the reserved memory is live and how much is the allocator's cache.
 
-    python bench/gpu_memory.py      # on a CUDA GPU (make gpu-check runs it)
+    python -m bench.gpu_memory      # on a CUDA GPU (make gpu-check runs it)
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, require_corpus, tiny_assets, tiny_model  # noqa: E402
+from bench.common import REPO, print_table, require_corpus, tiny_assets, tiny_model
 
 BATCHES = (256, 512)
 ALLOCATORS = {"default": "", "expandable_segments": "expandable_segments:True"}
@@ -30,7 +28,7 @@ def measure(batch: int) -> dict:
     import numpy as np
     import torch
 
-    from lmcollapse.precision import autocast
+    from lmcollapse.engine.precision import autocast
 
     tokenizer, blocks, _ = tiny_assets(batch)
     model = tiny_model(tokenizer, "opt-125m").to("cuda").eval()
@@ -57,7 +55,7 @@ def main() -> None:
     for name, setting in ALLOCATORS.items():
         for batch in BATCHES:
             env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": setting, "TOKENIZERS_PARALLELISM": "false"}
-            done = subprocess.run([sys.executable, __file__, str(batch)], capture_output=True, text=True, env=env,
+            done = subprocess.run([sys.executable, "-m", "bench.gpu_memory", str(batch)], cwd=REPO, capture_output=True, text=True, env=env,
                                   timeout=300)
             if done.returncode:
                 rows.append([name, batch, "failed: " + done.stderr.strip().splitlines()[-1][:80], "", "", "", ""])

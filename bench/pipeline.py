@@ -6,7 +6,7 @@ zero-shot perplexity), the generation's train / generate / evaluate seconds, and
 memory. A least-squares line through (blocks, seconds per generation) gives the marginal cost
 per 1,000 blocks; R² near 1 means time grows linearly with the corpus.
 
-    python bench/pipeline.py     # or: make bench
+    python -m bench.pipeline     # or: make bench
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, require_corpus  # noqa: E402
+from bench.common import machine, print_table, require_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 SIZES = (256, 512, 1024)

@@ -1,7 +1,7 @@
 """Run every benchmark in bench/ (``make bench``), one subprocess each, and print their tables.
 
-    python bench/run_all.py              # all
-    python bench/run_all.py self_bleu    # some
+    python -m bench.run_all              # all
+    python -m bench.run_all self_bleu    # some
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def main(names: list[str]) -> int:
     for name in names or BENCHMARKS:
         print(f"\n=== bench/{name}.py", flush=True)
         started = time.perf_counter()
-        code = subprocess.call([sys.executable, str(HERE / f"{name}.py")])
+        code = subprocess.call([sys.executable, "-m", f"bench.{name}"], cwd=HERE.parent)
         print(f"=== {name}: {time.perf_counter() - started:.0f} s{'' if code == 0 else f', FAILED ({code})'}", flush=True)
         if code:
             failed.append(name)

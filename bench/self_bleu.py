@@ -4,23 +4,19 @@ Both score the same 64-word samples: NLTK as a researcher writes it (``sentence_
 sample against all the others, smoothing method1), ours from the same word lists. Prints the
 seconds, the speed-up and the largest absolute difference; ours alone at M = 10,000 and 100,000.
 
-    python bench/self_bleu.py            # or: make bench
+    python -m bench.self_bleu            # or: make bench
 """
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, print_table, word_samples  # noqa: E402
-
-from lmcollapse.metrics.ngrams import EncodedCorpus  # noqa: E402
-from lmcollapse.metrics.self_bleu import self_bleu_scores  # noqa: E402
+from bench.common import machine, print_table, word_samples
+from lmcollapse.metrics.ngrams import EncodedCorpus
+from lmcollapse.metrics.self_bleu import self_bleu_scores
 
 LENGTH = 64
 

@@ -4,14 +4,14 @@ Same model (the tiny-opt preset on CPU, the opt-125m shape on a GPU), same initi
 64-token WikiText-2 blocks, same batch, epochs, optimizer (AdamW) and precision (fp32 on CPU,
 bf16 autocast on GPU), no gradient clipping, no checkpoints, no evaluation. Each variant runs in
 its own process. Ours runs as the command line runs it, with glibc told to keep freed memory
-(lmcollapse/allocator.py); Trainer runs in a default process, as a researcher's script does, and
+(lmcollapse/engine/allocator.py); Trainer runs in a default process, as a researcher's script does, and
 again with the same allocator setting. The table shows seconds, tokens/s, peak resident memory and the ratio
 (ours / Trainer tokens per second), and the FLOP/s achieved as a fraction of the machine's limit:
 tokens/s x (6N + 12 L H Q T) over the matmul peak (PaLM, Chowdhery et al. 2022, appendix B; N the
 parameters of the matmuls, L layers, H heads, Q head size, T = 64 tokens). On a CPU the peak is a
 measured fp32 matmul, on a GPU its bf16 peak: that fraction is the MFU.
 
-    python bench/train.py        # or: make bench
+    python -m bench.train        # or: make bench
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (  # noqa: E402
+from bench.common import (
     forward_flops,
     machine,
     matmul_peak,
@@ -65,8 +63,8 @@ def variant_ours(compiled: bool = False, warm: bool = False) -> dict:
     import numpy as np
 
     from lmcollapse.config import PipelineConfig, TrainConfig
-    from lmcollapse.context import make_accelerator
-    from lmcollapse.train import train_model
+    from lmcollapse.engine.training import train_model
+    from lmcollapse.stages.context import make_accelerator
 
     with_allocator_settings()
     s, tokenizer, blocks = prepare()
@@ -135,7 +133,7 @@ def main(variants: list[str]) -> None:
     results = run_variants(Path(__file__), variants)
     trainer = next((r for r in results if r["variant"] == "transformers.Trainer"), None)
     if trainer is None:
-        raise SystemExit("bench/train.py: the ratios are to Trainer's: add trainer to --only")
+        raise SystemExit("bench.train: the ratios are to Trainer's: add trainer to --only")
     same = next((r for r in results if r["variant"] == "transformers.Trainer, same allocator"), None)
     peak, how = matmul_peak()
     s = dict(settings(), blocks=results[0]["blocks"])
@@ -157,7 +155,7 @@ def main(variants: list[str]) -> None:
     print("achieved: tokens/s x (6N + 12 L d T) FLOPs per token (PaLM); on a GPU, of its bf16 peak, that is MFU")
     print("ratio: tokens per second over transformers.Trainer's (defaults: no compile, a default process); warm: timed "
           "after a first training of the same shapes compiled the model (what every generation after the first pays)")
-    print("ratio, same allocator: over Trainer run with glibc keeping freed memory too (lmcollapse/allocator.py)")
+    print("ratio, same allocator: over Trainer run with glibc keeping freed memory too (lmcollapse/engine/allocator.py)")
     print("target: ratio >= 1.3")
 
 

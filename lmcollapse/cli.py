@@ -23,11 +23,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from lmcollapse.allocator import keep_freed_memory
-from lmcollapse.atomic import check_folder_target
+from lmcollapse.config.shipped import describe_pipelines, resolve_pipeline, shipped_pipelines
+from lmcollapse.engine.allocator import keep_freed_memory
 from lmcollapse.errors import DiskFull, LmcollapseError
-from lmcollapse.rundir import RunDir
-from lmcollapse.shipped import describe_pipelines, resolve_pipeline, shipped_pipelines
+from lmcollapse.run.atomic import check_folder_target
+from lmcollapse.run.layout import RunDir
 
 log = logging.getLogger("lmcollapse")
 
@@ -148,9 +148,9 @@ def _load(args):
 def _build(args, last: int | None) -> int:
     """Build generations 0..last (None: the config's ``generations``) of one run, or one run per seed."""
     from lmcollapse.config import load_config
-    from lmcollapse.pipeline import build
-    from lmcollapse.plan import describe_plan
-    from lmcollapse.tables import summary_table
+    from lmcollapse.metrics.table import summary_table
+    from lmcollapse.stages.pipeline import build
+    from lmcollapse.views.plan import describe_plan
 
     config, run_root = _load(args)
     last = config.generations - 1 if last is None else last
@@ -184,7 +184,7 @@ LARGE_BUILD_SECONDS, LARGE_BUILD_BYTES = 3600.0, 10e9
 def warn_if_large(config, run: RunDir, last: int) -> None:
     """Warn (and go on) when generations beyond the pipeline's ``generations`` will take long or
     fill a disk: ``generation 99999`` typed by mistake should not start without a word of its cost."""
-    from lmcollapse.plan import build_estimate
+    from lmcollapse.views.plan import build_estimate
 
     try:
         found = build_estimate(config, run, last)
@@ -192,7 +192,7 @@ def warn_if_large(config, run: RunDir, last: int) -> None:
         return  # the build itself reports what is wrong, in its own words
     if found is None or (found[0] < LARGE_BUILD_SECONDS and found[1] < LARGE_BUILD_BYTES):
         return
-    from lmcollapse.cost import duration
+    from lmcollapse.views.cost import duration
 
     seconds, disk = found
     log.warning("generation %d is beyond the %d generation(s) this pipeline builds: ~%s and ~%.0f GB of disk on this "
@@ -230,7 +230,7 @@ def command_report(args) -> int:
 
 
 def command_export(args) -> int:
-    from lmcollapse.export import export_run, push_to_hub
+    from lmcollapse.report.export import export_run, push_to_hub
 
     check_folder_target(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
     with full_disk_reported(args.to.parent if args.to.parent != Path("") else Path(".")):
@@ -242,7 +242,7 @@ def command_export(args) -> int:
 
 
 def command_status(args) -> int:
-    from lmcollapse.plan import describe_status
+    from lmcollapse.views.status import describe_status
 
     text, healthy = describe_status(RunDir(args.run), quick=args.quick)
     print(text)
@@ -280,7 +280,7 @@ def command_theory(args) -> int:
 
 def command_data(args) -> int:
     from lmcollapse.config import load_config
-    from lmcollapse.corpus import fetch_named_corpus
+    from lmcollapse.data.read import fetch_named_corpus
 
     config = load_config(_pipeline_path(args), args.set)
     print(f"{config.data.corpus} -> {fetch_named_corpus(config.data.corpus, Path('data'))}")
@@ -311,7 +311,7 @@ def full_disk_reported(run_root: Path | None):
     except LmcollapseError:
         raise
     except Exception as err:
-        from lmcollapse.atomic import disk_full
+        from lmcollapse.run.atomic import disk_full
 
         full = disk_full(err, run_root)
         if full is None:
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="lmcollapse: %(message)s", stream=sys.stderr)
     quiet_libraries()
     try:
-        keep_freed_memory()  # before the stages allocate anything large (allocator.py says why)
+        keep_freed_memory()  # before the stages allocate anything large (engine/allocator.py says why)
         return args.func(args)
     except LmcollapseError as err:
         print(f"lmcollapse: error: {err}", file=sys.stderr)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, write_generated_corpus
+from helpers import REPO, micro_run, write_generated_corpus
 
 
 def _data_dir() -> Path | None:
@@ -50,3 +50,12 @@ def small_corpus(tmp_path_factory) -> Path:
     """A local corpus folder (train.txt, test.txt) of generated WikiText-format text: the
     mechanics tests (stages, resume, regimes, report, command line) need no external corpus."""
     return write_generated_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def make_micro_run(tmp_path, small_corpus):
+    """A factory of micro runs in this test's folder: ``make_micro_run(["train.epochs=1"], last_generation=2)``
+    builds generations 0..2 of the micro pipeline with those overrides; returns (RunDir, config)."""
+    def make(overrides: list[str] | None = None, last_generation: int = 1, name: str = "run"):
+        return micro_run(tmp_path, small_corpus, overrides, last_generation, name)
+    return make

@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
-from lmcollapse.atomic import sha256_file
-from lmcollapse.config import PipelineConfig, build_config, parse_overrides
+from lmcollapse.config import PipelineConfig, build_config, parse_overrides, set_dotted
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.layout import RunDir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,16 +37,28 @@ def micro_raw_config(corpus: Path, overrides: list[str] | None = None) -> dict[s
         "evaluate": {"window": 16, "stride": 8, "batch_size": 8, "self_bleu_samples": 10},
     }
     for key, value in parse_overrides(overrides or []).items():
-        node = raw
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+        set_dotted(raw, key, value)
     return raw
 
 
 def micro_config(corpus: Path, overrides: list[str] | None = None) -> PipelineConfig:
     return build_config(micro_raw_config(corpus, overrides))
+
+
+def build_quietly(config: PipelineConfig, run_root: Path, last_generation: int, **options) -> list[dict]:
+    """``build`` without progress bars or the printed table: generations 0..last of the run."""
+    from lmcollapse.stages.pipeline import build
+
+    return build(config, run_root, last_generation, progress=False, echo=lambda _: None, **options)
+
+
+def micro_run(folder: Path, corpus: Path, overrides: list[str] | None = None, last_generation: int = 1,
+              name: str = "run") -> tuple[RunDir, PipelineConfig]:
+    """A micro run built in ``folder / name`` (generations 0..last) and its config."""
+    config = micro_config(corpus, overrides)
+    run = RunDir(folder / name)
+    build_quietly(config, run.root, last_generation)
+    return run, config
 
 
 def write_pipeline(path: Path, raw: dict[str, Any]) -> Path:
@@ -151,7 +164,7 @@ class SingleProcess:
 def token_records(token_lists: list[list[int]], source: str = "human", generation: int | None = None,
                   ids: list[str] | None = None, text: str = ""):
     """Records (the pipeline's schema, with provenance) holding these token lists."""
-    from lmcollapse.records import make_records
+    from lmcollapse.data.records import make_records
 
     count = len(token_lists)
     return make_records({

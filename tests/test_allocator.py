@@ -1,4 +1,4 @@
-"""The allocator setting every command runs with (lmcollapse/allocator.py): it takes effect, it can
+"""The allocator setting every command runs with (lmcollapse/engine/allocator.py): it takes effect, it can
 be turned off, a bad value is refused, and it never changes what a stage computes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 
 from helpers import REPO, run_cli
 from lmcollapse import cli
-from lmcollapse.allocator import ENV, keep_freed_memory
+from lmcollapse.engine.allocator import ENV, keep_freed_memory
 from lmcollapse.errors import LmcollapseError
 
 glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="needs glibc >= 2.33 (mallinfo2)")
@@ -21,7 +21,7 @@ glibc = pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"), reason="
 # Run in a fresh process: how much of a 100 MiB tensor glibc served by mmap (mallinfo2.hblkhd).
 MMAPPED = """
 import ctypes, json, torch
-from lmcollapse.allocator import keep_freed_memory
+from lmcollapse.engine.allocator import keep_freed_memory
 class Info(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
 libc = ctypes.CDLL(None)
@@ -38,7 +38,7 @@ COMPUTE = """
 import hashlib, json, sys, torch
 sys.path.insert(0, "tests")
 from helpers import micro_opt
-from lmcollapse.allocator import keep_freed_memory
+from lmcollapse.engine.allocator import keep_freed_memory
 keep_freed_memory()
 torch.manual_seed(0)
 model = micro_opt(vocab_size=8192, positions=128)

@@ -8,22 +8,21 @@ import datasets
 import pytest
 import yaml
 
-from helpers import micro_config, run_cli, tree_hashes
-from lmcollapse.cards import CARD
-from lmcollapse.integrity import COMPLETE, verify_run
-from lmcollapse.modeling import load_model
-from lmcollapse.pipeline import build
-from lmcollapse.records import RECORD_FEATURES, concatenate, read_records
-from lmcollapse.rundir import RunDir
+from helpers import micro_run, run_cli, tree_hashes
+from lmcollapse.data.records import RECORD_FEATURES, concatenate, read_records
+from lmcollapse.engine.modeling import load_model
+from lmcollapse.run.integrity import COMPLETE, verify_run
+from lmcollapse.run.layout import RunDir
+from lmcollapse.stages.cards import CARD
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def shared_run(tmp_path_factory, small_corpus):
-    root = tmp_path_factory.mktemp("cards") / "run"
-    build(micro_config(small_corpus, ["train.select=best-validation", "data.max_train_blocks=20"]), root, 1,
-          progress=False, echo=lambda _: None)
+    run, _ = micro_run(tmp_path_factory.mktemp("cards"), small_corpus, ["train.select=best-validation",
+                                                                       "data.max_train_blocks=20"])
+    root = run.root
     return RunDir(root)
 
 
@@ -60,7 +59,7 @@ def test_every_model_has_a_card_and_the_cards_are_recorded_outputs(shared_run):
     assert "fine-tuned from `base/model`" in text or "fine-tuned from `generation-00/model`" in text
     assert "Held-out human perplexity" in text
     manifest = __import__("json").loads(run.generation(1).manifest.read_text())
-    assert {"synthetic/README.md", "model/README.md"} <= set(manifest["outputs"])
+    assert {"synthetic/README.md", "model/README.md"} <= set(manifest["files"])
     assert all(check.state == COMPLETE for check in verify_run(run))
 
 

@@ -71,7 +71,7 @@ def test_missing_corpus_on_a_new_run(tmp_path, small_corpus, capsys):
 
 def test_a_completed_human_stage_no_longer_needs_the_corpus(built_run, monkeypatch):
     pipeline, run = built_run
-    monkeypatch.setattr("lmcollapse.corpus.check_text_file", _fail_if_called)
+    monkeypatch.setattr("lmcollapse.data.read.check_text_file", _fail_if_called)
     assert main(["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress"]) == 0
 
 

@@ -12,12 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from helpers import micro_config
-from lmcollapse import corpus
+from helpers import build_quietly, micro_config
+from lmcollapse import data as corpus
 from lmcollapse.config import build_config
 from lmcollapse.errors import ConfigError, LmcollapseError
-from lmcollapse.pipeline import build
-from lmcollapse.rundir import RunDir
+from lmcollapse.run.layout import RunDir
 
 WORDS = "the a river valley song album game battle city army road station church king year".split()
 
@@ -128,7 +127,7 @@ def test_a_single_file_corpus_with_carved_held_out_text_runs_end_to_end(tmp_path
     path = tmp_path / f"corpus.{fmt}"
     write_records(path, documents(300, 0), fmt)
     config = micro_config(path, ["data.carve_fraction=0.1"])
-    build(config, tmp_path / "run", 1, progress=False, echo=lambda _: None)
+    build_quietly(config, tmp_path / "run", 1)
     run = RunDir(tmp_path / "run")
     manifest = json.loads(run.human_manifest.read_text())
     assert manifest["heldout"]["provenance"]["carved"]["part"] == 0 and "carved from" in manifest["heldout"]["source"]

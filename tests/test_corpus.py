@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lmcollapse import corpus
+from lmcollapse import data as corpus
+from lmcollapse.engine.modeling import train_bpe_tokenizer
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.modeling import train_bpe_tokenizer
 
 
 def only_here(monkeypatch, tmp_path: Path, data_dir: Path | None = None) -> None:

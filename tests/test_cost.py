@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 
 from helpers import REPO
-from lmcollapse import cost
 from lmcollapse.config import load_config
-from lmcollapse.plan import describe_plan
-from lmcollapse.rundir import RunDir
+from lmcollapse.run.layout import RunDir
+from lmcollapse.views import cost as cost
+from lmcollapse.views.plan import describe_plan
 
 H200 = cost.Device("cuda", "NVIDIA H200", int(150e9), 989e12, "specification")
 TWO_CORES = cost.Device("cpu", "CPU, 2 threads", int(25e9), 230e9, "a timed matmul")
@@ -80,8 +80,8 @@ def test_the_lora_count_is_what_training_trains(preset, targets):
     """The plan's trainable count equals the adapters train_model builds on a real model."""
     pytest.importorskip("peft")
     from lmcollapse.config import LoraConfig, ModelConfig
-    from lmcollapse.modeling import build_preset_model, train_bpe_tokenizer
-    from lmcollapse.train import with_lora_adapters
+    from lmcollapse.engine.modeling import build_preset_model, train_bpe_tokenizer
+    from lmcollapse.engine.training import with_lora_adapters
 
     overrides = [f"model.name={preset}", "model.vocab_size=300", "train.lora.r=4"]
     if targets:

@@ -15,13 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import micro_config
+from helpers import build_quietly, micro_config
 from lmcollapse.config import ModelConfig
-from lmcollapse.modeling import build_preset_model, load_model, save_model, train_bpe_tokenizer
-from lmcollapse.pipeline import build
-from lmcollapse.presets import PRESET_FAMILIES, TOKEN_CONVENTIONS
-from lmcollapse.records import read_records
-from lmcollapse.rundir import RunDir
+from lmcollapse.config.presets import PRESET_FAMILIES, TOKEN_CONVENTIONS
+from lmcollapse.data.records import read_records
+from lmcollapse.engine.modeling import build_preset_model, load_model, save_model, train_bpe_tokenizer
+from lmcollapse.run.layout import RunDir
 
 TINY = {"tiny-opt": "opt", "tiny-gpt2": "gpt2", "tiny-pythia": "gpt_neox", "tiny-llama": "llama", "tiny-qwen2": "qwen2"}
 LINES = [" = Valkyria Chronicles = \n", " The game began development in 2010 .\n", " It was released in Japan .\n"] * 20
@@ -80,7 +79,7 @@ def test_two_generations_end_to_end_in_each_family(preset, tmp_path, small_corpu
     convention = TOKEN_CONVENTIONS[family]
     overrides = [f"model.name={preset}"] + [f"model.{k}={v}" for k, v in MICRO_SHAPE.items()]
     config = micro_config(small_corpus, overrides)
-    build(config, tmp_path / "run", 1, progress=False, echo=lambda _: None)
+    build_quietly(config, tmp_path / "run", 1)
     run = RunDir(tmp_path / "run")
     model, tokenizer = load_model(run.generation(1).model)
     assert model.config.model_type == family

@@ -10,12 +10,11 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-import lmcollapse.generate as generate_module
+import lmcollapse.engine.sampling as generate_module
 from helpers import SingleProcess, micro_opt, token_records
-from lmcollapse.atomic import read_json, sha256_file
 from lmcollapse.config import GenerateConfig, load_config
-from lmcollapse.errors import ConfigError
-from lmcollapse.generate import (
+from lmcollapse.data.records import HUMAN, read_records
+from lmcollapse.engine.sampling import (
     InverseCdfSampler,
     _until_end,
     build_generation_config,
@@ -25,7 +24,8 @@ from lmcollapse.generate import (
     shard_paths,
     write_synthetic_corpus,
 )
-from lmcollapse.records import HUMAN, read_records
+from lmcollapse.errors import ConfigError
+from lmcollapse.run.atomic import read_json, sha256_file
 
 BASE = GenerateConfig(num_beams=1, do_sample=True, repetition_penalty=1.0, min_new_tokens=12,
                       max_new_tokens=12, batch_size=4, shard_size=5)

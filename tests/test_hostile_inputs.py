@@ -24,7 +24,7 @@ from helpers import micro_config, micro_opt, micro_raw_config, write_pipeline
 from lmcollapse.cli import main
 from lmcollapse.config import load_config
 from lmcollapse.errors import ConfigError
-from lmcollapse.rundir import RunDir
+from lmcollapse.run.layout import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -252,7 +252,7 @@ def test_trusting_a_model_runs_its_code_only_when_asked(tmp_path, small_corpus, 
 def test_the_conversion_command_for_pickled_weights_works_when_pasted(tmp_path, small_corpus, capsys):
     import torch
 
-    from lmcollapse.modeling import train_bpe_tokenizer
+    from lmcollapse.engine.modeling import train_bpe_tokenizer
 
     folder = tmp_path / "pickled"
     tokenizer = train_bpe_tokenizer((small_corpus / "train.txt").read_text().splitlines(), 300)
@@ -269,7 +269,7 @@ def test_the_conversion_command_for_pickled_weights_works_when_pasted(tmp_path, 
     converted = Path(command.group(2))
     assert (converted / "model.safetensors").is_file() and not (converted / "pytorch_model.bin").exists()
     assert main(["-q", "run", "--dry-run", "--pipeline", str(pipeline), "--set", f"model.name={converted}"]) == 0
-    from lmcollapse.modeling import load_model
+    from lmcollapse.engine.modeling import load_model
 
     loaded, _ = load_model(converted)
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
@@ -350,7 +350,7 @@ def test_accepting_an_unreadable_file_is_refused_before_anything_is_trained(buil
 
 
 def test_status_after_damage_proposes_the_mend_first(built_run, tmp_path):
-    from lmcollapse.plan import describe_status
+    from lmcollapse.views.status import describe_status
 
     _, original = built_run
     run = RunDir(tmp_path / "run")

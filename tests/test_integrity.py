@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, micro_raw_config, run_cli, tree_hashes, write_pipeline
-from lmcollapse.atomic import sha256_file
+from helpers import REPO, build_quietly, micro_raw_config, run_cli, tree_hashes, write_pipeline
 from lmcollapse.config import build_config
-from lmcollapse.manifests import unreadable_reason
-from lmcollapse.pipeline import build
-from lmcollapse.rundir import RunDir
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.layout import RunDir
+from lmcollapse.run.manifests import unreadable_reason
 
 pytestmark = pytest.mark.slow
 
@@ -36,7 +35,7 @@ def raw(small_corpus):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, raw) -> RunDir:
     run = RunDir(tmp_path_factory.mktemp("reference") / "run")
-    build(build_config(raw), run.root, 2, progress=False, echo=lambda _: None)
+    build_quietly(build_config(raw), run.root, 2)
     return run
 
 
@@ -69,6 +68,22 @@ def test_an_intact_run_verifies(run):
     result = status(run)
     assert result.returncode == 0, result.stderr
     assert "verified: every file of every complete stage matches its manifest" in result.stdout
+
+
+def test_a_manifest_of_an_older_run_that_names_its_files_outputs_is_still_read(run):
+    """Generation manifests once named their file map ``outputs`` (base and human: ``files``); a run
+    made then verifies as any other (the last generation's: rewriting an earlier one would change
+    the manifest its successor records, and make that one stale)."""
+    from lmcollapse.run.manifests import read_manifest, write_manifest
+
+    record = read_manifest(run.generation(2).manifest)
+    record = {("outputs" if key == "files" else key): value for key, value in record.items() if key != "manifest_sha256"}
+    write_manifest(run.generation(2).manifest, record)
+    assert "outputs" in json.loads(run.generation(2).manifest.read_text())
+    assert status(run).returncode == 0
+    _flip_a_byte(run.generation(2).synthetic / "shard-00000.parquet")  # and its recorded hashes are still checked
+    result = status(run)
+    assert result.returncode == 1 and "shard-00000.parquet changed" in result.stdout
 
 
 def _flip_a_byte(path: Path) -> None:

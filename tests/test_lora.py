@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import micro_config, micro_opt
+from helpers import micro_opt
 from lmcollapse.config import LoraConfig, PipelineConfig, TrainConfig
+from lmcollapse.engine.checkpointer import latest_checkpoint
+from lmcollapse.engine.modeling import load_model
+from lmcollapse.engine.training import train_model
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.modeling import load_model
-from lmcollapse.pipeline import build, make_accelerator
-from lmcollapse.rundir import RunDir
-from lmcollapse.train import latest_checkpoint, train_model
+from lmcollapse.run.layout import RunDir
+from lmcollapse.stages.pipeline import make_accelerator
 
 pytest.importorskip("peft", reason="train.lora needs peft (make install installs it)")
 
@@ -89,10 +90,9 @@ def test_lora_without_peft_or_with_unknown_modules_is_a_one_line_error(tmp_path,
 
 
 @pytest.mark.slow
-def test_a_lora_pipeline_runs_two_generations_and_later_stages_load_plain_models(tmp_path, small_corpus):
-    config = micro_config(small_corpus, ["train.lora.r=4", "model.init=previous"])
+def test_a_lora_pipeline_runs_two_generations_and_later_stages_load_plain_models(tmp_path, make_micro_run):
+    _, config = make_micro_run(["train.lora.r=4", "model.init=previous"])
     assert config.train.lora == LoraConfig(r=4)
-    build(config, tmp_path / "run", 1, progress=False, echo=lambda _: None)
     run = RunDir(tmp_path / "run")
     model, _ = load_model(run.generation(1).model)
     assert not any("lora" in name for name in model.state_dict())

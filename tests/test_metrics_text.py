@@ -22,7 +22,7 @@ from lmcollapse.metrics import (
 )
 from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.self_bleu import SUPPORTED_SMOOTHING, closest_other_lengths
-from lmcollapse.seeding import subsample_indices
+from lmcollapse.run.seeding import subsample_indices
 
 SMOOTHING = SmoothingFunction()
 

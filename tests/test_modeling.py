@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lmcollapse.config import ModelConfig
+from lmcollapse.engine.modeling import build_preset_model, load_model, save_model, train_bpe_tokenizer
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.modeling import build_preset_model, load_model, save_model, train_bpe_tokenizer
 
 LINES = [" = Valkyria Chronicles = \n", " The game began development in 2010 .\n", " It was released in Japan .\n"] * 20
 

@@ -107,8 +107,8 @@ def test_public_function_takes_model_and_tokenizer(tiny_model):
 
 
 def test_streamed_evaluation_equals_the_in_memory_one(tiny_model, stream, tmp_path):
+    from lmcollapse.data.records import write_records
     from lmcollapse.metrics.perplexity import TokenStream, iter_windows, sliding_windows
-    from lmcollapse.records import write_records
 
     # Chunks of awkward sizes, as a Parquet file of records delivers them.
     pieces = [stream[i:i + 17] for i in range(0, len(stream), 17)]

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from helpers import REPO, micro_config, micro_raw_config, tree_hashes, tree_state
-from lmcollapse.atomic import sha256_file
+from helpers import REPO, build_quietly, micro_config, micro_raw_config, tree_hashes, tree_state
 from lmcollapse.config import build_config
-from lmcollapse.modeling import load_model, weights_sha256
-from lmcollapse.pipeline import build, make_accelerator
-from lmcollapse.records import read_records
-from lmcollapse.rundir import RunDir
-from lmcollapse.train import train_model
+from lmcollapse.data.records import read_records
+from lmcollapse.engine.modeling import load_model, weights_sha256
+from lmcollapse.engine.training import train_model
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.layout import RunDir
+from lmcollapse.stages.pipeline import make_accelerator
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -31,9 +31,9 @@ def staged_run(tmp_path_factory, small_corpus):
     """generation-1 built, a snapshot taken, then generation-3 built on the same run."""
     root = tmp_path_factory.mktemp("runs") / "micro"
     config = micro_config(small_corpus)
-    build(config, root, 1, progress=False, echo=lambda _: None)
+    build_quietly(config, root, 1)
     before = {name: tree_state(root / name) for name in ("base", "human", "generation-00", "generation-01")}
-    build(config, root, 3, progress=False, echo=lambda _: None)
+    build_quietly(config, root, 3)
     return config, RunDir(root), before
 
 
@@ -71,7 +71,7 @@ def test_run_layout_is_exactly_the_documented_one(staged_run):
 def test_a_complete_run_is_not_touched_again(staged_run):
     config, run, _ = staged_run
     state = tree_state(run.root)
-    rows = build(config, run.root, 3, progress=False, echo=lambda _: None)
+    rows = build_quietly(config, run.root, 3)
     assert tree_state(run.root) == state
     assert [r["generation"] for r in rows] == [0, 1, 2, 3]
 
@@ -89,7 +89,7 @@ def test_metrics_table_has_a_finite_row_per_generation(staged_run):
     manifest = json.loads(run.generation(1).manifest.read_text())
     assert manifest["metrics"]["ppl_blocks"] == float(rows[1]["ppl_blocks"])
     assert manifest["parent_manifest_sha256"] and manifest["versions"]["torch"]
-    assert all(len(h) == 64 for h in manifest["outputs"].values())
+    assert all(len(h) == 64 for h in manifest["files"].values())
 
 
 def test_each_generation_trains_on_the_previous_corpus_with_provenance(staged_run):
@@ -107,10 +107,8 @@ def test_each_generation_trains_on_the_previous_corpus_with_provenance(staged_ru
         assert record["parent"] == parent["id"] and record["model"] == writer
 
 
-def test_keep_fraction_mixes_fresh_human_blocks_each_generation(tmp_path, small_corpus):
-    config = micro_config(small_corpus, ["data.regime=keep-fraction", "data.human_fraction=0.25", "train.epochs=1"])
-    run = RunDir(tmp_path / "keep")
-    build(config, run.root, 2, progress=False, echo=lambda _: None)
+def test_keep_fraction_mixes_fresh_human_blocks_each_generation(make_micro_run):
+    run, config = make_micro_run(["data.regime=keep-fraction", "data.human_fraction=0.25", "train.epochs=1"], 2)
     drawn = []
     for index in (1, 2):
         records = read_records(run.generation(index).train_set)
@@ -121,15 +119,13 @@ def test_keep_fraction_mixes_fresh_human_blocks_each_generation(tmp_path, small_
     assert drawn[0] != drawn[1]  # resampled every generation
 
 
-def test_init_previous_starts_each_generation_from_the_one_before(tmp_path, small_corpus):
-    config = micro_config(small_corpus, ["model.init=previous", "train.epochs=1"])
-    run = RunDir(tmp_path / "previous")
-    build(config, run.root, 2, progress=False, echo=lambda _: None)
+def test_init_previous_starts_each_generation_from_the_one_before(tmp_path, small_corpus, make_micro_run):
+    run, config = make_micro_run(["model.init=previous", "train.epochs=1"], 2, name="previous")
     starts = [json.loads((run.generation(i).model / "train_log.json").read_text())["started_from"] for i in range(3)]
     assert starts == ["base/model", "generation-00/model", "generation-01/model"]
     base = micro_config(small_corpus, ["train.epochs=1"])
     other = RunDir(tmp_path / "base")
-    build(base, other.root, 1, progress=False, echo=lambda _: None)
+    build_quietly(base, other.root, 1)
     assert json.loads((other.generation(1).model / "train_log.json").read_text())["started_from"] == "base/model"
     # Same generation-0 model, different starting points for generation 1: different weights.
     assert (run.generation(0).model / "model.safetensors").read_bytes() == (other.generation(0).model / "model.safetensors").read_bytes()
@@ -142,7 +138,7 @@ def test_from_pretrained_on_a_saved_local_model(staged_run, tmp_path, small_corp
                                          "model.num_layers=null", "model.num_heads=null", "model.ffn_dim=null",
                                          "model.max_positions=null", "train.epochs=1"])
     new = RunDir(tmp_path / "pretrained")
-    build(config, new.root, 0, progress=False, echo=lambda _: None)
+    build_quietly(config, new.root, 0)
     manifest = json.loads((new.base / "manifest.json").read_text())
     assert manifest["kind"] == "pretrained" and manifest["source"] == str(run.base_model)
     assert new.generation(0).is_complete
@@ -173,7 +169,7 @@ def test_the_same_config_in_differently_named_folders_gives_byte_identical_artef
     the same bytes wherever the run lives (the manifests differ only in timings and the run name)."""
     config, run, _ = staged_run
     other = RunDir(tmp_path / "a differently named folder" / "elsewhere")
-    build(config, other.root, 1, progress=False, echo=lambda _: None)
+    build_quietly(config, other.root, 1)
     for stage in ("base/model", "human/train.parquet", "human/heldout.parquet", "generation-00", "generation-01"):
         if (run.root / stage).is_file():
             assert sha256_file(other.root / stage) == sha256_file(run.root / stage), stage
@@ -192,12 +188,10 @@ def _records_wall_clock(name: str) -> bool:
 
 
 @pytest.mark.parametrize("init", ["base", "previous", "generation-0"])
-def test_each_init_mode_starts_from_the_weights_it_claims(tmp_path, small_corpus, init):
+def test_each_init_mode_starts_from_the_weights_it_claims(tmp_path, small_corpus, make_micro_run, init):
     """Generation k starts from the model ``model.init`` names: training generation
     2's training set from the weights its log names reproduces its weights byte for byte."""
-    config = micro_config(small_corpus, [f"model.init={init}", "train.epochs=1"])
-    run = RunDir(tmp_path / init)
-    build(config, run.root, 2, progress=False, echo=lambda _: None)
+    run, config = make_micro_run([f"model.init={init}", "train.epochs=1"], 2, name=init)
     claimed = {"base": ["base/model", "base/model"], "previous": ["generation-00/model", "generation-01/model"],
                "generation-0": ["generation-00/model", "generation-00/model"]}[init]
     logs = [json.loads((run.generation(i).model / "train_log.json").read_text()) for i in (0, 1, 2)]
@@ -224,7 +218,7 @@ def test_each_init_mode_starts_from_the_weights_it_claims(tmp_path, small_corpus
 def test_prompt_source_switch(tmp_path, small_corpus, prompts):
     config = micro_config(small_corpus, [f"generate.prompts={prompts}", "train.epochs=1"])
     run = RunDir(tmp_path / prompts)
-    build(config, run.root, 1, progress=False, echo=lambda _: None)
+    build_quietly(config, run.root, 1)
     human_ids = list(read_records(run.human / "train.parquet")["id"])
     train_ids = list(read_records(run.generation(1).train_set)["id"])
     parents = list(read_records(run.generation(1).synthetic_shards()[0])["parent"])
@@ -239,7 +233,7 @@ def test_the_manifest_records_the_batch_the_corpus_was_generated_in(staged_run, 
     probed = micro_config(small_corpus, ["generate.sampler=inverse-cdf", "generate.batch_probe=true",
                                          "generate.batch_size=2", "generations=1", "train.epochs=1"])
     other = RunDir(tmp_path / "probed")
-    build(probed, other.root, 0, progress=False, echo=lambda _: None)
+    build_quietly(probed, other.root, 0)
     chosen = json.loads((other.generation(0).synthetic / "batch_probe.json").read_text())
     assert [t["batch_size"] for t in chosen["tried"]][0] == 2  # 24 prompts: tries 2 and 4, at most a quarter, 6
     assert max(t["batch_size"] for t in chosen["tried"]) <= 6
@@ -250,7 +244,7 @@ def test_best_validation_selects_on_human_blocks_disjoint_from_training_and_held
     config = micro_config(small_corpus, ["train.select=best-validation", "data.max_validation_blocks=8",
                                          "train.epochs=3", "train.learning_rate=3.0e-2"])
     run = RunDir(tmp_path / "select")
-    build(config, run.root, 1, progress=False, echo=lambda _: None)
+    build_quietly(config, run.root, 1)
     train, heldout, validation = (read_records(run.human / f"{name}.parquet") for name in ("train", "heldout", "validation"))
     assert len(validation) == 8
     assert not set(validation["id"]) & set(train["id"]) and not set(validation["id"]) & set(heldout["id"])
@@ -272,7 +266,7 @@ def test_best_validation_with_no_block_left_to_validate_on_is_refused_before_any
     config = micro_config(small_corpus, ["train.select=best-validation", "data.max_train_blocks=100000"])
     with pytest.raises(LmcollapseError, match="needs validation blocks, but all .* blocks of the train split are "
                                               "training blocks: set data.max_train_blocks below"):
-        build(config, tmp_path / "none", 0, progress=False, echo=lambda _: None)
+        build_quietly(config, tmp_path / "none", 0)
     assert not (tmp_path / "none").exists()
 
 
@@ -289,7 +283,7 @@ def test_a_local_model_is_refused_where_prompts_and_new_tokens_pass_its_position
     raw["pretrain"] = {"corpus": "auto"}
     with pytest.raises(LmcollapseError, match=r"prompt \(8\) \+ new tokens \(8\) = 16 exceeds the 12 positions the base "
                                               r"was trained on \(max_position_embeddings of .*short-model\)"):
-        build(build_config(raw), tmp_path / "refused", 0, progress=False, echo=lambda _: None)
+        build_quietly(build_config(raw), tmp_path / "refused", 0)
     assert not (tmp_path / "refused").exists()
 
 
@@ -302,7 +296,7 @@ def test_pretraining_on_the_text_it_is_fine_tuned_on_is_refused_before_anything_
                                                                     "data.mixed_sources=true"])
     with pytest.raises(LmcollapseError, match=r"pretrain.split: the train split of wikitext-2-v1 holds the same text "
                                               r"as data.train_split \(train of wikitext-2-raw-v1\)"):
-        build(config, tmp_path / "overlap", 0, progress=False, echo=lambda _: None)
+        build_quietly(config, tmp_path / "overlap", 0)
     assert not (tmp_path / "overlap").exists()
 
 
@@ -311,9 +305,9 @@ def test_every_column_of_metrics_csv_has_a_definition(staged_run, tmp_path, smal
 
     _, run, _ = staged_run
     selected = RunDir(tmp_path / "selected")
-    build(micro_config(small_corpus, ["train.select=best-validation", "data.max_validation_blocks=4", "train.epochs=1",
+    build_quietly(micro_config(small_corpus, ["train.select=best-validation", "data.max_validation_blocks=4", "train.epochs=1",
                                       "data.regime=keep-fraction", "data.human_fraction=0.25", "decontaminate.enabled=true"]),
-          selected.root, 1, progress=False, echo=lambda _: None)
+          selected.root, 1)
     for folder in (run, selected):
         columns = next(csv.reader(open(folder.metrics_csv)))
         undefined = [c for c in columns if c not in COLUMNS or not COLUMNS[c].definition]

@@ -6,14 +6,13 @@ import json
 
 import pytest
 
-from helpers import micro_config, micro_raw_config, run_cli, tree_hashes, tree_state, write_pipeline
-from lmcollapse.atomic import sha256_file
+from helpers import build_quietly, micro_config, micro_raw_config, run_cli, tree_hashes, tree_state, write_pipeline
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.manifests import read_manifest
-from lmcollapse.pipeline import build
-from lmcollapse.plan import describe_plan
-from lmcollapse.pretrain import locate_entry
-from lmcollapse.rundir import RunDir
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.layout import RunDir
+from lmcollapse.run.manifests import read_manifest
+from lmcollapse.stages.pretrain import locate_entry
+from lmcollapse.views.plan import describe_plan
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -37,7 +36,7 @@ def pretrained_overrides(folder, *more):
 
 
 def quiet_build(config, root, last=0):
-    return build(config, root, last, progress=False, echo=lambda _: None)
+    return build_quietly(config, root, last)
 
 
 def test_a_miss_pretrains_once_and_a_hit_reuses_it_for_other_runs_and_seeds(tmp_path, monkeypatch, small_corpus,

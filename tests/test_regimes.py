@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SingleProcess, micro_config, micro_opt, token_records
+from helpers import SingleProcess, build_quietly, micro_config, micro_opt, token_records
 from lmcollapse.config import load_config
-from lmcollapse.decontaminate import decontaminate, detection_report
-from lmcollapse.pipeline import build
-from lmcollapse.records import HUMAN, SYNTHETIC, read_records
-from lmcollapse.regimes import assemble_training_set, choose, loss_weights, prompts_for
-from lmcollapse.rundir import RunDir
-from lmcollapse.train import _chunk_loss
+from lmcollapse.data.records import HUMAN, SYNTHETIC, read_records
+from lmcollapse.data.regimes import assemble_training_set, choose, loss_weights, prompts_for
+from lmcollapse.engine.losses import chunk_loss as _chunk_loss
+from lmcollapse.run.layout import RunDir
+from lmcollapse.stages.decontaminate import decontaminate, detection_report
 
 N = 20
 
@@ -258,7 +257,7 @@ def test_accumulate_and_decontamination_end_to_end(tmp_path, small_corpus):
     config = micro_config(small_corpus, ["data.regime=accumulate", "train.epochs=1", "decontaminate.enabled=true",
                                          "decontaminate.labelled_fraction=0.5", "train.human_loss_weight=2"])
     run = RunDir(tmp_path / "accumulate")
-    rows = build(config, run.root, 2, progress=False, echo=lambda _: None)
+    rows = build_quietly(config, run.root, 2)
     corpus = {g: [r for p in run.generation(g).synthetic_shards() for r in read_records(p)] for g in range(3)}
     assert len(corpus[0]) == 24
     for k in (1, 2):

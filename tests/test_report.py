@@ -16,11 +16,11 @@ import pytest
 
 from helpers import micro_raw_config, run_cli, write_pipeline
 from lmcollapse.cli import main
-from lmcollapse.records import read_records
+from lmcollapse.data.records import read_records
 from lmcollapse.report import Group, RunRecord, aggregate, group_table, write_report
 from lmcollapse.report.pages import cell
-from lmcollapse.rundir import RunDir
-from lmcollapse.tables import latex_table
+from lmcollapse.report.tables import latex_table
+from lmcollapse.run.layout import RunDir
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow

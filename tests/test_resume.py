@@ -1,7 +1,7 @@
 """Interrupt anything, lose nothing: kills, signals, a second writer, a full disk, damaged files.
 
 A reference run is built uninterrupted. The same config is then run through the real command
-line in subprocesses that die at exact instants (failpoints, see lmcollapse/failpoints.py), and
+line in subprocesses that die at exact instants (failpoints, see lmcollapse/run/failpoints.py), and
 resumed each time; the end result must be byte-identical to the reference on CPU.
 """
 
@@ -20,17 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, micro_raw_config, run_cli, tree_hashes, write_pipeline
-from lmcollapse.atomic import sha256_file
+from helpers import REPO, build_quietly, micro_raw_config, run_cli, tree_hashes, write_pipeline
 from lmcollapse.config import build_config
-from lmcollapse.pipeline import build
-from lmcollapse.rundir import RunDir, lock_holder
+from lmcollapse.metrics.columns import VARYING
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.layout import RunDir
+from lmcollapse.run.lock import lock_holder
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
 
-TIMING = ("seconds", "train_seconds", "generate_seconds", "eval_seconds", "train_tokens_per_second",
-          "generate_tokens_per_second")
+TIMING = {"seconds", *VARYING}  # a result's own "seconds", and the catalogue's wall-time columns
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def raw(small_corpus):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, raw) -> RunDir:
     run = RunDir(tmp_path_factory.mktemp("reference") / "run")
-    build(build_config(raw), run.root, 1, progress=False, echo=lambda _: None)
+    build_quietly(build_config(raw), run.root, 1)
     return run
 
 
@@ -122,7 +122,7 @@ def three_generations(request, tmp_path_factory, small_corpus):
     """An uninterrupted reference of generations 0..2 under model.init=base and =previous."""
     raw = micro_raw_config(small_corpus, [f"model.init={request.param}"])
     run = RunDir(tmp_path_factory.mktemp(f"reference-{request.param}") / "run")
-    build(build_config(raw), run.root, 2, progress=False, echo=lambda _: None)
+    build_quietly(build_config(raw), run.root, 2)
     return raw, run
 
 
@@ -172,7 +172,7 @@ def test_bf16_training_generates_at_the_configured_precision_interrupted_or_not(
     raw = micro_raw_config(small_corpus, ["train.mixed_precision=bf16", f"generate.mixed_precision={generate_precision}",
                                           "evaluate.mixed_precision=bf16"])
     reference = RunDir(tmp_path / "reference")
-    build(build_config(raw), reference.root, 1, progress=False, echo=lambda _: None)
+    build_quietly(build_config(raw), reference.root, 1)
     pipeline = write_pipeline(tmp_path / "micro.yaml", raw)
     run = RunDir(tmp_path / "run")
     # Killed after generation 0's model is saved, while generating: the resumed process reloads it.

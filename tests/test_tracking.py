@@ -9,12 +9,11 @@ import json
 
 import pytest
 
-from helpers import micro_config
+from helpers import build_quietly, micro_config
 from lmcollapse.config import build_config
 from lmcollapse.errors import ConfigError, LmcollapseError
-from lmcollapse.pipeline import build
 from lmcollapse.report import write_report
-from lmcollapse.rundir import RunDir
+from lmcollapse.run.layout import RunDir
 
 pytest.importorskip("tensorboard", reason="track.with=[tensorboard] needs tensorboard (make install installs it)")
 
@@ -40,8 +39,8 @@ def test_tensorboard_holds_the_training_curves_and_metrics_once(tmp_path, small_
     config = micro_config(small_corpus, ["track.with=[tensorboard]"])
     assert config.track.log_with == ("tensorboard",)
     root = tmp_path / "run"
-    build(config, root, 0, progress=False, echo=lambda _: None)
-    build(config, root, 1, progress=False, echo=lambda _: None)  # a second command: generation 0 not logged again
+    build_quietly(config, root, 0)
+    build_quietly(config, root, 1)  # a second command: generation 0 not logged again
     run = RunDir(root)
     scalars, _ = events(run)
     for index in (0, 1):
@@ -71,7 +70,7 @@ def test_unknown_or_missing_trackers_are_one_line_errors(tmp_path, small_corpus,
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     config = micro_config(small_corpus, ["track.with=[wandb]"])
     with pytest.raises(LmcollapseError, match=r"track.with: wandb needs the wandb package: pip install wandb, or remove"):
-        build(config, tmp_path / "run", 0, progress=False, echo=lambda _: None)
+        build_quietly(config, tmp_path / "run", 0)
     assert not (tmp_path / "run").exists()
 
 
@@ -107,7 +106,7 @@ class Recorder:
 def recorder(monkeypatch):
     import accelerate.tracking
 
-    from lmcollapse import tracking
+    from lmcollapse.stages import tracking
 
     Recorder.logged, Recorder.fail = [], False
     monkeypatch.setitem(accelerate.tracking.LOGGER_TYPE_TO_CLASS, "wandb", Recorder)
@@ -119,14 +118,14 @@ def recorder(monkeypatch):
 def test_a_one_axis_tracker_gets_growing_steps_and_the_figures_once(tmp_path, small_corpus, recorder):
     config = micro_config(small_corpus, ["track.with=[wandb]"])
     root = tmp_path / "run"
-    build(config, root, 1, progress=False, echo=lambda _: None)
+    build_quietly(config, root, 1)
     steps = [step for kind, step, _ in recorder.logged if kind == "log"]
     assert steps == sorted(steps) and steps[0] == 1  # wandb drops a step lower than the last
     curve = [step for kind, step, values in recorder.logged if kind == "log" and "train/gen-01/loss" in values]
     assert curve[0] > max(step for kind, step, values in recorder.logged if kind == "log" and "train/gen-00/loss" in values)
     metrics = [values for kind, _, values in recorder.logged if kind == "log" and "metrics/ppl_blocks" in values]
     assert [m["generation"] for m in metrics] == [0, 1]
-    build(config, root, 1, progress=False, echo=lambda _: None)  # nothing to build: nothing logged, no config
+    build_quietly(config, root, 1)  # nothing to build: nothing logged, no config
     assert sum(kind == "config" for kind, _, _ in recorder.logged) == 1
     write_report(root)
     write_report(root)  # the same figures: logged once
@@ -138,7 +137,7 @@ def test_a_one_axis_tracker_gets_growing_steps_and_the_figures_once(tmp_path, sm
 def test_a_tracker_that_fails_does_not_stop_the_run(tmp_path, small_corpus, recorder, caplog):
     recorder.fail = True
     config = micro_config(small_corpus, ["track.with=[wandb]"])
-    build(config, tmp_path / "run", 0, progress=False, echo=lambda _: None)
+    build_quietly(config, tmp_path / "run", 0)
     assert RunDir(tmp_path / "run").generation(0).is_complete
     assert "tracking to wandb is off for this command (not logged in): the run goes on without it" in caplog.text
 

@@ -10,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 
-import lmcollapse.train as train_module
+import lmcollapse.engine.losses as losses_module
+import lmcollapse.engine.training as train_module
 from helpers import micro_opt
-from lmcollapse.atomic import read_json
 from lmcollapse.config import PipelineConfig, TrainConfig
+from lmcollapse.engine.checkpointer import STATE_FILE, latest_checkpoint, list_checkpoints
+from lmcollapse.engine.losses import validation_loss
+from lmcollapse.engine.training import epoch_order, schedule, train_model
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.pipeline import make_accelerator
-from lmcollapse.rundir import STATE_FILE
-from lmcollapse.train import epoch_order, latest_checkpoint, list_checkpoints, schedule, train_model, validation_loss
+from lmcollapse.run.atomic import read_json
+from lmcollapse.stages.pipeline import make_accelerator
 
 CONFIG = TrainConfig(epochs=2, batch_size=8, learning_rate=1e-2, min_learning_rate=1e-3, warmup_steps=1,
                      checkpoint_every=3, keep_checkpoints=2)
@@ -244,12 +246,12 @@ def test_unpadded_batches_go_without_a_mask_and_compute_the_same():
     # No row padded: no mask, so the model takes SDPA's causal kernel without checking a mask of
     # ones (on a GPU the check waits for the device); the logits are the very same.
     full = [np.arange(3, 11), np.arange(11, 19)]
-    ids, mask, targets = train_module._padded_batch(full, 1, torch.device("cpu"))
+    ids, mask, targets = losses_module._padded_batch(full, 1, torch.device("cpu"))
     assert mask is None and targets[0, -1] == -100 and targets[0, 0] == 4
     model = micro_opt(dropout=0.0).eval()
     with torch.no_grad():
         assert torch.equal(model(input_ids=ids).logits, model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits)
-    _, mask, targets = train_module._padded_batch([np.arange(3, 11), np.arange(3, 8)], 1, torch.device("cpu"))
+    _, mask, targets = losses_module._padded_batch([np.arange(3, 11), np.arange(3, 8)], 1, torch.device("cpu"))
     assert mask.tolist()[1] == [1] * 5 + [0] * 3 and targets[1, 4:].tolist() == [-100] * 4
 
 

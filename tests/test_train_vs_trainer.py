@@ -20,8 +20,8 @@ import torch
 
 from helpers import micro_opt
 from lmcollapse.config import PipelineConfig, TrainConfig
-from lmcollapse.context import make_accelerator
-from lmcollapse.train import epoch_order, schedule, train_model
+from lmcollapse.engine.training import epoch_order, schedule, train_model
+from lmcollapse.stages.context import make_accelerator
 
 BLOCKS, LENGTH, SEED, GENERATION = 48, 12, 3, 1
 

@@ -12,7 +12,7 @@ never executed, only parsed.
 from __future__ import annotations
 
 from lmcollapse.config.describe import describe_config, field_docs
-from lmcollapse.config.loading import build_config, load_config, merge_sections, parse_overrides
+from lmcollapse.config.loading import build_config, load_config, merge_sections, parse_overrides, set_dotted
 from lmcollapse.config.pipeline_config import (
     OPERATIONAL_KEYS,
     PipelineConfig,
@@ -37,4 +37,4 @@ from lmcollapse.config.stage_sections import (
 __all__ = ["AUTO_PRETRAIN", "DEFAULT_PRETRAIN_CORPUS", "OPERATIONAL_KEYS", "DataConfig", "DecontaminateConfig",
            "EvaluateConfig", "GenerateConfig", "LoraConfig", "ModelConfig", "TrackConfig", "PipelineConfig", "PretrainConfig", "TrainConfig",
            "build_config", "check_name", "check_trained_positions", "config_to_dict", "config_to_yaml", "describe_config", "field_docs",
-           "flatten", "load_config", "merge_sections", "parse_overrides", "result_affecting_differences", "safe_name"]
+           "flatten", "load_config", "merge_sections", "parse_overrides", "result_affecting_differences", "safe_name", "set_dotted"]

@@ -29,14 +29,14 @@ def load_config(path: Path | None, overrides: list[str] | tuple[str, ...] = ()) 
         raw = _read_with_base(path)
         raw.setdefault("name", safe_name(path.stem))  # "my pipeline.yaml" runs as runs/my-pipeline
     for key, value in parse_overrides(overrides).items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return build_config(raw)
 
 
 def _read_with_base(path: Path, children: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A pipeline file with its ``base:`` pipeline (a file path relative to it) merged underneath:
     a variant states only what it changes. The base's name and description are not inherited."""
-    raw = _read_pipeline_file(path)
+    raw = read_yaml_mapping(path)
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -65,20 +65,24 @@ def merge_sections(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, A
     return merged
 
 
-def _read_pipeline_file(path: Path) -> dict[str, Any]:
-    """The top-level mapping of a pipeline file: UTF-8, valid YAML, no duplicate keys, not empty."""
+def read_yaml_mapping(path: Path, what: str = "pipeline file") -> dict[str, Any]:
+    """The top-level mapping of a pipeline (or study) file: UTF-8, valid YAML read safely, no
+    duplicate keys, not empty."""
+    path = Path(path)
+    folder = "studies" if what.startswith("study") else "pipelines"
     if path.is_dir():
         default = path / "tiny.yaml"  # the default pipeline when this is the pipelines folder
-        example = default if default.is_file() else next(iter(sorted(path.glob("*.yaml"))), Path("pipelines/tiny.yaml"))
-        raise ConfigError(f"pipeline file {path} is a directory: pass a YAML file (e.g. {example})")
+        example = default if default.is_file() else next(iter(sorted(path.glob("*.yaml"))), Path(f"{folder}/tiny.yaml"))
+        raise ConfigError(f"{what} {path} is a directory: pass a YAML file (e.g. {example})")
     if not path.exists():
-        raise ConfigError(f"pipeline file {path} not found: pick one from pipelines/ (e.g. pipelines/tiny.yaml)")
+        example = "studies/regimes.yaml" if folder == "studies" else "pipelines/tiny.yaml"
+        raise ConfigError(f"{what} {path} not found: pick one from {folder}/ (e.g. {example})")
     if not path.is_file():
-        raise ConfigError(f"pipeline file {path} is not a regular file: pass a YAML file (e.g. pipelines/tiny.yaml)")
+        raise ConfigError(f"{what} {path} is not a regular file: pass a YAML file")
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"pipeline file {path} cannot be read ({err.strerror}): check its permissions") from None
+        raise ConfigError(f"{what} {path} cannot be read ({err.strerror}): check its permissions") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -97,10 +101,10 @@ def _read_pipeline_file(path: Path) -> dict[str, Any]:
             problem = f"character U+{err.character:04X} is not allowed: remove it"
         raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
     if raw is None:
-        raise ConfigError(f"pipeline file {path} is empty (no settings, only blank lines or comments): "
-                          "write its settings, e.g. start from a copy of pipelines/tiny.yaml")
+        raise ConfigError(f"{what} {path} is empty (no settings, only blank lines or comments): write its "
+                          f"settings, e.g. start from a copy of {'studies/regimes.yaml' if folder == 'studies' else 'pipelines/tiny.yaml'}")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+        raise ConfigError(f"{path}: expected a mapping of {'keys' if folder == 'studies' else 'config sections'} at the top level")
     return raw
 
 
@@ -146,6 +150,12 @@ def build_config(raw: dict[str, Any]) -> PipelineConfig:
     return _build(PipelineConfig, raw, "")
 
 
+def build_config_section(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Any config dataclass from its raw mapping: unknown keys (with a did-you-mean), wrong types and
+    impossible values are one-line errors naming the dotted key, as for the pipeline config."""
+    return _build(cls, raw, prefix)
+
+
 # One override's words: runs of plain characters, [list] values and quoted values ("a b"), so
 # that "a=[1, 2] b=3" is two overrides and description="a b" one. A stray quote or bracket is an
 # ordinary character.
@@ -179,7 +189,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return parsed
 
 
-def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``raw`` (a nested mapping, as YAML reads a pipeline) with ``key`` (dotted) set to ``value``."""
     node = raw
     parts = key.split(".")
     for depth, part in enumerate(parts[:-1]):
@@ -231,6 +242,17 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: invalid value {value!r}")
+    if tp is Any:
+        return value
+    if tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (key: value), got {value!r}")
+        return value
+    if origin is dict:
+        key_type, value_type = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping (key: value), got {value!r}")
+        return {_coerce(key_type, k, f"{key}"): _coerce(value_type, v, f"{key}.{k}") for k, v in value.items()}
     if origin is tuple:
         item = typing.get_args(tp)[0]
         if not isinstance(value, (list, tuple)):

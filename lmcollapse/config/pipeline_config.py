@@ -13,7 +13,6 @@ from typing import Any
 
 import yaml
 
-from lmcollapse.atomic import canonical_json, sha256_bytes
 from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
 from lmcollapse.config.stage_sections import (
     DecontaminateConfig,
@@ -24,6 +23,7 @@ from lmcollapse.config.stage_sections import (
     _require,
 )
 from lmcollapse.errors import ConfigError
+from lmcollapse.run.atomic import canonical_json, sha256_bytes
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,7 @@ class PipelineConfig:
                      "has no effect with data.regime=replace (no generation mixes human and synthetic records)")
             _require(not self.decontaminate.enabled, "decontaminate.enabled",
                      "has nothing to separate with data.regime=replace: use a regime that mixes human data")
-        prompt = self.generate.prompt_tokens or self.data.block_size
-        _require(prompt <= self.data.block_size, "generate.prompt_tokens",
+        _require(self.prompt_length <= self.data.block_size, "generate.prompt_tokens",
                  f"must not exceed data.block_size ({self.data.block_size})")
         if self.train.select == "best-validation" and self.data.validation_split in (None, self.data.train_split):
             _require(self.data.max_train_blocks is not None, "train.select",

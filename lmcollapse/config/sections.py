@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from lmcollapse.config.corpora import HUB_PREFIX, NAMED_CORPORA
+from lmcollapse.config.presets import ARCHITECTURE_PRESETS, PRESET_FAMILIES
 from lmcollapse.config.stage_sections import TrainConfig, _require
-from lmcollapse.presets import ARCHITECTURE_PRESETS, PRESET_FAMILIES
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,6 @@ class DataConfig:
                  f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
         _require(self.validation_split != self.heldout_split, "validation_split",
                  f"must differ from heldout_split ({self.heldout_split!r}); held-out text never selects a model")
-        from lmcollapse.corpus import HUB_PREFIX, NAMED_CORPORA
-
         if self.hub_config is not None:
             _require(self.corpus.startswith(HUB_PREFIX), "hub_config",
                      f"only applies to hub datasets (data.corpus={HUB_PREFIX}owner/name); set it to null")

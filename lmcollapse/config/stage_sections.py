@@ -10,6 +10,10 @@ from typing import Literal
 
 from lmcollapse.errors import ConfigError
 
+# The highest n-gram order of self-BLEU and distinct-n: the column catalogue defines a column for
+# every order up to it (metrics/columns.py).
+MAX_NGRAM_ORDER = 8
+
 
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
@@ -71,7 +75,7 @@ class TrainConfig:
     training with the default AdamW on an H200 (the opt-125m shape in bf16: a step there is bound
     by kernel launches, which compiling fuses), 0.97x on two CPU cores (it gave 1.26x there only
     while glibc mapped every large block afresh, which the command line no longer lets it do:
-    lmcollapse/allocator.py)."""
+    lmcollapse/engine/allocator.py)."""
     select: Literal["last", "best-validation"] = "last"
     """Which weights a generation keeps: ``last``, those after the last epoch; ``best-validation``,
     those after the epoch with the lowest loss on the human validation blocks (``data.validation_split``;
@@ -239,8 +243,8 @@ class EvaluateConfig:
         if self.self_bleu_samples is not None:
             _require(self.self_bleu_samples >= 2, "self_bleu_samples",
                      "must be at least 2 (leave-one-out needs references) or null for all")
-        _require(1 <= self.self_bleu_max_n <= 8, "self_bleu_max_n", "must be between 1 and 8")
-        _require(1 <= self.distinct_max_n <= 8, "distinct_max_n", "must be between 1 and 8")
+        for key in ("self_bleu_max_n", "distinct_max_n"):
+            _require(1 <= getattr(self, key) <= MAX_NGRAM_ORDER, key, f"must be between 1 and {MAX_NGRAM_ORDER}")
         _require(self.rare_ngram_n >= 1, "rare_ngram_n", "must be at least 1")
         _require(self.rare_ngram_max_count >= 1, "rare_ngram_max_count", "must be at least 1")
 

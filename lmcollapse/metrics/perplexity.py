@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from lmcollapse.failpoints import failpoint
-from lmcollapse.interrupts import check_stop
-from lmcollapse.precision import autocast
-from lmcollapse.progress import progress_bar
+from lmcollapse.engine.losses import token_losses
+from lmcollapse.engine.precision import autocast
+from lmcollapse.run.failpoints import failpoint
+from lmcollapse.run.interrupts import check_stop
+from lmcollapse.run.progress import progress_bar
 
 
 @dataclass(frozen=True)
@@ -259,14 +259,6 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: 
     # batch sits on top of the heap, above the freed logits, and glibc cannot give those pages
     # back; evaluation memory then grew ~3.5 MB a batch (bench/evaluation.py caught it).
     return token_nll.double().sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist()
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-position NLL, 0 where the target is -100. The labels are shifted, not the logits, so
-    the (batch x length x vocabulary) logits are never copied (fp32 ones, at least)."""
-    batch, length, vocab = logits.shape
-    flat = F.cross_entropy(logits.reshape(-1, vocab).float(), targets.reshape(-1), reduction="none", ignore_index=-100)
-    return flat.view(batch, length)
 
 
 def _result(method: str, nll: np.ndarray, tokens: np.ndarray, settings: dict) -> PerplexityResult:

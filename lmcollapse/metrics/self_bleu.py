@@ -32,7 +32,7 @@ from fractions import Fraction
 import numpy as np
 
 from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample
-from lmcollapse.seeding import subsample_indices
+from lmcollapse.run.seeding import subsample_indices
 
 SUPPORTED_SMOOTHING = ("method0", "method1", "method2", "method3", "method4", "method5", "method7")
 _EPSILON = 0.1  # NLTK SmoothingFunction defaults

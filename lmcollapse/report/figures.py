@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lmcollapse.atomic import read_json
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.report.runs import Group, group_table
+from lmcollapse.run.atomic import read_json
 
 
 def figure_perplexity(groups: list[Group], out: Path) -> list[Path]:
-    from lmcollapse.plotting import PALETTE, new_figure, save_figure
+    from lmcollapse.report.plotting import PALETTE, new_figure, save_figure
 
     fig, axes = new_figure("Held-out human perplexity by generation", "generation", "perplexity", ncols=2, width=11)
     for ax, metric, title in ((axes[0], "ppl_blocks", "non-overlapping blocks"), (axes[1], "ppl_sliding", "sliding window")):
@@ -30,7 +30,7 @@ def figure_perplexity(groups: list[Group], out: Path) -> list[Path]:
 
 
 def figure_diversity(groups: list[Group], out: Path) -> list[Path]:
-    from lmcollapse.plotting import PALETTE, new_figure, save_figure
+    from lmcollapse.report.plotting import PALETTE, new_figure, save_figure
 
     fig, axes = new_figure("Diversity of each generation's synthetic corpus", "generation", "", ncols=2, width=11)
     for ax, metric in ((axes[0], "self_bleu_4"), (axes[1], "distinct_2")):
@@ -49,7 +49,7 @@ def figure_tails(groups: list[Group], out: Path) -> list[Path]:
     """The paper's tail figure: per-sample perplexity under the generation-0 model, per generation."""
     from matplotlib import colormaps
 
-    from lmcollapse.plotting import new_figure, save_figure
+    from lmcollapse.report.plotting import new_figure, save_figure
 
     shown = groups[:4]
     fig, axes = new_figure("Synthetic samples scored by the generation-0 model (first seed)",
@@ -78,7 +78,7 @@ def figure_tails(groups: list[Group], out: Path) -> list[Path]:
 def figure_training_loss(groups: list[Group], out: Path) -> list[Path]:
     from matplotlib import colormaps
 
-    from lmcollapse.plotting import new_figure, save_figure
+    from lmcollapse.report.plotting import new_figure, save_figure
 
     shown = groups[:4]
     fig, axes = new_figure("Training loss of each generation (first seed)", "optimizer step",

@@ -10,12 +10,10 @@ import io
 import math
 from pathlib import Path
 
-from lmcollapse.atomic import write_json_atomic, write_text_atomic
 from lmcollapse.config import config_to_yaml
-from lmcollapse.manifests import read_manifest
+from lmcollapse.data.records import concatenate, read_records
 from lmcollapse.metrics import REGISTRY
-from lmcollapse.metrics.columns import COMPARED, HEADLINE, shown_in
-from lmcollapse.records import concatenate, read_records
+from lmcollapse.metrics.columns import COMPARED, HEADLINE, STAGE_SECONDS, shown_in
 from lmcollapse.report.figures import figure_diversity, figure_perplexity, figure_tails, figure_training_loss
 from lmcollapse.report.html import html_page
 from lmcollapse.report.runs import (
@@ -27,8 +25,10 @@ from lmcollapse.report.runs import (
     group_table,
     present_metrics,
 )
-from lmcollapse.tables import latex_table, markdown_table
-from lmcollapse.tracking import log_report_figures
+from lmcollapse.report.tables import latex_table, markdown_table
+from lmcollapse.run.atomic import write_json_atomic, write_text_atomic
+from lmcollapse.run.manifests import read_manifest
+from lmcollapse.stages.tracking import log_report_figures
 
 
 def cell(value: tuple[float, float, int], metric: str) -> str:
@@ -232,11 +232,10 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
             env_rows.append([group.label, str(record.config.seed), manifest.get("git_commit") or "-",
                              manifest.get("device", "-"),
                              ", ".join(f"{k} {v}" for k, v in versions.items() if k in ("torch", "transformers", "datasets", "accelerate"))])
-            seconds = {k: aggregate([row.get(k) for row in record.rows])[0]
-                       for k in ("train_seconds", "generate_seconds", "eval_seconds")}
+            seconds = {k: aggregate([row.get(k) for row in record.rows])[0] for k in STAGE_SECONDS}
+            total = sum(row.get(k, 0) for row in record.rows for k in STAGE_SECONDS)
             timing_rows.append([group.label, str(record.config.seed), str(len(record.rows))]
-                               + [f"{seconds[k]:.1f}" for k in ("train_seconds", "generate_seconds", "eval_seconds")]
-                               + [f"{sum(row.get('train_seconds', 0) + row.get('generate_seconds', 0) + row.get('eval_seconds', 0) for row in record.rows) / 60:.1f}"])
+                               + [f"{seconds[k]:.1f}" for k in STAGE_SECONDS] + [f"{total / 60:.1f}"])
     lines += [markdown_table(["pipeline", "seed", "git commit", "device", "versions"], env_rows, ["l"] * 5), "",
               markdown_table(["pipeline", "seed", "generations", "train s/gen", "generate s/gen", "eval s/gen", "total min"],
                              timing_rows, ["l", "r", "r", "r", "r", "r", "r"]), ""]

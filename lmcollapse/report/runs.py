@@ -18,8 +18,9 @@ import numpy as np
 from lmcollapse.config import PipelineConfig, load_config
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
-from lmcollapse.rundir import RunDir, build_command
-from lmcollapse.tables import collect_rows, reference_rows
+from lmcollapse.metrics.table import collect_rows, reference_rows
+from lmcollapse.run.commands import build_command
+from lmcollapse.run.layout import RunDir
 
 MAX_DEPTH = 3
 
@@ -87,7 +88,7 @@ def _runs_below(folder: Path, depth: int) -> list[Path]:
 
 
 def _record(run: RunDir) -> RunRecord:
-    from lmcollapse.integrity import DAMAGED, verify_run
+    from lmcollapse.run.integrity import DAMAGED, verify_run
 
     # Everything a report reads (manifests, training logs, tails) is checked against its manifest
     # first; stale generations are left out of the rows by collect_rows.

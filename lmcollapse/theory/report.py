@@ -13,28 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lmcollapse.atomic import write_text_atomic
-from lmcollapse.theory.categorical import (
-    expected_loss_generation,
-    simulate_categorical,
-    survival_probability,
-    zipf_weights,
-)
-from lmcollapse.theory.gaussian import (
-    ESTIMATORS,
-    SHORT_LABELS,
-    GaussianRun,
-    expected_log_variance,
-    expected_variance,
-    expected_variance_keep,
-    expected_wasserstein2_squared,
-    log_variance_variance,
-    simulate_gaussian,
-    variance_cdf,
-    variance_quantile,
-    variance_standard_error,
-    wasserstein2_squared_variance,
-)
+import lmcollapse.theory.categorical as categorical_model
+import lmcollapse.theory.gaussian as gaussian_model
+from lmcollapse.run.atomic import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -55,122 +36,26 @@ QUANTILES = (0.05, 0.25, 0.75, 0.95)  # of σ²_n over chains, in the estimators
 
 def write_theory_report(out: Path, settings: TheorySettings = TheorySettings()) -> list[Path]:
     """Simulate every case, write the figures (PNG + SVG) and the tables (Markdown + CSV)."""
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    from lmcollapse.plotting import PALETTE, new_figure, save_figure
+    from lmcollapse.theory import figures
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     s = settings
-    written: list[Path] = []
-    gaussian = {regime: simulate_gaussian(s.samples, s.generations, s.chains, s.seed + i, regime=regime,
+    gaussian = {regime: gaussian_model.simulate_gaussian(s.samples, s.generations, s.chains, s.seed + i, regime=regime,
                                           real_fraction=s.real_fraction)
                 for i, regime in enumerate(("replace", "keep-fraction", "accumulate"))}
     replace = {"mle": gaussian["replace"],
-               "unbiased": simulate_gaussian(s.samples, s.generations, s.chains, s.seed + 3, estimator="unbiased")}
+               "unbiased": gaussian_model.simulate_gaussian(s.samples, s.generations, s.chains, s.seed + 3, estimator="unbiased")}
     generations = np.arange(s.generations + 1)
     real = int(round(s.real_fraction * s.samples))
-    theory_curves = {"replace": expected_variance(s.samples, generations),
-                     "keep-fraction": expected_variance_keep(s.samples, real, s.generations)}
-    colours = {"mle": PALETTE[0], "unbiased": PALETTE[1]}
-
-    # The two estimators side by side: σ²_n (mean, median, spread) and W2 to the truth.
-    fig, axes = new_figure(f"Gaussian refitted on its own N = {s.samples} samples, two variance estimators "
-                           f"({s.chains:,} chains each)", "generation", "", ncols=2, width=12.5)
-    for estimator, run in replace.items():
-        colour = colours[estimator]
-        low, high = run.quantile_variance([0.05, 0.95])
-        axes[0].fill_between(generations, low, high, color=colour, alpha=0.12, linewidth=0)
-        axes[0].plot(generations, run.mean_variance(), color=colour)
-        axes[0].plot(generations, expected_variance(s.samples, generations, estimator=estimator), color=colour,
-                     linestyle="--", linewidth=1)
-        axes[0].plot(generations, run.median_variance(), color=colour, linestyle=":")
-        marked = generations[:: max(1, s.generations // 10)]
-        axes[0].plot(marked, [variance_quantile(0.5, s.samples, int(n), estimator) for n in marked], color=colour,
-                     linestyle="none", marker="o", markerfacecolor="none", markersize=4)
-        w2 = run.wasserstein2()
-        low, high = np.quantile(w2, [0.05, 0.95], axis=1)
-        axes[1].fill_between(generations, low, high, color=colour, alpha=0.12, linewidth=0)
-        axes[1].plot(generations, w2.mean(axis=1), color=colour)
-        axes[1].plot(generations, np.sqrt(expected_wasserstein2_squared(s.samples, s.generations, estimator)),
-                     color=colour, linestyle="--", linewidth=1)
-        axes[1].plot(generations, np.median(w2, axis=1), color=colour, linestyle=":")
-    axes[0].set_yscale("log")
-    axes[0].set_ylabel("fitted variance σ²_n (true σ²_0 = 1)")
-    axes[1].set_ylabel("W2(N(μ_n, σ²_n), N(μ_0, σ²_0))")
-    estimators = [Patch(color=colours[e], label=ESTIMATORS[e]) for e in replace]
-    grey = "#555555"
-    fig.legend(handles=estimators + [
-        Line2D([], [], color=grey, label="mean over chains"),
-        Line2D([], [], color=grey, linestyle="--", linewidth=1, label="closed form: E[σ²_n] (left), √E[W2²_n] (right)"),
-        Line2D([], [], color=grey, linestyle=":", label="median over chains"),
-        Line2D([], [], color=grey, linestyle="none", marker="o", markerfacecolor="none", label="exact median of σ²_n"),
-        Patch(color=grey, alpha=0.2, label="5th-95th percentile of chains")],
-        loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, frameon=False, fontsize=8)
-    written += save_figure(fig, out / "gaussian_estimators")
-
-    fig, ax = new_figure(f"Gaussian refitted by MLE (÷N) on N = {s.samples} samples per generation "
-                         f"({s.chains:,} chains)", "generation", "fitted variance σ² (true σ² = 1)")
-    labels = {"replace": "replace", "keep-fraction": f"keep {s.real_fraction:.0%} real", "accumulate": "accumulate"}
-    for colour, (regime, run) in zip(PALETTE, gaussian.items()):
-        low, high = np.percentile(run.variances, [10, 90], axis=1)
-        ax.fill_between(generations, low, high, color=colour, alpha=0.15, linewidth=0)
-        ax.plot(generations, run.mean_variance(), color=colour, label=f"{labels[regime]}: mean over chains")
-        if regime in theory_curves:
-            ax.plot(generations, theory_curves[regime], color=colour, linestyle="--", linewidth=1,
-                    label=f"{labels[regime]}: closed form")
-    ax.set_yscale("log")
-    ax.legend(title="shaded: 10th-90th percentile of chains")
-    written += save_figure(fig, out / "gaussian_variance")
-
-    threshold = 0.1
-    fig, ax = new_figure(f"Chains whose variance fell below {threshold} (true 1)", "generation", "fraction of chains")
-    curves = [(f"replace, {ESTIMATORS['mle']}", replace["mle"], "mle"),
-              (f"replace, {ESTIMATORS['unbiased']}", replace["unbiased"], "unbiased"),
-              (f"keep {s.real_fraction:.0%} real, MLE (÷N)", gaussian["keep-fraction"], None),
-              ("accumulate, MLE (÷N)", gaussian["accumulate"], None)]
-    for colour, (label, run, estimator) in zip(PALETTE, curves):
-        ax.plot(generations, run.fraction_below(threshold), color=colour, label=label)
-        if estimator:
-            exact = [float(variance_cdf(threshold, s.samples, int(n), estimator)) for n in generations]
-            ax.plot(generations, exact, color=colour, linestyle="--", linewidth=1)
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(title="dashed: exact probability (replace)", loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
-    written += save_figure(fig, out / "gaussian_collapsed_chains")
-
-    zipf = zipf_weights(s.categories, s.zipf_exponent)
-    categorical = simulate_categorical(zipf, s.categorical_samples, s.categorical_generations, s.chains // 4, s.seed + 10)
-    shown = [0, s.categories // 4, s.categories // 2, s.categories - 1]
-    steps = np.arange(categorical.generations + 1)
-    fig, ax = new_figure(f"Zipf({s.zipf_exponent}) categories refitted on N = {s.categorical_samples} samples",
-                         "generation (log scale after 10)", "fraction of chains where the category survives",
-                         width=8.6)
-    predicted = categorical.predicted_alive()
-    for colour, k in zip(PALETTE, shown):
-        ax.plot(steps, categorical.alive()[:, k], color=colour, label=f"rank {k + 1}, w = {zipf[k]:.3f}")
-        ax.plot(steps[1:], predicted[:, k], color=colour, linestyle=":", linewidth=1)
-        ax.axvline(expected_loss_generation(zipf[k], s.categorical_samples), color=colour, linestyle="--",
-                   linewidth=0.8, alpha=0.6)
-    ax.set_xscale("symlog", linthresh=10)
-    ax.set_xlim(0, steps[-1])
-    ax.legend(title="solid: simulated\ndotted: mean of 1-(1-w)^N\ndashed: expected loss time",
-              loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    written += save_figure(fig, out / "categorical_survival")
-
-    yellow_blue = simulate_categorical(np.array([0.9, 0.1]), 10, 60, s.chains, s.seed + 20)
-    lost = 1.0 - yellow_blue.alive()[:, 1]
-    fig, axes = new_figure("90% yellow / 10% blue, refitted on N = 10 samples", "generation", "", ncols=2, width=10.5)
-    axes[0].plot(np.arange(61), lost, color=PALETTE[0], label="simulated")
-    axes[0].axhline(0.9, color=PALETTE[1], linestyle="--", label="eventual loss: 1 - w = 0.9")
-    axes[0].scatter([1], [0.9**10], color=PALETTE[2], zorder=3, label=f"generation 1: 0.9^10 = {0.9**10:.3f}")
-    axes[0].set_ylabel("fraction of chains that lost blue")
-    axes[0].legend()
-    for colour, chain in zip(PALETTE, range(6)):
-        axes[1].plot(np.arange(61), yellow_blue.weights[:, chain, 1], color=colour, alpha=0.8)
-    axes[1].set_ylabel("weight of blue in six chains")
-    written += save_figure(fig, out / "yellow_blue")
-
+    theory_curves = {"replace": gaussian_model.expected_variance(s.samples, generations),
+                     "keep-fraction": gaussian_model.expected_variance_keep(s.samples, real, s.generations)}
+    zipf = categorical_model.zipf_weights(s.categories, s.zipf_exponent)
+    categorical = categorical_model.simulate_categorical(zipf, s.categorical_samples, s.categorical_generations, s.chains // 4, s.seed + 10)
+    yellow_blue = categorical_model.simulate_categorical(np.array([0.9, 0.1]), 10, 60, s.chains, s.seed + 20)
+    written = [*figures.gaussian_estimators(out, s, replace), *figures.gaussian_variance(out, s, gaussian, theory_curves),
+               *figures.collapsed_chains(out, s, gaussian, replace), *figures.categorical_survival(out, s, zipf, categorical),
+               *figures.yellow_blue(out, yellow_blue)]
     estimator_rows = gaussian_estimator_rows(replace, s)
     rows = theory_table(gaussian, theory_curves, categorical, yellow_blue, s, replace)
     written += _write_tables(out, rows, estimator_rows, s)
@@ -181,7 +66,7 @@ def _shown_generations(s: TheorySettings) -> list[int]:
     return sorted({n for n in (1, 5, 20, s.generations) if n <= s.generations})
 
 
-def gaussian_estimator_rows(replace: dict[str, GaussianRun], s: TheorySettings) -> list[dict]:
+def gaussian_estimator_rows(replace: dict[str, gaussian_model.GaussianRun], s: TheorySettings) -> list[dict]:
     """Long-form rows (estimator, generation, statistic, simulated, se, theory, z) for both estimators.
 
     z is (simulated - theory)/se with the exact standard error where the theory gives one; for a
@@ -190,8 +75,8 @@ def gaussian_estimator_rows(replace: dict[str, GaussianRun], s: TheorySettings) 
     rows = []
     for estimator, run in replace.items():
         chains, log_run, w2 = run.chains, np.log(run.variances), run.wasserstein2()
-        w2_squared = expected_wasserstein2_squared(s.samples, s.generations, estimator)
-        w2_squared_se = np.sqrt(wasserstein2_squared_variance(s.samples, s.generations, estimator) / chains)
+        w2_squared = gaussian_model.expected_wasserstein2_squared(s.samples, s.generations, estimator)
+        w2_squared_se = np.sqrt(gaussian_model.wasserstein2_squared_variance(s.samples, s.generations, estimator) / chains)
 
         def row(n, statistic, simulated, se=float("nan"), theory=float("nan"), z=None, estimator=estimator):
             if z is None:
@@ -201,18 +86,18 @@ def gaussian_estimator_rows(replace: dict[str, GaussianRun], s: TheorySettings) 
 
         for n in _shown_generations(s):
             variances = run.variances[n]
-            rows.append(row(n, "mean σ²", variances.mean(), float(variance_standard_error(s.samples, n, chains, estimator)),
-                            float(expected_variance(s.samples, n, estimator=estimator))))
+            rows.append(row(n, "mean σ²", variances.mean(), float(gaussian_model.variance_standard_error(s.samples, n, chains, estimator)),
+                            float(gaussian_model.expected_variance(s.samples, n, estimator=estimator))))
             for q, name in [(0.5, "median σ²")] + [(q, f"quantile {q:.0%} σ²") for q in QUANTILES]:
-                exact = variance_quantile(q, s.samples, n, estimator)
+                exact = gaussian_model.variance_quantile(q, s.samples, n, estimator)
                 below = (variances < exact).mean()
                 rows.append(row(n, name, np.quantile(variances, q), theory=exact,
                                 z=(below - q) / math.sqrt(q * (1 - q) / chains)))
-            p = float(variance_cdf(1.0, s.samples, n, estimator))
+            p = float(gaussian_model.variance_cdf(1.0, s.samples, n, estimator))
             se = math.sqrt(p * (1 - p) / chains)
             rows.append(row(n, "P(σ² < σ²_0)", (variances < 1.0).mean(), se, p))
-            rows.append(row(n, "mean ln σ²", log_run[n].mean(), math.sqrt(float(log_variance_variance(s.samples, n)) / chains),
-                            float(expected_log_variance(s.samples, n, estimator))))
+            rows.append(row(n, "mean ln σ²", log_run[n].mean(), math.sqrt(float(gaussian_model.log_variance_variance(s.samples, n)) / chains),
+                            float(gaussian_model.expected_log_variance(s.samples, n, estimator))))
             rows.append(row(n, "mean W2", w2[n].mean(), w2[n].std(ddof=1) / math.sqrt(chains)))
             rows.append(row(n, "median W2", np.median(w2[n])))
             rows.append(row(n, "mean W2²", (w2[n] ** 2).mean(), w2_squared_se[n], w2_squared[n]))
@@ -220,15 +105,15 @@ def gaussian_estimator_rows(replace: dict[str, GaussianRun], s: TheorySettings) 
 
 
 def theory_table(gaussian, theory_curves, categorical, yellow_blue, s: TheorySettings,
-                 replace: dict[str, GaussianRun] | None = None) -> list[dict]:
+                 replace: dict[str, gaussian_model.GaussianRun] | None = None) -> list[dict]:
     rows = []
     replace = replace or {"mle": gaussian["replace"]}
     for estimator, run in replace.items():
         for n in _shown_generations(s):
             simulated = run.mean_variance()[n]
-            se = float(variance_standard_error(s.samples, n, run.chains, estimator))  # exact: heavy tails
-            expected = float(expected_variance(s.samples, n, estimator=estimator))
-            rows.append({"case": f"gaussian replace, {SHORT_LABELS[estimator]}", "quantity": f"E[σ²_{n}], N={s.samples}",
+            se = float(gaussian_model.variance_standard_error(s.samples, n, run.chains, estimator))  # exact: heavy tails
+            expected = float(gaussian_model.expected_variance(s.samples, n, estimator=estimator))
+            rows.append({"case": f"gaussian replace, {gaussian_model.SHORT_LABELS[estimator]}", "quantity": f"E[σ²_{n}], N={s.samples}",
                          "simulated": simulated, "se": se, "theory": expected, "z": (simulated - expected) / se})
     run = gaussian["keep-fraction"]
     for n in _shown_generations(s):
@@ -245,8 +130,8 @@ def theory_table(gaussian, theory_curves, categorical, yellow_blue, s: TheorySet
         alive1 = categorical.alive()[1, k]
         rows.append({"case": "categorical", "quantity": f"survives generation 1, w={w:.4f}",
                      "simulated": alive1, "se": math.sqrt(alive1 * (1 - alive1) / chains),
-                     "theory": float(survival_probability(w, s.categorical_samples)),
-                     "z": _z(alive1, float(survival_probability(w, s.categorical_samples)), chains)})
+                     "theory": float(categorical_model.survival_probability(w, s.categorical_samples)),
+                     "z": _z(alive1, float(categorical_model.survival_probability(w, s.categorical_samples)), chains)})
         lost = losses[:, k] >= 0
         rows.append({"case": "categorical", "quantity": f"lost by generation {s.categorical_generations} (theory: ever), w={w:.4f}",
                      "simulated": lost.mean(), "se": math.sqrt(lost.mean() * (1 - lost.mean()) / chains),
@@ -255,7 +140,7 @@ def theory_table(gaussian, theory_curves, categorical, yellow_blue, s: TheorySet
             times = losses[lost, k]
             rows.append({"case": "categorical", "quantity": f"generation of loss (if lost), w={w:.4f}",
                          "simulated": times.mean(), "se": times.std(ddof=1) / math.sqrt(len(times)) if len(times) > 1 else float("nan"),
-                         "theory": expected_loss_generation(w, s.categorical_samples), "z": float("nan")})
+                         "theory": categorical_model.expected_loss_generation(w, s.categorical_samples), "z": float("nan")})
     blue_lost = yellow_blue.loss_generation()[:, 1]
     rows.append({"case": "yellow/blue", "quantity": "blue lost at generation 1 (N=10)",
                  "simulated": (blue_lost == 1).mean(), "se": float("nan"), "theory": 0.9**10, "z": float("nan")})
@@ -278,7 +163,7 @@ def _cell(value, digits: int = 4) -> str:
 def _estimators_markdown(estimator_rows: list[dict], s: TheorySettings) -> list[str]:
     """The side-by-side table: one row per (generation, statistic), one column group per estimator."""
     index = {(r["estimator"], r["generation"], r["statistic"]): r for r in estimator_rows}
-    estimators = [e for e in ESTIMATORS if any(r["estimator"] == e for r in estimator_rows)]
+    estimators = [e for e in gaussian_model.ESTIMATORS if any(r["estimator"] == e for r in estimator_rows)]
     shown = [
         ("mean σ²_n", ["mean σ²"]),
         ("median σ²_n", ["median σ²"]),
@@ -290,7 +175,7 @@ def _estimators_markdown(estimator_rows: list[dict], s: TheorySettings) -> list[
     ]
     header = ["n", "statistic"]
     for e in estimators:
-        header += [ESTIMATORS[e], "closed form", "z"]
+        header += [gaussian_model.ESTIMATORS[e], "closed form", "z"]
     lines = ["| " + " | ".join(header) + " |",
              "| --- | --- | " + " | ".join("---:" for _ in header[2:]) + " |"]
     for n in _shown_generations(s):
@@ -314,8 +199,8 @@ def _estimators_summary(estimator_rows: list[dict], s: TheorySettings) -> str:
     n = s.generations
 
     def part(e: str) -> str:
-        return (f"{ESTIMATORS[e]}: mean σ²_{n} {index[(e, n, 'mean σ²')]:.3g} "
-                f"(closed form {float(expected_variance(s.samples, n, estimator=e)):.3g}), median "
+        return (f"{gaussian_model.ESTIMATORS[e]}: mean σ²_{n} {index[(e, n, 'mean σ²')]:.3g} "
+                f"(closed form {float(gaussian_model.expected_variance(s.samples, n, estimator=e)):.3g}), median "
                 f"{index[(e, n, 'median σ²')]:.3g}, {index[(e, n, 'P(σ² < σ²_0)')]:.0%} of chains below σ²_0, "
                 f"mean W2 {index[(e, n, 'mean W2')]:.3g}")
 
@@ -337,7 +222,7 @@ def _write_tables(out: Path, rows: list[dict], estimator_rows: list[dict], s: Th
     writer = csv.DictWriter(buffer, fieldnames=["estimator", "estimator_label", "generation", "statistic",
                                                 "simulated", "se", "theory", "z"], lineterminator="\n")
     writer.writeheader()
-    writer.writerows({**r, "estimator_label": ESTIMATORS[r["estimator"]]} for r in estimator_rows)
+    writer.writerows({**r, "estimator_label": gaussian_model.ESTIMATORS[r["estimator"]]} for r in estimator_rows)
     write_text_atomic(out / "gaussian_estimators.csv", buffer.getvalue())
 
     lines = [
@@ -350,8 +235,8 @@ def _write_tables(out: Path, rows: list[dict], estimator_rows: list[dict], s: Th
         "## The Gaussian with each variance estimator, side by side",
         "",
         f"Every generation draws N = {s.samples} samples from the previous fit N(μ_n-1, σ²_n-1) and refits μ (the "
-        f"sample mean) and σ², dividing the sum of squared deviations by N ({ESTIMATORS['mle']}) or by N-1 "
-        f"({ESTIMATORS['unbiased']}); σ²_0 = 1, μ_0 = 0. Columns: the value over chains, its closed form, and "
+        f"sample mean) and σ², dividing the sum of squared deviations by N ({gaussian_model.ESTIMATORS['mle']}) or by N-1 "
+        f"({gaussian_model.ESTIMATORS['unbiased']}); σ²_0 = 1, μ_0 = 0. Columns: the value over chains, its closed form, and "
         "z = (simulated - closed form) / exact standard error (for quantiles: the fraction of chains below the "
         "exact quantile against q, the largest |z| of the four shown; |z| < 4 is agreement).",
         "",

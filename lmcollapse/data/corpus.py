@@ -1,0 +1,85 @@
+"""The text a pipeline reads, located once per command: the fine-tuning corpus's train and
+held-out splits, its validation split where ``train.select=best-validation`` takes one of its
+own, and the pretraining split of a preset base. Each is located the first time it is asked
+for, so a complete run never looks for its corpus; preflight checks the plan, and the stages
+read the splits it located.
+
+    corpus = CorpusPlan(config)
+    corpus.check_fine_tuning_text()          # found in one place, readable: one-line errors otherwise
+    lines = load_split_lines(corpus.train)
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from lmcollapse.config import PipelineConfig
+from lmcollapse.data.locate import SplitSource, check_same_source, locate_data_splits, locate_splits, same_text
+from lmcollapse.data.read import check_source
+from lmcollapse.errors import LmcollapseError
+
+
+def separate_validation_split(config: PipelineConfig) -> str | None:
+    """The split validation blocks come from when it is not the train split (best-validation only)."""
+    split = config.data.validation_split
+    if config.train.select != "best-validation" or split in (None, config.data.train_split):
+        return None
+    return split
+
+
+class CorpusPlan:
+    """Where ``config``'s text comes from; see the module docstring."""
+
+    def __init__(self, config: PipelineConfig):
+        self.config = config
+
+    @cached_property
+    def _fine_tuning(self) -> tuple[SplitSource, SplitSource]:
+        data = self.config.data
+        return locate_data_splits(self.config, data.train_split, data.heldout_split)
+
+    @property
+    def train(self) -> SplitSource:
+        return self._fine_tuning[0]
+
+    @property
+    def heldout(self) -> SplitSource:
+        return self._fine_tuning[1]
+
+    @cached_property
+    def validation(self) -> SplitSource | None:
+        """The validation split of its own (``data.validation_split``), or None: validation blocks
+        are then the train split's blocks outside the training subset."""
+        split = separate_validation_split(self.config)
+        return None if split is None else locate_data_splits(self.config, split)[0]
+
+    @cached_property
+    def pretraining(self) -> SplitSource | None:
+        """The split a preset base is pretrained on, or None when nothing is pretrained."""
+        settings = self.config.pretrain
+        return locate_splits(settings.corpus, settings.split)[0] if settings.enabled else None
+
+    def check_fine_tuning_text(self) -> None:
+        """The train, held-out (and validation) splits are found, in one place, and readable (not yet loaded)."""
+        allow_mixed = self.config.data.mixed_sources
+        check_same_source(self.train, self.heldout, allow_mixed=allow_mixed)
+        if self.validation is not None:
+            check_same_source(self.train, self.validation, allow_mixed=allow_mixed)
+        for source in (self.train, self.heldout, self.validation):
+            if source is not None:
+                check_source(source)
+
+    def check_pretraining_text(self) -> None:
+        """The pretraining split is readable and shares no text with the fine-tuning, held-out or
+        validation text (by release family and split for named corpora, by file content otherwise)."""
+        config, data = self.config, self.config.data
+        check_source(self.pretraining)
+        roles = [("data.train_split", data.train_split, self.train), ("data.heldout_split", data.heldout_split, self.heldout)]
+        if self.validation is not None:
+            roles.append(("data.validation_split", self.validation.split, self.validation))
+        for key, split, other in roles:
+            if same_text(self.pretraining, other):
+                raise LmcollapseError(
+                    f"pretrain.split: the {config.pretrain.split} split of {config.pretrain.corpus} holds the same text "
+                    f"as {key} ({split} of {data.corpus}): pretrain on other articles (WikiText-2's default: "
+                    "pretrain.split=train with data.train_split=validation and data.heldout_split=test)")

@@ -1,0 +1,135 @@
+"""Is the run what its manifests say? Damage and lineage, checked before anything is trusted.
+
+A complete stage is
+
+* ``damaged`` when a file its manifest recorded is missing or changed, or the manifest itself was
+  edited (every manifest carries the sha256 of its own contents);
+* ``stale`` when the stage it was built on is no longer the one it recorded: the human data on
+  another base model, generation 0 on other human data or another base, generation k on another
+  generation k-1 (rebuilt, deleted, or itself stale). A stale generation's numbers belong to a
+  lineage that no longer exists; ``make generation-N`` moves it to ``<run>/stale/`` and rebuilds it.
+  A partial generation is checked against the ``lineage.json`` it wrote when it started, so an
+  interrupted generation is never finished on a training set of the old lineage. A damaged
+  parent does not make its children stale: the damage is reported, and restoring it mends both.
+
+    for check in verify_run(RunDir(Path("runs/tiny"))):          # files hashed
+        print(check.name, check.state, check.problem)
+    verify_run(run, quick=True)                                   # files only checked for presence
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.commands import build_command, rebuild_command
+from lmcollapse.run.layout import RunDir
+from lmcollapse.run.manifests import check_unchanged, read_manifest, recorded_files
+
+COMPLETE, DAMAGED, STALE, PARTIAL, MISSING = "complete", "damaged", "stale", "partial", "missing"
+
+
+@dataclass(frozen=True)
+class StageCheck:
+    name: str  # base, human, generation-00, ...
+    root: Path
+    state: str
+    problem: str = ""  # one line: what is wrong, and the command that mends it
+    fix: str = ""  # a damaged stage: the command that rebuilds it (restoring its files mends it too)
+
+    @property
+    def usable(self) -> bool:
+        return self.state == COMPLETE
+
+
+def lineage(run: RunDir, index: int | None) -> dict[str, Path]:
+    """The manifests a stage was built on, by the key its own manifest records their sha256 under.
+
+    ``index`` None is the human-data stage (its blocks are tokenized by the base tokenizer).
+    """
+    if index is None:
+        return {"base_manifest_sha256": run.base_manifest}
+    parent = run.generation(index - 1).manifest if index > 0 else run.human_manifest
+    return {"parent_manifest_sha256": parent, "base_manifest_sha256": run.base_manifest}
+
+
+def lineage_record(run: RunDir, index: int | None) -> dict[str, str]:
+    """What a stage's manifest records of its lineage, at the time it completes."""
+    return {key: sha256_file(path) for key, path in lineage(run, index).items()}
+
+
+def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]) -> str | None:
+    """Why a stage that recorded ``recorded`` (manifest sha256 by key) is stale, or None.
+
+    A damaged parent does not make its children stale: the damage is reported on the parent, and
+    restoring it (or accepting it) leaves the children as they were.
+    """
+    for field, (path, parent) in parents.items():
+        if parent.state == DAMAGED:
+            continue
+        if parent.state in (STALE, MISSING, PARTIAL):
+            return f"built on {parent.name}, which is {parent.state} now"
+        if not path.is_file() or sha256_file(path) != recorded.get(field):
+            return f"built on an earlier {parent.name} (its manifest changed since)"
+    return None
+
+
+def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, quick: bool,
+                 parents: dict[str, tuple[Path, StageCheck]], started: Path | None = None) -> StageCheck:
+    if not manifest_path.is_file():
+        if not root.exists():
+            return StageCheck(name, root, MISSING)
+        # A partial stage is stale too if what it was started on has changed since: resuming it
+        # would finish it on a training set or checkpoints of the old lineage.
+        if started is not None and started.is_file():
+            try:
+                problem = _lineage_problem(read_manifest(started), parents)
+            except LmcollapseError as err:
+                return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
+            if problem:
+                return StageCheck(name, root, STALE, problem)
+        return StageCheck(name, root, PARTIAL)
+    try:
+        manifest = read_manifest(manifest_path)
+    except LmcollapseError as err:
+        return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
+    problem = _lineage_problem(manifest, parents)
+    if problem:
+        return StageCheck(name, root, STALE, problem)
+    try:
+        check_unchanged(recorded_files(manifest), files_root, name, accept_changed=False, stage_root=root, quick=quick)
+    except LmcollapseError as err:
+        return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
+    return StageCheck(name, root, COMPLETE)
+
+
+def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
+    """Check base, human and every generation on disk, in order; see the module docstring."""
+    base = _stage_check("base", run.base, run.base_manifest, run.base_model, quick, {})
+    evaluation = run.base_eval
+    if base.usable and evaluation.is_file():
+        try:  # recomputed on its own: the base model need not be rebuilt for it
+            last = max([g.index for g in run.generations_on_disk()], default=0)
+            fix = f"rm {shlex.quote(str(evaluation))} && {build_command(run.root, last)}"
+            read_manifest(evaluation, fix=fix)
+        except LmcollapseError as err:
+            base = StageCheck("base", run.base, DAMAGED, str(err), fix)
+    human = _stage_check("human", run.human, run.human_manifest, run.human, quick,
+                         {"base_manifest_sha256": (run.base_manifest, base)})
+    checks = [base, human]
+    previous = human
+    for generation in run.generations_on_disk():
+        before = run.generation(generation.index - 1)
+        if generation.index > 0 and previous.name != before.name:  # a generation missing in between
+            previous = StageCheck(before.name, before.root, MISSING)
+        paths = lineage(run, generation.index)
+        check = _stage_check(generation.name, generation.root, generation.manifest, generation.root, quick,
+                             {"parent_manifest_sha256": (paths["parent_manifest_sha256"], previous),
+                              "base_manifest_sha256": (paths["base_manifest_sha256"], base)},
+                             started=generation.lineage)
+        checks.append(check)
+        previous = check
+    return checks

@@ -1,0 +1,102 @@
+"""What every stage is handed: the config, the run directory, the accelerator and the options.
+
+    context = Context(config, RunDir(Path("runs/tiny")), make_accelerator(config))
+    tokenizer = context.tokenizer()   # the run's own tokenizer (base/model), loaded once
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from lmcollapse.config import PipelineConfig
+from lmcollapse.data.corpus import CorpusPlan
+from lmcollapse.engine.modeling import load_model, load_tokenizer
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.layout import RunDir
+
+log = logging.getLogger("lmcollapse.stages.pipeline")
+
+
+@dataclass
+class Context:
+    """Everything a stage needs: the config, the run directory, the accelerator, the options."""
+
+    config: PipelineConfig
+    run: RunDir
+    accelerator: object
+    accept_changed: bool = False
+    progress: bool = True
+    echo: object = print
+    corpus: CorpusPlan | None = None  # where the text comes from, located once per command (default: from config)
+    _tokenizer: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.corpus is None:
+            self.corpus = CorpusPlan(self.config)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def say(self, text: str) -> None:
+        """A progress line (stderr, silenced by -q); results go to ``echo``."""
+        if self.main:
+            log.info(text)
+
+    def tokenizer(self):
+        """The tokenizer saved with the run's base model, which every stage after the base uses."""
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.run.base_model, self.config.model.trust_remote_code)
+        return self._tokenizer
+
+    def load_weights(self, folder):
+        """One of the run's own saved models (fp32, the config's attention kernel), without its tokenizer."""
+        model, _ = load_model(folder, self.config.model.attn_implementation, with_tokenizer=False,
+                              trust_remote_code=self.config.model.trust_remote_code)
+        return model
+
+    def forget_tokenizer(self) -> None:
+        """After the base stage writes the run's tokenizer: the next ``tokenizer()`` reads that copy."""
+        self._tokenizer = None
+
+
+def make_accelerator(config: PipelineConfig):
+    """An ``Accelerator`` for the configured precision on whatever devices exist."""
+    if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise LmcollapseError("train.mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        # One process: forget any accelerator an earlier build in this process configured.
+        AcceleratorState._reset_state(reset_partial_state=True)
+    # Without a GPU, say so: accelerate then runs several processes (accelerate launch --multi_gpu,
+    # torchrun) on the CPU with gloo, instead of falling back to a single process.
+    xpu = getattr(torch, "xpu", None)
+    cpu_only = not (torch.cuda.is_available() or (xpu is not None and xpu.is_available())
+                    or torch.backends.mps.is_available())
+    # The scheduler is stepped once per optimizer step by the training loop itself;
+    # accelerate's default would step it once per process.
+    return Accelerator(mixed_precision=config.train.mixed_precision, step_scheduler_with_optimizer=False,
+                       cpu=cpu_only)
+
+
+@contextlib.contextmanager
+def gpu_memory_peak(record: dict, key: str):
+    """Record the CUDA memory the block allocated at its peak (GB, what PyTorch allocated, not its
+    cache) under ``record[key]``, and the most the caching allocator held (allocations plus its
+    cache, what nvidia-smi shows) under the same key with ``reserved`` for ``peak``; nothing without
+    a CUDA device, so CPU manifests do not change."""
+    if not torch.cuda.is_available():
+        yield
+        return
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        yield
+    finally:
+        record[key] = torch.cuda.max_memory_allocated() / 1e9
+        record[key.replace("_peak_", "_reserved_")] = torch.cuda.max_memory_reserved() / 1e9

@@ -1,0 +1,145 @@
+"""The evaluation stage of a generation: held-out perplexity, the corpus's text metrics, the
+tails, and the metrics row that ``metrics.csv`` holds.
+
+    results = evaluate_generation(context, index, model, synthetic)
+    row = generation_row(context, index, train_set, train_log, shards, results, timings)
+
+Each result is written to its own file under ``generation-NN/eval/`` when computed and read back
+when present, so a generation stopped during evaluation resumes after its last finished result.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from lmcollapse.config import PipelineConfig
+from lmcollapse.data.records import read_records
+from lmcollapse.data.regimes import source_counts
+from lmcollapse.engine.modeling import end_of_text_ids
+from lmcollapse.metrics import TAIL_QUANTILES, tail_quantile
+from lmcollapse.metrics.columns import (
+    GenerationOutcome,
+    distinct_column,
+    metrics_row,
+    self_bleu_column,
+    tail_column,
+)
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.ngrams import EncodedCorpus
+from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding, sample_perplexities
+from lmcollapse.metrics.self_bleu import self_bleu_scores
+from lmcollapse.run.atomic import atomic_path, read_json, write_json_atomic
+from lmcollapse.run.seeding import subsample_indices
+from lmcollapse.stages.context import Context
+
+
+def ensure_json(context: Context, path: Path, compute) -> dict:
+    """Read a finished evaluation result, or compute and write it (idempotent)."""
+    if path.is_file():
+        return read_json(path)
+    started = time.perf_counter()
+    value = compute() | {"seconds": 0.0}
+    value["seconds"] = time.perf_counter() - started
+    if context.main:
+        write_json_atomic(path, value)
+    context.accelerator.wait_for_everyone()
+    return value
+
+
+def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path | None = None) -> dict:
+    config = context.config
+    # Streamed from disk: evaluation memory does not grow with the held-out split.
+    stream = TokenStream.from_parquet(context.run.human_heldout)
+    batch = config.evaluate.batch_size
+    precision = config.evaluate.mixed_precision
+    blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
+                               progress=f"ppl blocks ({label})" if context.progress else None, precision=precision)
+    # The </s> confound: OPT's </s> opens every held-out line but never appears in synthetic text.
+    no_eos = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
+                               progress=f"ppl blocks, no </s> ({label})" if context.progress else None,
+                               precision=precision, excluded_targets=end_of_text_ids(context.tokenizer()))
+    sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
+                                 context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
+                                 precision=precision)
+    if block_nll_path is not None and context.main:
+        with atomic_path(block_nll_path) as scratch:
+            with open(scratch, "wb") as handle:
+                np.save(handle, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
+    return {"ppl_blocks": blocks.perplexity, "ppl_blocks_no_eos": no_eos.perplexity, "ppl_sliding": sliding.perplexity,
+            "blocks": blocks.summary(), "blocks_no_eos": no_eos.summary(), "sliding": sliding.summary()}
+
+
+def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
+    """Self-BLEU and distinct-n of a corpus of texts, with the settings they were computed with."""
+    settings = config.evaluate
+    encoded = EncodedCorpus.from_texts(texts, settings.text_tokenization)
+    metrics: dict[str, float | int | str | None] = {
+        "text_tokenization": settings.text_tokenization, "samples": encoded.num_samples,
+        "self_bleu_samples": None, "self_bleu_seed": config.seed, "self_bleu_smoothing": settings.self_bleu_smoothing}
+    if encoded.num_samples >= 2:
+        subset = encoded
+        if settings.self_bleu_samples is not None and settings.self_bleu_samples < encoded.num_samples:
+            # The same indices every generation (corpora keep their size): paired comparisons.
+            subset = encoded.subset(subsample_indices(encoded.num_samples, settings.self_bleu_samples, config.seed))
+        scores = self_bleu_scores(subset, settings.self_bleu_max_n, settings.self_bleu_smoothing)
+        metrics[self_bleu_column(settings.self_bleu_max_n)] = float(np.mean(scores))
+        metrics["self_bleu_samples"] = subset.num_samples
+    for n in range(1, settings.distinct_max_n + 1):
+        metrics[distinct_column(n)] = distinct_n(encoded, n)
+        metrics[distinct_column(n, "li")] = distinct_n_li(encoded, n)
+        metrics[distinct_column(n, "per_sample")] = distinct_n_per_sample(encoded, n)
+    return metrics
+
+
+def synthetic_text_metrics(context: Context, synthetic) -> dict:
+    config = context.config
+    metrics = corpus_text_metrics(config, synthetic["text"])
+    human_texts = read_records(context.run.human_train)["text"]
+    survival, rare = rare_ngram_survival(human_texts, synthetic["text"], config.evaluate.rare_ngram_n,
+                                         config.evaluate.rare_ngram_max_count, config.evaluate.text_tokenization)
+    metrics.update(rare_survival=survival, rare_ngrams=rare)
+    return metrics
+
+
+def synthetic_tails(context: Context, index: int, model, synthetic, values_path: Path) -> dict:
+    """Per-sample perplexity of the corpus under the generation-0 model, and its quantiles."""
+    config = context.config
+    if not config.evaluate.tails:
+        return {}
+    scorer = model
+    if index > 0:
+        scorer = context.load_weights(context.run.generation(0).model).to(context.accelerator.device)
+    values = sample_perplexities(scorer, [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]],
+                                 config.evaluate.batch_size, context.accelerator,
+                                 progress="tails" if context.progress else None,
+                                 precision=config.evaluate.mixed_precision)
+    if context.main:
+        with atomic_path(values_path) as scratch:
+            with open(scratch, "wb") as handle:
+                np.save(handle, values)
+    return {tail_column(q): tail_quantile(q)(values) for q in TAIL_QUANTILES} | {
+        "scored_by": context.run.generation(0).model.relative_to(context.run.root).as_posix(), "samples": int(np.isfinite(values).sum())}
+
+
+def evaluate_generation(context: Context, index: int, model, synthetic) -> dict[str, dict]:
+    """Held-out perplexity, the corpus's text metrics and its tails, each read back when done."""
+    generation = context.run.generation(index)
+    return {
+        "perplexity": ensure_json(context, generation.perplexity,
+                                  lambda: heldout_perplexity(context, model, generation.name, generation.heldout_block_nll)),
+        "text_metrics": ensure_json(context, generation.text_metrics, lambda: synthetic_text_metrics(context, synthetic)),
+        "tails": ensure_json(context, generation.tails,
+                             lambda: synthetic_tails(context, index, model, synthetic, generation.tails_values)),
+    }
+
+
+def generation_row(context: Context, index: int, train_set, train_log: dict, shards: list[dict],
+                   results: dict[str, dict], timings: dict) -> dict:
+    """The generation's row of ``metrics.csv``, built from the column catalogue (metrics/columns.py)."""
+    report = context.run.generation(index).decontamination
+    return metrics_row(GenerationOutcome(
+        index, context.config.seed, train_set, source_counts(train_set), train_log, shards, results, timings,
+        read_json(report) if report.is_file() else None))

@@ -1,0 +1,222 @@
+"""The collapse pipeline, stage by stage: base model, human data, then generations 0..N.
+
+    build(config, Path("runs/tiny"), last_generation=4)   # what `make generation-4` does
+
+Stages, each idempotent and marked complete by a file written last and atomically, each in the
+module that bears its name:
+
+1. ``base``    the starting model and tokenizer: a preset pretrained once (pretrain.py), a preset
+               with fresh weights, or a pretrained model; its zero-shot perplexity (base.py);
+2. ``human``   the human train, validation and held-out splits, tokenized and cut into blocks with
+               provenance (human.py);
+3. ``generation-k`` for k = 0..N, in order (generation.py, one call per stage):
+   a. the training set: the regime's, decontaminated if asked (training_set.py);
+   b. training from ``model.init``'s start, resumable from checkpoints (train.py);
+   c. the synthetic corpus: every training block continued by the trained model (generate.py);
+   d. evaluation: held-out perplexity, text metrics of the corpus, tails (evaluate.py);
+   e. the manifest: fingerprints of everything consumed and produced, timings, the metrics row.
+
+Completed generations are skipped; a stopped one resumes where it stopped. Before a stage
+consumes an earlier stage's output it checks the sha256 recorded when that stage completed.
+This module is the run around the stages: the lock, the resolved config, damaged and stale
+stages, read-only runs, and the metrics table.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from accelerate.utils import broadcast_object_list
+
+from lmcollapse.config import PipelineConfig, config_to_yaml
+from lmcollapse.data.corpus import CorpusPlan
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.metrics.table import collect_rows, format_table, refresh_metrics
+from lmcollapse.run.atomic import existing_ancestor, read_json, write_text_atomic
+from lmcollapse.run.commands import build_command
+from lmcollapse.run.integrity import COMPLETE, DAMAGED, STALE, StageCheck, verify_run
+from lmcollapse.run.interrupts import stop_on_signals
+from lmcollapse.run.layout import RunDir
+from lmcollapse.run.lock import run_lock
+from lmcollapse.stages.base import ensure_base_and_human, ensure_base_eval
+from lmcollapse.stages.context import Context, make_accelerator
+from lmcollapse.stages.generation import build_generation
+from lmcollapse.stages.preflight import check_same_config, preflight
+from lmcollapse.stages.pretrain import ensure_pretrained_base
+from lmcollapse.stages.tracking import RunTracker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Context", "build", "make_accelerator"]
+
+
+def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accept_changed: bool = False,
+          progress: bool = True, echo=print) -> list[dict]:
+    """Make generations 0..``last_generation`` of the run complete; return the metrics rows."""
+    if last_generation < 0:
+        raise LmcollapseError(f"generation {last_generation} does not exist: generations count from 0")
+    run = RunDir(Path(run_root))
+    corpus = CorpusPlan(config)  # located once, here, for preflight and every stage
+    preflight(config, run, corpus)
+    accelerator = make_accelerator(config)
+    context = Context(config, run, accelerator, accept_changed, progress, echo, corpus=corpus)
+    writable = is_writable(run)
+    if not writable and has_work(run, last_generation):
+        raise read_only_error(run, last_generation, "generations up to {last} are not all complete")
+    created = not run.root.exists()  # before the lock, which creates the folder
+    with run_lock(run, enabled=accelerator.is_main_process and writable), stop_on_signals():
+        prepare_run(context, created)
+        checks = usable_stages(context, last_generation, writable)
+        build_generations(context, last_generation, checks)
+        if context.main and writable:
+            refresh_metrics(run, config)  # a deleted or outdated metrics.csv is rebuilt
+        rows = collect_rows(run)
+    return rows
+
+
+def prepare_run(context: Context, created: bool) -> None:
+    """The run folder with its resolved config, the base (pretrained once if it is a preset) and
+    the human data, and the base's zero-shot perplexity. A run this command ``created`` and could
+    not prepare is removed."""
+    config, run, accelerator = context.config, context.run, context.accelerator
+    try:
+        if context.main:
+            open_run(config, run)
+        accelerator.wait_for_everyone()
+        pretrained = None
+        if config.pretrain.enabled and not run.base_manifest.is_file():
+            pretrained = ensure_pretrained_base(config, accelerator, context.corpus, progress=context.progress)
+        ensure_base_and_human(context, pretrained)
+    except LmcollapseError:
+        # A run this command created and could not prepare is removed: bad input leaves
+        # nothing behind (an existing run is never touched here).
+        if created and context.main:
+            shutil.rmtree(run.root, ignore_errors=True)
+        raise
+    ensure_base_eval(context)
+
+
+def usable_stages(context: Context, last_generation: int, writable: bool) -> dict[str, StageCheck]:
+    """Every stage checked: a stale human stage rebuilt, damage reported before anything is moved
+    (a damaged stage does not make the stages built on it stale, and restoring it mends the run),
+    stale generations moved aside."""
+    run = context.run
+    checks = verified_stages(context)
+    if checks["human"].state == STALE:  # tokenized by a base model that changed since
+        if not writable:
+            raise read_only_error(run, last_generation, f"human is stale ({checks['human'].problem})")
+        context.corpus.check_fine_tuning_text()  # the human data can be rebuilt before it is moved aside
+        if context.main:
+            retire_stale(context, [checks["human"]], last_generation)
+        ensure_base_and_human(context)
+        checks = verified_stages(context)
+    needed = ["base", "human"] + [run.generation(i).name for i in range(last_generation + 1)]
+    damaged = [checks[name] for name in needed if name in checks and checks[name].state == DAMAGED]
+    if damaged and not context.accept_changed:
+        raise LmcollapseError(damaged[0].problem)
+    stale = [c for c in checks.values() if c.state == STALE]
+    if stale and not writable:
+        raise read_only_error(run, last_generation, f"{stale[0].name} is stale ({stale[0].problem})")
+    if context.main:
+        retire_stale(context, stale, last_generation)
+    context.accelerator.wait_for_everyone()
+    return checks
+
+
+def build_generations(context: Context, last_generation: int, checks: dict[str, StageCheck]) -> None:
+    """Generations 0..``last_generation``: complete ones skipped, the rest built in order, each row
+    printed and logged to the trackers (opened only by a command that builds something)."""
+    run, config = context.run, context.config
+    tracker, opened = None, False
+    try:
+        for index in range(last_generation + 1):
+            generation = run.generation(index)
+            if generation.is_complete:
+                check = checks[generation.name]
+                log.info("%s is complete%s; skipping it", generation.name,
+                         "" if check.state == COMPLETE else f" but {check.state}, used as it is (--accept-changed)")
+                continue
+            if not opened:
+                tracker, opened = RunTracker.open(config, run, context.main), True
+            row = build_generation(context, index)
+            if context.main:
+                refresh_metrics(run, config)
+                context.echo(format_table([row]))
+                if tracker is not None:
+                    steps_before = sum(read_json(run.generation(i).train_log)["steps"] for i in range(index))
+                    tracker.log_generation(index, read_json(generation.train_log), row, steps_before)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+def verified_stages(context: Context) -> dict:
+    """``verify_run`` on the main process, the same answer on every process (no process hashes
+    files that the main process may be about to move)."""
+    checks = [{c.name: c for c in verify_run(context.run)} if context.main else None]
+    if context.accelerator.num_processes > 1:
+        broadcast_object_list(checks)
+    return checks[0]
+
+
+def is_writable(run: RunDir) -> bool:
+    """Whether this process may write the run folder (or create it)."""
+    return os.access(existing_ancestor(run.root), os.W_OK)
+
+
+def read_only_error(run: RunDir, last_generation: int, why: str) -> LmcollapseError:
+    existing = existing_ancestor(run.root)
+    if existing != run.root:
+        return LmcollapseError(f"{existing} is read-only, so run folder {run.root} cannot be created: "
+                               "choose a RUN=... on a writable filesystem")
+    root = shlex.quote(str(run.root))
+    return LmcollapseError(
+        f"run folder {run.root} is read-only and {why.format(last=last_generation)}: make it writable "
+        f"(chmod -R u+w {root}) or build a copy: cp -r --no-preserve=mode {root} COPY && "
+        f"{build_command(Path('COPY'), last_generation)}")
+
+
+def has_work(run: RunDir, last_generation: int) -> bool:
+    """Whether building generations 0..last would write anything (the cheap, file-presence view)."""
+    return not (run.base_eval.is_file() and run.human_manifest.is_file()
+                and all(run.generation(i).is_complete for i in range(last_generation + 1)))
+
+
+def retire_stale(context: Context, stale: list, last_generation: int) -> None:
+    """Move stages built on a lineage that no longer exists to ``<run>/stale/``, saying so.
+
+    Nothing a stale stage holds can be used (its training data or start came from a stage that
+    has changed since), but it is moved, not deleted: the user decides when it goes.
+    """
+    run = context.run
+    if not stale:
+        return
+    graveyard = run.stale
+    graveyard.mkdir(exist_ok=True)
+    for check in stale:
+        target, copy = graveyard / check.name, 1
+        while target.exists():  # an earlier retired copy stays too
+            copy += 1
+            target = graveyard / f"{check.name}.{copy}"
+        os.replace(check.root, target)
+    names = ", ".join(c.name for c in stale)
+    last_stale = max((int(c.name.removeprefix("generation-")) for c in stale if c.name.startswith("generation-")),
+                     default=0)
+    rebuilt = "rebuilding them now" if last_stale <= last_generation else \
+        f"`{build_command(run.root, last_stale)}` rebuilds them"
+    log.warning("%s %s built on a stage that has changed since (%s): moved to %s/; %s", names,
+                "was" if len(stale) == 1 else "were", stale[0].problem, graveyard, rebuilt)
+
+
+def open_run(config: PipelineConfig, run: RunDir) -> None:
+    """Create the run with its resolved config, or check that ``config`` is the one it was built with."""
+    if run.pipeline_file.is_file():
+        check_same_config(config, run)  # again, now under the lock
+        return
+    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
+              f"#   {build_command(run.root, config.generations - 1)}\n")
+    write_text_atomic(run.pipeline_file, header + config_to_yaml(config))

@@ -1,0 +1,66 @@
+"""Cheap checks before a run is created or extended: the run folder, the config it was built
+with, the corpus and model folder it will read, and the text the base is pretrained on.
+
+    preflight(config, RunDir(Path("runs/tiny")))   # raises LmcollapseError with the fix
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lmcollapse.config import PipelineConfig, check_trained_positions, load_config, result_affecting_differences
+from lmcollapse.data.corpus import CorpusPlan
+from lmcollapse.engine.modeling import check_model_folder
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.atomic import check_folder_target, read_json
+from lmcollapse.run.commands import build_command
+from lmcollapse.run.layout import RunDir
+from lmcollapse.run.manifests import read_manifest
+from lmcollapse.stages.tracking import check_trackers
+
+
+def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = None) -> None:
+    """Cheap checks before anything is created: the run folder, the config it was built with, and
+    the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
+    corpus = corpus or CorpusPlan(config)
+    check_trackers(config)
+    check_folder_target(run.root, "RUN=", f"RUN=runs/{config.name}")
+    if run.pipeline_file.is_file():
+        check_same_config(config, run)
+    elif run.root.is_dir():
+        strangers = [p.name for p in run.root.iterdir() if p.name != ".lock"]
+        if strangers:
+            raise LmcollapseError(
+                f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
+                "choose a new RUN=... for this pipeline")
+    if not run.human_manifest.is_file():
+        corpus.check_fine_tuning_text()
+    folder = Path(config.model.name).expanduser()
+    if not run.base_manifest.is_file() and not config.model.is_preset and (folder.exists() or folder.is_symlink()):
+        check_model_folder(folder, config.model.trust_remote_code)
+        check_positions_of(config, read_json(folder / "config.json"))
+    if run.base_manifest.is_file() and config.pretrain.enabled:
+        if read_manifest(run.base_manifest).get("kind") == "preset":  # an older run's fresh-weights base
+            raise LmcollapseError(
+                f"run {run.root} has a base trained from scratch (made by an older lmcollapse), but this config "
+                f"pretrains it (pretrain.corpus={config.pretrain.corpus}): choose a new RUN=... for this config")
+    if config.pretrain.enabled and not run.base_manifest.is_file():
+        corpus.check_pretraining_text()
+
+
+def check_positions_of(config: PipelineConfig, model_config: dict) -> None:
+    """A pretrained model's position limit bounds prompt + new tokens and the evaluation windows."""
+    positions = model_config.get("max_position_embeddings") or model_config.get("n_positions")
+    if positions:
+        check_trained_positions(config, int(positions), f"max_position_embeddings of {config.model.name}")
+
+
+def check_same_config(config: PipelineConfig, run: RunDir) -> None:
+    recorded = load_config(run.pipeline_file)
+    differences = result_affecting_differences(recorded, config)
+    if differences:
+        shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences[:3])
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise LmcollapseError(
+            f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=... for "
+            f"these settings, or go on with the run's own: {build_command(run.root, config.generations - 1)}")

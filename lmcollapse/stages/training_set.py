@@ -1,0 +1,28 @@
+"""The training-set stage: what generation k trains on, by the data regime (``data/regimes.py``),
+decontaminated if asked (``decontaminate.py``), written once as ``train-set.parquet``.
+
+    train_set, sha = ensure_training_set(context, index)
+"""
+
+from __future__ import annotations
+
+from lmcollapse.data.records import read_records, write_records
+from lmcollapse.data.regimes import assemble_training_set
+from lmcollapse.run.atomic import sha256_file
+from lmcollapse.stages.context import Context
+from lmcollapse.stages.decontaminate import filter_candidates
+from lmcollapse.stages.generate import read_synthetic
+
+
+def ensure_training_set(context: Context, index: int):
+    """The regime's training set (decontaminated if asked), and its sha256."""
+    run, config = context.run, context.config
+    generation = run.generation(index)
+    if context.main and not generation.train_set.is_file():
+        human_train = read_records(run.human_train)
+        candidates = assemble_training_set(config, index, human_train, lambda g: read_synthetic(run.generation(g)))
+        if config.decontaminate.enabled and index > 0:
+            candidates = filter_candidates(context, index, candidates)
+        write_records(candidates, generation.train_set)
+    context.accelerator.wait_for_everyone()
+    return read_records(generation.train_set), sha256_file(generation.train_set)

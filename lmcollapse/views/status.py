@@ -1,0 +1,120 @@
+"""The status of a run (``lmcollapse status``): every stage checked against its manifest and shown
+as complete, damaged, stale, partial (what is done) or missing; who writes the run; what comes next.
+Nothing is written: it reads markers, checkpoints and shard sidecars.
+
+    text, healthy = describe_status(RunDir(Path("runs/tiny")))
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from lmcollapse.config import PipelineConfig, load_config
+from lmcollapse.engine.checkpointer import Checkpointer
+from lmcollapse.engine.shards import completed_shard, shard_ranges
+from lmcollapse.engine.training import steps_per_epoch
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.commands import build_command
+from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
+from lmcollapse.run.layout import GenerationDir, RunDir
+from lmcollapse.run.lock import lock_holder
+from lmcollapse.run.manifests import read_manifest
+
+
+def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None,
+                checks: dict[str, StageCheck] | None = None) -> list[str]:
+    """One line per stage. With ``checks`` (from ``verify_run``) a complete stage that is damaged
+    or stale says so, with the problem and the command that mends it."""
+    def state(name: str, fallback: str) -> str:
+        check = (checks or {}).get(name)
+        if check is not None and check.state in (DAMAGED, STALE):
+            return f"{check.state}: {check.problem}"
+        return fallback
+
+    lines = [
+        f"base           {state('base', 'complete' if run.base_manifest.is_file() else 'to build')}",
+        f"human          {state('human', 'complete' if run.human_manifest.is_file() else 'to build')}",
+    ]
+    for index in range(last_generation + 1):
+        generation = run.generation(index)
+        lines.append(f"{generation.name:<14} {state(generation.name, generation_state(generation, config))}")
+    return lines
+
+
+def generation_state(generation: GenerationDir, config: PipelineConfig | None) -> str:
+    """complete / partial (what is done) / missing, from what is on disk."""
+    if generation.is_complete:
+        return "complete"
+    if not generation.root.exists():
+        return "missing"
+    done = []
+    if generation.train_set.is_file():
+        done.append("training set")
+    if generation.model.is_dir():
+        done.append("model trained")
+    else:
+        checkpoint = Checkpointer(generation.checkpoints).latest()
+        if checkpoint is not None:
+            total = ""
+            if config is not None and generation.train_set.is_file():
+                import pyarrow.parquet as pq
+
+                blocks = pq.ParquetFile(generation.train_set).metadata.num_rows
+                total = f" of {config.train.epochs * steps_per_epoch(blocks, config.train.batch_size)}"
+            done.append(f"training at step {checkpoint.step}{total}")
+    sidecars = generation.synthetic_sidecars()
+    if sidecars:
+        finished = sum(1 for s in sidecars if completed_shard(generation.synthetic, int(s.stem.split("-")[1])))
+        total = ""
+        human = RunDir(generation.root.parent).human_manifest
+        if config is not None and human.is_file():
+            # Every corpus has the human training set's size, whatever the training set's.
+            rows = read_manifest(human)["train"]["blocks"]
+            total = f" of {len(shard_ranges(rows, config.generate.shard_size))}"
+        done.append(f"{finished}{total} shards")
+    evaluated = [p.stem for p in sorted(generation.eval.glob("*.json"))] if generation.eval.is_dir() else []
+    if evaluated:
+        done.append("eval: " + ", ".join(evaluated))
+    return "partial (" + (", ".join(done) if done else "started") + ")"
+
+
+def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
+    """The status text, and whether every complete stage checked out (files hashed unless ``quick``)."""
+    if run.root.exists() and not run.root.is_dir():
+        raise LmcollapseError(f"RUN={run.root} is a file, not a run folder: name the folder of a run, e.g. RUN=runs/tiny")
+    if not run.pipeline_file.is_file():
+        below = sorted(run.root.glob("*/pipeline.yaml")) if run.root.is_dir() else []
+        if below:  # a folder of seeds or regimes
+            raise LmcollapseError(f"{run.root} is a folder of runs, and status checks one run: "
+                                  f"make status RUN={shlex.quote(str(below[0].parent))}")
+        raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with "
+                              f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run.root))}")
+    config = load_config(run.pipeline_file)
+    checks = {c.name: c for c in verify_run(run, quick=quick)}
+    on_disk = [g.index for g in run.generations_on_disk()]
+    last = max(on_disk + [config.generations - 1])
+    lines = [f"run {run.root}: pipeline {config.name}, seed {config.seed}, fingerprint {config.fingerprint()[:12]}"]
+    holder = lock_holder(run)
+    lines.append(f"writer: {holder}" if holder else "writer: none (the run is not being written)")
+    lines.extend(stage_lines(run, last, config, checks))
+    complete = [g.index for g in run.complete_generations() if checks[g.name].state != STALE]
+    first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
+    damaged = [c for c in checks.values() if c.state == DAMAGED]
+    if damaged:  # building would stop on it: the mend comes first
+        lines.append(f"next: mend {damaged[0].name} first (building stops on it): restore the file named above, or "
+                     f"rebuild it: {damaged[0].fix}")
+    elif first_missing <= last:
+        state = generation_state(run.generation(first_missing), config)
+        action = "resume" if state.startswith("partial") else "build"
+        lines.append(f"next: {build_command(run.root, last)} would {action} {run.generation(first_missing).name}"
+                     + (f" and build up to generation-{last:02d}" if first_missing < last else ""))
+    else:
+        lines.append(f"next: all {last + 1} generations are complete; {build_command(run.root, last + 1)} builds one more")
+    if not run.metrics_csv.is_file() and complete:
+        lines.append(f"metrics.csv is missing: {build_command(run.root, max(complete))} rebuilds it")
+    healthy = not any(c.state in (DAMAGED, STALE) for c in checks.values())
+    if not healthy:
+        lines.append("problems found: see the damaged/stale lines above")
+    elif not quick:
+        lines.append("verified: every file of every complete stage matches its manifest")
+    return "\n".join(lines), healthy
