@@ -16,10 +16,12 @@ LMC := $(BIN)/python -m lmcollapse
 # Paths are quoted, so PIPELINE and RUN may hold spaces (RUN="runs/my run"); SET and SEEDS are lists.
 STAGE_ARGS = --pipeline "$(PIPELINE)" --run "$(RUN)" $(if $(strip $(SET)),--set $(SET)) $(if $(strip $(SEEDS)),--seeds $(SEEDS))
 
-COMPARE ?= tiny tiny-keep10 tiny-accumulate tiny-paper
-COMPARE_RUN ?= runs/compare
+# A study: a grid of runs (studies/*.yaml, or a shipped study's name); LAUNCHER=local|slurm, SLOTS=N.
+STUDY ?= studies/regimes.yaml
+STUDY_ARGS = $(if $(strip $(LAUNCHER)),--launcher $(LAUNCHER)) $(if $(strip $(SLOTS)),--slots $(SLOTS))
 
-.PHONY: help install run test test-fast lint status report export compare dry-run config data bench bench-first-run gpu-check theory clean-venv
+.PHONY: help install run test test-fast lint status report export compare study study-plan study-status study-report \
+	pretrain dry-run config data bench bench-first-run bench-study gpu-check theory clean-venv
 
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
@@ -30,14 +32,20 @@ help:
 	@echo "make status              every stage of RUN checked against its manifest: complete, damaged, stale, partial, missing"
 	@echo "make report              tables and figures for RUN (a run or a folder of runs)"
 	@echo "make export TO=DIR       a self-contained copy of RUN to share (corpora with dataset cards, models, report)"
-	@echo "make compare             run COMPARE pipelines under SEEDS into COMPARE_RUN, then report them side by side"
+	@echo "make study STUDY=...     run a study's runs that are not complete (LAUNCHER=local|slurm, SLOTS=N); resumable"
+	@echo "make study-plan          every run of STUDY, its folder and its estimated cost, computing nothing"
+	@echo "make study-status        where every run of STUDY is: complete, partial, queued, running, failed; time left"
+	@echo "make study-report        STUDY's report: means with 95% intervals, differences, Holm-adjusted tests, figures"
+	@echo "make compare             the shipped regimes study (studies/regimes.yaml): run it, then report it"
+	@echo "make pretrain            pretrain the base PIPELINE needs, once (cached), and nothing else"
 	@echo "make dry-run             print the plan of PIPELINE without computing anything"
 	@echo "make config              the resolved config of PIPELINE, every key documented"
 	@echo "make data                fetch the corpus PIPELINE names into data/ (needs network)"
 	@echo "make bench               the benchmarks in bench/"
 	@echo "make bench-first-run     the first make run on a fresh clone, and a later one (~10 min)"
+	@echo "make bench-study         a 2 x 2 study one run at a time against the local launcher with two slots"
 	@echo "make gpu-check           on one CUDA GPU: two generations of the paper pipeline at OPT-125m size + make bench (<10 min)"
-	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" COMPARE=\"$(COMPARE)\""
+	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" STUDY=$(STUDY)"
 
 install: $(BIN)/.installed
 
@@ -67,13 +75,25 @@ export: install
 	@test -n "$(TO)" || { echo "make export needs TO=<new folder>, e.g. make export RUN=$(RUN) TO=exports/tiny"; exit 2; }
 	$(LMC) export --run "$(RUN)" --to "$(TO)" $(if $(strip $(HUB)),--push-to-hub $(HUB))
 
-# Each pipeline of COMPARE under every seed of SEEDS (default 0 1), then one report of all of them.
+# The regimes side by side, with the statistics: one mechanism, the study (studies/regimes.yaml).
 compare: install
-	@for p in $(COMPARE); do \
-	  $(LMC) run --pipeline pipelines/$$p.yaml --run "$(COMPARE_RUN)/$$p" --seeds $(or $(strip $(SEEDS)),0 1) \
-	    $(if $(strip $(SET)),--set $(SET)) || exit 1; \
-	done
-	$(LMC) report --run "$(COMPARE_RUN)"
+	$(LMC) study run studies/regimes.yaml $(STUDY_ARGS)
+	$(LMC) study report studies/regimes.yaml
+
+study: install
+	$(LMC) study run "$(STUDY)" $(STUDY_ARGS)
+
+study-plan: install
+	$(LMC) study plan "$(STUDY)"
+
+study-status: install
+	$(LMC) study status "$(STUDY)"
+
+study-report: install
+	$(LMC) study report "$(STUDY)"
+
+pretrain: install
+	$(LMC) pretrain --pipeline "$(PIPELINE)" $(if $(strip $(SET)),--set $(SET))
 
 dry-run: install
 	$(LMC) run --dry-run $(STAGE_ARGS)
@@ -100,6 +120,11 @@ bench: install
 # The first make run on a fresh clone (install, pretraining, five generations), then a later one.
 bench-first-run: install
 	$(BIN)/python -m bench.first_run
+
+# A 2 x 2 study of the tiny pipeline run one run after another (as make compare did) and by the
+# local launcher with two slots: wall times and the ratio (about 10 minutes on two cores).
+bench-study: install
+	$(BIN)/python -m bench.study
 
 # The GPU evidence in one command (one CUDA GPU, under 10 minutes): two generations of
 # pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size), then make bench's training and

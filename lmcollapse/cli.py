@@ -15,7 +15,6 @@ stopped stage (SIGINT/SIGTERM) exits 130 and resumes with the same command.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import logging
 import os
@@ -25,9 +24,10 @@ from pathlib import Path
 
 from lmcollapse.config.shipped import describe_pipelines, resolve_pipeline, shipped_pipelines
 from lmcollapse.engine.allocator import keep_freed_memory
-from lmcollapse.errors import DiskFull, LmcollapseError
-from lmcollapse.run.atomic import check_folder_target
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.atomic import check_folder_target, full_disk_reported
 from lmcollapse.run.layout import RunDir
+from lmcollapse.studies.commands import add_study_commands
 
 log = logging.getLogger("lmcollapse")
 
@@ -69,7 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     report = verbs.add_parser("report", help="tables (md, csv, tex, json), figures and index.md for a run or a folder of runs")
     report.add_argument("--run", type=Path, required=True, help="a run directory, or a folder of runs (seeds, regimes)")
     report.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/report)")
+    report.add_argument("--reference", default=None, metavar="PIPELINE",
+                        help="with runs of several seeds: the group the others are compared with (default: the first)")
     report.set_defaults(func=command_report)
+
+    add_study_commands(verbs)
+
+    pretrain = verbs.add_parser("pretrain", help="pretrain the base a pipeline needs, once (cached; every run of it "
+                                "then copies it); nothing else is built")
+    _add_pipeline_arguments(pretrain, with_run=False)
+    pretrain.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pretrain.set_defaults(func=command_pretrain)
 
     export = verbs.add_parser("export", help="a self-contained copy of a run to share: corpora as datasets with cards, "
                               "models with cards, metrics, report")
@@ -190,11 +200,11 @@ def warn_if_large(config, run: RunDir, last: int) -> None:
         found = build_estimate(config, run, last)
     except LmcollapseError:
         return  # the build itself reports what is wrong, in its own words
-    if found is None or (found[0] < LARGE_BUILD_SECONDS and found[1] < LARGE_BUILD_BYTES):
+    if found is None or (found.seconds < LARGE_BUILD_SECONDS and found.disk_bytes < LARGE_BUILD_BYTES):
         return
     from lmcollapse.views.cost import duration
 
-    seconds, disk = found
+    seconds, disk = found.seconds, found.disk_bytes
     log.warning("generation %d is beyond the %d generation(s) this pipeline builds: ~%s and ~%.0f GB of disk on this "
                 "machine by the cost model (the same command with --dry-run shows the plan); Ctrl-C stops it, and "
                 "what is built is kept", last, config.generations, duration(seconds), disk / 1e9)
@@ -215,7 +225,7 @@ def command_report(args) -> int:
         check_folder_target(args.out, "--out", "--out report-copy")
     try:
         with full_disk_reported(args.run):
-            out = write_report(args.run, args.out)
+            out = write_report(args.run, args.out, reference=args.reference)
     except OSError as err:
         if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
             raise
@@ -247,6 +257,27 @@ def command_status(args) -> int:
     text, healthy = describe_status(RunDir(args.run), quick=args.quick)
     print(text)
     return 0 if healthy else 1
+
+
+def command_pretrain(args) -> int:
+    from lmcollapse.config import load_config
+    from lmcollapse.data.corpus import CorpusPlan
+    from lmcollapse.run.interrupts import stop_on_signals
+    from lmcollapse.stages.context import make_accelerator
+    from lmcollapse.stages.pretrain import ensure_pretrained_base
+
+    config = load_config(_pipeline_path(args), args.set)
+    if not (config.model.is_preset and config.pretrain.enabled):
+        why = "pretrain.corpus is null" if config.model.is_preset else f"{config.model.name} is pretrained already"
+        print(f"{config.name}: nothing to pretrain ({why})")
+        return 0
+    corpus = CorpusPlan(config)
+    corpus.check_pretraining_text()
+    with stop_on_signals():
+        entry = ensure_pretrained_base(config, make_accelerator(config), corpus, progress=not args.no_progress)
+    if is_main_process():
+        print(f"{config.model.name} pretrained base: {entry.model}")
+    return 0
 
 
 def command_pipelines(args) -> int:
@@ -300,24 +331,6 @@ def quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # accelerate warns on every checkpoint that tied embeddings are saved once: expected for OPT.
     logging.getLogger("accelerate").setLevel(logging.ERROR)
-
-
-@contextlib.contextmanager
-def full_disk_reported(run_root: Path | None):
-    """A full disk outside an atomic write (a library writing on its own) is still a full disk:
-    reported as one (exit 3) for the run being written, not as a traceback."""
-    try:
-        yield
-    except LmcollapseError:
-        raise
-    except Exception as err:
-        from lmcollapse.run.atomic import disk_full
-
-        full = disk_full(err, run_root)
-        if full is None:
-            raise
-        raise DiskFull(f"disk full while writing {full or run_root or 'the run'}: free space and rerun "
-                       "the same command; completed stages are intact") from err
 
 
 def is_main_process() -> bool:

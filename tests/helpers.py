@@ -6,6 +6,7 @@ generation in about a second on a CPU, so end-to-end tests exercise the real sta
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from lmcollapse.config import PipelineConfig, build_config, parse_overrides, set_dotted
+from lmcollapse.metrics.columns import VARYING
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.layout import RunDir
 
@@ -171,3 +173,35 @@ def token_records(token_lists: list[list[int]], source: str = "human", generatio
         "id": ids or [str(i) for i in range(count)], "source": [source] * count, "generation": [generation] * count,
         "parent": [None] * count, "model": [None] * count, "input_ids": [list(map(int, t)) for t in token_lists],
         "text": [text] * count})
+
+
+# ---------------------------------------------------------------------------- studies
+
+def write_study(folder: Path, corpus: Path, **changes) -> Path:
+    """A micro pipeline (micro.yaml) and a study of it in ``folder``: two variants (the grid's
+    two training epochs) x two seeds, two generations, runs under ``folder/runs``."""
+    write_pipeline(folder / "micro.yaml", micro_raw_config(corpus, ["train.epochs=1"]))
+    study = {"name": "micro-study", "pipelines": ["micro.yaml"], "seeds": [0, 1], "generations": 2,
+             "grid": {"train.learning_rate": [0.003, 0.001]}, "root": str(folder / "runs"),
+             "resources": {"cpus": 1, "memory_gb": 1, "time_minutes": 10}, **changes}
+    path = folder / "study.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def standalone_run(run, folder: Path) -> RunDir:
+    """The same run made alone, as a user makes it (one command, one thread)."""
+    result = run_cli(*[a if a != str(run.folder) else str(folder) for a in run.argv()],
+                     env={"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    return RunDir(folder)
+
+
+def study_results(run: RunDir) -> dict:
+    """What a run computed: every weight, shard, training set and evaluation file, and its metrics
+    without the wall times."""
+    files = {k: v for k, v in tree_hashes(run.root).items()
+             if k.endswith((".safetensors", ".parquet", ".npy")) and "/checkpoints/" not in k}
+    with open(run.metrics_csv, encoding="utf-8") as handle:
+        rows = [{k: v for k, v in row.items() if k not in VARYING} for row in csv.DictReader(handle)]
+    return {"files": files, "metrics": rows}

@@ -110,3 +110,25 @@ def _mean_band(ax, group: Group, metric: str, colour: str) -> None:
     if seeds > 1:
         ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, linewidth=0)
     ax.set_xticks(x)
+
+
+def figure_intervals(found, out: Path) -> list[Path]:
+    """The compared metrics by generation: each group's mean over seeds and its 95% confidence band."""
+    from lmcollapse.report.plotting import PALETTE, new_figure, save_figure
+
+    metrics = found.metrics
+    fig, axes = new_figure(f"Mean over seeds with its 95% confidence interval (reference: {found.reference})",
+                           "generation", "", ncols=len(metrics), width=4.2 * len(metrics) + 1.5)
+    axes = axes if isinstance(axes, list) else [axes]
+    groups = list(dict.fromkeys(i.group for i in found.intervals))
+    for ax, metric in zip(axes, metrics):
+        for colour, group in zip(PALETTE, groups):
+            points = sorted((i for i in found.intervals if i.group == group and i.metric == metric),
+                            key=lambda i: i.generation)
+            x = [i.generation for i in points]
+            ax.plot(x, [i.mean for i in points], marker="o", markersize=3, color=colour, label=group)
+            ax.fill_between(x, [i.low for i in points], [i.high for i in points], color=colour, alpha=0.2, linewidth=0)
+            ax.set_xticks(x)
+        ax.set_title(f"{metric} {REGISTRY[metric].arrow}".strip())
+        ax.legend(fontsize=7)
+    return save_figure(fig, out / "intervals")

@@ -14,8 +14,15 @@ from lmcollapse.config import config_to_yaml
 from lmcollapse.data.records import concatenate, read_records
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.metrics.columns import COMPARED, HEADLINE, STAGE_SECONDS, shown_in
-from lmcollapse.report.figures import figure_diversity, figure_perplexity, figure_tails, figure_training_loss
+from lmcollapse.report.figures import (
+    figure_diversity,
+    figure_intervals,
+    figure_perplexity,
+    figure_tails,
+    figure_training_loss,
+)
 from lmcollapse.report.html import html_page
+from lmcollapse.report.inference import Inference, headline_sentences, infer, inference_tables
 from lmcollapse.report.runs import (
     Group,
     aggregate,
@@ -25,6 +32,7 @@ from lmcollapse.report.runs import (
     group_table,
     present_metrics,
 )
+from lmcollapse.report.statistics import SMALL_N
 from lmcollapse.report.tables import latex_table, markdown_table
 from lmcollapse.run.atomic import write_json_atomic, write_text_atomic
 from lmcollapse.run.manifests import read_manifest
@@ -105,8 +113,11 @@ def comparison_tables(groups: list[Group], metrics: list[str]) -> dict[str, str]
             "csv": buffer.getvalue()}
 
 
-def write_report(root: Path, out: Path | None = None) -> Path:
-    """Write every table, figure and ``index.md`` for the run or folder of runs at ``root``."""
+def write_report(root: Path, out: Path | None = None, reference: str | None = None,
+                 compared: list[str] | None = None, title: str | None = None) -> Path:
+    """Write every table, figure and ``index.md`` for the run or folder of runs at ``root``; where
+    groups have several seeds, the statistics too (``reference``: the group the others are compared
+    with, default the first; ``compared``: the metrics, default the comparison table's)."""
     root = Path(root)
     groups = group_runs(discover_runs(root))
     out = Path(out) if out else root / "report"
@@ -124,7 +135,17 @@ def write_report(root: Path, out: Path | None = None) -> Path:
     figures = []
     for draw in (figure_perplexity, figure_diversity, figure_tails, figure_training_loss):
         figures.extend(draw(groups, out))
-    page = index_page(root, groups, metrics, comparison, figures)
+    found = None
+    if any(len(g.runs) > 1 for g in groups):
+        found = infer(groups, [m for m in (compared or shown_in(COMPARED)) if m in metrics], reference)
+        statistics = inference_tables(found)
+        write_text_atomic(out / "statistics.md", statistics["md"] + "\n")
+        write_text_atomic(out / "statistics.tex", statistics["tex"])
+        write_text_atomic(out / "statistics.csv", statistics["csv"])
+        write_text_atomic(out / "intervals.csv", statistics["intervals_csv"])
+        write_json_atomic(out / "statistics.json", statistics["json"])
+        figures.extend(figure_intervals(found, out))
+    page = index_page(root, groups, metrics, comparison, figures, found, title)
     write_text_atomic(out / "index.md", page)
     write_text_atomic(out / "index.html", html_page(page, out, f"lmcollapse report: {root}"))
     if len(groups) == 1 and len(groups[0].runs) == 1:  # one run: its trackers get its own report's figures
@@ -132,6 +153,22 @@ def write_report(root: Path, out: Path | None = None) -> Path:
         if out.resolve() == record.run.report.resolve():
             log_report_figures(record.config, record.run, [f for f in figures if f.suffix == ".png"])
     return out
+
+
+def statistics_section(found: Inference) -> list[str]:
+    tables = inference_tables(found)
+    lines = ["## Statistics", "",
+             f"Each group's mean over seeds with its 95% confidence interval, and its difference from "
+             f"**{found.reference}** with the difference's 95% interval (Welch). The p-value that decides is an exact "
+             f"permutation test where a group has fewer than {SMALL_N} seeds, Welch's t-test otherwise; it is "
+             "adjusted by Holm over every comparison of the table. Hedges' g: the difference in pooled standard "
+             "deviations. All generations: [statistics.csv](statistics.csv), [intervals.csv](intervals.csv) "
+             "([json](statistics.json), [tex](statistics.tex)).", "",
+             f"*{tables['caption']}*", "", tables["md"], ""]
+    sentences = headline_sentences(found)
+    if sentences:
+        lines += [f"- {sentence}" for sentence in sentences] + [""]
+    return lines
 
 
 SAMPLES_PER_GENERATION = 3
@@ -182,11 +219,12 @@ def sample_continuations(groups: list[Group]) -> list[str]:
     return lines
 
 
-def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, figures: list[Path]) -> str:
+def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, figures: list[Path],
+               found: Inference | None = None, title: str | None = None) -> str:
     from lmcollapse import __version__
 
     headline = [m for m in shown_in(HEADLINE) if m in metrics]
-    lines = [f"# lmcollapse report: {root}", "",
+    lines = [f"# {title or f'lmcollapse report: {root}'}", "",
              f"Written {datetime.date.today().isoformat()} by lmcollapse {__version__}. "
              "Tables: [metrics.md](metrics.md) ([csv](metrics.csv), [tex](metrics.tex), [json](metrics.json))"
              + (", [comparison.md](comparison.md)" if comparison else "") + ".", ""]
@@ -204,6 +242,8 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
               f"All metrics ({len(metrics)} columns) are in [metrics.md](metrics.md).", ""]
     if comparison:
         lines += ["## Regimes side by side", "", comparison["md"], ""]
+    if found is not None:
+        lines += statistics_section(found)
     lines += ["## Figures", ""]
     captions = {
         "perplexity": "Held-out human perplexity of each generation, by both methods (mean and ±1 std band over seeds).",
@@ -212,6 +252,7 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
         "tails": "Per-sample perplexity of each generation's synthetic corpus under the generation-0 model "
                  "(the paper's tail histograms).",
         "training_loss": "Training loss per optimizer step, one curve per generation.",
+        "intervals": "The compared metrics by generation: each group's mean over seeds with its 95% confidence band.",
     }
     for path in figures:
         if path.suffix == ".png":

@@ -202,3 +202,19 @@ def changed_files(recorded: dict[str, str], root: Path, quick: bool = False) -> 
 def files_match(recorded: dict[str, str], root: Path) -> str | None:
     """None when every file under ``root`` matches its recorded sha256; else the first that does not."""
     return next(iter(changed_files(recorded, root)), None)
+
+
+@contextlib.contextmanager
+def full_disk_reported(run_root: Path | None):
+    """A full disk outside an atomic write (a library writing on its own) is still a full disk:
+    reported as one (exit 3) for the run being written, not as a traceback."""
+    try:
+        yield
+    except LmcollapseError:
+        raise
+    except Exception as err:
+        full = disk_full(err, run_root)
+        if full is None:
+            raise
+        raise DiskFull(f"disk full while writing {full or run_root or 'the run'}: free space and rerun "
+                       "the same command; completed stages are intact") from err

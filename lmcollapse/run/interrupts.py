@@ -1,4 +1,4 @@
-"""Clean stops on SIGINT and SIGTERM.
+"""Clean stops on SIGINT, SIGTERM and SLURM's time-limit warning (SIGUSR2).
 
 Long loops call :func:`check_stop` at safe points (between optimizer steps, between shards);
 the first signal only sets a flag, so a stage finishes the step in hand, saves what it must and
@@ -19,6 +19,9 @@ from collections.abc import Callable, Iterator
 from lmcollapse.errors import InterruptedStage
 
 _requested: list[str] = []
+# SLURM's warning before a job's time limit (sbatch --signal=USR2@120, as submitit asks): a stop
+# request like SIGTERM, so a job stops at a safe point and is requeued; repeats of it are one event.
+TIME_LIMIT = signal.SIGUSR2
 
 
 @contextlib.contextmanager
@@ -26,9 +29,11 @@ def stop_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, TIME_LIMIT)}
 
     def request(signum, _frame):
+        if signum == TIME_LIMIT and signal.Signals(signum).name in _requested:
+            return  # one time limit, signalled to every process of a job step (and passed on by submitit)
         if _requested:  # a second signal: give up waiting for a safe point
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)

@@ -37,8 +37,9 @@ def environment_record() -> dict:
         "transformers": transformers.__version__, "datasets": datasets.__version__,
         "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__,
     }
+    # The thread count is recorded: on a CPU a run's numbers depend on it (float sums in another order).
     return {"versions": versions, "git_commit": git_commit(), "machine": platform.machine(),
-            "device": _device_name()}
+            "device": _device_name(), "threads": torch.get_num_threads()}
 
 
 def git_commit() -> str | None:

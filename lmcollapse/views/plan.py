@@ -4,7 +4,7 @@ corpus files' sizes and whatever the run directory already holds, and times one 
 cost estimate (cost.py).
 
     print(describe_plan(config, RunDir(Path("runs/tiny")), last_generation=4))
-    seconds, disk = build_estimate(config, run, last_generation=99)
+    estimate = build_estimate(config, run, last_generation=99)     # .seconds, .disk_bytes
 """
 
 from __future__ import annotations
@@ -197,17 +197,35 @@ def _cost_lines(corpus: CorpusPlan, sizes: CorpusSizes, generations: int, device
                               sizes.heldout_blocks * config.eval_block_size, validation, pretrain_tokens, generations)
 
 
-def build_estimate(config: PipelineConfig, run: RunDir, last_generation: int) -> tuple[float, float] | None:
-    """Seconds and bytes of disk that building the generations up to ``last_generation`` not yet
-    complete would take on this machine (the plan's cost model); None where the plan has no estimate."""
+@dataclass(frozen=True)
+class BuildEstimate:
+    """What building a run's missing generations costs on this machine, by the plan's cost model."""
+
+    generations: int  # not yet complete, up to the last asked for
+    seconds_per_generation: float
+    pretrain_seconds: float  # once, where the base is not cached yet
+    disk_bytes_per_generation: float
+
+    @property
+    def seconds(self) -> float:
+        return self.generations * self.seconds_per_generation + self.pretrain_seconds
+
+    @property
+    def disk_bytes(self) -> float:
+        return self.generations * self.disk_bytes_per_generation
+
+
+def build_estimate(config: PipelineConfig, run: RunDir, last_generation: int, device=None) -> BuildEstimate | None:
+    """What building the generations up to ``last_generation`` not yet complete would take on this
+    machine (``device``: a ``cost.Device``, default timed here); None where the plan has no estimate."""
     corpus = CorpusPlan(config)
     shape = cost.shape_of(config)
     sizes = corpus_sizes(corpus, run)
     if shape is None or sizes.human_blocks is None:
         return None
     validation, pretrain_tokens = _cost_inputs(corpus, sizes)
-    result = cost.estimate(config, shape, cost.this_device(), sizes.human_blocks,
+    result = cost.estimate(config, shape, device or cost.this_device(), sizes.human_blocks,
                            sizes.heldout_blocks * config.eval_block_size, validation, pretrain_tokens)
     todo = sum(1 for i in range(last_generation + 1) if not run.generation(i).is_complete)
     per_generation = sum(v for k, v in result.seconds.items() if k != "pretrain (once)")
-    return (todo * per_generation + result.seconds.get("pretrain (once)", 0.0), todo * result.disk_bytes)
+    return BuildEstimate(todo, per_generation, result.seconds.get("pretrain (once)", 0.0), result.disk_bytes)

@@ -1,0 +1,30 @@
+"""The pretrained bases a study needs, built once before its runs start: never by N runs racing
+on the cache (the cache's lock would make N-1 of them wait, each holding a slot or a job).
+
+    for run in bases_to_build(todo): ...      # one run per missing cache entry
+    pretrain_argv(run)                         # ``lmcollapse pretrain ...`` for it
+"""
+
+from __future__ import annotations
+
+from lmcollapse.data.corpus import CorpusPlan
+from lmcollapse.stages.pretrain import locate_entry
+from lmcollapse.studies.spec import StudyRun
+
+
+def bases_to_build(runs: list[StudyRun]) -> list[StudyRun]:
+    """One run for each pretrained base the runs need that is not cached yet (by its cache key)."""
+    chosen: dict[str, StudyRun] = {}
+    for run in runs:
+        config = run.config
+        if not (config.model.is_preset and config.pretrain.enabled):
+            continue
+        entry = locate_entry(config, CorpusPlan(config).pretraining)
+        if not entry.is_complete:
+            chosen.setdefault(entry.key, run)
+    return list(chosen.values())
+
+
+def pretrain_argv(run: StudyRun) -> list[str]:
+    """``lmcollapse`` arguments that pretrain (or find cached) the base ``run`` starts from."""
+    return ["pretrain", "--pipeline", str(run.variant.pipeline), "--no-progress", "--set", *run.overrides()]

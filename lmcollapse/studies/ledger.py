@@ -1,0 +1,66 @@
+"""What a study's coordinator recorded of its launches: per run, how and when it was last
+launched (the local launcher's process and log, or the SLURM job id), and how the launch ended.
+
+    <root>/.study/launches.json     {"runs": {"tiny/seed-0": {"launcher": "local", "pid": 123, ...}}}
+    <root>/.study/logs/<variant>/seed-<k>.log      a local run's output
+    <root>/.study/slurm/                            submitit's folder: the sbatch scripts and job logs
+
+The runs themselves are the truth about what is done: a run is complete when its generations are,
+whatever the ledger says; the ledger only says what is queued, running or has failed, and where
+its log is. Only the coordinator writes it (atomically), so a killed coordinator leaves it whole.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmcollapse.run.atomic import read_json, write_json_atomic
+from lmcollapse.studies.spec import Study, StudyRun
+
+
+@dataclass
+class Ledger:
+    path: Path
+    runs: dict[str, dict]
+
+    @classmethod
+    def open(cls, study: Study) -> Ledger:
+        path = study.state_dir / "launches.json"
+        runs = read_json(path).get("runs", {}) if path.is_file() else {}
+        return cls(path, runs)
+
+    def record(self, run: StudyRun, **entry) -> None:
+        self.runs[run.name] = {**self.runs.get(run.name, {}), **entry}
+        self.save()
+
+    def launched(self, run: StudyRun, **entry) -> None:
+        """A new launch of ``run``: what an earlier one recorded is replaced."""
+        self.runs[run.name] = {"launched": time.strftime("%Y-%m-%d %H:%M:%S"), **entry}
+        self.save()
+
+    def get(self, run: StudyRun) -> dict:
+        return self.runs.get(run.name, {})
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"runs": self.runs})
+
+
+def log_path(study: Study, run: StudyRun) -> Path:
+    """A local run's output, beside the study's runs (never inside a run folder: the run's files are
+    what its manifests record)."""
+    return study.state_dir / "logs" / run.variant.name / f"seed-{run.seed}.log"
+
+
+def last_error_line(log: Path) -> str:
+    """The last line of a log that says what went wrong (``lmcollapse: error: ...``, a traceback's
+    last line), or its last line."""
+    try:
+        lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return ""
+    for line in reversed(lines):
+        if line.startswith("lmcollapse: error:") or "Error" in line.split(":")[0]:
+            return line[:300]
+    return lines[-1][:300] if lines else ""

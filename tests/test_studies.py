@@ -1,0 +1,204 @@
+"""Studies: the file and its runs, bad files refused in one line, the local launcher (runs equal
+to the same runs made alone at the same threads, a killed coordinator resumed, a failed run
+beside complete ones), the status, and the report's statistics against scipy."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from scipy import stats
+
+from helpers import REPO, run_cli, standalone_run, tree_hashes, write_study
+from helpers import study_results as results
+from lmcollapse.cli import main
+from lmcollapse.errors import ConfigError, LmcollapseError
+from lmcollapse.run.layout import RunDir
+from lmcollapse.studies import load_study
+from lmcollapse.studies.local import Slot, local_slots
+from lmcollapse.studies.spec import Resources
+
+
+def test_a_study_expands_into_ordinary_runs_with_readable_folders(tmp_path, small_corpus):
+    study = load_study(write_study(tmp_path, small_corpus, variants={"warm": {"pipeline": "micro.yaml",
+                                                                            "set": {"train.warmup_steps": 2}}}))
+    names = [run.name for run in study.runs()]
+    assert names == ["micro--train.learning_rate-0.003/seed-0", "micro--train.learning_rate-0.003/seed-1",
+                     "micro--train.learning_rate-0.001/seed-0", "micro--train.learning_rate-0.001/seed-1",
+                     "warm/seed-0", "warm/seed-1"]
+    run = study.runs()[2]
+    assert run.folder == tmp_path / "runs" / "micro--train.learning_rate-0.001" / "seed-0"
+    assert (run.config.train.learning_rate, run.config.seed, run.config.generations) == (0.001, 0, 2)
+    assert run.config.name == "micro--train.learning_rate-0.001"  # the report labels it by its variant
+    assert run.argv()[:6] == ["generation", "1", "--pipeline", str(tmp_path / "micro.yaml"), "--run", str(run.folder)]
+    assert study.reference == "micro--train.learning_rate-0.003"  # the first, unless named
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"seed": [0]}, "unknown config key seed (did you mean seeds?)"),
+    ({"grid": {"train.learning_rate": []}}, "grid.train.learning_rate: an empty list gives no runs"),
+    ({"grid": {"train.epochs": [0]}}, "variant micro--train.epochs-0: train.epochs: must be at least 1, got 0"),
+    ({"grid": {"train.epoch": [1]}}, "unknown config key train.epoch (did you mean train.epochs?)"),
+    ({"grid": {"train.checkpoint_every": [2, 3]}}, "variants micro--train.checkpoint_every-2 and "
+     "micro--train.checkpoint_every-3 resolve to the same runs"),
+    ({"reference": "nope"}, "reference: 'nope' is not a variant of this study"),
+    ({"seeds": [0, 0]}, "seeds: must be distinct whole numbers"),
+    ({"resources": {"cpus": 0}}, "resources.cpus: must be a whole number of at least 1"),
+    ({"resources": {"gpus": 1, "processes": 2}}, "resources.processes: 2 processes need as many GPUs"),
+    ({"launcher": "cloud"}, "launcher: expected one of local, slurm"),
+    ({"pipelines": ["no-such-pipeline"]}, "pipeline no-such-pipeline not found"),
+    ({"name": "../escape"}, "name: '../escape' is not a name"),
+    ({"slurm": {"extra": {"hold": False}}}, "slurm.extra.hold: expected text, a whole number or true"),
+    ({"slurm": {"partition": ["a", "b"]}}, "slurm.partition: expected text"),
+])
+def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, small_corpus, capsys, changes, message):
+    path = write_study(tmp_path, small_corpus, **changes)
+    with pytest.raises(ConfigError) as err:
+        load_study(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert main(["study", "run", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_slots_divide_the_machine_by_what_a_run_needs():
+    assert local_slots(Resources(cpus=1), gpus=[], available_cores=2) == [Slot((), 1), Slot((), 1)]
+    assert local_slots(Resources(cpus=2), gpus=[], available_cores=2) == [Slot((), 2)]
+    assert [s.gpus for s in local_slots(Resources(gpus=2, cpus=4), gpus=[0, 1, 2, 3, 4, 5, 6, 7])] == \
+        [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert local_slots(Resources(gpus=1), gpus=[3, 5], slots=1) == [Slot((3,), 1)]
+    assert Slot((0, 1), 4).environment() == {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0,1"}
+    with pytest.raises(LmcollapseError, match="each run needs 2 GPU"):
+        local_slots(Resources(gpus=2), gpus=[0])
+    with pytest.raises(LmcollapseError, match="3 slots of 1 core"):
+        local_slots(Resources(cpus=1), slots=3, gpus=[], available_cores=2)
+
+
+def test_the_plan_lists_every_run_and_computes_nothing(tmp_path, small_corpus):
+    path = write_study(tmp_path, small_corpus)
+    result = run_cli("study", "plan", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "2 variant(s) x 2 seed(s) = 4 runs" in result.stdout
+    assert f"{tmp_path / 'runs' / 'micro--train.learning_rate-0.001' / 'seed-1'}  2 generation(s) to build" in result.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------- the local launcher, end to end
+
+@pytest.fixture(scope="module")
+def study_done(tmp_path_factory, small_corpus):
+    """The micro study run by the local launcher with two slots of one thread."""
+    folder = tmp_path_factory.mktemp("study")
+    path = write_study(folder, small_corpus)
+    result = run_cli("study", "run", str(path), "--slots", "2")
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    return load_study(path), result
+
+
+@pytest.mark.slow
+def test_every_run_of_a_study_equals_the_same_run_made_alone(study_done, tmp_path):
+    study, result = study_done
+    assert "4 run(s) to build in 2 slot(s) (1 thread(s), 1 thread(s))" in result.stdout
+    for run in study.runs():
+        assert results(RunDir(run.folder)) == results(standalone_run(run, tmp_path / run.variant.name / str(run.seed)))
+        ledger = json.loads((study.state_dir / "launches.json").read_text())["runs"][run.name]
+        assert (ledger["threads"], ledger["exit_code"]) == (1, 0)
+        manifest = json.loads(RunDir(run.folder).generation(1).manifest.read_text())
+        assert manifest["threads"] == 1  # recorded: on a CPU the numbers depend on it
+
+
+@pytest.mark.slow
+def test_a_complete_study_launches_nothing_and_reports_its_statistics(study_done):
+    study, _ = study_done
+    before = {run.name: tree_hashes(run.folder) for run in study.runs()}
+    again = run_cli("study", "run", str(study.path))
+    assert again.returncode == 0 and "all 4 runs are complete" in again.stdout
+    assert {run.name: tree_hashes(run.folder) for run in study.runs()} == before
+    status = run_cli("study", "status", str(study.path))
+    assert status.returncode == 0 and "totals: 4 complete" in status.stdout
+    report = run_cli("study", "report", str(study.path))
+    assert report.returncode == 0, report.stderr[-2000:]
+    statistics = json.loads((study.root / "report" / "statistics.json").read_text())
+    assert statistics["reference"] == study.reference
+    # the numbers equal scipy's on the runs' own metrics.csv
+    values = {}
+    for run in study.runs():
+        with open(RunDir(run.folder).metrics_csv, encoding="utf-8") as handle:
+            row = [r for r in csv.DictReader(handle) if r["generation"] == "1"][0]
+        values.setdefault(run.variant.name, []).append(float(row["ppl_blocks"]))
+    other = next(name for name in values if name != study.reference)
+    (difference,) = [d for d in statistics["differences"] if d["generation"] == 1 and d["metric"] == "ppl_blocks"]
+    welch = stats.ttest_ind(values[other], values[study.reference], equal_var=False)
+    assert difference["p_welch"] == pytest.approx(welch.pvalue)
+    assert difference["difference"] == pytest.approx(sum(values[other]) / 2 - sum(values[study.reference]) / 2)
+    assert difference["test"] == "permutation"  # two seeds each: the exact test decides
+    index = (study.root / "report" / "index.md").read_text()
+    assert "## Statistics" in index and "after Holm's adjustment" in index and "intervals.png" in index
+
+
+@pytest.mark.slow
+def test_a_killed_coordinator_leaves_a_study_that_finishes_with_the_same_runs(tmp_path, small_corpus, study_done):
+    reference, _ = study_done
+    path = write_study(tmp_path, small_corpus)
+    study = load_study(path)
+    coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+    first = study.runs()[0]
+    deadline = time.time() + 300
+    while not RunDir(first.folder).generation(0).is_complete:  # one generation done, others under way
+        assert time.time() < deadline and coordinator.poll() is None, coordinator.stdout.read()
+        time.sleep(0.2)
+    os.kill(coordinator.pid, signal.SIGKILL)  # the coordinator alone: its runs go on, orphaned
+    coordinator.wait()
+    result = run_cli("study", "run", str(path), "--slots", "2")  # waits for the orphans, then finishes
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    for ours, theirs in zip(study.runs(), reference.runs()):
+        assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp_path, small_corpus, study_done):
+    reference, _ = study_done
+    path = write_study(tmp_path, small_corpus)
+    study = load_study(path)
+    coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+    deadline = time.time() + 300
+    while not any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()):
+        assert time.time() < deadline and coordinator.poll() is None, coordinator.stdout.read()
+        time.sleep(0.1)
+    coordinator.send_signal(signal.SIGINT)  # Ctrl-C: the coordinator passes it on, once, to each run
+    output, _ = coordinator.communicate(timeout=300)
+    assert coordinator.returncode == 130, output
+    assert "the study stopped: every run stopped at a safe point" in output
+    assert "totals: 4 complete" not in run_cli("study", "status", str(path)).stdout  # stopped part-way
+    result = run_cli("study", "run", str(path), "--slots", "2")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    for ours, theirs in zip(study.runs(), reference.runs()):
+        assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
+
+
+@pytest.mark.slow
+def test_a_failed_run_does_not_stop_the_others_and_status_says_why(tmp_path, small_corpus):
+    empty = tmp_path / "empty-corpus"
+    empty.mkdir()
+    (empty / "train.txt").write_text("too short\n")
+    (empty / "test.txt").write_text((small_corpus / "test.txt").read_text())
+    path = write_study(tmp_path, small_corpus, grid={}, seeds=[0],
+                       variants={"broken": {"pipeline": "micro.yaml", "set": {"data.corpus": str(empty)}}})
+    result = run_cli("study", "run", str(path), "--slots", "2")
+    assert result.returncode == 1
+    assert "broken/seed-0: failed (exit 2): lmcollapse: error: the train split has" in result.stdout
+    status = run_cli("study", "status", str(path))
+    assert "micro/seed-0" in status.stdout and "complete" in status.stdout
+    line = next(line for line in status.stdout.splitlines() if "broken/seed-0" in line)
+    assert "failed" in line and "fewer than one block" in line and "broken/seed-0.log" in line
+    assert "totals: 1 complete, 1 failed" in status.stdout
