@@ -45,7 +45,7 @@ help:
 	@echo "make bench-first-run     the first make run on a fresh clone, and a later one (~10 min)"
 	@echo "make bench-study         a 2 x 2 study one run at a time against the local launcher with two slots"
 	@echo "make gpu-check           on one CUDA GPU: two generations of the paper pipeline at OPT-125m size + make bench (<10 min)"
-	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" STUDY=$(STUDY)"
+	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" STUDY=$(STUDY) REFERENCE=<pipeline> (make report)"
 
 install: $(BIN)/.installed
 
@@ -68,7 +68,7 @@ status: install
 	$(LMC) status --run "$(RUN)"
 
 report: install
-	$(LMC) report --run "$(RUN)"
+	$(LMC) report --run "$(RUN)" $(if $(strip $(REFERENCE)),--reference "$(REFERENCE)")
 
 # TO: a new folder; HUB=owner/name also uploads it as a hub dataset repository.
 export: install

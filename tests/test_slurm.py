@@ -130,10 +130,17 @@ def test_resources_slurm_cannot_satisfy_are_refused_before_anything_is_submitted
     result = run_cli("study", "run", str(path))
     assert result.returncode == 2
     assert result.stderr.strip() == (f"lmcollapse: error: resources.cpus: a run needs 64 CPU(s) and partition debug's "
-                                     f"nodes have {os.cpu_count()}: set resources.cpus={os.cpu_count()}")
+                                     f"nodes have {os.cpu_count()}: set resources: {{cpus: {os.cpu_count()}}} in the study file")
     assert not (tmp_path / "runs").exists()
     path = write_study(tmp_path, small_corpus, launcher="slurm", slurm={"partition": "gpu"})
     assert "slurm.partition: 'gpu' is not a partition of this cluster (debug)" in run_cli("study", "run", str(path)).stderr
+    # what only sbatch knows (a feature no node has, an unknown option value): sbatch --test-only says it
+    path = write_study(tmp_path, small_corpus, launcher="slurm", slurm={"constraint": "no-such-feature"})
+    result = run_cli("study", "run", str(path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "sbatch refuses the study's jobs (" in result.stderr and "--dry-run" in result.stderr
+    assert not (tmp_path / "runs").exists()
+    assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
 
 
 def test_the_dry_run_prints_the_array_script(cluster, tmp_path, small_corpus):

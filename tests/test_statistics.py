@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+from lmcollapse.report.inference import smallest_permutation_p
 from lmcollapse.report.statistics import SMALL_N, compare, hedges_g, holm, permutation_p, summarize
 
 # Welch's t-test, the worked example of its Wikipedia article (example 1): two groups of 15,
@@ -54,16 +55,17 @@ def test_every_number_equals_scipys(a, b):
         assert result.p_permutation == pytest.approx(exact.pvalue)
     assert result.test == ("permutation" if min(len(a), len(b)) < SMALL_N else "welch")
     summary = summarize(a)
-    low, high = stats.t.interval(0.95, len(a) - 1, loc=np.mean(a), scale=stats.sem(a))
     assert (summary.n, summary.mean) == (len(a), pytest.approx(np.mean(a)))
     if np.std(a) > 0:
+        low, high = stats.t.interval(0.95, len(a) - 1, loc=np.mean(a), scale=stats.sem(a))
         assert (summary.low, summary.high) == pytest.approx((low, high))
 
 
 def test_hedges_g_by_hand():
     a, b = np.array([1.0, 2.0, 3.0]), np.array([3.0, 4.0, 5.0, 6.0])
-    pooled = math.sqrt((2 * 1.0 + 3 * np.var(b, ddof=1)) / 5)
-    assert hedges_g(a, b) == pytest.approx((2.0 - 4.5) / pooled * (1 - 3 / (4 * 7 - 9)))
+    # worked by hand: pooled s = sqrt((2 * 1 + 3 * 5/3) / 5) = sqrt(7/5); d = -2.5 / 1.18322 = -2.11289;
+    # J = 1 - 3 / (4 * 7 - 9) = 16/19; g = -1.77928
+    assert hedges_g(a, b) == pytest.approx(-1.77928, abs=1e-5)
     assert math.isnan(hedges_g(np.array([1.0, 1.0]), np.array([1.0, 1.0])))  # no spread: undefined
 
 
@@ -72,3 +74,9 @@ def test_three_seeds_cannot_reach_significance_by_permutation():
     # pretending a t-test on three seeds is exact.
     assert permutation_p(np.array([1.0, 2.0, 3.0]), np.array([10.0, 11.0, 12.0])) == pytest.approx(0.1)
     assert compare([1.0, 2.0, 3.0], [10.0, 11.0, 12.0]).p == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("n, m", [(2, 2), (3, 3), (2, 4), (4, 4)])
+def test_the_smallest_permutation_p_is_that_of_two_groups_that_do_not_overlap(n, m):
+    separated = permutation_p(np.arange(n, dtype=float), np.arange(m, dtype=float) + 100)
+    assert smallest_permutation_p(n, m) == pytest.approx(separated)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -56,6 +57,7 @@ def test_a_study_expands_into_ordinary_runs_with_readable_folders(tmp_path, smal
     ({"name": "../escape"}, "name: '../escape' is not a name"),
     ({"slurm": {"extra": {"hold": False}}}, "slurm.extra.hold: expected text, a whole number or true"),
     ({"slurm": {"partition": ["a", "b"]}}, "slurm.partition: expected text"),
+    ({"metrics": ["ppl_blok"]}, "metrics: 'ppl_blok' is not a metric column (did you mean ppl_blocks?)"),
 ])
 def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, small_corpus, capsys, changes, message):
     path = write_study(tmp_path, small_corpus, **changes)
@@ -65,6 +67,27 @@ def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, 
     assert main(["study", "run", str(path)]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_readmes_study_files_load_as_written(tmp_path):
+    blocks = re.findall(r"```yaml\n(.*?)```", (REPO / "README.md").read_text(encoding="utf-8"), re.S)
+    studies = [block for block in blocks if block.startswith("name:") and "pipelines:" in block]
+    assert len(studies) >= 2
+    for index, block in enumerate(studies):
+        path = tmp_path / f"readme-{index}.yaml"
+        path.write_text(block, encoding="utf-8")
+        study = load_study(path)  # shipped pipelines by name; every key, value and variant checked
+        assert study.runs() and study.reference in [variant.name for variant in study.variants]
+    fragments = [block for block in blocks if re.match(r"(# .*\n)*(launcher|resources):", block)]
+    assert len(fragments) >= 2  # the SLURM and the 8-GPU settings: they load in a study too
+    for index, block in enumerate(fragments):
+        path = tmp_path / f"fragment-{index}.yaml"
+        path.write_text(f"name: fragment\npipelines: [tiny]\n{block}", encoding="utf-8")
+        assert load_study(path).runs()
+    shipped = load_study(REPO / "studies" / "regimes.yaml")
+    shown = load_study(tmp_path / "readme-0.yaml")
+    assert [v.name for v in shown.variants] == [v.name for v in shipped.variants]
+    assert (shown.spec.seeds, shown.spec.resources) == (shipped.spec.seeds, shipped.spec.resources)
 
 
 def test_slots_divide_the_machine_by_what_a_run_needs():
@@ -140,6 +163,22 @@ def test_a_complete_study_launches_nothing_and_reports_its_statistics(study_done
     assert difference["test"] == "permutation"  # two seeds each: the exact test decides
     index = (study.root / "report" / "index.md").read_text()
     assert "## Statistics" in index and "after Holm's adjustment" in index and "intervals.png" in index
+    assert "With 2 seeds against 2, no difference can be significant here whatever its size" in index
+
+
+@pytest.mark.slow
+def test_a_run_built_from_other_settings_is_named_and_nothing_is_launched(study_done, tmp_path, small_corpus):
+    study, _ = study_done
+    # the same study (same variant names, same folders) with its pipeline edited underneath it
+    path = write_study(tmp_path, small_corpus, root=str(study.root))
+    (tmp_path / "micro.yaml").write_text((tmp_path / "micro.yaml").read_text().replace("epochs: 1", "epochs: 3"))
+    before = tree_hashes(study.root)
+    status = run_cli("study", "status", str(path)).stdout
+    assert "changed" in status and "built from another config than the study's (train.epochs: 1 -> 3)" in status
+    result = run_cli("study", "run", str(path))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "move " in result.stderr and "or give the variant a new name" in result.stderr
+    assert tree_hashes(study.root) == before
 
 
 @pytest.mark.slow
@@ -157,10 +196,14 @@ def test_a_killed_coordinator_leaves_a_study_that_finishes_with_the_same_runs(tm
         time.sleep(0.2)
     os.kill(coordinator.pid, signal.SIGKILL)  # the coordinator alone: its runs go on, orphaned
     coordinator.wait()
+    done = RunDir(first.folder).generation(0).root
+    written = {path: path.stat().st_mtime_ns for path in done.rglob("*") if path.is_file()}
     result = run_cli("study", "run", str(path), "--slots", "2")  # waits for the orphans, then finishes
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     for ours, theirs in zip(study.runs(), reference.runs()):
         assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
+    # nothing complete was redone: the generation complete at the kill is the same files, untouched
+    assert {path: path.stat().st_mtime_ns for path in done.rglob("*") if path.is_file()} == written
 
 
 @pytest.mark.slow
@@ -179,7 +222,9 @@ def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp
     output, _ = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 130, output
     assert "the study stopped: every run stopped at a safe point" in output
-    assert "totals: 4 complete" not in run_cli("study", "status", str(path)).stdout  # stopped part-way
+    status = run_cli("study", "status", str(path)).stdout
+    assert "totals: 4 complete" not in status and "failed" not in status, status  # stopped part-way: partial
+    assert "partial" in status, status
     result = run_cli("study", "run", str(path), "--slots", "2")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     for ours, theirs in zip(study.runs(), reference.runs()):

@@ -1,7 +1,7 @@
 """Publishable results: tables and figures for one run or a folder of runs.
 
     write_report(Path("runs/tiny"))              # -> runs/tiny/report/
-    write_report(Path("runs/compare"))           # every run below, seeds aggregated, regimes side by side
+    write_report(Path("runs/regimes"))           # every run below, seeds aggregated, regimes side by side
 
 Runs that agree on every result-affecting setting except the seed form one *group* (a regime);
 its numbers are the mean ± standard deviation (ddof = 1) over seeds, with the number of seeds.

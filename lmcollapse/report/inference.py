@@ -80,7 +80,8 @@ def infer(groups: list[Group], metrics: list[str], reference: str | None = None)
     labels = [g.label for g in groups]
     reference = reference or labels[0]
     if reference not in labels:
-        raise LmcollapseError(f"--reference {reference!r} is not a group of this report ({', '.join(labels)}): name one of them")
+        raise LmcollapseError(f"reference {reference!r} has no complete run in this report (its groups: {', '.join(labels)}): "
+                              "build its runs first, or name one of them (report --reference, a study's reference:)")
     base = groups[labels.index(reference)]
     generations = sorted({row["generation"] for g in groups for r in g.runs for row in r.rows})
     intervals, differences = [], []
@@ -164,4 +165,20 @@ def headline_sentences(found: Inference, generation: int | None = None) -> list[
             f"{_number(abs(d.difference), d.metric)} (95% CI {_number(d.low, d.metric)} to {_number(d.high, d.metric)}; "
             f"n = {d.n} and {d.n_reference} seeds): {verdict} at 0.05 after Holm's adjustment "
             f"(p = {_p(d.p_holm)} by the {d.test} test; Hedges' g {'-' if math.isnan(d.hedges_g) else f'{d.hedges_g:.2f}'}).")
+    comparisons = len(sentences)
+    out_of_reach = sorted({(d.n, d.n_reference) for d in found.differences if d.generation == generation
+                           and d.test == "permutation" and d.n and d.n_reference
+                           and smallest_permutation_p(d.n, d.n_reference) * comparisons >= ALPHA})
+    for n, n_reference in out_of_reach:
+        sentences.append(
+            f"With {n} seeds against {n_reference}, no difference can be significant here whatever its size: the exact "
+            f"permutation test's smallest p-value is {smallest_permutation_p(n, n_reference):.3f} before Holm's "
+            f"adjustment over {comparisons} comparisons; Welch's p-values beside it assume normally distributed "
+            f"seeds. Run at least {SMALL_N} seeds per variant (the t-test then decides) for a verdict.")
     return sentences
+
+
+def smallest_permutation_p(n: int, n_reference: int) -> float:
+    """The smallest two-sided p-value an exact permutation test of ``n`` against ``n_reference``
+    values can give: the two most extreme of the C(n + n_reference, n) relabellings."""
+    return min(1.0, 2 / math.comb(n + n_reference, n))

@@ -114,12 +114,13 @@ def comparison_tables(groups: list[Group], metrics: list[str]) -> dict[str, str]
 
 
 def write_report(root: Path, out: Path | None = None, reference: str | None = None,
-                 compared: list[str] | None = None, title: str | None = None) -> Path:
+                 compared: list[str] | None = None, title: str | None = None, only: list[Path] | None = None) -> Path:
     """Write every table, figure and ``index.md`` for the run or folder of runs at ``root``; where
     groups have several seeds, the statistics too (``reference``: the group the others are compared
-    with, default the first; ``compared``: the metrics, default the comparison table's)."""
+    with, default the first; ``compared``: the metrics, default the comparison table's; ``only``: the
+    runs below ``root`` to report, default all)."""
     root = Path(root)
-    groups = group_runs(discover_runs(root))
+    groups = group_runs(discover_runs(root, only))
     out = Path(out) if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     metrics = present_metrics(groups)

@@ -58,14 +58,18 @@ class Group:
         return sorted(r.config.seed for r in self.runs)
 
 
-def discover_runs(root: Path) -> list[RunRecord]:
-    """The run at ``root``, or every run below it (a folder of seeds, regimes, ...)."""
+def discover_runs(root: Path, only: list[Path] | None = None) -> list[RunRecord]:
+    """The run at ``root``, or every run below it (a folder of seeds, regimes, ...); with ``only``,
+    those of them (a study's runs, not whatever else its folder holds)."""
     root = Path(root)
     if not root.exists():
         raise LmcollapseError(f"{root} does not exist: pass RUN= a run directory or a folder of runs")
     if not root.is_dir():
         raise LmcollapseError(f"RUN={root} is a file, not a run folder: pass RUN= a run directory or a folder of runs")
     found = [root] if RunDir(root).pipeline_file.is_file() else _runs_below(root, MAX_DEPTH)
+    if only is not None:
+        wanted = {Path(path).resolve() for path in only}
+        found = [path for path in found if Path(path).resolve() in wanted]
     records = [_record(RunDir(path)) for path in found]
     records = [r for r in records if r.rows]
     if not records:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from lmcollapse.run.atomic import full_disk_reported
@@ -17,7 +18,7 @@ def add_study_commands(verbs) -> None:
     study.add_argument("file", metavar="STUDY", help="a study file, or the name of a shipped one (lmcollapse studies)")
     study.add_argument("--launcher", choices=["local", "slurm"], default=None,
                        help="run: override the study file's launcher")
-    study.add_argument("--slots", type=int, default=None,
+    study.add_argument("--slots", type=_at_least_one, default=None,
                        help="run (local): how many runs at once (default: the machine divided by resources)")
     study.add_argument("--dry-run", action="store_true",
                        help="run: print what would be launched (slurm: the sbatch script) and launch nothing")
@@ -54,3 +55,9 @@ def command_studies(args) -> int:
 
     print(describe_shipped("studies"))
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)

@@ -60,7 +60,9 @@ def last_error_line(log: Path) -> str:
         lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
-    for line in reversed(lines):
-        if line.startswith("lmcollapse: error:") or "Error" in line.split(":")[0]:
-            return line[:300]
+    # lmcollapse's own line first: on SLURM, submitit's traceback of the wrapper comes after it
+    for wanted in (lambda line: line.startswith("lmcollapse: error:"), lambda line: "Error" in line.split(":")[0]):
+        for line in reversed(lines):
+            if wanted(line):
+                return line[:300]
     return lines[-1][:300] if lines else ""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 
@@ -28,7 +27,7 @@ from lmcollapse.errors import InterruptedStage, LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
 from lmcollapse.studies.ledger import Ledger, last_error_line, log_path
-from lmcollapse.studies.spec import Resources, Study, StudyRun
+from lmcollapse.studies.spec import Resources, Study, StudyRun, lmcollapse_command
 
 POLL_SECONDS = 0.5
 
@@ -64,6 +63,14 @@ def cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def memory_gb() -> float:
+    """This machine's memory, GB (as Linux reports it; infinite where it does not)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
 def local_slots(resources: Resources, slots: int | None = None, gpus: list[int] | None = None,
                 available_cores: int | None = None) -> list[Slot]:
     """The machine divided by what one run needs: GPUs into groups of ``resources.gpus``, or the
@@ -77,20 +84,12 @@ def local_slots(resources: Resources, slots: int | None = None, gpus: list[int] 
         groups = [tuple(gpus[i:i + resources.gpus]) for i in range(0, len(gpus) - resources.gpus + 1, resources.gpus)]
         return [Slot(group, resources.cpus) for group in groups[:slots or len(groups)]]
     per_run = resources.cpus * resources.processes
-    count = slots or max(1, available_cores // per_run)
+    # as many as the cores hold, and the memory: runs that swap are slower than runs that wait
+    count = slots or max(1, min(available_cores // per_run, int(memory_gb() // resources.memory_gb)))
     if count * per_run > available_cores:
         raise LmcollapseError(f"{count} slots of {per_run} core(s) each need {count * per_run} cores and this machine "
                               f"has {available_cores}: lower --slots or resources.cpus (runs sharing cores would all slow down)")
     return [Slot((), resources.cpus) for _ in range(count)]
-
-
-def run_command(run: StudyRun, slot: Slot, processes: int) -> list[str]:
-    """The ordinary command that makes ``run`` complete, in ``processes`` processes where asked."""
-    if processes == 1:
-        return [sys.executable, "-m", "lmcollapse", *run.argv()]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-            "-m", "lmcollapse", *run.argv()]
 
 
 class LocalPool:
@@ -137,7 +136,7 @@ class LocalPool:
         with open(log, "ab") as output:
             # A session of its own: Ctrl-C reaches the coordinator alone, which passes each run one SIGINT
             # (a second would stop it at once, without its checkpoint).
-            process = subprocess.Popen(run_command(run, slot, self.study.spec.resources.processes), stdout=output,
+            process = subprocess.Popen(lmcollapse_command(run.argv(), self.study.spec.resources.processes), stdout=output,
                                        stderr=subprocess.STDOUT, env={**os.environ, **slot.environment()},
                                        start_new_session=True)
         self.active[index] = (run, process)

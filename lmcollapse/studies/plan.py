@@ -13,9 +13,9 @@ import sys
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.studies.bases import bases_to_build, pretrain_argv
-from lmcollapse.studies.local import local_slots, run_locally
+from lmcollapse.studies.local import local_slots, run_locally, visible_gpus
 from lmcollapse.studies.spec import Study, StudyRun
-from lmcollapse.studies.status import COMPLETE, QUEUED, RUNNING, run_states
+from lmcollapse.studies.status import CHANGED, COMPLETE, QUEUED, RUNNING, run_states
 from lmcollapse.views.cost import duration, this_device
 from lmcollapse.views.plan import BuildEstimate, build_estimate
 
@@ -66,6 +66,11 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
     (local) or were submitted (SLURM)."""
     launcher = launcher or study.spec.launcher
     states = run_states(study)
+    changed = [s for s in states if s.state == CHANGED]
+    if changed:
+        raise LmcollapseError(f"{changed[0].run.name}: {changed[0].detail}"
+                              + (f" ({len(changed) - 1} more run(s) too: lmcollapse study status {study.path})"
+                                 if len(changed) > 1 else ""))
     todo = [s.run for s in states if s.state not in (COMPLETE, RUNNING, QUEUED)]
     busy = [s for s in states if s.state in (RUNNING, QUEUED)]
     for state in busy:
@@ -84,6 +89,9 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
     if launcher != "local":
         raise LmcollapseError(f"--launcher: {launcher!r} is not a launcher: use local or slurm")
     chosen = local_slots(study.spec.resources, slots)
+    if not study.spec.resources.gpus and (gpus := visible_gpus()):
+        echo(f"this machine shows {len(gpus)} GPU(s) and resources.gpus is 0: the runs use the CPU (set resources.gpus: "
+             "1 in the study file to give each run a GPU)")
     if dry_run:
         for run in todo:
             echo(" ".join([sys.executable, "-m", "lmcollapse", *run.argv()]))

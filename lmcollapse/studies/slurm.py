@@ -22,15 +22,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.studies.bases import pretrain_argv
 from lmcollapse.studies.ledger import Ledger
-from lmcollapse.studies.spec import Study, StudyRun
+from lmcollapse.studies.spec import Study, StudyRun, lmcollapse_command
 
 SIGNAL_DELAY_SECONDS = 120  # the warning before the time limit: enough to finish a step and save
+REQUEUE_GRACE_SECONDS = 300
 
 
 class RunJob:
@@ -39,12 +41,13 @@ class RunJob:
     requeued. Written as submitit's ``Checkpointable`` (a ``checkpoint`` method), without importing it
     here: submitit is imported only where jobs are submitted."""
 
-    def __init__(self, argv: list[str], environment: dict[str, str]):
-        self.argv, self.environment = list(argv), dict(environment)
+    def __init__(self, argv: list[str], environment: dict[str, str], processes: int = 1):
+        self.argv, self.environment, self.processes = list(argv), dict(environment), processes
         self.process: subprocess.Popen | None = None
 
     def __call__(self) -> int:
-        self.process = subprocess.Popen([sys.executable, "-m", "lmcollapse", *self.argv],
+        # the local launcher's command: ``accelerate launch`` where a run asks for several processes
+        self.process = subprocess.Popen(lmcollapse_command(self.argv, self.processes),
                                         env={**os.environ, **self.environment})
         # NOTE: polled, not waited on: a blocking wait holds the process's lock, and the signal
         # handler (checkpoint, below) must be able to wait for the same process.
@@ -65,10 +68,10 @@ class RunJob:
                 self.process.wait(timeout=SIGNAL_DELAY_SECONDS - 20)
             except subprocess.TimeoutExpired:
                 pass
-        return DelayedSubmission(RunJob(self.argv, self.environment))
+        return DelayedSubmission(RunJob(self.argv, self.environment, self.processes))
 
     def __getstate__(self) -> dict:
-        return {"argv": self.argv, "environment": self.environment, "process": None}
+        return {"argv": self.argv, "environment": self.environment, "processes": self.processes, "process": None}
 
 
 def job_environment(study: Study) -> dict[str, str]:
@@ -106,16 +109,17 @@ def sbatch_script(study: Study, count: int) -> str:
     return _make_sbatch_string(command=command, folder=folder, map_count=count, **sbatch_parameters(study))
 
 
-def check_cluster(study: Study) -> None:
-    """SLURM is here and some partition can hold one run: a one-line error naming what it cannot
-    satisfy (CPUs, memory, GPUs, time) before anything is submitted."""
+def check_cluster(study: Study, count: int = 1) -> None:
+    """SLURM is here, some partition can hold one run, and sbatch accepts the study's script (its
+    account, QoS, constraint and extra options: ``sbatch --test-only`` submits nothing): a one-line
+    error naming what it cannot satisfy, before anything is submitted."""
     if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
         raise LmcollapseError("launcher: slurm needs SLURM's sbatch and sinfo on PATH (run on a login node), or use "
                               "--launcher local")
     found = subprocess.run(["sinfo", "-h", "-o", "%P|%c|%m|%G|%l|%a"], capture_output=True, text=True, timeout=60)
     if found.returncode != 0:
         raise LmcollapseError(f"sinfo failed ({found.stderr.strip()[:160]}): check that SLURM answers, e.g. `sinfo`")
-    partitions = [Partition.parse(line) for line in found.stdout.splitlines() if line.strip()]
+    partitions = Partition.merge(Partition.parse(line) for line in found.stdout.splitlines() if line.strip())
     wanted = study.spec.slurm.partition
     candidates = [p for p in partitions if (p.name == wanted if wanted else p.default)] or \
         ([] if wanted else partitions[:1])
@@ -123,12 +127,34 @@ def check_cluster(study: Study) -> None:
         names = ", ".join(p.name for p in partitions) or "none"
         raise LmcollapseError(f"slurm.partition: {wanted!r} is not a partition of this cluster ({names}): set one of them")
     candidates[0].check(study)
+    with tempfile.TemporaryDirectory(prefix="lmcollapse-sbatch-") as scratch:
+        script = Path(scratch, "test.sh")
+        script.write_text(sbatch_script(study, count), encoding="utf-8")
+        tried = subprocess.run(["sbatch", "--test-only", str(script)], capture_output=True, text=True, timeout=60,
+                               cwd=scratch)
+    if tried.returncode != 0:
+        reason = (tried.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("sbatch: error: ")[:200]
+        raise LmcollapseError(f"sbatch refuses the study's jobs ({reason}): fix the study file's slurm or resources "
+                              f"options; see the script with lmcollapse study run {study.path} --dry-run")
 
 
 class Partition:
     def __init__(self, name: str, default: bool, cpus: int, memory_mb: int, gpus: int, minutes: float, up: bool):
         self.name, self.default, self.cpus, self.memory_mb = name, default, cpus, memory_mb
         self.gpus, self.minutes, self.up = gpus, minutes, up
+
+    @classmethod
+    def merge(cls, parts) -> list[Partition]:
+        """One entry per partition: sinfo prints a line per kind of node; a run fits a partition
+        whose largest node holds it (CPUs, memory and GPUs of one node type would be stricter)."""
+        merged: dict[str, Partition] = {}
+        for part in parts:
+            seen = merged.setdefault(part.name, part)
+            if seen is not part:
+                seen.cpus, seen.memory_mb = max(seen.cpus, part.cpus), max(seen.memory_mb, part.memory_mb)
+                seen.gpus, seen.minutes = max(seen.gpus, part.gpus), max(seen.minutes, part.minutes)
+                seen.up, seen.default = seen.up or part.up, seen.default or part.default
+        return list(merged.values())
 
     @classmethod
     def parse(cls, line: str) -> Partition:
@@ -141,18 +167,20 @@ class Partition:
         resources = study.spec.resources
         need_cpus = resources.cpus * resources.processes
         problems = []
+        if not self.up:
+            problems.append(f"slurm.partition: partition {self.name} is not up (sinfo): choose another in the study file")
         if need_cpus > self.cpus:
             problems.append(f"resources.cpus: a run needs {need_cpus} CPU(s) and partition {self.name}'s nodes have "
-                            f"{self.cpus}: set resources.cpus={max(1, self.cpus // resources.processes)}")
+                            f"{self.cpus}: set resources: {{cpus: {max(1, self.cpus // resources.processes)}}} in the study file")
         if resources.memory_gb * 1024 > self.memory_mb:
             problems.append(f"resources.memory_gb: a run needs {resources.memory_gb:g} GB and partition {self.name}'s "
-                            f"nodes have {self.memory_mb / 1024:.1f} GB: lower resources.memory_gb")
+                            f"nodes have {self.memory_mb / 1024:.1f} GB: lower resources.memory_gb in the study file")
         if resources.gpus > self.gpus:
             problems.append(f"resources.gpus: a run needs {resources.gpus} GPU(s) and partition {self.name}'s nodes "
-                            f"have {self.gpus}: choose a GPU partition (slurm.partition) or lower resources.gpus")
+                            f"have {self.gpus}: choose a GPU partition (slurm.partition) or lower resources.gpus in the study file")
         if resources.time_minutes > self.minutes:
             problems.append(f"resources.time_minutes: {resources.time_minutes} exceeds partition {self.name}'s limit "
-                            f"of {self.minutes:g} minutes: lower it (a run that reaches it is requeued and resumes)")
+                            f"of {self.minutes:g} minutes: lower it in the study file (a run that reaches it is requeued and resumes)")
         if problems:
             raise LmcollapseError(problems[0])
 
@@ -171,11 +199,19 @@ def submit(study: Study, todo: list[StudyRun], bases: list[StudyRun], echo=print
     """Submit the bases' job (if any) and the runs' array; the job ids, recorded in the ledger."""
     import submitit
 
-    check_cluster(study)
+    check_cluster(study, len(todo))
     folder = slurm_folder(study) / "%j"
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=20)
     parameters = sbatch_parameters(study)
     executor.update_parameters(**parameters)
+    try:
+        return _submit(study, todo, bases, executor, parameters, echo)
+    except submitit.core.utils.FailedJobError as err:  # sbatch refused what --test-only accepted
+        raise LmcollapseError(f"sbatch refused the jobs ({error_reason(err)}): check the study's slurm options, "
+                              f"e.g. lmcollapse study run {study.path} --dry-run") from None
+
+
+def _submit(study: Study, todo: list[StudyRun], bases: list[StudyRun], executor, parameters: dict, echo) -> list[str]:
     environment = job_environment(study)
     ledger = Ledger.open(study)
     dependency = None
@@ -184,10 +220,11 @@ def submit(study: Study, todo: list[StudyRun], bases: list[StudyRun], echo=print
             base_jobs = [executor.submit(RunJob(pretrain_argv(run), {})) for run in bases]
         dependency = "afterok:" + ":".join(job.job_id for job in base_jobs)
         echo(f"pretrained base(s) first: job(s) {', '.join(job.job_id for job in base_jobs)}")
-        extra = {**parameters.get("additional_parameters", {}), "dependency": dependency}
+        # a failed base cancels the array instead of leaving it pending for ever
+        extra = {**parameters.get("additional_parameters", {}), "dependency": dependency, "kill_on_invalid_dep": "yes"}
         executor.update_parameters(additional_parameters=extra)
     with executor.batch():
-        jobs = [executor.submit(RunJob(run.argv(), environment)) for run in todo]
+        jobs = [executor.submit(RunJob(run.argv(), environment, study.spec.resources.processes)) for run in todo]
     for run, job in zip(todo, jobs):
         ledger.launched(run, launcher="slurm", job_id=job.job_id, log=str(job.paths.stderr),
                         output=str(job.paths.stdout), result=str(job.paths.result_pickle),
@@ -229,7 +266,10 @@ def job_ended(entry: dict) -> bool:
     except OSError:
         return True  # no log at all: it never started, and is not queued either
     cancelled = [line for line in log.splitlines() if "CANCELLED AT" in line]
-    return bool(cancelled) and "DUE TO JOB REQUEUE" not in cancelled[-1]
+    requeueing = bool(cancelled) and "DUE TO JOB REQUEUE" in cancelled[-1]
+    # A requeued job is back in the queue within seconds; one still missing minutes after its log's
+    # last line (killed for memory, a node lost) has ended, as has any job that was not requeued.
+    return not requeueing or time.time() - Path(entry["log"]).stat().st_mtime > REQUEUE_GRACE_SECONDS
 
 
 def cancel(job_id: str) -> None:

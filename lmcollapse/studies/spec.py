@@ -13,8 +13,10 @@ its pipeline and grid values (``tiny``, ``tiny--generate.temperature-0.7``) or g
 
 from __future__ import annotations
 
+import difflib
 import functools
 import itertools
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +27,7 @@ from lmcollapse.config import PipelineConfig, check_name, load_config, safe_name
 from lmcollapse.config.loading import build_config_section, read_yaml_mapping
 from lmcollapse.config.shipped import resolve_pipeline
 from lmcollapse.errors import ConfigError
+from lmcollapse.metrics import REGISTRY
 
 
 @dataclass(frozen=True)
@@ -38,9 +41,10 @@ class Resources:
     """CPU cores per run: its threads (OMP_NUM_THREADS) on a CPU, its --cpus-per-task on SLURM.
     A run's numbers depend on its thread count on a CPU, so it is set explicitly and recorded."""
     memory_gb: float = 4.0
-    """Memory per run, GB (sbatch --mem)."""
+    """Memory per run, GB (sbatch --mem; the local launcher starts no more runs at once than the
+    machine's memory holds)."""
     time_minutes: int = 60
-    """Wall time per job, minutes (sbatch --time); a job that reaches it is requeued and resumes."""
+    """Wall time per job, minutes (sbatch --time; SLURM only); a job that reaches it is requeued and resumes."""
     processes: int = 1
     """Processes per run (accelerate launch); more than one needs as many GPUs, or runs gloo on a CPU."""
 
@@ -153,6 +157,15 @@ class StudyRun:
                 "--run", str(self.folder), "--no-progress", "--set", *self.overrides()]
 
 
+def lmcollapse_command(argv: list[str], processes: int = 1) -> list[str]:
+    """``python -m lmcollapse <argv>``, or under ``accelerate launch`` with ``processes`` processes
+    (one per GPU the run is given; gloo on a CPU)."""
+    if processes == 1:
+        return [sys.executable, "-m", "lmcollapse", *argv]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmcollapse", *argv]
+
+
 @dataclass(frozen=True)
 class Study:
     path: Path
@@ -201,6 +214,11 @@ def load_study(path: Path) -> Study:
     names = [v.name for v in variants]
     if spec.reference is not None and spec.reference not in names:
         raise ConfigError(f"{path}: reference: {spec.reference!r} is not a variant of this study ({', '.join(names)})")
+    for metric in spec.metrics:
+        if metric not in REGISTRY:
+            close = difflib.get_close_matches(metric, list(REGISTRY), n=1)
+            hint = f"did you mean {close[0]}?" if close else "name columns of a run's metrics.csv"
+            raise ConfigError(f"{path}: metrics: {metric!r} is not a metric column ({hint})")
     _check_distinct(study)
     return study
 

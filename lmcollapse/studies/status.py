@@ -12,7 +12,9 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.config import load_config
+from lmcollapse.config.pipeline_config import result_affecting_differences
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.metrics.columns import STAGE_SECONDS
 from lmcollapse.metrics.table import collect_rows
 from lmcollapse.run.integrity import STALE, verify_run
@@ -26,6 +28,8 @@ from lmcollapse.views.status import generation_state
 
 COMPLETE, PARTIAL, QUEUED, RUNNING, FAILED, NOT_STARTED = "complete", "partial", "queued", "running", "failed", \
     "not started"
+CHANGED = "changed"  # its folder was built from another config than the study's variant now gives
+INTERRUPTED = 130  # the exit code of a run stopped at a safe point (Ctrl-C, SIGTERM, SIGUSR2)
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,27 @@ def complete_generations(run: StudyRun) -> int:
     return done
 
 
+def changed_config(run: StudyRun) -> str | None:
+    """How the config a run's folder was built from differs from the one the study gives it now
+    (a variant's settings edited, its name kept), or None."""
+    folder = RunDir(run.folder)
+    if not folder.pipeline_file.is_file():
+        return None
+    try:
+        differences = result_affecting_differences(load_config(folder.pipeline_file), run.config)
+    except LmcollapseError as err:
+        return f"its pipeline.yaml does not load ({error_reason(err)})"
+    if not differences:
+        return None
+    shown = "; ".join(f"{key}: {old!r} -> {new!r}" for key, old, new in differences[:3])
+    return shown + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+
+
 def run_state(study: Study, run: StudyRun, ledger: Ledger, queue: dict[str, str]) -> RunState:
+    changed = changed_config(run)
+    if changed is not None:
+        return RunState(run, CHANGED, f"built from another config than the study's ({changed}): move {run.folder} "
+                        "away, or give the variant a new name")
     done = complete_generations(run)
     total = run.last_generation + 1
     if done >= total:
@@ -65,7 +89,7 @@ def run_state(study: Study, run: StudyRun, ledger: Ledger, queue: dict[str, str]
         return RunState(run, RUNNING, f"{holder}; {_progress(folder, done)}", done)
     if entry.get("launcher") == "slurm" and job is not None and not job_ended(entry):
         return RunState(run, QUEUED, f"job {job}, being requeued; {_progress(folder, done)}", done, job)
-    failed = (entry.get("launcher") == "local" and entry.get("exit_code") not in (None, 0)) or \
+    failed = (entry.get("launcher") == "local" and entry.get("exit_code") not in (None, 0, INTERRUPTED)) or \
         (entry.get("launcher") == "slurm" and job is not None)  # left the queue incomplete, for good
     if failed:
         log = entry.get("log", "")
@@ -113,7 +137,7 @@ def describe_study_status(study: Study, slots: int | None = None) -> tuple[str, 
     lines = [f"study {study.name} ({study.path}): {len(states)} runs in {study.root}/, reference {study.reference}"]
     lines += [f"  {s.run.name:<{width}}  {s.state:<11} {s.detail}".rstrip() for s in states]
     counts = {state: sum(1 for s in states if s.state == state) for state in
-              (COMPLETE, RUNNING, QUEUED, PARTIAL, FAILED, NOT_STARTED)}
+              (COMPLETE, RUNNING, QUEUED, PARTIAL, FAILED, CHANGED, NOT_STARTED)}
     lines.append("totals: " + ", ".join(f"{n} {state}" for state, n in counts.items() if n))
     left = sum(s.run.last_generation + 1 - s.generations_done for s in states if s.state != COMPLETE)
     per_generation = seconds_per_generation(states)
