@@ -113,8 +113,9 @@ def test_regimes_side_by_side_and_the_index_page(study):
     labels = sorted({r["pipeline"] for r in read_csv(out / "metrics.csv")})
     assert len(labels) == 2 and all(label.startswith("micro (") for label in labels)
     index = (out / "index.md").read_text()
-    for stem in FIGURES:
+    for stem in (*FIGURES, "intervals"):  # several regimes with seeds: the statistics' figure too
         assert f"![{stem}]({stem}.png)" in index
+    assert (out / "intervals.png").stat().st_size > 5_000 and (out / "statistics.md").is_file()
     assert "## Metric definitions" in index and "`ppl_sliding` ↓:" in index
     assert "data:\n  corpus:" in index and "regime: keep-fraction" in index  # resolved configs
     assert "| pipeline | seed | git commit | device | versions |" in index
@@ -278,7 +279,7 @@ def test_the_html_page_is_self_contained(study, tmp_path):
     out = write_report(study, tmp_path / "report")
     page = (out / "index.html").read_text(encoding="utf-8")
     sources = re.findall(r'<img[^>]*\bsrc="([^"]+)"', page)
-    assert len(sources) == len(FIGURES) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert len(sources) == len(FIGURES) + 1 and all(s.startswith("data:image/png;base64,") for s in sources)  # + intervals
     assert page.count("<table>") >= 3  # runs, results, comparison
     assert "<pre><code" in page and "\\&lt;" not in page  # the settings' YAML block; no stray escapes
     assert page.count("<script>") == 1

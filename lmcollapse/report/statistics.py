@@ -16,6 +16,7 @@ bias-corrected standardized mean difference).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,9 +78,13 @@ def compare(values, reference, confidence: float = CONFIDENCE) -> Comparison:
     difference = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
     low = high = p_welch = math.nan
     if len(a) >= 2 and len(b) >= 2 and (a.std() > 0 or b.std() > 0):
-        welch = stats.ttest_ind(a, b, equal_var=False)
+        with warnings.catch_warnings():
+            # scipy warns of "precision loss" where seeds agree to the last digits (a metric that
+            # does not vary, such as generation 0 of two regimes that share it); the result stands
+            warnings.simplefilter("ignore", RuntimeWarning)
+            welch = stats.ttest_ind(a, b, equal_var=False)
+            interval = welch.confidence_interval(confidence_level=confidence)
         p_welch = float(welch.pvalue)
-        interval = welch.confidence_interval(confidence_level=confidence)
         low, high = float(interval.low), float(interval.high)
     p_permutation = permutation_p(a, b)
     test = "permutation" if min(len(a), len(b)) < SMALL_N else "welch"
