@@ -181,29 +181,36 @@ def test_a_run_built_from_other_settings_is_named_and_nothing_is_launched(study_
     assert tree_hashes(study.root) == before
 
 
+def coordinator_until(path, condition, seconds: float = 300) -> subprocess.Popen:
+    """``study run`` with two slots in a process of its own, returned once ``condition()`` holds."""
+    coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
+                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline and coordinator.poll() is None, coordinator.stdout.read()
+        time.sleep(0.1)
+    return coordinator
+
+
 @pytest.mark.slow
 def test_a_killed_coordinator_leaves_a_study_that_finishes_with_the_same_runs(tmp_path, small_corpus, study_done):
     reference, _ = study_done
     path = write_study(tmp_path, small_corpus)
     study = load_study(path)
-    coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
     first = study.runs()[0]
-    deadline = time.time() + 300
-    while not RunDir(first.folder).generation(0).is_complete:  # one generation done, others under way
-        assert time.time() < deadline and coordinator.poll() is None, coordinator.stdout.read()
-        time.sleep(0.2)
+    # one generation done, others under way
+    coordinator = coordinator_until(path, lambda: RunDir(first.folder).generation(0).is_complete)
     os.kill(coordinator.pid, signal.SIGKILL)  # the coordinator alone: its runs go on, orphaned
     coordinator.wait()
     done = RunDir(first.folder).generation(0).root
-    written = {path: path.stat().st_mtime_ns for path in done.rglob("*") if path.is_file()}
+    written = {file: file.stat().st_mtime_ns for file in done.rglob("*") if file.is_file()}
     result = run_cli("study", "run", str(path), "--slots", "2")  # waits for the orphans, then finishes
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     for ours, theirs in zip(study.runs(), reference.runs()):
         assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
     # nothing complete was redone: the generation complete at the kill is the same files, untouched
-    assert {path: path.stat().st_mtime_ns for path in done.rglob("*") if path.is_file()} == written
+    assert {file: file.stat().st_mtime_ns for file in done.rglob("*") if file.is_file()} == written
 
 
 @pytest.mark.slow
@@ -211,13 +218,8 @@ def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp
     reference, _ = study_done
     path = write_study(tmp_path, small_corpus)
     study = load_study(path)
-    coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
-                                   cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
-    deadline = time.time() + 300
-    while not any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()):
-        assert time.time() < deadline and coordinator.poll() is None, coordinator.stdout.read()
-        time.sleep(0.1)
+    coordinator = coordinator_until(
+        path, lambda: any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()))
     coordinator.send_signal(signal.SIGINT)  # Ctrl-C: the coordinator passes it on, once, to each run
     output, _ = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 130, output
