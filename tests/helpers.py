@@ -7,6 +7,7 @@ generation in about a second on a CPU, so end-to-end tests exercise the real sta
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -205,3 +206,32 @@ def study_results(run: RunDir) -> dict:
     with open(run.metrics_csv, encoding="utf-8") as handle:
         rows = [{k: v for k, v in row.items() if k not in VARYING} for row in csv.DictReader(handle)]
     return {"files": files, "metrics": rows}
+
+
+TIMING = {"seconds", *VARYING}  # a result's own "seconds", and the catalogue's wall-time columns
+
+
+def without_timing(mapping: dict) -> dict:
+    return {k: v for k, v in mapping.items() if k not in TIMING}
+
+
+def assert_same_results(reference: RunDir, run: RunDir, generations=(0, 1)) -> None:
+    for index in generations:
+        ref, got = reference.generation(index), run.generation(index)
+        assert got.is_complete
+        assert sha256_file(got.model / "model.safetensors") == sha256_file(ref.model / "model.safetensors")
+        assert json.loads((got.model / "train_log.json").read_text())["log"] == \
+            json.loads((ref.model / "train_log.json").read_text())["log"]
+        assert sha256_file(got.train_set) == sha256_file(ref.train_set)
+        assert tree_hashes(got.synthetic, skip=()) .keys() == tree_hashes(ref.synthetic).keys()
+        for shard in ref.synthetic_shards():
+            assert sha256_file(got.synthetic / shard.name) == sha256_file(shard), shard.name
+        for name in ("heldout_block_nll.npy", "tails.npy"):
+            assert sha256_file(got.eval / name) == sha256_file(ref.eval / name), name
+        for name in ("perplexity.json", "text_metrics.json", "tails.json", "mauve.json"):
+            assert without_timing(json.loads((got.eval / name).read_text())) == \
+                without_timing(json.loads((ref.eval / name).read_text())), name
+        assert without_timing(json.loads(got.manifest.read_text())["metrics"]) == \
+            without_timing(json.loads(ref.manifest.read_text())["metrics"])
+    with open(reference.metrics_csv) as a, open(run.metrics_csv) as b:
+        assert [without_timing(r) for r in csv.DictReader(a)] == [without_timing(r) for r in csv.DictReader(b)]

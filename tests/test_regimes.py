@@ -15,7 +15,7 @@ from lmcollapse.data.records import HUMAN, SYNTHETIC, read_records
 from lmcollapse.data.regimes import assemble_training_set, choose, loss_weights, prompts_for
 from lmcollapse.engine.losses import chunk_loss as _chunk_loss
 from lmcollapse.run.layout import RunDir
-from lmcollapse.stages.decontaminate import decontaminate, detection_report
+from lmcollapse.stages.decontaminate import Scorer, decontaminate, detection_report
 
 N = 20
 
@@ -198,7 +198,7 @@ def test_detection_report_against_hand_counted_labels():
     assert (report["dropped_human"], report["dropped_synthetic"]) == (2, 3)
 
 
-@pytest.mark.parametrize("detector", ["classifier", "perplexity"])
+@pytest.mark.parametrize("detector", ["classifier", "perplexity", "fast-detectgpt"])
 def test_the_detector_is_scored_against_the_true_provenance(detector):
     # Separable by construction: synthetic records use other tokens than human ones.
     human = records(HUMAN, None, 120, token_range=(3, 60))
@@ -206,16 +206,32 @@ def test_the_detector_is_scored_against_the_true_provenance(detector):
     candidates = assemble_training_set(load_config(None, ["data.regime=accumulate"]), 1, human, lambda g: synthetic)
     config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true", f"decontaminate.detector={detector}"])
     scorer = None
-    if detector == "perplexity":  # a model trained on human text finds synthetic text unlikely
+    if detector != "classifier":  # a model trained on human text finds synthetic text unlikely
         scorer = _unigram_model(candidates)
-    kept, report = decontaminate(candidates, config, 1, scorer_model=scorer)
+    kept, report = decontaminate(candidates, config, 1, Scorer(scorer))
     truth = np.array(candidates["source"]) == SYNTHETIC
     kept_ids = set(kept["id"])
     dropped = np.array([i not in kept_ids for i in candidates["id"]])
     assert report["dropped_synthetic"] == int((dropped & truth).sum())
     assert report["dropped_human"] == int((dropped & ~truth).sum())
     assert report["kept"] == len(kept) and report["candidates"] == 240 and report["labelled"] == 48
-    assert report["precision"] > 0.9 and report["recall"] > 0.9
+    assert report["precision"] > 0.9 and report["recall"] > 0.9 and report["auroc"] > 0.95
+    assert report["detectors"][detector]["auroc"] == report["auroc"]
+
+
+def test_several_detectors_are_measured_and_one_filters():
+    human = records(HUMAN, None, 120, token_range=(3, 60))
+    synthetic = records(SYNTHETIC, 0, 120, token_range=(40, 100))
+    candidates = assemble_training_set(load_config(None, ["data.regime=accumulate"]), 1, human, lambda g: synthetic)
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true",
+                                "decontaminate.measure=[perplexity, fast-detectgpt, classifier]"])
+    kept, report = decontaminate(candidates, config, 1, Scorer(_unigram_model(candidates)))
+    assert list(report["detectors"]) == ["classifier", "perplexity", "fast-detectgpt"]  # the filtering one first
+    alone, _ = decontaminate(candidates, load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true"]), 1)
+    assert kept["id"] == alone["id"]  # measuring others filters nothing more
+    for name, measured in report["detectors"].items():
+        assert measured["auroc"] > 0.95, name
+        assert set(measured) >= {"precision", "recall", "f1", "auroc"}
 
 
 def test_the_detector_is_also_measured_without_the_end_of_text_cue():

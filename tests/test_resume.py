@@ -8,7 +8,6 @@ resumed each time; the end result must be byte-identical to the reference on CPU
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import re
 import shutil
@@ -20,18 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, build_quietly, micro_raw_config, run_cli, tree_hashes, write_pipeline
+from helpers import REPO, assert_same_results, build_quietly, micro_raw_config, run_cli, tree_hashes, write_pipeline
 from lmcollapse.config import build_config
-from lmcollapse.metrics.columns import VARYING
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
-
-TIMING = {"seconds", *VARYING}  # a result's own "seconds", and the catalogue's wall-time columns
-
 
 @pytest.fixture(scope="module")
 def raw(small_corpus):
@@ -55,31 +50,6 @@ def lmc(pipeline: Path, run: Path, last: int = 1, failpoint: str | None = None, 
     return run_cli("-q", "generation", str(last), "--pipeline", str(pipeline), "--run", str(run), "--no-progress",
                    *extra, env=env)
 
-
-def without_timing(mapping: dict) -> dict:
-    return {k: v for k, v in mapping.items() if k not in TIMING}
-
-
-def assert_same_results(reference: RunDir, run: RunDir, generations=(0, 1)) -> None:
-    for index in generations:
-        ref, got = reference.generation(index), run.generation(index)
-        assert got.is_complete
-        assert sha256_file(got.model / "model.safetensors") == sha256_file(ref.model / "model.safetensors")
-        assert json.loads((got.model / "train_log.json").read_text())["log"] == \
-            json.loads((ref.model / "train_log.json").read_text())["log"]
-        assert sha256_file(got.train_set) == sha256_file(ref.train_set)
-        assert tree_hashes(got.synthetic, skip=()) .keys() == tree_hashes(ref.synthetic).keys()
-        for shard in ref.synthetic_shards():
-            assert sha256_file(got.synthetic / shard.name) == sha256_file(shard), shard.name
-        for name in ("heldout_block_nll.npy", "tails.npy"):
-            assert sha256_file(got.eval / name) == sha256_file(ref.eval / name), name
-        for name in ("perplexity.json", "text_metrics.json", "tails.json"):
-            assert without_timing(json.loads((got.eval / name).read_text())) == \
-                without_timing(json.loads((ref.eval / name).read_text())), name
-        assert without_timing(json.loads(got.manifest.read_text())["metrics"]) == \
-            without_timing(json.loads(ref.manifest.read_text())["metrics"])
-    with open(reference.metrics_csv) as a, open(run.metrics_csv) as b:
-        assert [without_timing(r) for r in csv.DictReader(a)] == [without_timing(r) for r in csv.DictReader(b)]
 
 
 def test_sigkill_anywhere_then_resume_equals_an_uninterrupted_run(reference, pipeline, tmp_path):

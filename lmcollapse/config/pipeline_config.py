@@ -72,6 +72,16 @@ class PipelineConfig:
             _require(self.data.max_train_blocks is not None, "train.select",
                      "best-validation needs validation blocks, but with data.max_train_blocks=null every block of "
                      "the train split is a training block: set data.max_train_blocks or data.validation_split")
+        if "watermark" in self.decontaminate.detectors:
+            _require(self.generate.watermark, "decontaminate.detector",
+                     "watermark finds the run's own watermark, but generate.watermark is false: set "
+                     "generate.watermark=true or use another detector")
+        if self.evaluate.mauve and self.evaluate.mauve_clusters is not None:
+            sizes = [n for n in (self.data.max_train_blocks, self.data.max_heldout_blocks) if n is not None]
+            samples = min([self.evaluate.mauve_samples, *sizes])
+            _require(self.evaluate.mauve_clusters < samples, "evaluate.mauve_clusters",
+                     f"is {self.evaluate.mauve_clusters} but MAUVE compares {samples} texts a side "
+                     "(evaluate.mauve_samples, data.max_train_blocks, data.max_heldout_blocks): lower it or set it to null")
         if self.pretrain.enabled:
             _require(self.model.is_preset, "pretrain.corpus",
                      f"pretrains a preset; {self.model.name} is already pretrained: set pretrain.corpus=null")

@@ -169,6 +169,21 @@ class GenerateConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision while generating (fp32 weights either way); independent of training's,
     and the same whether the model is fresh from training or reloaded after an interruption."""
+    watermark: bool = False
+    """Watermark every synthetic corpus (Kirchenbauer et al. 2023, transformers'
+    ``WatermarkingConfig``): before each token is drawn, the logits of a pseudo-random "green" share
+    of the vocabulary, chosen from the previous tokens and a key, are raised by ``watermark_bias``.
+    The key is derived from the run's seed and recorded in the generation config beside the shards.
+    A mitigation (the ``watermark`` detector finds the text later) that changes the distribution
+    studied: the report shows by how much."""
+    watermark_bias: float = 2.0
+    """Added to the green tokens' logits (delta in the paper)."""
+    watermark_greenlist_ratio: float = 0.25
+    """Share of the vocabulary that is green at each step (gamma in the paper)."""
+    watermark_seeding_scheme: Literal["lefthash", "selfhash"] = "lefthash"
+    """How the green list is seeded from the context (transformers' two schemes)."""
+    watermark_context_width: int = 1
+    """Previous tokens that seed the green list."""
 
     def __post_init__(self) -> None:
         _require(self.num_beams >= 1, "num_beams", f"must be at least 1, got {self.num_beams}")
@@ -201,6 +216,11 @@ class GenerateConfig:
                      "with the multinomial sampler the batch decides the text: set generate.sampler=inverse-cdf "
                      "(each record its own random stream) or generate.batch_probe=false")
         _require(self.shard_size >= 1, "shard_size", "must be at least 1")
+        if self.watermark:
+            _require(self.watermark_bias > 0, "watermark_bias", f"must be positive, got {self.watermark_bias}")
+            _require(0.0 < self.watermark_greenlist_ratio < 1.0, "watermark_greenlist_ratio",
+                     f"must be between 0 and 1, got {self.watermark_greenlist_ratio}")
+            _require(self.watermark_context_width >= 1, "watermark_context_width", "must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -232,6 +252,18 @@ class EvaluateConfig:
     """An n-gram is rare when it occurs at most this often in the human training corpus."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision of every evaluation forward pass (perplexities, tails, detectors)."""
+    mauve: bool = True
+    """MAUVE between each generation's synthetic corpus and held-out human blocks (column ``mauve``):
+    a distance between distributions, where self-BLEU and distinct-n only count repetitions."""
+    mauve_samples: int = 1000
+    """Texts drawn (seeded, the same indices every generation) from each side; fewer where a side
+    has fewer (the number used is recorded in ``eval/mauve.json``)."""
+    mauve_clusters: int | None = None
+    """k-means clusters that quantise the features; null: the reference's heuristic, a tenth of the samples."""
+    mauve_featurizer: str | None = None
+    """The model whose final hidden state embeds every text, fixed for the whole run; null: the
+    run's base model (before any fine-tuning). A model folder or hub id embeds the decoded text
+    with its own tokenizer (the MAUVE paper uses gpt2-large)."""
 
     def __post_init__(self) -> None:
         if self.block_size is not None:
@@ -247,25 +279,52 @@ class EvaluateConfig:
             _require(1 <= getattr(self, key) <= MAX_NGRAM_ORDER, key, f"must be between 1 and {MAX_NGRAM_ORDER}")
         _require(self.rare_ngram_n >= 1, "rare_ngram_n", "must be at least 1")
         _require(self.rare_ngram_max_count >= 1, "rare_ngram_max_count", "must be at least 1")
+        _require(self.mauve_samples >= 2, "mauve_samples", f"must be at least 2, got {self.mauve_samples}")
+        if self.mauve_clusters is not None:
+            _require(2 <= self.mauve_clusters < self.mauve_samples, "mauve_clusters",
+                     f"must be at least 2 and fewer than evaluate.mauve_samples ({self.mauve_samples}), "
+                     f"got {self.mauve_clusters}; or null for a tenth of the samples")
+
+
+DETECTORS = ("classifier", "perplexity", "fast-detectgpt", "watermark")
+SCORED_DETECTORS = ("perplexity", "fast-detectgpt")  # the detectors that need a scoring model
 
 
 @dataclass(frozen=True)
 class DecontaminateConfig:
     enabled: bool = False
     """Filter each generation's candidate training records with a human-vs-synthetic detector."""
-    detector: Literal["classifier", "perplexity"] = "classifier"
-    """``classifier``: logistic regression on hashed token uni- and bigrams. ``perplexity``: logistic
-    regression on each record's mean NLL under the previous generation's model."""
+    detector: Literal["classifier", "perplexity", "fast-detectgpt", "watermark"] = "classifier"
+    """The detector that filters. ``classifier``: logistic regression on hashed token uni- and
+    bigrams. ``perplexity``: logistic regression on each record's mean NLL under the scorer.
+    ``fast-detectgpt``: Bao et al.'s analytic conditional probability curvature under the scorer,
+    turned into a probability the same way. ``watermark``: transformers' WatermarkDetector z-score
+    of the run's own watermark (generate.watermark), dropped above watermark_threshold."""
+    measure: tuple[str, ...] = ()
+    """More detectors to measure on the same candidates (precision, recall and AUROC against the
+    provenance labels, in metrics.csv), without filtering with them."""
+    scorer: str | None = None
+    """The scoring model of the perplexity and fast-detectgpt detectors; null: the previous
+    generation's model. A model folder or hub id scores the decoded text with its own tokenizer."""
     threshold: float = 0.5
     """Drop a candidate when the detector's probability that it is synthetic exceeds this."""
+    watermark_threshold: float = 4.0
+    """The watermark detector drops a record whose z-score exceeds this (Kirchenbauer et al. use 4)."""
     labelled_fraction: float = 0.2
     """Share of candidates whose provenance label fits the detector (a small annotated sample);
-    precision and recall are measured on the rest."""
+    precision, recall and AUROC are measured on the rest."""
 
     def __post_init__(self) -> None:
         _require(0.0 < self.threshold < 1.0, "threshold", f"must be between 0 and 1, got {self.threshold}")
         _require(0.0 < self.labelled_fraction < 1.0, "labelled_fraction",
                  f"must be between 0 and 1, got {self.labelled_fraction}")
+        for name in self.measure:
+            _require(name in DETECTORS, "measure", f"unknown detector {name!r}: use any of {', '.join(DETECTORS)}")
+
+    @property
+    def detectors(self) -> tuple[str, ...]:
+        """Every detector measured: the filtering one first, then the others, each once."""
+        return tuple(dict.fromkeys((self.detector, *self.measure)))
 
 
 # The trackers accelerate's log_with accepts (accelerate.tracking.LOGGER_TYPE_TO_CLASS), and the

@@ -48,6 +48,7 @@ from lmcollapse.engine.shards import (
     shard_paths,
     shard_ranges,
 )
+from lmcollapse.engine.watermark import watermark_record, watermarking_config
 from lmcollapse.errors import ConfigError
 from lmcollapse.run.atomic import read_json, write_json_atomic
 from lmcollapse.run.failpoints import failpoint
@@ -59,8 +60,9 @@ log = logging.getLogger(__name__)
 
 
 
-def build_generation_config(config: GenerateConfig, tokenizer):
-    """The ``GenerationConfig`` for ``config``; every value explicit, none left to library defaults."""
+def build_generation_config(config: GenerateConfig, tokenizer, seed: int = 0):
+    """The ``GenerationConfig`` for ``config``; every value explicit, none left to library defaults.
+    ``seed``: the run's, from which a watermark's key is derived."""
     from transformers import GenerationConfig
 
     settings = dict(
@@ -90,6 +92,8 @@ def build_generation_config(config: GenerateConfig, tokenizer):
         settings.update(length_penalty=1.0, early_stopping=False)
     if config.cache_implementation == "static":
         settings.update(cache_implementation="static")
+    if config.watermark and config.sampler != "inverse-cdf":  # the inverse-CDF sampler applies it itself
+        settings.update(watermarking_config=watermarking_config(config, seed))
     generation_config = GenerationConfig(**settings)
     generation_config.validate(strict=True)
     return generation_config
@@ -114,10 +118,12 @@ class InverseCdfSampler(LogitsProcessor):
 
     ``uniforms`` holds each sequence's own variates, one per step (``record_uniforms``): which
     token a record gets does not depend on the batch it is in, its place there, or the batch size.
+    ``watermark``: the run's watermark processor, applied after the filters as ``generate`` applies
+    it after its own (its greedy step would otherwise see the bias after the draw).
     """
 
     def __init__(self, config: GenerateConfig, uniforms: torch.Tensor, prompt_length: int, *,
-                 end_of_text: int | None):
+                 end_of_text: int | None, watermark=None):
         warpers = []
         if config.temperature is not None and config.temperature != 1.0:
             warpers.append(TemperatureLogitsWarper(config.temperature))
@@ -127,7 +133,7 @@ class InverseCdfSampler(LogitsProcessor):
             warpers.append(TopPLogitsWarper(top_p=config.top_p))
         if config.typical_p is not None and config.typical_p < 1.0:
             warpers.append(TypicalLogitsWarper(mass=config.typical_p))
-        self.warpers = LogitsProcessorList(warpers)
+        self.warpers = LogitsProcessorList(warpers + ([watermark] if watermark is not None else []))
         self.uniforms = uniforms  # (sequences, max_new_tokens), in [0, 1)
         self.prompt_length = prompt_length  # the (padded) prompt's length: the step is the length beyond it
         self.min_new_tokens = config.min_new_tokens
@@ -155,10 +161,16 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
                            model_label: str, out_dir: Path, accelerator, progress: bool = True) -> list[dict]:
     """Continue every record of ``prompts`` (a records Dataset); return every shard's sidecar."""
     out_dir = Path(out_dir)
-    generation_config = build_generation_config(config, tokenizer)
+    generation_config = build_generation_config(config, tokenizer, seed)
+    watermark = None
+    if config.watermark and config.sampler == "inverse-cdf":
+        watermark = watermarking_config(config, seed).construct_processor(model.config.get_text_config().vocab_size,
+                                                                          next(model.parameters()).device)
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         record = generation_config.to_diff_dict()
+        if config.watermark:
+            record["watermarking_config"] = watermark_record(config, seed)
         if config.sampler == "inverse-cdf":  # the greedy step above draws nothing itself
             record["lmcollapse_sampler"] = {"sampler": "inverse-cdf", "temperature": config.temperature,
                                             "top_k": config.top_k, "top_p": config.top_p, "typical_p": config.typical_p,
@@ -193,7 +205,8 @@ def write_synthetic_corpus(model, tokenizer, prompts, config: GenerateConfig, *,
             if config.sampler == "inverse-cdf":
                 uniforms = np.stack([record_uniforms(seed, generation, i, config.max_new_tokens) for i in range(lo, hi)])
             continuations = _continue_prompts(model, tokenizer, rows["input_ids"], config, generation_config,
-                                              derive_seed(seed, "generate", generation, index), bar, uniforms)
+                                              derive_seed(seed, "generate", generation, index), bar, uniforms,
+                                              watermark=watermark)
             texts = tokenizer.batch_decode(continuations, skip_special_tokens=True)
             records = make_records({
                 "id": [f"g{generation:02d}-{i:07d}" for i in range(lo, hi)],
@@ -236,7 +249,8 @@ def attention_implementation(model, name: str | None):
 
 @torch.no_grad()
 def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, generation_config, shard_seed: int,
-                      bar, uniforms: np.ndarray | None = None, clock: StepClock | None = None) -> list[np.ndarray]:
+                      bar, uniforms: np.ndarray | None = None, clock: StepClock | None = None,
+                      watermark=None) -> list[np.ndarray]:
     prompts = [np.asarray(ids[-config.prompt_tokens:] if config.prompt_tokens else ids, dtype=np.int64)
                for ids in prompt_rows]
     order = np.argsort([len(p) for p in prompts], kind="stable")
@@ -254,7 +268,8 @@ def _continue_prompts(model, tokenizer, prompt_rows, config: GenerateConfig, gen
             mask[k, longest - len(prompts[i]):] = 1
         processors = LogitsProcessorList([clock] if clock is not None else [])
         if uniforms is not None:
-            processors.append(InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest, end_of_text=eos))
+            processors.append(InverseCdfSampler(config, torch.from_numpy(uniforms[batch]), longest, end_of_text=eos,
+                                                watermark=watermark))
         # The generation's own precision (generate.mixed_precision), not whatever training left.
         with autocast(config.mixed_precision, device):
             generated = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from lmcollapse.config.stage_sections import MAX_NGRAM_ORDER
+from lmcollapse.config.stage_sections import DETECTORS, MAX_NGRAM_ORDER
 from lmcollapse.data.records import HUMAN
 
 TAIL_QUANTILES = (1, 5, 50, 95, 99)
@@ -52,7 +52,7 @@ def tail_column(q: int) -> str:
 
 def result(name: str) -> Callable[[str], Callable]:
     """Values read from the generation's evaluation result ``name`` (perplexity, text_metrics, tails)."""
-    return lambda column: lambda outcome: outcome.results[name].get(column, ABSENT)
+    return lambda column: lambda outcome: outcome.results.get(name, {}).get(column, ABSENT)
 
 
 def per_second(count: Callable, seconds: Callable) -> Callable[[str], Callable]:
@@ -95,6 +95,19 @@ def Metric(name: str, definition: str, higher_is_better: bool | None, aggregatio
 def Fact(name: str, definition: str, decimals: int = 3, shown: tuple[str, ...] = (),  # noqa: N802
          source: Callable | None = None, varies: bool = False) -> Column:
     return Column(name, definition, None, "", decimals, shown, "run", source, varies)
+
+
+def detector_column(detector: str, measure: str) -> str:
+    """``detector_fast_detectgpt_auroc``: one detector's precision, recall or AUROC."""
+    return f"detector_{detector.replace('-', '_')}_{measure}"
+
+
+def _detector(detector: str, key: str) -> Callable[[str], Callable]:
+    def value(outcome):
+        report = outcome.decontamination
+        measured = (report or {}).get("detectors", {}).get(detector)
+        return ABSENT if measured is None else measured[key]
+    return lambda column: value
 
 
 def _decontamination(key: str, without_cue: bool = False) -> Callable[[str], Callable]:
@@ -172,6 +185,31 @@ METRICS = (
         "threshold) that occur at least once in the synthetic corpus.",
         True, "fraction of n-gram types", 4, shown=(TERMINAL, HEADLINE, COMPARED), source=result("text_metrics")),
     Metric(
+        "mauve",
+        "MAUVE (Pillutla et al. 2021) between the synthetic corpus and held-out human blocks: N texts "
+        "of each (seeded, the same every generation; N = evaluate.mauve_samples, 1,000 by default) "
+        "embedded by one fixed featurizer for the whole run (the base model's final hidden state at "
+        "the last token, or evaluate.mauve_featurizer), quantised together by k-means (N/10 clusters "
+        "unless evaluate.mauve_clusters), the area under the divergence frontier (scaling 5), by "
+        "mauve.compute_mauve. 1: the two samples are indistinguishable at that resolution.",
+        True, "one score over both samples", 3, shown=(HEADLINE, COMPARED), source=result("mauve")),
+    Metric(
+        "watermark_ppl",
+        "With generate.watermark: perplexity of the watermarked corpus under the model that wrote it, "
+        "without the bias (exp of the mean NLL of every new token).",
+        None, "token-weighted mean NLL, exponentiated", 2, shown=(HEADLINE,), source=result("watermark")),
+    Metric(
+        "watermark_ppl_unbiased",
+        "What watermark_ppl would be without the watermark: exp of the mean entropy of the writer's "
+        "next-token distribution at the same contexts (the expected NLL of a token drawn without the "
+        "bias). The gap is the change the watermark makes to the distribution studied.",
+        None, "token-weighted mean entropy, exponentiated", 2, shown=(HEADLINE,), source=result("watermark")),
+    Metric(
+        "watermark_detected",
+        "With generate.watermark: the share of the corpus whose watermark z-score exceeds "
+        "decontaminate.watermark_threshold (transformers' WatermarkDetector with the run's key).",
+        True, "fraction of samples", 4, source=result("watermark")),
+    Metric(
         "decontam_precision",
         "Decontamination: of the candidates the detector dropped as synthetic, the fraction that were "
         "synthetic (provenance labels; candidates the detector was not fitted on).",
@@ -191,6 +229,18 @@ METRICS = (
         "decontam_recall of the same detector with the end-of-text token removed from every record "
         "(see decontam_precision_no_eos).",
         True, "fraction of synthetic records", 4, source=_decontamination("recall", without_cue=True)),
+    *(Metric(
+        detector_column(detector, measure),
+        f"The {detector} detector, measured on each generation's decontamination candidates (whether "
+        f"or not it filters: decontaminate.detector and decontaminate.measure) against their provenance "
+        f"labels, on the records it was not fitted on: " + {
+            "precision": "of the records it flags as synthetic, the fraction that are.",
+            "recall": "of the synthetic records, the fraction it flags.",
+            "auroc": "the area under the ROC curve of its score (sklearn.metrics.roc_auc_score; 0.5 is chance)."}[measure],
+        True, {"precision": "fraction of flagged records", "recall": "fraction of synthetic records",
+               "auroc": "over held-out records"}[measure], 4,
+        shown=(HEADLINE,) if measure == "auroc" else (), source=_detector(detector, measure))
+        for detector in DETECTORS for measure in ("precision", "recall", "auroc")),
 )
 
 def _selection(key: str) -> Callable[[str], Callable]:
@@ -219,6 +269,8 @@ RUN_FACTS = (
     Fact("self_bleu_smoothing", "NLTK smoothing function used in self-BLEU.", source=result("text_metrics")),
     Fact("text_tokenization", "How text was split into words for self-BLEU, distinct-n and rare n-grams.",
          source=result("text_metrics")),
+    Fact("mauve_samples", "Texts a side that MAUVE compared.", source=fixed(
+        lambda outcome: outcome.results.get("mauve", {}).get("samples", ABSENT))),
     Fact("train_blocks", "Blocks in the generation's training set.", source=fixed(lambda outcome: len(outcome.train_set))),
     Fact("train_human_fraction", "Fraction of those blocks that are human text (from the provenance column).",
          source=fixed(lambda outcome: outcome.sources.get(HUMAN, 0) / max(len(outcome.train_set), 1))),
@@ -277,7 +329,7 @@ class GenerationOutcome:
     sources: dict[str, int]  # records per provenance source in the training set
     train_log: dict
     shards: list[dict]
-    results: dict[str, dict]  # perplexity, text_metrics, tails
+    results: dict[str, dict]  # perplexity, text_metrics, tails, mauve
     timings: dict[str, float]
     decontamination: dict | None
 

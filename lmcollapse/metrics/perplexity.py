@@ -184,32 +184,43 @@ def score_sequences(model, sequences: Sequence[np.ndarray], first_scored: Sequen
                         precision)
 
 
-@torch.no_grad()
 def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int, accelerator=None,
                  progress: str | None = None, total: int | None = None,
                  precision: str = "no", excluded_targets: Sequence[int] = ()) -> tuple[np.ndarray, np.ndarray]:
     """Summed NLL and count of the scored tokens of every (sequence, first scored position) item.
 
     Token ``t`` of a sequence is scored (predicted from tokens ``< t``) when ``t >= first``;
-    ``first`` is at least 1, since nothing predicts token 0. Items are read lazily and cut into
-    consecutive batches of ``batch_size``; under ``accelerate launch`` process p scores batches
-    p, p+P, ... and the results are gathered in order, so a sequence's score does not depend on
-    how many processes share the work. Forward passes run at ``precision`` (``no``: fp32), the
-    evaluation's own setting, whatever the model was trained with.
+    ``first`` is at least 1, since nothing predicts token 0. Forward passes run at ``precision``
+    (``no``: fp32), the evaluation's own setting, whatever the model was trained with.
+    """
+    device = next(model.parameters()).device
+    scored = map_batches(model, items, batch_size,
+                         lambda batch: _score_batch(model, batch, device, precision, excluded_targets),
+                         accelerator, progress, total)
+    return (np.array([nll for nll, _ in scored], dtype=np.float64), np.array([count for _, count in scored], dtype=np.int64))
+
+
+@torch.no_grad()
+def map_batches(model, items: Iterable, batch_size: int, compute: Callable[[list], Sequence],
+                accelerator=None, progress: str | None = None, total: int | None = None) -> list:
+    """``compute(batch)`` (one value per item) over consecutive batches of ``items``, the model in eval mode.
+
+    Items are read lazily and cut into consecutive batches of ``batch_size``; under ``accelerate
+    launch`` process p computes batches p, p+P, ... and the results are gathered in order, so an
+    item's value does not depend on how many processes share the work.
     """
     world = accelerator.num_processes if accelerator is not None else 1
     rank = accelerator.process_index if accelerator is not None else 0
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    results: list[tuple[int, list[float], list[int]]] = []
+    results: list[tuple[int, list]] = []
     batches = -(-total // batch_size) if total is not None else None
     bar = progress_bar(total=batches, desc=progress, unit="batch", enabled=progress is not None and rank == 0, leave=False)
     for index, batch in enumerate(_batched(items, batch_size)):
         bar.update(1)
         if index % world != rank:
             continue
-        results.append((index, *_score_batch(model, batch, device, precision, excluded_targets)))
+        results.append((index, list(compute(batch))))
         failpoint("eval-batch")
         check_stop("while evaluating")  # process-local: ranks run different numbers of batches
     bar.close()
@@ -219,8 +230,7 @@ def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int
         results = [part for parts in gather_object([results]) for part in parts]
     model.train(was_training)
     results.sort(key=lambda part: part[0])
-    return (np.array([v for _, nll, _ in results for v in nll], dtype=np.float64),
-            np.array([c for _, _, counts in results for c in counts], dtype=np.int64))
+    return [value for _, values in results for value in values]
 
 
 def _batched(items: Iterable, size: int) -> Iterator[list]:
@@ -235,10 +245,10 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
 
 
 def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: str,
-                 excluded_targets: Sequence[int] = ()) -> tuple[list[float], list[int]]:
+                 excluded_targets: Sequence[int] = ()) -> list[tuple[float, int]]:
     longest = max(len(seq) for seq, _ in batch)
     if longest < 2:
-        return [0.0] * len(batch), [0] * len(batch)
+        return [(0.0, 0)] * len(batch)
     ids = torch.zeros((len(batch), longest), dtype=torch.long)
     mask = torch.zeros((len(batch), longest), dtype=torch.long)
     # targets[k, t] is the token that the logits at position t predict (t + 1), or -100 if unscored
@@ -258,7 +268,7 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: 
     # NOTE: plain Python numbers, not arrays viewing tensors: a small tensor kept alive past the
     # batch sits on top of the heap, above the freed logits, and glibc cannot give those pages
     # back; evaluation memory then grew ~3.5 MB a batch (bench/evaluation.py caught it).
-    return token_nll.double().sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist()
+    return list(zip(token_nll.double().sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist()))
 
 
 def _result(method: str, nll: np.ndarray, tokens: np.ndarray, settings: dict) -> PerplexityResult:

@@ -17,7 +17,7 @@
         synthetic/            shard-00000.parquet + shard-00000.json, generation_config.json,
                               README.md (the dataset card: load_dataset(<this folder>) loads it)
         eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json,
-                              tails.json, tails.npy
+                              tails.json, tails.npy, mauve.json, watermark.json
         manifest.json         written last, atomically: the generation is complete iff it exists
       metrics.csv, metrics.json
       stale/                  stages moved aside because what they were built on changed
@@ -65,6 +65,8 @@ class GenerationDir:
     tails = child("eval", "tails.json", doc="The tail quantiles; ``tails_values`` holds every sample's perplexity "
                   "under generation 0's model.")
     tails_values = child("eval", "tails.npy")
+    mauve = child("eval", "mauve.json")
+    watermark = child("eval", "watermark.json", doc="With generate.watermark: what the bias cost the corpus, and how much of it is detected.")
 
     @property
     def name(self) -> str:

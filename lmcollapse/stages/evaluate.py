@@ -10,6 +10,7 @@ when present, so a generation stopped during evaluation resumes after its last f
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from lmcollapse.config import PipelineConfig
 from lmcollapse.data.records import read_records
 from lmcollapse.data.regimes import source_counts
 from lmcollapse.engine.modeling import end_of_text_ids
+from lmcollapse.engine.watermark import watermark_z_scores
 from lmcollapse.metrics import TAIL_QUANTILES, tail_quantile
 from lmcollapse.metrics.columns import (
     GenerationOutcome,
@@ -27,13 +29,22 @@ from lmcollapse.metrics.columns import (
     self_bleu_column,
     tail_column,
 )
+from lmcollapse.metrics.curvature import position_statistics
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.mauve_score import mauve_between
 from lmcollapse.metrics.ngrams import EncodedCorpus
-from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding, sample_perplexities
+from lmcollapse.metrics.perplexity import (
+    TokenStream,
+    iter_blocks,
+    perplexity_blocks,
+    perplexity_sliding,
+    sample_perplexities,
+)
 from lmcollapse.metrics.self_bleu import self_bleu_scores
 from lmcollapse.run.atomic import atomic_path, read_json, write_json_atomic
-from lmcollapse.run.seeding import subsample_indices
+from lmcollapse.run.seeding import rng, subsample_indices
 from lmcollapse.stages.context import Context
+from lmcollapse.stages.featurizer import MauveFeaturizer
 
 
 def ensure_json(context: Context, path: Path, compute) -> dict:
@@ -124,6 +135,46 @@ def synthetic_tails(context: Context, index: int, model, synthetic, values_path:
         "scored_by": context.run.generation(0).model.relative_to(context.run.root).as_posix(), "samples": int(np.isfinite(values).sum())}
 
 
+def synthetic_mauve(context: Context, synthetic) -> dict:
+    """MAUVE between a seeded sample of the corpus and one of held-out human blocks, both embedded
+    by the run's fixed featurizer (the base model, or evaluate.mauve_featurizer)."""
+    config = context.config
+    settings = config.evaluate
+    if not settings.mauve:
+        return {}
+    human = [block for block, _ in iter_blocks(TokenStream.from_parquet(context.run.human_heldout), config.eval_block_size)]
+    samples = min(settings.mauve_samples, len(synthetic), len(human))
+    # Keyed draws: the same records every generation (paired comparisons), independent of other draws.
+    chosen = np.sort(rng(config.seed, "mauve", "synthetic").choice(len(synthetic), samples, replace=False))
+    synthetic_ids = [np.asarray(synthetic[int(i)]["input_ids"], dtype=np.int64) for i in chosen]
+    human_ids = [human[int(i)] for i in np.sort(rng(config.seed, "mauve", "human").choice(len(human), samples, replace=False))]
+    featurizer = MauveFeaturizer.for_run(context)
+    features = [featurizer.features(ids, f"mauve features ({side})" if context.progress else None)
+                for side, ids in (("synthetic", synthetic_ids), ("human", human_ids))]
+    return mauve_between(*features, settings.mauve_clusters, config.seed) | {
+        "samples": samples, "featurizer": featurizer.label, "feature_dimension": int(features[0].shape[1])}
+
+
+def watermark_cost(context: Context, model, synthetic) -> dict:
+    """With generate.watermark: the corpus's perplexity under the model that wrote it, without the
+    bias, against what unbiased sampling from that model would average at the same contexts
+    (exp of the mean entropy: the expected NLL of a token drawn without the watermark); and the
+    share of the corpus the watermark detector finds (z above decontaminate.watermark_threshold)."""
+    config = context.config
+    if not config.generate.watermark:
+        return {}
+    sequences = [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]]
+    # The distribution sampling drew from: end-of-text kept out for the first min_new_tokens tokens.
+    stats = position_statistics(model, sequences, config.evaluate.batch_size, context.accelerator,
+                                "watermark cost" if context.progress else None, config.evaluate.mixed_precision,
+                                excluded=(context.tokenizer().eos_token_id,), excluded_until=config.generate.min_new_tokens)
+    observed, expected, _, tokens = stats.sum(axis=0)
+    z = watermark_z_scores(sequences, config.generate, config.seed, model.config)
+    return {"watermark_ppl": math.exp(-observed / tokens), "watermark_ppl_unbiased": math.exp(-expected / tokens),
+            "watermark_detected": float((z > config.decontaminate.watermark_threshold).mean()),
+            "watermark_z_median": float(np.median(z)), "tokens": int(tokens)}
+
+
 def evaluate_generation(context: Context, index: int, model, synthetic) -> dict[str, dict]:
     """Held-out perplexity, the corpus's text metrics and its tails, each read back when done."""
     generation = context.run.generation(index)
@@ -133,6 +184,8 @@ def evaluate_generation(context: Context, index: int, model, synthetic) -> dict[
         "text_metrics": ensure_json(context, generation.text_metrics, lambda: synthetic_text_metrics(context, synthetic)),
         "tails": ensure_json(context, generation.tails,
                              lambda: synthetic_tails(context, index, model, synthetic, generation.tails_values)),
+        "mauve": ensure_json(context, generation.mauve, lambda: synthetic_mauve(context, synthetic)),
+        "watermark": ensure_json(context, generation.watermark, lambda: watermark_cost(context, model, synthetic)),
     }
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from lmcollapse.config import PipelineConfig, check_trained_positions, load_config, result_affecting_differences
 from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.engine.modeling import check_model_folder
-from lmcollapse.errors import LmcollapseError
+from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import check_folder_target, read_json
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.layout import RunDir
@@ -46,6 +46,28 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
                 f"pretrains it (pretrain.corpus={config.pretrain.corpus}): choose a new RUN=... for this config")
     if config.pretrain.enabled and not run.base_manifest.is_file():
         corpus.check_pretraining_text()
+    named = {"evaluate.mauve_featurizer": config.evaluate.mauve_featurizer if config.evaluate.mauve else None,
+             "decontaminate.scorer": config.decontaminate.scorer if config.decontaminate.enabled else None}
+    for key, name in named.items():
+        if name is not None:
+            check_named_model(name, key, config.model.trust_remote_code)
+
+
+def check_named_model(name: str, key: str, trust_remote_code: bool = False) -> None:
+    """A model a setting names (a folder, or a hub id the hub or its cache knows), before anything runs."""
+    folder = Path(name).expanduser()
+    if folder.exists() or folder.is_symlink():
+        check_model_folder(folder, trust_remote_code)
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise LmcollapseError(f"{key}: no model folder at {folder}: name a folder saved with save_pretrained, or a hub id")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise LmcollapseError(f"{key}: {name!r} is not a model folder and the hub (or its cache) does not have it "
+                              f"({error_reason(err, 120)}): name a local model folder or a reachable hub id") from None
 
 
 def check_positions_of(config: PipelineConfig, model_config: dict) -> None:

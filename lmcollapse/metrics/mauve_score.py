@@ -1,0 +1,68 @@
+"""MAUVE (Pillutla et al., NeurIPS 2021): how close a synthetic corpus is to human text, as
+distributions, not as n-gram counts.
+
+Self-BLEU and distinct-n rate a corpus by its own repetitions, so a small model's incoherent
+samples score as *more* diverse than the human text they imitate. MAUVE compares the two
+distributions in a model's feature space: both samples are embedded (the final hidden state at
+each text's last token, as the reference implementation embeds them), quantised together by
+k-means, and the divergence frontier of the two histograms is integrated (1: indistinguishable).
+The computation past the features is the reference package's (``mauve.compute_mauve``); the
+features come from one fixed featurizer for the whole run, so generations are comparable.
+
+    features = final_token_features(model, sequences, batch_size)
+    result = mauve_between(synthetic_features, human_features, clusters=None, seed=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from lmcollapse.engine.precision import autocast
+from lmcollapse.metrics.perplexity import map_batches
+
+
+def final_token_features(model, sequences: Sequence[np.ndarray], batch_size: int, accelerator=None,
+                         progress: str | None = None, precision: str = "no") -> np.ndarray:
+    """(sequences x hidden) float32: the model's last-layer hidden state at each sequence's last token."""
+    device = next(model.parameters()).device
+
+    def compute(batch: list[np.ndarray]) -> list[np.ndarray]:
+        longest = max(len(seq) for seq in batch)
+        ids = torch.zeros((len(batch), longest), dtype=torch.long)
+        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        for k, seq in enumerate(batch):  # right-padded: the last real token is at len - 1
+            ids[k, :len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+            mask[k, :len(seq)] = 1
+        with autocast(precision, device):
+            hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
+                           use_cache=False).hidden_states[-1]
+        last = torch.as_tensor([len(seq) - 1 for seq in batch], device=hidden.device)
+        rows = hidden[torch.arange(len(batch), device=hidden.device), last].float().cpu().numpy()
+        return list(rows)
+
+    if any(len(seq) == 0 for seq in sequences):
+        raise ValueError("an empty text has no last token to embed")
+    features = map_batches(model, sequences, batch_size, compute, accelerator, progress, len(sequences))
+    return np.stack(features).astype(np.float32)
+
+
+def default_clusters(samples: int) -> int:
+    """The reference implementation's heuristic: a tenth of the samples, at least 2."""
+    return max(2, int(round(samples / 10)))
+
+
+def mauve_between(p_features: np.ndarray, q_features: np.ndarray, clusters: int | None = None, seed: int = 0) -> dict:
+    """MAUVE between two feature samples (``mauve.compute_mauve`` on them), with its settings."""
+    import mauve
+
+    samples = min(len(p_features), len(q_features))
+    clusters = clusters or default_clusters(samples)
+    if clusters >= samples:
+        raise ValueError(f"MAUVE needs fewer clusters ({clusters}) than samples ({samples})")
+    out = mauve.compute_mauve(p_features=p_features, q_features=q_features, num_buckets=clusters, seed=seed,
+                              verbose=False)
+    return {"mauve": float(out.mauve), "mauve_star": float(out.mauve_star),
+            "frontier_integral": float(out.frontier_integral), "clusters": int(clusters), "kmeans_seed": seed}
