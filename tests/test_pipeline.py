@@ -62,7 +62,8 @@ def test_run_layout_is_exactly_the_documented_one(staged_run):
         "synthetic/shard-00000.parquet", "synthetic/shard-00000.json",
         "synthetic/shard-00001.parquet", "synthetic/shard-00001.json",
         "synthetic/shard-00002.parquet", "synthetic/shard-00002.json",
-        "eval/perplexity.json", "eval/heldout_block_nll.npy", "eval/text_metrics.json", "eval/tails.json", "eval/tails.npy"}
+        "eval/perplexity.json", "eval/heldout_block_nll.npy", "eval/text_metrics.json", "eval/tails.json", "eval/tails.npy",
+        "eval/mauve.json"}
     assert not generation.checkpoints.exists()  # removed once the model is saved
     top = {p.name for p in run.root.iterdir()}
     assert {"pipeline.yaml", "base", "human", "metrics.csv", "metrics.json"} <= top

@@ -140,8 +140,6 @@ def synthetic_mauve(context: Context, synthetic) -> dict:
     by the run's fixed featurizer (the base model, or evaluate.mauve_featurizer)."""
     config = context.config
     settings = config.evaluate
-    if not settings.mauve:
-        return {}
     human = [block for block, _ in iter_blocks(TokenStream.from_parquet(context.run.human_heldout), config.eval_block_size)]
     samples = min(settings.mauve_samples, len(synthetic), len(human))
     # Keyed draws: the same records every generation (paired comparisons), independent of other draws.
@@ -161,8 +159,6 @@ def watermark_cost(context: Context, model, synthetic) -> dict:
     (exp of the mean entropy: the expected NLL of a token drawn without the watermark); and the
     share of the corpus the watermark detector finds (z above decontaminate.watermark_threshold)."""
     config = context.config
-    if not config.generate.watermark:
-        return {}
     sequences = [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]]
     # The distribution sampling drew from: end-of-text kept out for the first min_new_tokens tokens.
     stats = position_statistics(model, sequences, config.evaluate.batch_size, context.accelerator,
@@ -178,14 +174,19 @@ def watermark_cost(context: Context, model, synthetic) -> dict:
 def evaluate_generation(context: Context, index: int, model, synthetic) -> dict[str, dict]:
     """Held-out perplexity, the corpus's text metrics and its tails, each read back when done."""
     generation = context.run.generation(index)
+    config = context.config
+    optional = {}  # results a setting turns on, whose files exist only then
+    if config.evaluate.mauve:
+        optional["mauve"] = ensure_json(context, generation.mauve, lambda: synthetic_mauve(context, synthetic))
+    if config.generate.watermark:
+        optional["watermark"] = ensure_json(context, generation.watermark, lambda: watermark_cost(context, model, synthetic))
     return {
         "perplexity": ensure_json(context, generation.perplexity,
                                   lambda: heldout_perplexity(context, model, generation.name, generation.heldout_block_nll)),
         "text_metrics": ensure_json(context, generation.text_metrics, lambda: synthetic_text_metrics(context, synthetic)),
         "tails": ensure_json(context, generation.tails,
                              lambda: synthetic_tails(context, index, model, synthetic, generation.tails_values)),
-        "mauve": ensure_json(context, generation.mauve, lambda: synthetic_mauve(context, synthetic)),
-        "watermark": ensure_json(context, generation.watermark, lambda: watermark_cost(context, model, synthetic)),
+        **optional,
     }
 
 
