@@ -129,7 +129,7 @@ def test_unbiased_draws_score_their_expected_likelihood_and_watermarked_ones_les
     ratios = {}
     for watermark in (False, True):
         observed, expected, _, tokens = position_statistics(peaked, draws(peaked, watermark), 64, excluded=(2,),
-                                                            excluded_until=17).sum(axis=0)
+                                                            excluded_steps=16).sum(axis=0)
         assert tokens == 300 * 16
         ratios[watermark] = observed / expected
     assert ratios[False] == pytest.approx(1.0, abs=0.03)

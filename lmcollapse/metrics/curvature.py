@@ -38,41 +38,50 @@ def fast_detectgpt_criterion(model, sequences: Sequence[np.ndarray], batch_size:
 
 
 def position_statistics(model, sequences: Sequence[np.ndarray], batch_size: int, accelerator=None,
-                        progress: str | None = None, precision: str = "no", excluded: Sequence[int] = (),
-                        excluded_until: int = 0) -> np.ndarray:
-    """(sequences x 4): per sequence, summed over its predicted tokens, the observed log-likelihood
+                        progress: str | None = None, precision: str = "no", first_scored: Sequence[int] | None = None,
+                        excluded: Sequence[int] = (), excluded_steps: int = 0) -> np.ndarray:
+    """(sequences x 4): per sequence, summed over its scored tokens, the observed log-likelihood
     sum_t l_t(x_t), the expected one sum_t mu_t (minus the entropy), the variance sum_t sigma2_t,
-    and the number of predicted tokens. ``excluded`` tokens are removed from the distribution (and
-    it renormalised) where the predicted token's index is below ``excluded_until``: what sampling
-    drew from when generate.min_new_tokens kept end-of-text out."""
-    device = next(model.parameters()).device
+    and the number of scored tokens.
 
-    def compute(batch: list[np.ndarray]) -> list[tuple[float, float, float, int]]:
-        longest = max(len(seq) for seq in batch)
+    Token t of sequence k is scored when t >= first_scored[k] (default 1: all but the first; a
+    continuation after its prompt: the prompt's length). ``excluded`` tokens are removed from the
+    distribution (renormalised) for the first ``excluded_steps`` scored tokens: what sampling drew
+    from when generate.min_new_tokens kept end-of-text out.
+    """
+    device = next(model.parameters()).device
+    firsts = [1] * len(sequences) if first_scored is None else [max(int(f), 1) for f in first_scored]
+
+    def compute(batch: list[tuple[np.ndarray, int]]) -> list[tuple[float, float, float, int]]:
+        longest = max(len(seq) for seq, _ in batch)
         if longest < 2:
             return [(0.0, 0.0, 0.0, 0)] * len(batch)
         ids = torch.zeros((len(batch), longest), dtype=torch.long)
         mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for k, seq in enumerate(batch):
+        scored = torch.zeros((len(batch), longest - 1), dtype=torch.float64)  # at t: token t+1 is scored
+        banned = torch.zeros((len(batch), longest - 1), dtype=torch.bool)
+        for k, (seq, first) in enumerate(batch):
             ids[k, :len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
             mask[k, :len(seq)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+            scored[k, first - 1:len(seq) - 1] = 1.0
+            banned[k, first - 1:min(first - 1 + excluded_steps, len(seq) - 1)] = True
+        ids, mask, scored, banned = ids.to(device), mask.to(device), scored.to(device), banned.to(device)
         with autocast(precision, device):
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].double()
-        if len(excluded) and excluded_until > 1:
-            logits[:, :excluded_until - 1, list(excluded)] = float("-inf")
+        for token in excluded:
+            logits[..., token] = logits[..., token].masked_fill(banned, float("-inf"))
         log_probs = torch.log_softmax(logits, dim=-1)
         observed = log_probs.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
         probs = log_probs.exp()
         finite = torch.where(probs > 0, log_probs, torch.zeros_like(log_probs))  # 0 * -inf is 0 here
         mean = (probs * finite).sum(-1)
         variance = (probs * finite.square()).sum(-1) - mean.square()
-        scored = mask[:, 1:].to(log_probs.dtype)  # position t predicts token t+1; padding scores nothing
         sums = torch.stack([(observed * scored).sum(-1), (mean * scored).sum(-1), (variance * scored).sum(-1),
                             scored.sum(-1)], dim=1)
         return [(a, b, c, int(d)) for a, b, c, d in sums.tolist()]
 
-    rows = map_batches(model, list(sequences), batch_size, compute, accelerator, progress, len(sequences))
+    items = list(zip(sequences, firsts))
+    rows = map_batches(model, items, batch_size, compute, accelerator, progress, len(items))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
 
 

@@ -153,19 +153,27 @@ def synthetic_mauve(context: Context, synthetic) -> dict:
         "samples": samples, "featurizer": featurizer.label, "feature_dimension": int(features[0].shape[1])}
 
 
-def watermark_cost(context: Context, model, synthetic) -> dict:
+def watermark_cost(context: Context, index: int, model, synthetic) -> dict:
     """With generate.watermark: the corpus's perplexity under the model that wrote it, without the
-    bias, against what unbiased sampling from that model would average at the same contexts
-    (exp of the mean entropy: the expected NLL of a token drawn without the watermark); and the
-    share of the corpus the watermark detector finds (z above decontaminate.watermark_threshold)."""
+    bias, each continuation after its own prompt, against what unbiased sampling from that model
+    would average at the same contexts (exp of the mean entropy: the expected NLL of a token drawn
+    without the watermark, end-of-text kept out as min_new_tokens kept it out); and the share of
+    the corpus the watermark detector finds (z above decontaminate.watermark_threshold)."""
     config = context.config
-    sequences = [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]]
-    # The distribution sampling drew from: end-of-text kept out for the first min_new_tokens tokens.
-    stats = position_statistics(model, sequences, config.evaluate.batch_size, context.accelerator,
+    sources = [read_records(context.run.generation(index).train_set)]
+    if config.generate.prompts == "human":
+        sources.append(read_records(context.run.human_train))
+    prompts = {rid: ids for records in sources for rid, ids in zip(records["id"], records["input_ids"])}
+    cut = config.generate.prompt_tokens
+    contexts = [np.asarray(prompts[parent][-cut:] if cut else prompts[parent], dtype=np.int64) for parent in synthetic["parent"]]
+    continuations = [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]]
+    stats = position_statistics(model, [np.concatenate([c, x]) for c, x in zip(contexts, continuations)],
+                                config.evaluate.batch_size, context.accelerator,
                                 "watermark cost" if context.progress else None, config.evaluate.mixed_precision,
-                                excluded=(context.tokenizer().eos_token_id,), excluded_until=config.generate.min_new_tokens)
+                                first_scored=[len(c) for c in contexts], excluded=(context.tokenizer().eos_token_id,),
+                                excluded_steps=config.generate.min_new_tokens)
     observed, expected, _, tokens = stats.sum(axis=0)
-    z = watermark_z_scores(sequences, config.generate, config.seed, model.config)
+    z = watermark_z_scores(continuations, config.generate, config.seed, model.config)
     return {"watermark_ppl": math.exp(-observed / tokens), "watermark_ppl_unbiased": math.exp(-expected / tokens),
             "watermark_detected": float((z > config.decontaminate.watermark_threshold).mean()),
             "watermark_z_median": float(np.median(z)), "tokens": int(tokens)}
@@ -179,7 +187,7 @@ def evaluate_generation(context: Context, index: int, model, synthetic) -> dict[
     if config.evaluate.mauve:
         optional["mauve"] = ensure_json(context, generation.mauve, lambda: synthetic_mauve(context, synthetic))
     if config.generate.watermark:
-        optional["watermark"] = ensure_json(context, generation.watermark, lambda: watermark_cost(context, model, synthetic))
+        optional["watermark"] = ensure_json(context, generation.watermark, lambda: watermark_cost(context, index, model, synthetic))
     return {
         "perplexity": ensure_json(context, generation.perplexity,
                                   lambda: heldout_perplexity(context, model, generation.name, generation.heldout_block_nll)),
