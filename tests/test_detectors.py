@@ -182,6 +182,7 @@ def test_watermark_settings_are_checked():
 
 # --- in a run ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_runs_mauve_is_the_reference_on_the_base_models_features(make_micro_run):
     run, config = make_micro_run(["evaluate.mauve_clusters=3"], last_generation=0)
     recorded = json.loads(run.generation(0).mauve.read_text())
@@ -199,6 +200,7 @@ def test_a_runs_mauve_is_the_reference_on_the_base_models_features(make_micro_ru
     assert row["mauve"] == recorded["mauve"] and row["mauve_samples"] == samples
 
 
+@pytest.mark.slow
 def test_a_watermarked_run_detects_its_own_text_and_resumes_identically(tmp_path, small_corpus):
     overrides = ["data.regime=accumulate", "generate.watermark=true", "generate.watermark_bias=4.0",
                  "decontaminate.enabled=true", "decontaminate.detector=watermark",
@@ -227,6 +229,7 @@ def test_a_watermarked_run_detects_its_own_text_and_resumes_identically(tmp_path
     assert parts.generation(2).decontamination.read_bytes() == RunDir(whole).generation(2).decontamination.read_bytes()
 
 
+@pytest.mark.slow
 def test_human_blocks_are_rarely_flagged_by_the_watermark_detector(make_micro_run):
     """The measured false-positive rate on human text at the default threshold (z > 4)."""
     run, config = make_micro_run(["generate.watermark=true"], last_generation=0)
@@ -254,3 +257,26 @@ def test_a_bad_detector_or_mauve_setting_stops_in_one_line_before_anything_runs(
     error = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(error) == 1 and message in error[0], error
     assert not run.exists()
+
+
+@pytest.mark.slow
+def test_a_named_scorer_and_featurizer_read_the_text_with_their_own_tokenizer(tmp_path, small_corpus):
+    """decontaminate.scorer and evaluate.mauve_featurizer as model folders of another family (GPT-2
+    conventions, another vocabulary): they re-encode each record's text."""
+    from lmcollapse.engine.modeling import save_model
+
+    tokenizer = train_bpe_tokenizer(LINES, 280, 64, ModelConfig(name="tiny-gpt2").family)  # another vocabulary than 300
+    other = tmp_path / "other-family"
+    save_model(build_preset_model(ModelConfig(name="tiny-gpt2", **{**MICRO_SHAPE, "vocab_size": 280}), tokenizer, seed=0),
+               tokenizer, other)
+    config = micro_config(small_corpus, ["data.regime=accumulate", "decontaminate.enabled=true",
+                                         "decontaminate.detector=fast-detectgpt", "decontaminate.measure=[perplexity]",
+                                         f"decontaminate.scorer={other}", f"evaluate.mauve_featurizer={other}",
+                                         "decontaminate.labelled_fraction=0.5"])
+    run = RunDir(tmp_path / "run")
+    build_quietly(config, run.root, 1)
+    report = json.loads(run.generation(1).decontamination.read_text())
+    assert set(report["detectors"]) == {"fast-detectgpt", "perplexity"}
+    assert all(0.0 <= d["auroc"] <= 1.0 for d in report["detectors"].values())
+    mauve_result = json.loads(run.generation(1).mauve.read_text())
+    assert mauve_result["featurizer"] == str(other) and mauve_result["feature_dimension"] == MICRO_SHAPE["hidden_size"]

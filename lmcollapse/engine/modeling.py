@@ -236,6 +236,12 @@ def weights_sha256(folder: Path) -> str:
     return sha256_bytes(canonical_json({p.name: sha256_file(p) for p in shards}).encode())
 
 
+def position_limit(model, default: int = 1024) -> int:
+    """The most tokens a model can read at once (its position embeddings), whatever its family calls them."""
+    config = model.config
+    return int(getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None) or default)
+
+
 def end_of_text_ids(tokenizer) -> tuple[int, ...]:
     """The tokenizer's BOS and EOS ids (one id for OPT, whose ``</s>`` is both), sorted."""
     return tuple(sorted({t for t in (tokenizer.eos_token_id, tokenizer.bos_token_id) if t is not None}))

@@ -37,7 +37,7 @@ from transformers import AutoConfig
 from lmcollapse.config import PipelineConfig
 from lmcollapse.config.stage_sections import SCORED_DETECTORS
 from lmcollapse.data.records import SYNTHETIC
-from lmcollapse.engine.modeling import end_of_text_ids, load_model
+from lmcollapse.engine.modeling import end_of_text_ids, load_model, position_limit
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics.detection import detection_report
 from lmcollapse.run.atomic import write_json_atomic
@@ -59,7 +59,10 @@ class Scorer:
     def sequences(self, candidates: datasets.Dataset, removed: np.ndarray) -> list[np.ndarray]:
         if self.tokenizer is None:
             return _without(candidates["input_ids"], removed)
-        return _without(self.tokenizer(list(candidates["text"]))["input_ids"], removed)
+        # Through the text, which holds none of the run's end-of-text tokens: nothing to remove; cut
+        # to the model's positions (another vocabulary may take more tokens for the same text).
+        encoded = self.tokenizer(list(candidates["text"]), truncation=True, max_length=position_limit(self.model))
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]]
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lmcollapse.engine.modeling import load_model, weights_sha256
+from lmcollapse.engine.modeling import load_model, position_limit, weights_sha256
 from lmcollapse.metrics.mauve_score import final_token_features
 from lmcollapse.stages.context import Context
 
@@ -42,8 +42,7 @@ class MauveFeaturizer:
     def features(self, sequences: list[np.ndarray], progress: str | None) -> np.ndarray:
         if self.tokenizer is not None:  # another vocabulary: through the text
             texts = self.context.tokenizer().batch_decode([s.tolist() for s in sequences], skip_special_tokens=True)
-            limit = getattr(self.model.config, "max_position_embeddings", None) or 1024
-            encoded = self.tokenizer(texts, truncation=True, max_length=limit)["input_ids"]
+            encoded = self.tokenizer(texts, truncation=True, max_length=position_limit(self.model))["input_ids"]
             sequences = [np.asarray(ids or [self.tokenizer.eos_token_id], dtype=np.int64) for ids in encoded]
         evaluate = self.context.config.evaluate
         return final_token_features(self.model, sequences, evaluate.batch_size, self.context.accelerator, progress,
