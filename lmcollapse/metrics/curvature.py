@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lmcollapse.engine.precision import autocast
-from lmcollapse.metrics.perplexity import map_batches
+from lmcollapse.metrics.perplexity import map_batches, right_padded
 
 
 def fast_detectgpt_criterion(model, sequences: Sequence[np.ndarray], batch_size: int, accelerator=None,
@@ -56,13 +56,10 @@ def position_statistics(model, sequences: Sequence[np.ndarray], batch_size: int,
         longest = max(len(seq) for seq, _ in batch)
         if longest < 2:
             return [(0.0, 0.0, 0.0, 0)] * len(batch)
-        ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
+        ids, mask = right_padded([seq for seq, _ in batch])
         scored = torch.zeros((len(batch), longest - 1), dtype=torch.float64)  # at t: token t+1 is scored
         banned = torch.zeros((len(batch), longest - 1), dtype=torch.bool)
         for k, (seq, first) in enumerate(batch):
-            ids[k, :len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-            mask[k, :len(seq)] = 1
             scored[k, first - 1:len(seq) - 1] = 1.0
             banned[k, first - 1:min(first - 1 + excluded_steps, len(seq) - 1)] = True
         ids, mask, scored, banned = ids.to(device), mask.to(device), scored.to(device), banned.to(device)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from lmcollapse.engine.precision import autocast
-from lmcollapse.metrics.perplexity import map_batches
+from lmcollapse.metrics.perplexity import map_batches, right_padded
 
 
 def final_token_features(model, sequences: Sequence[np.ndarray], batch_size: int, accelerator=None,
@@ -30,12 +30,7 @@ def final_token_features(model, sequences: Sequence[np.ndarray], batch_size: int
     device = next(model.parameters()).device
 
     def compute(batch: list[np.ndarray]) -> list[np.ndarray]:
-        longest = max(len(seq) for seq in batch)
-        ids = torch.zeros((len(batch), longest), dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for k, seq in enumerate(batch):  # right-padded: the last real token is at len - 1
-            ids[k, :len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-            mask[k, :len(seq)] = 1
+        ids, mask = right_padded(batch)  # the last real token is at len - 1
         with autocast(precision, device):
             hidden = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True,
                            use_cache=False).hidden_states[-1]

@@ -244,21 +244,28 @@ def _batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
+def right_padded(sequences: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (right-padded with 0: masked out) and the attention mask of ``sequences``, on the CPU."""
+    longest = max(len(seq) for seq in sequences)
+    ids = torch.zeros((len(sequences), longest), dtype=torch.long)
+    mask = torch.zeros((len(sequences), longest), dtype=torch.long)
+    for k, seq in enumerate(sequences):
+        ids[k, :len(seq)] = torch.as_tensor(np.asarray(seq, dtype=np.int64))
+        mask[k, :len(seq)] = 1
+    return ids, mask
+
+
 def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: str,
                  excluded_targets: Sequence[int] = ()) -> list[tuple[float, int]]:
     longest = max(len(seq) for seq, _ in batch)
     if longest < 2:
         return [(0.0, 0)] * len(batch)
-    ids = torch.zeros((len(batch), longest), dtype=torch.long)
-    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    ids, mask = right_padded([seq for seq, _ in batch])
     # targets[k, t] is the token that the logits at position t predict (t + 1), or -100 if unscored
     targets = torch.full((len(batch), longest), -100, dtype=torch.long)
     for k, (seq, first) in enumerate(batch):
-        row = torch.as_tensor(np.asarray(seq, dtype=np.int64))
-        ids[k, : len(row)] = row
-        mask[k, : len(row)] = 1
         start = max(first, 1)
-        targets[k, start - 1: len(row) - 1] = row[start:]
+        targets[k, start - 1: len(seq) - 1] = ids[k, start:len(seq)]
     for token in excluded_targets:
         targets[targets == token] = -100
     ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)

@@ -186,7 +186,8 @@ def filter_candidates(context: Context, index: int, candidates):
             scorer = Scorer(*load_model(config.decontaminate.scorer, config.model.attn_implementation,
                                         trust_remote_code=config.model.trust_remote_code))
         scorer.model.to(context.accelerator.device)
-    model_config = AutoConfig.from_pretrained(context.run.base_model)
+    # The watermark detector needs the vocabulary the watermark was drawn over (every generation shares the base's).
+    model_config = AutoConfig.from_pretrained(context.run.base_model) if "watermark" in config.decontaminate.detectors else None
     kept, report = decontaminate(candidates, config, index, scorer, config.evaluate.batch_size,
                                  end_of_text_ids=end_of_text_ids(context.tokenizer()), model_config=model_config)
     write_json_atomic(context.run.generation(index).decontamination, report)

@@ -144,7 +144,7 @@ def synthetic_mauve(context: Context, synthetic) -> dict:
     samples = min(settings.mauve_samples, len(synthetic), len(human))
     # Keyed draws: the same records every generation (paired comparisons), independent of other draws.
     chosen = np.sort(rng(config.seed, "mauve", "synthetic").choice(len(synthetic), samples, replace=False))
-    synthetic_ids = [np.asarray(synthetic[int(i)]["input_ids"], dtype=np.int64) for i in chosen]
+    synthetic_ids = [np.asarray(ids, dtype=np.int64) for ids in synthetic.select(chosen)["input_ids"]]
     human_ids = [human[int(i)] for i in np.sort(rng(config.seed, "mauve", "human").choice(len(human), samples, replace=False))]
     featurizer = MauveFeaturizer.for_run(context)
     features = [featurizer.features(ids, f"mauve features ({side})" if context.progress else None)
