@@ -168,7 +168,7 @@ def test_the_catalogue_is_the_one_list_of_columns_and_each_table_a_view_of_it():
     assert list(COLUMNS)[:2] == ["generation", "seed"]
     assert shown_in(TERMINAL) == ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50",
                                   "tail_ppl_p99", "rare_survival", "train_loss", "train_seconds"]
-    assert shown_in(HEADLINE) == ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "rare_survival",
+    assert shown_in(HEADLINE) == ["ppl_blocks", "bits_per_byte", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "rare_survival",
                                   "mauve", "watermark_ppl", "watermark_ppl_unbiased", "detector_classifier_auroc",
                                   "detector_perplexity_auroc", "detector_fast_detectgpt_auroc", "detector_watermark_auroc"]
     assert set(shown_in(COMPARED)) <= set(shown_in(HEADLINE)) <= set(REGISTRY)

@@ -142,3 +142,37 @@ def test_blocks_without_end_of_text_targets_by_hand(tiny_model):
     assert result.tokens == count < 10 * 15
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-6)
     assert result.perplexity != pytest.approx(perplexity_blocks(tiny_model, stream, 16).perplexity, rel=1e-3)
+
+
+@pytest.mark.parametrize("family", ["opt", "llama", "gpt2"])
+def test_predicted_bytes_are_the_bytes_of_every_scored_target(family):
+    """Bits per byte divides the targets' NLL by their text's bytes: each block's tokens but the
+    first (the first is never predicted), end-of-text and other special tokens contributing none;
+    counted by hand from each token's own bytes (the byte-level alphabet: one character a byte)."""
+    from lmcollapse.engine.modeling import train_bpe_tokenizer
+    from lmcollapse.metrics.perplexity import TokenStream, predicted_bytes
+
+    lines = ["The cat sat on the mat .", "Über café naïve — 3 € each", "a dog ran in the park"] * 10
+    tokenizer = train_bpe_tokenizer(lines, 300, 64, family)
+    ids = np.asarray([t for line in lines for t in tokenizer(line)["input_ids"]])  # with the family's BOS
+    block = 8
+    # By hand: the bytes of the text each block's tokens after the first encode (special ones none).
+    special = set(tokenizer.all_special_ids)
+    expected = sum(len(tokenizer.decode([t for t in ids[start + 1:start + block] if t not in special]).encode("utf-8"))
+                   for start in range(0, len(ids) // block * block, block))
+    decoded_whole = sum(len(tokenizer.decode(ids[start + 1:start + block], skip_special_tokens=True).encode("utf-8"))
+                        for start in range(0, len(ids) // block * block, block))
+    got = predicted_bytes(tokenizer, TokenStream.from_array(ids), block)
+    # Decoding a block's tokens can split a multi-byte character (shown as U+FFFD, 3 bytes): the
+    # token-by-token count is exact, so it equals the bytes of the text only where no split happens.
+    assert got == sum(len(line.encode("utf-8")) for line in lines) - _first_and_tail_bytes(tokenizer, ids, block)
+    assert abs(got - expected) <= 3 * len(ids) // block and abs(got - decoded_whole) <= 3 * len(ids) // block
+
+
+def _first_and_tail_bytes(tokenizer, ids, block: int) -> int:
+    """The bytes the block count leaves out: each block's first token and the trailing partial block."""
+    from lmcollapse.metrics.perplexity import byte_lengths
+
+    lengths = byte_lengths(tokenizer)
+    usable = len(ids) // block * block
+    return int(lengths[ids[0:usable:block]].sum() + lengths[ids[usable:]].sum())

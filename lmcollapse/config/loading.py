@@ -147,6 +147,9 @@ def _check_duplicate_keys(root: yaml.Node, path: Path) -> None:
 
 
 def build_config(raw: dict[str, Any]) -> PipelineConfig:
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("chain"), list) and model["chain"] and "name" not in model:
+        raw = {**raw, "model": {**model, "name": model["chain"][0]}}  # generation 0's family is chain[0]
     return _build(PipelineConfig, raw, "")
 
 

@@ -13,7 +13,15 @@ from typing import Any
 
 import yaml
 
-from lmcollapse.config.sections import AUTO_PRETRAIN, DEFAULT_PRETRAIN_CORPUS, DataConfig, ModelConfig, PretrainConfig
+from lmcollapse.config.presets import ARCHITECTURE_PRESETS
+from lmcollapse.config.sections import (
+    AUTO_PRETRAIN,
+    DEFAULT_PRETRAIN_CORPUS,
+    SHAPE_OVERRIDES,
+    DataConfig,
+    ModelConfig,
+    PretrainConfig,
+)
 from lmcollapse.config.stage_sections import (
     DecontaminateConfig,
     EvaluateConfig,
@@ -57,7 +65,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         check_name(self.name, "name")
         if self.pretrain.corpus == AUTO_PRETRAIN:  # resolved, so a run's pipeline.yaml says what it did
-            resolved = DEFAULT_PRETRAIN_CORPUS if self.model.is_preset else None
+            resolved = DEFAULT_PRETRAIN_CORPUS if any(e in ARCHITECTURE_PRESETS for e in self.model.entries) else None
             object.__setattr__(self, "pretrain", dataclasses.replace(self.pretrain, corpus=resolved))
         _require(self.generations >= 1, "generations", f"must be at least 1, got {self.generations}")
         _require(self.seed >= 0, "seed", f"must be 0 or more, got {self.seed}")
@@ -82,6 +90,9 @@ class PipelineConfig:
             _require(self.evaluate.mauve_clusters < samples, "evaluate.mauve_clusters",
                      f"is {self.evaluate.mauve_clusters} but MAUVE compares {samples} texts a side "
                      "(evaluate.mauve_samples, data.max_train_blocks, data.max_heldout_blocks): lower it or set it to null")
+        if self.model.chain is not None:
+            self.check_chain()
+            return
         if self.pretrain.enabled:
             _require(self.model.is_preset, "pretrain.corpus",
                      f"pretrains a preset; {self.model.name} is already pretrained: set pretrain.corpus=null")
@@ -102,6 +113,33 @@ class PipelineConfig:
             _require(longest <= positions, "model.max_positions",
                      f"is {positions} but sequences reach {longest} tokens (prompt + new tokens, "
                      "evaluation window); raise model.max_positions or shorten them")
+
+    def check_chain(self) -> None:
+        """A chain's checks: every family's own (as one-family configs), and the settings that
+        need one vocabulary across generations refused."""
+        _require(self.pretrain.enabled is False or any(e in ARCHITECTURE_PRESETS for e in self.model.entries),
+                 "pretrain.corpus", "pretrains the presets of model.chain, and it names none: set pretrain.corpus=null")
+        _require("watermark" not in self.decontaminate.detectors, "decontaminate.detector",
+                 "watermark needs one vocabulary, but model.chain writes in several: measure the others")
+        for entry in self.model.entries:
+            try:
+                self.for_family(entry)  # each family's checks (positions, overrides) on its own config
+            except ConfigError as err:
+                raise ConfigError(f"model.chain entry {entry}: {err}") from None
+
+    def for_family(self, entry: str) -> PipelineConfig:
+        """The one-family config of chain entry ``entry``: what its base, its human blocks and its
+        generations are built with (pretraining only where it is a preset). Without a chain, itself."""
+        if self.model.chain is None:
+            return self
+        shape = {} if entry in ARCHITECTURE_PRESETS else {key: None for key in SHAPE_OVERRIDES}  # presets' only
+        model = dataclasses.replace(self.model, name=entry, chain=None, **shape)
+        pretrain = self.pretrain if model.is_preset else dataclasses.replace(self.pretrain, corpus=None)
+        return dataclasses.replace(self, model=model, pretrain=pretrain)
+
+    def family_at(self, generation: int) -> PipelineConfig:
+        """The one-family config generation ``generation`` is trained with (``for_family``)."""
+        return self.for_family(self.model.entry_at(generation))
 
     @property
     def eval_block_size(self) -> int:

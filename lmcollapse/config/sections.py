@@ -147,6 +147,14 @@ class ModelConfig:
     """Preset override: dropout probability during training."""
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     """Attention kernel: PyTorch scaled-dot-product attention or the eager reference."""
+    chain: tuple[str, ...] | None = None
+    """Collapse across model families: generation k is trained in the family ``chain[k]`` (the last
+    entry repeats), each entry a preset, hub id or local folder with its own base and tokenizer,
+    e.g. ``[tiny-opt, tiny-llama, tiny-gpt2]``; ``name`` is ``chain[0]`` (and may be left out). Text
+    crosses a family boundary as text: the reader re-encodes its predecessors' records with its own
+    tokenizer (the shape overrides above shape each preset of the chain). ``init`` then means: ``base``, the family's base; ``generation-0``, the first
+    generation of the same family, or its base when generation k is the first; ``previous`` is
+    refused where the previous generation is another family. Null: one family, ``name``."""
     trust_remote_code: bool = False
     """Run the Python code a model folder or hub repository ships with it (``auto_map`` in its
     config.json), as transformers' ``trust_remote_code``. Off: such a model is refused, and no code
@@ -162,11 +170,39 @@ class ModelConfig:
         """The preset's transformers model type (``opt``, ``gpt2``, ``gpt_neox``, ``llama``, ``qwen2``)."""
         return PRESET_FAMILIES[self.name]
 
+    def entry_at(self, generation: int) -> str:
+        """The model family (chain entry) generation ``generation`` is trained in."""
+        return self.name if self.chain is None else self.chain[min(generation, len(self.chain) - 1)]
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """The run's distinct families in order of first use (one without a chain)."""
+        return (self.name,) if self.chain is None else tuple(dict.fromkeys(self.chain))
+
+    def family_position(self, generation: int) -> int:
+        """Generation ``generation``'s family as an index of ``entries`` (0: the run's own base/ and human/)."""
+        return self.entries.index(self.entry_at(generation))
+
+    def first_generation_of(self, generation: int) -> int:
+        """The first generation trained in the same family as ``generation``."""
+        entry = self.entry_at(generation)
+        return next(k for k in range(generation + 1) if self.entry_at(k) == entry)
+
     def __post_init__(self) -> None:
         _require(bool(self.name.strip()), "name", "must name a preset, a hub id or a local folder")
-        if not self.is_preset:
-            for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_dim",
-                        "max_positions", "dropout"):
+        if self.chain is not None:
+            _require(len(self.chain) >= 2 and all(isinstance(e, str) and e.strip() for e in self.chain), "chain",
+                     f"must list at least two models (presets, hub ids or folders), got {list(self.chain)!r}")
+            _require(self.chain[0] == self.name, "chain",
+                     f"starts with {self.chain[0]} but model.name is {self.name}: generation 0 is chain[0], so "
+                     f"set model.name={self.chain[0]} or leave model.name out")
+            boundary = next((k for k in range(1, len(self.chain)) if self.chain[k] != self.chain[k - 1]), None)
+            _require(self.init != "previous" or boundary is None, "init",
+                     f"previous cannot start generation {boundary} ({self.chain[boundary or 0]}) from generation "
+                     f"{(boundary or 1) - 1}'s {self.chain[(boundary or 1) - 1]} weights: set model.init=generation-0 "
+                     "(the first generation of each family, else its base) or model.init=base")
+        if not self.is_preset and not any(e in ARCHITECTURE_PRESETS for e in self.entries):
+            for key in SHAPE_OVERRIDES:
                 _require(getattr(self, key) is None, key,
                          f"only applies to the presets ({', '.join(ARCHITECTURE_PRESETS)}); "
                          f"the pretrained model {self.name} keeps its own shape")
@@ -197,6 +233,9 @@ class ModelConfig:
                  f"must divide hidden_size ({shape['hidden_size']}), got {shape['num_attention_heads']}")
         return shape
 
+
+# The settings that shape a preset (with a chain, every preset of it; a pretrained model keeps its own).
+SHAPE_OVERRIDES = ("vocab_size", "hidden_size", "num_layers", "num_heads", "ffn_dim", "max_positions", "dropout")
 
 AUTO_PRETRAIN = "auto"
 

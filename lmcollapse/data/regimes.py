@@ -151,7 +151,10 @@ def describe_regime(config: PipelineConfig) -> str:
     if config.model.init == "previous":
         text += "; each generation starts from the previous model"
     elif config.model.init == "generation-0":
-        text += "; each generation starts from generation 0's model"
+        text += ("; each generation starts from generation 0's model" if config.model.chain is None else
+                 "; each generation starts from its family's first generation (that one from the family's base)")
+    if config.model.chain is not None:
+        text += "; families " + " -> ".join(config.model.chain) + " (text re-encoded at each change)"
     if config.generate.prompts == "human":
         text += "; each generation continues the human training blocks"
     if config.train.human_loss_weight != 1.0:

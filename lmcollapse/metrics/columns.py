@@ -123,6 +123,9 @@ IDENTITY = (
     Column("generation", "The generation (0 trains on human text).", kind="identity",
            source=fixed(lambda outcome: outcome.index)),
     Column("seed", "The run's seed.", kind="identity", source=fixed(lambda outcome: outcome.seed)),
+    Column("family", "With model.chain: the model family (chain entry) the generation was trained in and "
+           "wrote its corpus with.", kind="identity",
+           source=fixed(lambda outcome: ABSENT if outcome.family is None else outcome.family)),
 )
 
 METRICS = (
@@ -140,6 +143,14 @@ METRICS = (
         "every line of the held-out text, while min_new_tokens keeps it out of synthetic text, so "
         "later generations never learn it; this column shows the perplexity without that confound.",
         False, "token-weighted mean NLL, exponentiated", 2, source=result("perplexity")),
+    Metric(
+        "bits_per_byte",
+        "Bits per byte of the held-out human text: the NLL (in bits) of the targets ppl_blocks_no_eos "
+        "scores, divided by the UTF-8 bytes of their text. Perplexity is per token of the model's own "
+        "tokenizer; bits per byte is per byte of the same text, so it compares generations of "
+        "different model families (model.chain).",
+        False, "NLL summed over targets, per byte of their text", 4, shown=(HEADLINE,),
+        source=result("perplexity")),
     Metric(
         "ppl_sliding",
         "Perplexity on the held-out human split with a sliding window: every token scored once "
@@ -332,6 +343,7 @@ class GenerationOutcome:
     results: dict[str, dict]  # perplexity, text_metrics, tails, mauve
     timings: dict[str, float]
     decontamination: dict | None
+    family: str | None = None  # the chain entry it was trained in (model.chain), else None
 
 
 def metrics_row(outcome: GenerationOutcome) -> dict:

@@ -108,6 +108,43 @@ def iter_blocks(stream: TokenStream, block_size: int) -> Iterator[tuple[np.ndarr
         pending = pending[usable:]
 
 
+def predicted_bytes(tokenizer, stream: TokenStream, block_size: int) -> int:
+    """UTF-8 bytes of the text that block evaluation predicts: each block's tokens but its first,
+    special tokens (end-of-text) counting none. With the NLL of the same targets it gives bits per
+    byte, which, unlike perplexity per token, compares models with different tokenizers.
+
+    A byte-level tokenizer (every preset's, GPT-2's, OPT's) is counted exactly, token by token: each
+    character of a token's string stands for one byte. Any other is counted by decoding each block
+    whole and less its first token (a tokenizer that drops a leading space when decoding drops it
+    from both), exact but where a block boundary splits a character.
+    """
+    lengths = byte_lengths(tokenizer)
+    total = 0
+    for block, _ in iter_blocks(stream, block_size):
+        if lengths is not None:
+            total += int(lengths[block[1:]].sum())
+            continue
+        ids = block.tolist()
+        whole = tokenizer.decode(ids, skip_special_tokens=True)
+        first = tokenizer.decode(ids[:1], skip_special_tokens=True)
+        total += len(whole.encode("utf-8")) - len(first.encode("utf-8"))
+    return total
+
+
+def byte_lengths(tokenizer) -> np.ndarray | None:
+    """The bytes each token id stands for, where the tokenizer is byte-level (special tokens: 0);
+    None for any other."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or type(backend.decoder).__name__ != "ByteLevel":
+        return None
+    lengths = np.zeros(len(tokenizer), dtype=np.int64)
+    special = set(tokenizer.all_special_ids)
+    for token, index in tokenizer.get_vocab().items():
+        if index < len(lengths) and index not in special:
+            lengths[index] = len(token)
+    return lengths
+
+
 def sliding_windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
     """(begin, end, first scored position inside the window) for every window over ``length`` tokens."""
     if not 1 <= stride <= window:

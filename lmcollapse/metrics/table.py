@@ -67,7 +67,8 @@ def format_table(rows: list[dict], reference: dict | None = None, columns: list[
     for label, values in (reference or {}).items():
         table.append([label] + [_fmt(c, values.get(c)) for c in columns])
     for row in rows:
-        table.append([str(row["generation"])] + [_fmt(c, row.get(c)) for c in columns])
+        label = str(row["generation"]) + (f" ({row['family']})" if row.get("family") else "")  # model.chain
+        table.append([label] + [_fmt(c, row.get(c)) for c in columns])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

@@ -64,7 +64,8 @@ def export_run(run: RunDir, destination: Path) -> Path:
             if (run.root / name).is_file():
                 shutil.copy2(run.root / name, scratch / name)
         ignore = shutil.ignore_patterns(*LEFT_OUT)
-        for folder in [run.base, run.human, *(g.root for g in complete), run.report]:
+        for folder in [run.base, run.human, *(f.root for f in run.families_on_disk()), *(g.root for g in complete),
+                       run.report]:
             if folder.is_dir():
                 shutil.copytree(folder, scratch / folder.name, ignore=ignore)
         write_text_atomic(scratch / "README.md", overview(run, [g.name for g in complete], partial))

@@ -28,6 +28,7 @@ from lmcollapse.report.runs import (
     aggregate,
     discover_runs,
     duplicate_warnings,
+    generation_label,
     group_runs,
     group_table,
     present_metrics,
@@ -65,10 +66,11 @@ def metrics_tables(groups: list[Group], metrics: list[str]) -> dict[str, str | d
                             "left_out": [{"run": str(dropped.run.root), "same_config_and_seed_as": str(kept.run.root)}
                                          for dropped, kept in group.left_out],
                             "generations": [{"generation": e["generation"], "seeds": e["seeds"],
+                                             **({"family": e["family"]} if "family" in e else {}),
                                              **{m: {"mean": e[m][0], "std": e[m][1], "n": e[m][2]} for m in metrics}}
                                             for e in table]})
         for entry in table:
-            text_rows.append([group.label, str(entry["generation"]), str(entry["seeds"])]
+            text_rows.append([group.label, generation_label(entry), str(entry["seeds"])]
                              + [cell(entry[m], m) for m in metrics])
             csv_rows.append({"pipeline": group.label, "generation": entry["generation"], "seeds": entry["seeds"],
                              **{f"{m}_{part}": value for m in metrics

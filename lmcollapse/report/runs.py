@@ -152,10 +152,19 @@ def group_table(group: Group, metrics: list[str]) -> list[dict]:
     for generation in generations:
         rows = [row for record in group.runs for row in record.rows if row["generation"] == generation]
         entry: dict = {"generation": generation, "seeds": len(rows)}
+        families = {row["family"] for row in rows if row.get("family")}
+        if families:  # model.chain: the family the generation was trained in (one per config)
+            entry["family"] = " / ".join(sorted(families))
         for metric in metrics:
             entry[metric] = aggregate([row.get(metric) for row in rows])
         table.append(entry)
     return table
+
+
+def generation_label(entry: dict) -> str:
+    """A generation's label in tables: its number, and its model family where a chain gave it one."""
+    family = entry.get("family")
+    return f"{entry['generation']} ({family})" if family else str(entry["generation"])
 
 
 def present_metrics(groups: list[Group]) -> list[str]:

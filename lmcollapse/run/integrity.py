@@ -45,20 +45,28 @@ class StageCheck:
         return self.state == COMPLETE
 
 
-def lineage(run: RunDir, index: int | None) -> dict[str, Path]:
+def lineage(run: RunDir, index: int | None, family: RunDir | None = None) -> dict[str, Path]:
     """The manifests a stage was built on, by the key its own manifest records their sha256 under.
 
     ``index`` None is the human-data stage (its blocks are tokenized by the base tokenizer).
+    ``family``: the folder of a generation's model family where it is not the run's own
+    (model.chain): its base and human blocks are part of the lineage too.
     """
     if index is None:
         return {"base_manifest_sha256": run.base_manifest}
     parent = run.generation(index - 1).manifest if index > 0 else run.human_manifest
-    return {"parent_manifest_sha256": parent, "base_manifest_sha256": run.base_manifest}
+    paths = {"parent_manifest_sha256": parent, "base_manifest_sha256": run.base_manifest}
+    if family is not None:
+        paths |= {"family_base_manifest_sha256": family.base_manifest,
+                  "family_human_manifest_sha256": family.human_manifest}
+    return paths
 
 
-def lineage_record(run: RunDir, index: int | None) -> dict[str, str]:
-    """What a stage's manifest records of its lineage, at the time it completes."""
-    return {key: sha256_file(path) for key, path in lineage(run, index).items()}
+def lineage_record(run: RunDir, index: int | None, family: RunDir | None = None) -> dict[str, str]:
+    """What a stage's manifest records of its lineage, at the time it completes (and the folder of
+    its family, when it has one of its own)."""
+    record = {key: sha256_file(path) for key, path in lineage(run, index, family).items()}
+    return record | ({"family": family.name} if family is not None else {})
 
 
 def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]) -> str | None:
@@ -120,16 +128,46 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     human = _stage_check("human", run.human, run.human_manifest, run.human, quick,
                          {"base_manifest_sha256": (run.base_manifest, base)})
     checks = [base, human]
+    families = {}  # a chain's further families (family-01/...): their base and human stages
+    for folder in run.families_on_disk():
+        family_base = _stage_check(f"{folder.name}-base", folder.base, folder.base_manifest, folder.base_model, quick, {})
+        family_human = _stage_check(f"{folder.name}-human", folder.human, folder.human_manifest, folder.human, quick,
+                                    {"base_manifest_sha256": (folder.base_manifest, family_base)})
+        families[folder.name] = (folder, family_base, family_human)
+        checks += [family_base, family_human]
     previous = human
     for generation in run.generations_on_disk():
         before = run.generation(generation.index - 1)
         if generation.index > 0 and previous.name != before.name:  # a generation missing in between
             previous = StageCheck(before.name, before.root, MISSING)
-        paths = lineage(run, generation.index)
+        family = _family_of(run, generation, families)
+        paths = lineage(run, generation.index, family[0] if family else None)
+        parents = {"parent_manifest_sha256": (paths["parent_manifest_sha256"], previous),
+                   "base_manifest_sha256": (paths["base_manifest_sha256"], base)}
+        if family:
+            parents |= {"family_base_manifest_sha256": (paths["family_base_manifest_sha256"], family[1]),
+                        "family_human_manifest_sha256": (paths["family_human_manifest_sha256"], family[2])}
         check = _stage_check(generation.name, generation.root, generation.manifest, generation.root, quick,
-                             {"parent_manifest_sha256": (paths["parent_manifest_sha256"], previous),
-                              "base_manifest_sha256": (paths["base_manifest_sha256"], base)},
-                             started=generation.lineage)
+                             parents, started=generation.lineage)
         checks.append(check)
         previous = check
     return checks
+
+
+def _family_of(run: RunDir, generation, families: dict) -> tuple | None:
+    """The (folder, base check, human check) of the family a generation recorded (model.chain),
+    or None for the run's own; a recorded family folder that is gone counts as missing."""
+    for recorded in (generation.manifest, generation.lineage):
+        if recorded.is_file():
+            try:
+                name = read_manifest(recorded).get("family")
+            except LmcollapseError:
+                return None  # reported as damage by the generation's own check
+            if not isinstance(name, str) or not name.removeprefix("family-").isdigit():
+                return None  # no family of its own (or not one this layout names)
+            if name not in families:
+                folder = run.family(int(name.removeprefix("family-")))
+                return (folder, StageCheck(f"{name}-base", folder.base, MISSING),
+                        StageCheck(f"{name}-human", folder.human, MISSING))
+            return families[name]
+    return None

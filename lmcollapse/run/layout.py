@@ -19,6 +19,8 @@
         eval/                 perplexity.json, heldout_block_nll.npy, text_metrics.json,
                               tails.json, tails.npy, mauve.json, watermark.json
         manifest.json         written last, atomically: the generation is complete iff it exists
+      family-01/ ...          with model.chain: each further model family's base/ and human/, laid out
+                              as the run's own (base/ and human/ are chain[0]'s)
       metrics.csv, metrics.json
       stale/                  stages moved aside because what they were built on changed
       report/                 make report's tables and figures
@@ -106,6 +108,15 @@ class RunDir:
     @property
     def name(self) -> str:
         return self.root.name
+
+    def family(self, position: int) -> RunDir:
+        """The folder of model family ``position`` of a chain (an index of ``model.entries``): its
+        base/ and human/ named as the run's own. Position 0 is the run itself."""
+        return self if position == 0 else RunDir(self.root / f"family-{position:02d}")
+
+    def families_on_disk(self) -> list[RunDir]:
+        """The further families' folders (family-01, ...) that exist, in order."""
+        return [RunDir(path) for path in sorted(self.root.glob("family-[0-9][0-9]")) if path.is_dir()]
 
     def generation(self, index: int) -> GenerationDir:
         return GenerationDir(self.root / f"generation-{index:02d}", index)

@@ -2,6 +2,7 @@
 
     context = Context(config, RunDir(Path("runs/tiny")), make_accelerator(config))
     tokenizer = context.tokenizer()   # the run's own tokenizer (base/model), loaded once
+    family = context.family_of(3)     # generation 3's model family: its config, base/ and human/, tokenizer
 """
 
 from __future__ import annotations
@@ -25,6 +26,27 @@ log = logging.getLogger("lmcollapse.stages.pipeline")
 
 
 @dataclass
+class Family:
+    """One model family of the run (an entry of ``model.chain``; the run's only one without a chain):
+    the one-family config its base, human blocks and generations are built with, the folder holding
+    its ``base/`` and ``human/`` (the run's own for the first), and its tokenizer, loaded once."""
+
+    position: int  # index in model.entries: 0 is the run's own base/ and human/
+    config: PipelineConfig
+    run: RunDir
+    _tokenizer: object = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.config.model.name
+
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.run.base_model, self.config.model.trust_remote_code)
+        return self._tokenizer
+
+
+@dataclass
 class Context:
     """Everything a stage needs: the config, the run directory, the accelerator, the options."""
 
@@ -35,7 +57,7 @@ class Context:
     progress: bool = True
     echo: object = print
     corpus: CorpusPlan | None = None  # where the text comes from, located once per command (default: from config)
-    _tokenizer: object = field(default=None, repr=False)
+    _families: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.corpus is None:
@@ -51,10 +73,28 @@ class Context:
             log.info(text)
 
     def tokenizer(self):
-        """The tokenizer saved with the run's base model, which every stage after the base uses."""
-        if self._tokenizer is None:
-            self._tokenizer = load_tokenizer(self.run.base_model, self.config.model.trust_remote_code)
-        return self._tokenizer
+        """The tokenizer saved with the run's base model (chain[0]'s with a chain), which every stage
+        after the base uses; a chain's other families: ``family_of(k).tokenizer()``."""
+        return self.family(0).tokenizer()
+
+    def family(self, position: int) -> Family:
+        """Model family ``position`` (an index of ``model.entries``)."""
+        if position not in self._families:
+            entry = self.config.model.entries[position]
+            self._families[position] = Family(position, self.config.for_family(entry), self.run.family(position))
+        return self._families[position]
+
+    def family_of(self, generation: int) -> Family:
+        """The model family generation ``generation`` is trained in."""
+        return self.family(self.config.model.family_position(generation))
+
+    def families(self) -> list[Family]:
+        return [self.family(position) for position in range(len(self.config.model.entries))]
+
+    def in_family(self, family: Family) -> Context:
+        """This context for one family's own base and human stages: its config, its folder."""
+        return Context(family.config, family.run, self.accelerator, self.accept_changed, self.progress, self.echo,
+                       corpus=self.corpus)
 
     def load_weights(self, folder):
         """One of the run's own saved models (fp32, the config's attention kernel), without its tokenizer."""
@@ -64,7 +104,7 @@ class Context:
 
     def forget_tokenizer(self) -> None:
         """After the base stage writes the run's tokenizer: the next ``tokenizer()`` reads that copy."""
-        self._tokenizer = None
+        self._families.clear()
 
 
 def make_accelerator(config: PipelineConfig):

@@ -181,7 +181,10 @@ def filter_candidates(context: Context, index: int, candidates):
     scorer = None
     if any(name in SCORED_DETECTORS for name in config.decontaminate.detectors):
         if config.decontaminate.scorer is None:
-            scorer = Scorer(context.load_weights(context.run.generation(index - 1).model))
+            writer = context.family_of(index - 1)
+            # A writer of another family (model.chain) reads the candidates' text with its own tokenizer.
+            scorer = Scorer(context.load_weights(context.run.generation(index - 1).model),
+                            None if writer.position == context.family_of(index).position else writer.tokenizer())
         else:
             scorer = Scorer(*load_model(config.decontaminate.scorer, config.model.attn_implementation,
                                         trust_remote_code=config.model.trust_remote_code))
@@ -189,6 +192,6 @@ def filter_candidates(context: Context, index: int, candidates):
     # The watermark detector needs the vocabulary the watermark was drawn over (every generation shares the base's).
     model_config = AutoConfig.from_pretrained(context.run.base_model) if "watermark" in config.decontaminate.detectors else None
     kept, report = decontaminate(candidates, config, index, scorer, config.evaluate.batch_size,
-                                 end_of_text_ids=end_of_text_ids(context.tokenizer()), model_config=model_config)
+                                 end_of_text_ids=end_of_text_ids(context.family_of(index).tokenizer()), model_config=model_config)
     write_json_atomic(context.run.generation(index).decontamination, report)
     return kept

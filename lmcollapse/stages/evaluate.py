@@ -38,13 +38,15 @@ from lmcollapse.metrics.perplexity import (
     iter_blocks,
     perplexity_blocks,
     perplexity_sliding,
+    predicted_bytes,
     sample_perplexities,
 )
 from lmcollapse.metrics.self_bleu import self_bleu_scores
 from lmcollapse.run.atomic import atomic_path, read_json, write_json_atomic
 from lmcollapse.run.seeding import rng, subsample_indices
-from lmcollapse.stages.context import Context
+from lmcollapse.stages.context import Context, Family
 from lmcollapse.stages.featurizer import MauveFeaturizer
+from lmcollapse.stages.generate import as_read_by
 
 
 def ensure_json(context: Context, path: Path, compute) -> dict:
@@ -60,10 +62,14 @@ def ensure_json(context: Context, path: Path, compute) -> dict:
     return value
 
 
-def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path | None = None) -> dict:
+def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path | None = None,
+                       family: Family | None = None) -> dict:
+    """Perplexity of ``model`` on the held-out blocks of its family (tokenized by its tokenizer),
+    and bits per byte of the same text, which compares families."""
     config = context.config
+    family = family or context.family(0)
     # Streamed from disk: evaluation memory does not grow with the held-out split.
-    stream = TokenStream.from_parquet(context.run.human_heldout)
+    stream = TokenStream.from_parquet(family.run.human_heldout)
     batch = config.evaluate.batch_size
     precision = config.evaluate.mixed_precision
     blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
@@ -71,7 +77,7 @@ def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path
     # The </s> confound: OPT's </s> opens every held-out line but never appears in synthetic text.
     no_eos = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
                                progress=f"ppl blocks, no </s> ({label})" if context.progress else None,
-                               precision=precision, excluded_targets=end_of_text_ids(context.tokenizer()))
+                               precision=precision, excluded_targets=end_of_text_ids(family.tokenizer()))
     sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
                                  context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
                                  precision=precision)
@@ -79,7 +85,11 @@ def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path
         with atomic_path(block_nll_path) as scratch:
             with open(scratch, "wb") as handle:
                 np.save(handle, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
+    # Bits per byte over the targets ppl_blocks_no_eos scores: the text's bytes, end-of-text has none.
+    text_bytes = predicted_bytes(family.tokenizer(), stream, config.eval_block_size)
     return {"ppl_blocks": blocks.perplexity, "ppl_blocks_no_eos": no_eos.perplexity, "ppl_sliding": sliding.perplexity,
+            "bits_per_byte": float(no_eos.sequence_nll.sum() / math.log(2) / max(text_bytes, 1)),
+            "predicted_bytes": text_bytes,
             "blocks": blocks.summary(), "blocks_no_eos": no_eos.summary(), "sliding": sliding.summary()}
 
 
@@ -123,6 +133,7 @@ def synthetic_tails(context: Context, index: int, model, synthetic, values_path:
     scorer = model
     if index > 0:
         scorer = context.load_weights(context.run.generation(0).model).to(context.accelerator.device)
+    synthetic = as_read_by(context, synthetic, index, context.family_of(0))  # generation 0's tokens
     values = sample_perplexities(scorer, [np.asarray(ids, dtype=np.int64) for ids in synthetic["input_ids"]],
                                  config.evaluate.batch_size, context.accelerator,
                                  progress="tails" if context.progress else None,
@@ -135,7 +146,7 @@ def synthetic_tails(context: Context, index: int, model, synthetic, values_path:
         "scored_by": context.run.generation(0).model.relative_to(context.run.root).as_posix(), "samples": int(np.isfinite(values).sum())}
 
 
-def synthetic_mauve(context: Context, synthetic) -> dict:
+def synthetic_mauve(context: Context, index: int, synthetic) -> dict:
     """MAUVE between a seeded sample of the corpus and one of held-out human blocks, both embedded
     by the run's fixed featurizer (the base model, or evaluate.mauve_featurizer)."""
     config = context.config
@@ -144,7 +155,9 @@ def synthetic_mauve(context: Context, synthetic) -> dict:
     samples = min(settings.mauve_samples, len(synthetic), len(human))
     # Keyed draws: the same records every generation (paired comparisons), independent of other draws.
     chosen = np.sort(rng(config.seed, "mauve", "synthetic").choice(len(synthetic), samples, replace=False))
-    synthetic_ids = [np.asarray(ids, dtype=np.int64) for ids in synthetic.select(chosen)["input_ids"]]
+    # In the featurizer's family (the base's, chain[0]'s), like the human blocks it is compared with.
+    chosen_records = as_read_by(context, synthetic.select(chosen), index, context.family(0))
+    synthetic_ids = [np.asarray(ids, dtype=np.int64) for ids in chosen_records["input_ids"]]
     human_ids = [human[int(i)] for i in np.sort(rng(config.seed, "mauve", "human").choice(len(human), samples, replace=False))]
     featurizer = MauveFeaturizer.for_run(context)
     features = [featurizer.features(ids, f"mauve features ({side})" if context.progress else None)
@@ -160,9 +173,10 @@ def watermark_cost(context: Context, index: int, model, synthetic) -> dict:
     without the watermark, end-of-text kept out as min_new_tokens kept it out); and the share of
     the corpus the watermark detector finds (z above decontaminate.watermark_threshold)."""
     config = context.config
+    family = context.family_of(index)
     sources = [read_records(context.run.generation(index).train_set)]
     if config.generate.prompts == "human":
-        sources.append(read_records(context.run.human_train))
+        sources.append(read_records(family.run.human_train))
     prompts = {rid: ids for records in sources for rid, ids in zip(records["id"], records["input_ids"])}
     cut = config.generate.prompt_tokens
     contexts = [np.asarray(prompts[parent][-cut:] if cut else prompts[parent], dtype=np.int64) for parent in synthetic["parent"]]
@@ -170,7 +184,7 @@ def watermark_cost(context: Context, index: int, model, synthetic) -> dict:
     stats = position_statistics(model, [np.concatenate([c, x]) for c, x in zip(contexts, continuations)],
                                 config.evaluate.batch_size, context.accelerator,
                                 "watermark cost" if context.progress else None, config.evaluate.mixed_precision,
-                                first_scored=[len(c) for c in contexts], excluded=(context.tokenizer().eos_token_id,),
+                                first_scored=[len(c) for c in contexts], excluded=(family.tokenizer().eos_token_id,),
                                 excluded_steps=config.generate.min_new_tokens)
     observed, expected, _, tokens = stats.sum(axis=0)
     z = watermark_z_scores(continuations, config.generate, config.seed, model.config)
@@ -185,12 +199,13 @@ def evaluate_generation(context: Context, index: int, model, synthetic) -> dict[
     config = context.config
     optional = {}  # results a setting turns on, whose files exist only then
     if config.evaluate.mauve:
-        optional["mauve"] = ensure_json(context, generation.mauve, lambda: synthetic_mauve(context, synthetic))
+        optional["mauve"] = ensure_json(context, generation.mauve, lambda: synthetic_mauve(context, index, synthetic))
     if config.generate.watermark:
         optional["watermark"] = ensure_json(context, generation.watermark, lambda: watermark_cost(context, index, model, synthetic))
     return {
         "perplexity": ensure_json(context, generation.perplexity,
-                                  lambda: heldout_perplexity(context, model, generation.name, generation.heldout_block_nll)),
+                                  lambda: heldout_perplexity(context, model, generation.name, generation.heldout_block_nll,
+                                                             context.family_of(index))),
         "text_metrics": ensure_json(context, generation.text_metrics, lambda: synthetic_text_metrics(context, synthetic)),
         "tails": ensure_json(context, generation.tails,
                              lambda: synthetic_tails(context, index, model, synthetic, generation.tails_values)),
@@ -204,4 +219,5 @@ def generation_row(context: Context, index: int, train_set, train_log: dict, sha
     report = context.run.generation(index).decontamination
     return metrics_row(GenerationOutcome(
         index, context.config.seed, train_set, source_counts(train_set), train_log, shards, results, timings,
-        read_json(report) if report.is_file() else None))
+        read_json(report) if report.is_file() else None,
+        context.config.model.entry_at(index) if context.config.model.chain is not None else None))

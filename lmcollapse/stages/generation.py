@@ -62,7 +62,7 @@ def write_cards(context: Context, index: int, train_set, shards: list[dict], row
                              sum(s["records"] for s in shards), regime, row)
         start = start_model(run, config, index)
         counts = ", ".join(f"{n} {source}" for source, n in source_counts(train_set).items())
-        write_model_card(config, generation.model, index,
+        write_model_card(context.family_of(index).config, generation.model, index,  # its own family's name
                          f"`{start.relative_to(run.root).as_posix()}` (weights sha256 `{weights_sha256(start)}`)",
                          f"{len(train_set)} blocks of {config.data.block_size} tokens ({counts})", regime, row)
     context.accelerator.wait_for_everyone()
@@ -74,7 +74,7 @@ def mark_lineage(context: Context, index: int) -> None:
     old lineage."""
     generation = context.run.generation(index)
     if context.main and not generation.lineage.is_file():
-        write_manifest(generation.lineage, lineage_record(context.run, index))
+        write_manifest(generation.lineage, lineage_record(context.run, index, family_folder(context, index)))
     context.accelerator.wait_for_everyone()
 
 
@@ -88,11 +88,17 @@ def write_generation_manifest(context: Context, index: int, consumed: dict, trai
                    if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
         write_manifest(generation.manifest, {
             "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
-            **lineage_record(run, index), "consumed": consumed, "mixed_precision": stage_precisions(config),
+            **lineage_record(run, index, family_folder(context, index)), "consumed": consumed, "mixed_precision": stage_precisions(config),
             "processes": context.accelerator.num_processes, "generate_batch_size": generate_batch_size(context, index),
             "train_set_sha256": train_sha, FILES: outputs, "timings": timings,
             "metrics": row, **environment_record()})
     context.accelerator.wait_for_everyone()
+
+
+def family_folder(context: Context, index: int):
+    """The folder of generation ``index``'s family where it is not the run's own (model.chain), else None."""
+    family = context.family_of(index)
+    return family.run if family.position else None
 
 
 def generate_batch_size(context: Context, index: int) -> int:
@@ -116,11 +122,17 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
                 digest = sha256_file(path) if path.is_file() else "missing"
             consumed[f"{prefix}{name}"] = digest
 
-    base = read_manifest(run.base_manifest)
     human = read_manifest(run.human_manifest)
     check(recorded_files(human), run.human, "the human-data stage", "human/")
-    if index == 0 or config.model.init == "base":
-        check(recorded_files(base), run.base_model, "the base stage", "base/model/", run.base)
+    family = context.family_of(index)
+    folder = "" if family.position == 0 else f"{family.run.name}/"  # a further family of model.chain
+    if family.position:
+        check(recorded_files(read_manifest(family.run.human_manifest)), family.run.human,
+              f"the human-data stage of {family.name}", f"{folder}human/")
+    start = start_model(run, config, index)
+    if start == family.run.base_model:
+        check(recorded_files(read_manifest(family.run.base_manifest)), start, "the base stage", f"{folder}base/model/",
+              family.run.base)
     if index > 0:
         # Everything the previous generation recorded: its corpus is this one's training data,
         # its model this one's start (init=previous), its numbers part of the same table.
@@ -130,9 +142,13 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
             older = run.generation(earlier)
             recorded = recorded_files(read_manifest(older.manifest))
             check({k: v for k, v in recorded.items() if k.startswith("synthetic/")}, older.root, older.name, f"{older.name}/")
-        first = run.generation(0)
-        # Generation 0's model scores the tails, and with init=generation-0 every later one starts from it.
-        if index > 1 and (config.evaluate.tails or config.model.init == "generation-0"):
-            recorded = recorded_files(read_manifest(first.manifest))
-            check({k: v for k, v in recorded.items() if k.startswith("model/")}, first.root, first.name, f"{first.name}/")
+        # Generation 0's model scores the tails; with init=generation-0 a later one starts from its
+        # family's first generation (generation 0 without a chain).
+        models = {0} if index > 1 and config.evaluate.tails else set()
+        if start != family.run.base_model and start.parent.name != previous.name:
+            models.add(int(start.parent.name.removeprefix("generation-")))
+        for earlier in sorted(models):
+            older = run.generation(earlier)
+            recorded = recorded_files(read_manifest(older.manifest))
+            check({k: v for k, v in recorded.items() if k.startswith("model/")}, older.root, older.name, f"{older.name}/")
     return consumed

@@ -8,7 +8,8 @@ module that bears its name:
 1. ``base``    the starting model and tokenizer: a preset pretrained once (pretrain.py), a preset
                with fresh weights, or a pretrained model; its zero-shot perplexity (base.py);
 2. ``human``   the human train, validation and held-out splits, tokenized and cut into blocks with
-               provenance (human.py);
+               provenance (human.py); with ``model.chain``, each further family has its own base
+               and human blocks (``family-01/``, ...), made the same way with its own config;
 3. ``generation-k`` for k = 0..N, in order (generation.py, one call per stage):
    a. the training set: the regime's, decontaminated if asked (training_set.py);
    b. training from ``model.init``'s start, resumable from checkpoints (train.py);
@@ -87,17 +88,26 @@ def prepare_run(context: Context, created: bool) -> None:
         if context.main:
             open_run(config, run)
         accelerator.wait_for_everyone()
-        pretrained = None
-        if config.pretrain.enabled and not run.base_manifest.is_file():
-            pretrained = ensure_pretrained_base(config, accelerator, context.corpus, progress=context.progress)
-        ensure_base_and_human(context, pretrained)
+        for family in context.families():  # one without model.chain; each family's own with it
+            prepare_family(context, family)
     except LmcollapseError:
         # A run this command created and could not prepare is removed: bad input leaves
         # nothing behind (an existing run is never touched here).
         if created and context.main:
             shutil.rmtree(run.root, ignore_errors=True)
         raise
-    ensure_base_eval(context)
+    for family in context.families():
+        ensure_base_eval(context.in_family(family))
+
+
+def prepare_family(context: Context, family) -> None:
+    """A model family's base (pretrained once if it is a preset) and its human blocks."""
+    pretrained = None
+    if family.config.pretrain.enabled and not family.run.base_manifest.is_file():
+        pretrained = ensure_pretrained_base(family.config, context.accelerator, context.corpus,
+                                            progress=context.progress)
+    ensure_base_and_human(context.in_family(family), pretrained)
+    context.forget_tokenizer()  # the next tokenizer() reads the saved copy
 
 
 def usable_stages(context: Context, last_generation: int, writable: bool) -> dict[str, StageCheck]:
@@ -106,15 +116,21 @@ def usable_stages(context: Context, last_generation: int, writable: bool) -> dic
     stale generations moved aside."""
     run = context.run
     checks = verified_stages(context)
-    if checks["human"].state == STALE:  # tokenized by a base model that changed since
+    # Human blocks tokenized by a base model that changed since (a chain's families' too).
+    stale_human = {name: checks[name] for name in ["human"] + [f"{f.run.name}-human" for f in context.families()[1:]]
+                   if name in checks and checks[name].state == STALE}
+    if stale_human:
+        first = next(iter(stale_human.values()))
         if not writable:
-            raise read_only_error(run, last_generation, f"human is stale ({checks['human'].problem})")
+            raise read_only_error(run, last_generation, f"{first.name} is stale ({first.problem})")
         context.corpus.check_fine_tuning_text()  # the human data can be rebuilt before it is moved aside
         if context.main:
-            retire_stale(context, [checks["human"]], last_generation)
-        ensure_base_and_human(context)
+            retire_stale(context, list(stale_human.values()), last_generation)
+        for family in context.families():
+            prepare_family(context, family)
         checks = verified_stages(context)
-    needed = ["base", "human"] + [run.generation(i).name for i in range(last_generation + 1)]
+    families = [name for name in checks if name.startswith("family-")]
+    needed = ["base", "human", *families] + [run.generation(i).name for i in range(last_generation + 1)]
     damaged = [checks[name] for name in needed if name in checks and checks[name].state == DAMAGED]
     if damaged and not context.accept_changed:
         raise LmcollapseError(damaged[0].problem)

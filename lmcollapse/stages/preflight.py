@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmcollapse.config import PipelineConfig, check_trained_positions, load_config, result_affecting_differences
+from lmcollapse.config.presets import ARCHITECTURE_PRESETS
 from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.engine.modeling import check_model_folder
 from lmcollapse.errors import LmcollapseError, error_reason
@@ -51,6 +52,10 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
     for key, name in named.items():
         if name is not None:
             check_named_model(name, key, config.model.trust_remote_code)
+    for position, entry in enumerate(config.model.entries):  # a chain's families that are not presets
+        if position and entry not in ARCHITECTURE_PRESETS and not run.family(position).base_manifest.is_file():
+            check_named_model(entry, "model.chain", config.model.trust_remote_code)
+            check_positions_of(config.for_family(entry), model_config_of(entry, config.model.trust_remote_code))
 
 
 def check_named_model(name: str, key: str, trust_remote_code: bool = False) -> None:
@@ -68,6 +73,16 @@ def check_named_model(name: str, key: str, trust_remote_code: bool = False) -> N
     except (OSError, ValueError) as err:
         raise LmcollapseError(f"{key}: {name!r} is not a model folder and the hub (or its cache) does not have it "
                               f"({error_reason(err, 120)}): name a local model folder or a reachable hub id") from None
+
+
+def model_config_of(name: str, trust_remote_code: bool) -> dict:
+    """A model's config.json as a dict: read from its folder, or from the hub (or its cache)."""
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return read_json(folder / "config.json")
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code).to_dict()
 
 
 def check_positions_of(config: PipelineConfig, model_config: dict) -> None:

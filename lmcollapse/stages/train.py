@@ -30,13 +30,14 @@ def ensure_trained_model(context: Context, index: int, train_set, train_sha: str
     if generation.model.is_dir():
         model = context.load_weights(generation.model)
         return model.to(accelerator.device), read_json(generation.train_log)
-    tokenizer = context.tokenizer()
+    family = context.family_of(index)
+    tokenizer = family.tokenizer()
     start = start_model(run, config, index)
     start_sha = weights_sha256(start)
     model = context.load_weights(start)
     validation = None
     if config.train.select == "best-validation":
-        validation = [np.asarray(ids, dtype=np.int64) for ids in read_records(run.human_validation)["input_ids"]]
+        validation = [np.asarray(ids, dtype=np.int64) for ids in read_records(family.run.human_validation)["input_ids"]]
     sources = source_counts(train_set)
     context.say(f"{generation.name}: training on {len(train_set)} blocks "
                 f"({', '.join(f'{v} {k}' for k, v in sorted(sources.items()))}) from {start.relative_to(run.root)}")
@@ -58,7 +59,12 @@ def ensure_trained_model(context: Context, index: int, train_set, train_sha: str
 
 
 def start_model(run: RunDir, config: PipelineConfig, index: int) -> Path:
-    """The weights generation ``index`` starts training from (``model.init``)."""
-    if index == 0 or config.model.init == "base":
-        return run.base_model
-    return run.generation(0 if config.model.init == "generation-0" else index - 1).model
+    """The weights generation ``index`` starts training from (``model.init``), in its own family:
+    ``base``, the family's base; ``generation-0``, the family's first generation (generation 0
+    without a chain), or its base when ``index`` is that first generation; ``previous``, generation
+    ``index - 1`` (the config refuses it across a family boundary)."""
+    model = config.model
+    first = model.first_generation_of(index)
+    if model.init == "base" or index == first:
+        return run.family(model.family_position(index)).base_model
+    return run.generation(first if model.init == "generation-0" else index - 1).model

@@ -1,5 +1,7 @@
 """The training-set stage: what generation k trains on, by the data regime (``data/regimes.py``),
-decontaminated if asked (``decontaminate.py``), written once as ``train-set.parquet``.
+decontaminated if asked (``decontaminate.py``), written once as ``train-set.parquet``. With
+``model.chain`` it is in the generation's own family: its family's human blocks, and the corpora
+of other families re-encoded by its tokenizer (``data/retokenize.py``).
 
     train_set, sha = ensure_training_set(context, index)
 """
@@ -11,7 +13,7 @@ from lmcollapse.data.regimes import assemble_training_set
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.stages.context import Context
 from lmcollapse.stages.decontaminate import filter_candidates
-from lmcollapse.stages.generate import read_synthetic
+from lmcollapse.stages.generate import read_synthetic_as
 
 
 def ensure_training_set(context: Context, index: int):
@@ -19,8 +21,9 @@ def ensure_training_set(context: Context, index: int):
     run, config = context.run, context.config
     generation = run.generation(index)
     if context.main and not generation.train_set.is_file():
-        human_train = read_records(run.human_train)
-        candidates = assemble_training_set(config, index, human_train, lambda g: read_synthetic(run.generation(g)))
+        family = context.family_of(index)  # with model.chain, other families' text is re-encoded
+        human_train = read_records(family.run.human_train)
+        candidates = assemble_training_set(config, index, human_train, lambda g: read_synthetic_as(context, g, family))
         if config.decontaminate.enabled and index > 0:
             candidates = filter_candidates(context, index, candidates)
         write_records(candidates, generation.train_set)

@@ -115,8 +115,15 @@ def _model_lines(config: PipelineConfig, run: RunDir, corpus: CorpusPlan) -> lis
             f"trained on the {data.train_split} split")
     else:
         lines.append(f"model: pretrained {config.model.name} (from_pretrained; copied into {run.base_model})")
-    starts = {"base": "the base model", "previous": "the previous generation's model",
-              "generation-0": "generation 0's model (the official code's --load-name best.ckpt)"}
+    if config.model.chain is not None:
+        families = ", ".join(f"{k}: {config.model.entry_at(k)}" for k in range(len(config.model.chain)))
+        lines.append(f"  model.chain: generation {families} (and every later one); each family has its own base and "
+                     "human blocks, and reads the text of another family re-encoded by its own tokenizer")
+        starts = {"base": "its family's base", "previous": "the previous generation's model",
+                  "generation-0": "the first generation of its family (its base for that first one)"}
+    else:
+        starts = {"base": "the base model", "previous": "the previous generation's model",
+                  "generation-0": "generation 0's model (the official code's --load-name best.ckpt)"}
     lines.append(f"  every generation after 0 starts from {starts[config.model.init]}; it continues "
                  f"{'its own training blocks' if config.generate.prompts == 'training-set' else 'the human training blocks'}")
     if config.train.select == "best-validation":
