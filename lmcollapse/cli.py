@@ -266,17 +266,21 @@ def command_pretrain(args) -> int:
     from lmcollapse.stages.context import make_accelerator
     from lmcollapse.stages.pretrain import ensure_pretrained_base
 
-    config = load_config(_pipeline_path(args), args.set)
-    if not (config.model.is_preset and config.pretrain.enabled):
-        why = "pretrain.corpus is null" if config.model.is_preset else f"{config.model.name} is pretrained already"
-        print(f"{config.name}: nothing to pretrain ({why})")
+    pipeline = load_config(_pipeline_path(args), args.set)
+    # Each preset family's base (one without model.chain).
+    families = [pipeline.for_family(entry) for entry in pipeline.model.entries]
+    presets = [config for config in families if config.model.is_preset and config.pretrain.enabled]
+    if not presets:
+        why = "pretrain.corpus is null" if pipeline.model.is_preset else f"{pipeline.model.name} is pretrained already"
+        print(f"{pipeline.name}: nothing to pretrain ({why})")
         return 0
-    corpus = CorpusPlan(config)
+    corpus = CorpusPlan(pipeline)
     corpus.check_pretraining_text()
-    with stop_on_signals():
-        entry = ensure_pretrained_base(config, make_accelerator(config), corpus, progress=not args.no_progress)
-    if is_main_process():
-        print(f"{config.model.name} pretrained base: {entry.model}")
+    for config in presets:
+        with stop_on_signals():
+            entry = ensure_pretrained_base(config, make_accelerator(config), corpus, progress=not args.no_progress)
+        if is_main_process():
+            print(f"{config.model.name} pretrained base: {entry.model}")
     return 0
 
 

@@ -28,6 +28,7 @@ from lmcollapse.report import write_report
 from lmcollapse.run.integrity import COMPLETE, DAMAGED, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.stages.generate import read_synthetic
+from lmcollapse.views.status import describe_status
 
 CHAIN = ["model.chain=[tiny-opt, tiny-llama, tiny-gpt2]"]
 FAMILIES = ["tiny-opt", "tiny-llama", "tiny-gpt2", "tiny-gpt2"]
@@ -79,6 +80,8 @@ def test_a_three_family_chain_end_to_end(chain_run):
     assert {name for name in checks if name.startswith("family-")} == \
         {"family-01-base", "family-01-human", "family-02-base", "family-02-human"}
     assert set(checks.values()) == {COMPLETE}
+    text, healthy = describe_status(run)
+    assert healthy and "family-01-base complete" in text and "family-02-human complete" in text
     # Bits per byte everywhere; decontamination measured every detector at every boundary.
     assert all(0 < row["bits_per_byte"] < 16 for row in rows)
     for k in (1, 2, 3):

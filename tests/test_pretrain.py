@@ -134,3 +134,26 @@ def test_a_damaged_cache_entry_is_refused_with_the_command_that_mends_it(tmp_pat
     assert not (tmp_path / "second").exists()  # nothing half-made left behind
     # the run already made from it is complete and untouched
     assert (tmp_path / "first" / "generation-00" / "manifest.json").is_file()
+
+
+def test_a_chain_pretrains_each_preset_family_once_and_its_runs_copy_them(tmp_path, monkeypatch, small_corpus,
+                                                                          pretrain_corpus):
+    """`lmcollapse pretrain` on a model.chain pipeline pretrains every preset family's base (what a
+    study does first); a run of the chain then copies each from the cache, byte for byte."""
+    monkeypatch.setenv("LMCOLLAPSE_CACHE_DIR", str(tmp_path / "cache"))
+    overrides = pretrained_overrides(pretrain_corpus, "model.chain=[tiny-opt, tiny-llama]", "model.init=generation-0")
+    pipeline = write_pipeline(tmp_path / "chain.yaml", micro_raw_config(small_corpus, overrides))
+    result = run_cli("-q", "pretrain", "--pipeline", str(pipeline), "--no-progress",
+                     env={"LMCOLLAPSE_CACHE_DIR": str(tmp_path / "cache")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    config = micro_config(small_corpus, overrides)
+    entries = [locate_entry(config.for_family(name)) for name in ("tiny-opt", "tiny-llama")]
+    assert all(entry.is_complete for entry in entries) and entries[0].key != entries[1].key
+    assert [line.split(" pretrained base: ")[0] for line in result.stdout.splitlines()] == ["tiny-opt", "tiny-llama"]
+    cached = tree_state(tmp_path / "cache")
+    run = RunDir(tmp_path / "run")
+    quiet_build(config, run.root, 1)
+    assert tree_state(tmp_path / "cache") == cached  # both hits
+    for folder, entry in zip((run, run.family(1)), entries):
+        assert read_manifest(folder.base_manifest)["pretrained"]["key"] == entry.key
+        assert tree_hashes(folder.base_model) == tree_hashes(entry.model)

@@ -88,7 +88,8 @@ def write_generation_manifest(context: Context, index: int, consumed: dict, trai
                    if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
         write_manifest(generation.manifest, {
             "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
-            **lineage_record(run, index, family_folder(context, index)), "consumed": consumed, "mixed_precision": stage_precisions(config),
+            **lineage_record(run, index, family_folder(context, index)), "consumed": consumed,
+            "mixed_precision": stage_precisions(config),
             "processes": context.accelerator.num_processes, "generate_batch_size": generate_batch_size(context, index),
             "train_set_sha256": train_sha, FILES: outputs, "timings": timings,
             "metrics": row, **environment_record()})

@@ -16,13 +16,15 @@ def bases_to_build(runs: list[StudyRun]) -> list[StudyRun]:
     """One run for each pretrained base the runs need that is not cached yet (by its cache key)."""
     chosen: dict[str, StudyRun] = {}
     for run in runs:
-        config = run.config
-        if not (config.model.is_preset and config.pretrain.enabled):
-            continue
-        entry = locate_entry(config, CorpusPlan(config).pretraining)
-        if not entry.is_complete:
-            chosen.setdefault(entry.key, run)
-    return list(chosen.values())
+        for entry_name in run.config.model.entries:  # with model.chain, each family's base
+            config = run.config.for_family(entry_name)
+            if not (config.model.is_preset and config.pretrain.enabled):
+                continue
+            entry = locate_entry(config, CorpusPlan(config).pretraining)
+            if not entry.is_complete:
+                chosen.setdefault(entry.key, run)
+    # `lmcollapse pretrain` builds every base a run's pipeline needs: each such run once.
+    return list({id(run): run for run in chosen.values()}.values())
 
 
 def pretrain_argv(run: StudyRun) -> list[str]:

@@ -35,6 +35,13 @@ def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None
         f"base           {state('base', 'complete' if run.base_manifest.is_file() else 'to build')}",
         f"human          {state('human', 'complete' if run.human_manifest.is_file() else 'to build')}",
     ]
+    positions = range(1, len(config.model.entries)) if config is not None else \
+        [int(f.name.removeprefix("family-")) for f in run.families_on_disk()]
+    for position in positions:  # model.chain: each further family's base and human blocks
+        family = run.family(position)
+        for stage, marker in (("base", family.base_manifest), ("human", family.human_manifest)):
+            name = f"{family.name}-{stage}"
+            lines.append(f"{name:<14} {state(name, 'complete' if marker.is_file() else 'to build')}")
     for index in range(last_generation + 1):
         generation = run.generation(index)
         lines.append(f"{generation.name:<14} {state(generation.name, generation_state(generation, config))}")
