@@ -82,6 +82,12 @@ def test_a_three_family_chain_end_to_end(chain_run):
     assert set(checks.values()) == {COMPLETE}
     text, healthy = describe_status(run)
     assert healthy and "family-01-base complete" in text and "family-02-human complete" in text
+    # Cards name the run (one label for every generation and family) and each generation's family.
+    label = config.fingerprint()[:12]
+    card = (run.generation(1).model / "README.md").read_text()
+    assert f"# Generation 1 of lmcollapse run {label}" in card and "A `tiny-llama` model" in card
+    human_card = (run.family(2).human / "README.md").read_text()
+    assert f"run {label}" in human_card and "by the tiny-gpt2 tokenizer" in human_card
     # Bits per byte everywhere; decontamination measured every detector at every boundary.
     assert all(0 < row["bits_per_byte"] < 16 for row in rows)
     for k in (1, 2, 3):
@@ -143,7 +149,11 @@ def test_a_damaged_family_stops_the_generation_that_reads_it(chain_run, tmp_path
     copy = RunDir(tmp_path / "copy")
     shutil.copytree(run.root, copy.root)
     (copy.family(1).human_train).write_bytes(b"not parquet")
-    assert {c.name: c.state for c in verify_run(copy)}["family-01-human"] == DAMAGED
+    check = {c.name: c for c in verify_run(copy)}["family-01-human"]
+    assert check.state == DAMAGED
+    # The fix removes the family's stage and rebuilds the run (not the family folder as a run).
+    removal, rebuild = check.fix.split(" && ")
+    assert removal == f"rm -r {copy.family(1).human}" and "family-01" not in rebuild and str(copy.root) in rebuild
     shutil.rmtree(copy.generation(3).root)
     with pytest.raises(Exception, match="family-01"):
         build_quietly(config, copy.root, 3)
@@ -199,7 +209,10 @@ def test_a_chain_killed_anywhere_resumes_in_another_folder_byte_identical(replac
     (["model.chain=[tiny-llama, tiny-opt]", "model.name=tiny-opt"], "model.chain: starts with tiny-llama"),
     (["model.chain=[tiny-opt]"], "model.chain: must list at least two models"),
     (CHAIN + ["data.regime=accumulate", "decontaminate.enabled=true", "generate.watermark=true",
-              "decontaminate.detector=watermark"], "watermark needs one vocabulary"),
+              "decontaminate.detector=watermark"], "decontaminate.detector: watermark needs one vocabulary"),
+    (CHAIN + ["data.regime=accumulate", "decontaminate.enabled=true", "generate.watermark=true",
+              "decontaminate.measure=[watermark]"], "decontaminate.measure: watermark needs one vocabulary"),
+    (CHAIN + ["data.max_train_blocks=null"], "data.max_train_blocks: is null, but with model.chain"),
 ])
 def test_impossible_chains_are_refused_in_one_line(small_corpus, overrides, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")) as err:

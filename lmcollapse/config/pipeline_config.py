@@ -119,8 +119,16 @@ class PipelineConfig:
         need one vocabulary across generations refused."""
         _require(self.pretrain.enabled is False or any(e in ARCHITECTURE_PRESETS for e in self.model.entries),
                  "pretrain.corpus", "pretrains the presets of model.chain, and it names none: set pretrain.corpus=null")
-        _require("watermark" not in self.decontaminate.detectors, "decontaminate.detector",
-                 "watermark needs one vocabulary, but model.chain writes in several: measure the others")
+        where = "decontaminate.detector" if self.decontaminate.detector == "watermark" else "decontaminate.measure"
+        _require("watermark" not in self.decontaminate.detectors, where,
+                 "watermark needs one vocabulary, but model.chain writes in several: use the classifier, perplexity "
+                 "or fast-detectgpt detector (decontaminate.detector=classifier) and leave watermark out of "
+                 "decontaminate.measure")
+        # One N for every family: a corpus has the size of the run's human training set, and the
+        # regimes draw from each family's, which block counts of other tokenizers would make differ.
+        _require(self.data.max_train_blocks is not None, "data.max_train_blocks",
+                 "is null, but with model.chain every family's human training set must have one size: set it "
+                 "(e.g. data.max_train_blocks=1024)")
         for entry in self.model.entries:
             try:
                 self.for_family(entry)  # each family's checks (positions, overrides) on its own config

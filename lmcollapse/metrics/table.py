@@ -94,7 +94,7 @@ def collect_rows(run: RunDir) -> list[dict]:
 def reference_rows(run: RunDir) -> dict[str, dict]:
     reference = {}
     if run.base_eval.is_file():
-        reference["base"] = {k: v for k, v in read_manifest(run.base_eval).items() if k.startswith("ppl_")}
+        reference["base"] = {k: v for k, v in read_manifest(run.base_eval).items() if k.startswith("ppl_") or k == "bits_per_byte"}
     if run.human_manifest.is_file():
         reference["human"] = dict(read_manifest(run.human_manifest).get("text_metrics", {}))
     return reference

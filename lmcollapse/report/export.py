@@ -44,7 +44,7 @@ def export_run(run: RunDir, destination: Path) -> Path:
     if holder is not None:
         raise LmcollapseError(f"run {run.root} is being written ({holder}): export it when that command has finished")
     checks = {check.name: check for check in verify_run(run)}
-    for name in ("base", "human"):
+    for name in ["base", "human", *(n for n in checks if n.startswith("family-"))]:  # a chain's families too
         if name in checks and checks[name].state != COMPLETE:
             raise LmcollapseError(f"run {run.root}: {name} is {checks[name].state} ({checks[name].problem}); "
                                   f"mend it first (lmcollapse status --run {shlex.quote(str(run.root))} says how)")

@@ -206,7 +206,9 @@ def sample_continuations(groups: list[Group]) -> list[str]:
                 continue
             synthetic = concatenate([read_records(path) for path in shards])
             continued = {}
-            for source in (generation.train_set, record.run.human_train):
+            # The blocks it continued: its own family's human blocks (model.chain), then its training set.
+            family = record.run.family(record.config.model.family_position(index))
+            for source in (family.human_train, generation.train_set):
                 if source.is_file():
                     table = read_records(source)
                     continued.update(zip(table["id"], table["text"]))

@@ -36,11 +36,12 @@ def build_command(run_root: Path, last: int) -> str:
 def rebuild_command(stage_root: Path, last: int | None = None) -> str:
     """Remove a stage's folder, then rebuild it (and what depends on it) with ``build_command``.
 
-    ``stage_root`` is ``<run>/base``, ``<run>/human`` or ``<run>/generation-NN``; ``last`` defaults
-    to the highest generation on disk.
+    ``stage_root`` is ``<run>/base``, ``<run>/human``, ``<run>/generation-NN`` or a chain family's
+    ``<run>/family-NN/base`` or ``human``; ``last`` defaults to the highest generation on disk.
     """
     stage_root = Path(stage_root)
-    run = RunDir(stage_root.parent)
+    parent = stage_root.parent
+    run = RunDir(parent.parent if parent.name.startswith("family-") and parent.name[7:].isdigit() else parent)
     if last is None:
         on_disk = [g.index for g in run.generations_on_disk()]
         last = max(on_disk, default=0)

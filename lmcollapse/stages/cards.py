@@ -106,15 +106,19 @@ def corpus_source(config: PipelineConfig) -> str:
     return where
 
 
-def write_human_card(config: PipelineConfig, folder: Path, rows: dict[str, int]) -> None:
-    """``human/README.md``: the human blocks as a dataset (train / test / validation)."""
+def write_human_card(config: PipelineConfig, folder: Path, rows: dict[str, int], family: str | None = None) -> None:
+    """``human/README.md``: the human blocks as a dataset (train / test / validation); ``family``:
+    with model.chain, the family whose tokenizer cut them (``config`` is the run's)."""
     data = config.data
+    trainer = "generation 0" if family is None else f"the {family} generations"
     files = {"train": "train.parquet", "test": "heldout.parquet"}
     if "validation" in rows:
         files["validation"] = "validation.parquet"
     text = [
         f"# Human text of lmcollapse run {_label(config)}", "",
-        f"Blocks of {data.block_size} tokens cut from {corpus_source(config)}: `train` holds the blocks generation 0 "
+        f"Blocks of {data.block_size} tokens cut from {corpus_source(config)}"
+        + ("" if family is None else f" by the {family} tokenizer (model.chain)")
+        + f": `train` holds the blocks {trainer} "
         f"trains on (split {data.train_split!r}, {rows['train']} blocks), `test` the held-out blocks every generation's "
         f"perplexity is measured on (split {data.heldout_split!r}), `validation` the blocks that select each "
         "generation's epoch, where there are any. The licence is the corpus's.", "",
@@ -147,14 +151,16 @@ def write_synthetic_card(config: PipelineConfig, folder: Path, index: int, model
 
 
 def write_model_card(config: PipelineConfig, folder: Path, index: int, start: str, train_set: str, regime: str,
-                     row: dict) -> None:
-    """``generation-NN/model/README.md``: what the model is, from where, how good on human text."""
+                     row: dict, model_name: str | None = None) -> None:
+    """``generation-NN/model/README.md``: what the model is, from where, how good on human text
+    (``model_name``: with model.chain, the generation's family)."""
+    model_name = model_name or config.model.name
     header = {"library_name": "transformers", "tags": TAGS, "pipeline_tag": "text-generation"}
-    if HUB_ID.match(config.model.name):  # a hub id, not a local folder (the card must not depend on the cwd)
-        header["base_model"] = config.model.name
+    if HUB_ID.match(model_name):  # a hub id, not a local folder (the card must not depend on the cwd)
+        header["base_model"] = model_name
     text = [
         f"# Generation {index} of lmcollapse run {_label(config)}", "",
-        f"A `{config.model.name}` model fine-tuned from {start} on {train_set} (regime: {regime}), "
+        f"A `{model_name}` model fine-tuned from {start} on {train_set} (regime: {regime}), "
         f"{config.train.epochs} epoch(s), AdamW lr {config.train.learning_rate:g}"
         + (f", LoRA rank {config.train.lora.r} merged into the weights" if config.train.lora else "") + ".", "",
         f"Held-out human perplexity ({config.data.heldout_split} split of {corpus_source(config)}): "

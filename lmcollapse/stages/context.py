@@ -58,6 +58,7 @@ class Context:
     echo: object = print
     corpus: CorpusPlan | None = None  # where the text comes from, located once per command (default: from config)
     _families: dict = field(default_factory=dict, repr=False)
+    run_config: PipelineConfig | None = None  # in_family's: the whole run's config (cards name the run by it)
 
     def __post_init__(self) -> None:
         if self.corpus is None:
@@ -94,7 +95,7 @@ class Context:
     def in_family(self, family: Family) -> Context:
         """This context for one family's own base and human stages: its config, its folder."""
         return Context(family.config, family.run, self.accelerator, self.accept_changed, self.progress, self.echo,
-                       corpus=self.corpus)
+                       corpus=self.corpus, run_config=self.config)
 
     def load_weights(self, folder):
         """One of the run's own saved models (fp32, the config's attention kernel), without its tokenizer."""

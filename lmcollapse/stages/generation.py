@@ -62,9 +62,10 @@ def write_cards(context: Context, index: int, train_set, shards: list[dict], row
                              sum(s["records"] for s in shards), regime, row)
         start = start_model(run, config, index)
         counts = ", ".join(f"{n} {source}" for source, n in source_counts(train_set).items())
-        write_model_card(context.family_of(index).config, generation.model, index,  # its own family's name
+        write_model_card(config, generation.model, index,
                          f"`{start.relative_to(run.root).as_posix()}` (weights sha256 `{weights_sha256(start)}`)",
-                         f"{len(train_set)} blocks of {config.data.block_size} tokens ({counts})", regime, row)
+                         f"{len(train_set)} blocks of {config.data.block_size} tokens ({counts})", regime, row,
+                         context.family_of(index).name)
     context.accelerator.wait_for_everyone()
 
 

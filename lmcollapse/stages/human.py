@@ -77,8 +77,10 @@ def write_human(context: Context, text: HumanText, blocks: HumanBlocks, started:
     write_records(heldout, run.human_heldout)
     if validation is not None:
         write_records(validation, run.human_validation)
-    write_human_card(config, run.human, {"train": len(train), "test": len(heldout),
-                                         **({"validation": len(validation)} if validation is not None else {})})
+    whole = context.run_config or config  # the run's config (a chain family's stage has its own)
+    write_human_card(whole, run.human, {"train": len(train), "test": len(heldout),
+                                        **({"validation": len(validation)} if validation is not None else {})},
+                     config.model.name if whole.model.chain is not None else None)
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(blocks.train)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
     write_manifest(run.human_manifest, {

@@ -66,7 +66,7 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
     accelerator = make_accelerator(config)
     context = Context(config, run, accelerator, accept_changed, progress, echo, corpus=corpus)
     writable = is_writable(run)
-    if not writable and has_work(run, last_generation):
+    if not writable and has_work(run, last_generation, len(config.model.entries)):
         raise read_only_error(run, last_generation, "generations up to {last} are not all complete")
     created = not run.root.exists()  # before the lock, which creates the folder
     with run_lock(run, enabled=accelerator.is_main_process and writable), stop_on_signals():
@@ -108,6 +108,12 @@ def prepare_family(context: Context, family) -> None:
                                             progress=context.progress)
     ensure_base_and_human(context.in_family(family), pretrained)
     context.forget_tokenizer()  # the next tokenizer() reads the saved copy
+    if family.position:  # every corpus has the run's N blocks, and each family's regimes draw from its own
+        size, own = (read_json(f.human_manifest)["train"]["blocks"] for f in (context.run, family.run))
+        if size != own:
+            raise LmcollapseError(f"model.chain: {family.name} cuts the human training text into {own} blocks, "
+                                  f"{context.config.model.name} into {size}: set data.max_train_blocks={min(size, own)} "
+                                  "so every family trains on the same number")
 
 
 def usable_stages(context: Context, last_generation: int, writable: bool) -> dict[str, StageCheck]:
@@ -196,10 +202,11 @@ def read_only_error(run: RunDir, last_generation: int, why: str) -> LmcollapseEr
         f"{build_command(Path('COPY'), last_generation)}")
 
 
-def has_work(run: RunDir, last_generation: int) -> bool:
-    """Whether building generations 0..last would write anything (the cheap, file-presence view)."""
-    return not (run.base_eval.is_file() and run.human_manifest.is_file()
-                and all(run.generation(i).is_complete for i in range(last_generation + 1)))
+def has_work(run: RunDir, last_generation: int, families: int = 1) -> bool:
+    """Whether building generations 0..last would write anything (the cheap, file-presence view;
+    ``families``: how many model families the run has, each with its base and human blocks)."""
+    prepared = all(run.family(p).base_eval.is_file() and run.family(p).human_manifest.is_file() for p in range(families))
+    return not (prepared and all(run.generation(i).is_complete for i in range(last_generation + 1)))
 
 
 def retire_stale(context: Context, stale: list, last_generation: int) -> None:
