@@ -157,3 +157,16 @@ def test_a_chain_pretrains_each_preset_family_once_and_its_runs_copy_them(tmp_pa
     for folder, entry in zip((run, run.family(1)), entries):
         assert read_manifest(folder.base_manifest)["pretrained"]["key"] == entry.key
         assert tree_hashes(folder.base_model) == tree_hashes(entry.model)
+
+
+def test_the_base_depends_on_the_process_count_only_while_its_micro_batch_is_not_fixed(small_corpus, pretrain_corpus,
+                                                                                       monkeypatch):
+    """What the README's scaling section says: with pretrain.micro_batch_size null, each process
+    takes batch_size / processes, so a 2-process launch pretrains (and caches) a base of its own;
+    with it set, 1 and 2 processes share one base."""
+    def key(*overrides: str, processes: int) -> str:
+        monkeypatch.setenv("WORLD_SIZE", str(processes))
+        return locate_entry(micro_config(small_corpus, pretrained_overrides(pretrain_corpus, *overrides))).key
+
+    assert key(processes=1) != key(processes=2)
+    assert key("pretrain.micro_batch_size=4", processes=1) == key("pretrain.micro_batch_size=4", processes=2)
