@@ -65,7 +65,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         check_name(self.name, "name")
         if self.pretrain.corpus == AUTO_PRETRAIN:  # resolved, so a run's pipeline.yaml says what it did
-            resolved = DEFAULT_PRETRAIN_CORPUS if any(e in ARCHITECTURE_PRESETS for e in self.model.entries) else None
+            resolved = DEFAULT_PRETRAIN_CORPUS if self.model.has_preset else None
             object.__setattr__(self, "pretrain", dataclasses.replace(self.pretrain, corpus=resolved))
         _require(self.generations >= 1, "generations", f"must be at least 1, got {self.generations}")
         _require(self.seed >= 0, "seed", f"must be 0 or more, got {self.seed}")
@@ -117,7 +117,7 @@ class PipelineConfig:
     def check_chain(self) -> None:
         """A chain's checks: every family's own (as one-family configs), and the settings that
         need one vocabulary across generations refused."""
-        _require(self.pretrain.enabled is False or any(e in ARCHITECTURE_PRESETS for e in self.model.entries),
+        _require(self.pretrain.enabled is False or self.model.has_preset,
                  "pretrain.corpus", "pretrains the presets of model.chain, and it names none: set pretrain.corpus=null")
         where = "decontaminate.detector" if self.decontaminate.detector == "watermark" else "decontaminate.measure"
         _require("watermark" not in self.decontaminate.detectors, where,

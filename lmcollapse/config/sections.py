@@ -175,6 +175,12 @@ class ModelConfig:
         return self.name if self.chain is None else self.chain[min(generation, len(self.chain) - 1)]
 
     @property
+    def has_preset(self) -> bool:
+        """Whether the model, or any entry of its chain, is a preset (pretrained here, shaped by
+        the shape overrides)."""
+        return self.is_preset or any(e in ARCHITECTURE_PRESETS for e in self.entries)
+
+    @property
     def entries(self) -> tuple[str, ...]:
         """The run's distinct families in order of first use (one without a chain)."""
         return (self.name,) if self.chain is None else tuple(dict.fromkeys(self.chain))
@@ -201,7 +207,7 @@ class ModelConfig:
                      f"previous cannot start generation {boundary} ({self.chain[boundary or 0]}) from generation "
                      f"{(boundary or 1) - 1}'s {self.chain[(boundary or 1) - 1]} weights: set model.init=generation-0 "
                      "(the first generation of each family, else its base) or model.init=base")
-        if not self.is_preset and not any(e in ARCHITECTURE_PRESETS for e in self.entries):
+        if not self.has_preset:
             for key in SHAPE_OVERRIDES:
                 _require(getattr(self, key) is None, key,
                          f"only applies to the presets ({', '.join(ARCHITECTURE_PRESETS)}); "

@@ -59,6 +59,12 @@ def _csv_value(value):
     return "" if value is None else value
 
 
+def generation_label(row: dict) -> str:
+    """A generation's label in tables: its number, and its model family where a chain gave it one."""
+    family = row.get("family")
+    return f"{row['generation']} ({family})" if family else str(row["generation"])
+
+
 def format_table(rows: list[dict], reference: dict | None = None, columns: list[str] | None = None) -> str:
     """A fixed-width table: reference rows (base, human) first, then one row per generation."""
     present = {k for row in rows for k in row} | {k for r in (reference or {}).values() for k in r}
@@ -67,8 +73,7 @@ def format_table(rows: list[dict], reference: dict | None = None, columns: list[
     for label, values in (reference or {}).items():
         table.append([label] + [_fmt(c, values.get(c)) for c in columns])
     for row in rows:
-        label = str(row["generation"]) + (f" ({row['family']})" if row.get("family") else "")  # model.chain
-        table.append([label] + [_fmt(c, row.get(c)) for c in columns])
+        table.append([generation_label(row)] + [_fmt(c, row.get(c)) for c in columns])
     widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in table]
     lines.insert(1, "  ".join("-" * w for w in widths))

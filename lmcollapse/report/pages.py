@@ -14,6 +14,7 @@ from lmcollapse.config import config_to_yaml
 from lmcollapse.data.records import concatenate, read_records
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.metrics.columns import COMPARED, HEADLINE, STAGE_SECONDS, shown_in
+from lmcollapse.metrics.table import generation_label
 from lmcollapse.report.figures import (
     figure_diversity,
     figure_intervals,
@@ -28,7 +29,6 @@ from lmcollapse.report.runs import (
     aggregate,
     discover_runs,
     duplicate_warnings,
-    generation_label,
     group_runs,
     group_table,
     present_metrics,

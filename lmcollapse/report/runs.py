@@ -161,12 +161,6 @@ def group_table(group: Group, metrics: list[str]) -> list[dict]:
     return table
 
 
-def generation_label(entry: dict) -> str:
-    """A generation's label in tables: its number, and its model family where a chain gave it one."""
-    family = entry.get("family")
-    return f"{entry['generation']} ({family})" if family else str(entry["generation"])
-
-
 def present_metrics(groups: list[Group]) -> list[str]:
     present = {k for g in groups for r in g.runs for row in r.rows for k in row}
     return [m for m in REGISTRY if m in present]

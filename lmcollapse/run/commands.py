@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from lmcollapse.run.layout import RunDir
+from lmcollapse.run.layout import RunDir, family_position
 
 
 def _in_repository() -> bool:
@@ -41,7 +41,7 @@ def rebuild_command(stage_root: Path, last: int | None = None) -> str:
     """
     stage_root = Path(stage_root)
     parent = stage_root.parent
-    run = RunDir(parent.parent if parent.name.startswith("family-") and parent.name[7:].isdigit() else parent)
+    run = RunDir(parent.parent if family_position(parent.name) else parent)
     if last is None:
         on_disk = [g.index for g in run.generations_on_disk()]
         last = max(on_disk, default=0)

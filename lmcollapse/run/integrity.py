@@ -26,7 +26,7 @@ from pathlib import Path
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.commands import build_command, rebuild_command
-from lmcollapse.run.layout import RunDir
+from lmcollapse.run.layout import RunDir, family_position
 from lmcollapse.run.manifests import check_unchanged, read_manifest, recorded_files
 
 COMPLETE, DAMAGED, STALE, PARTIAL, MISSING = "complete", "damaged", "stale", "partial", "missing"
@@ -163,10 +163,11 @@ def _family_of(run: RunDir, generation, families: dict) -> tuple | None:
                 name = read_manifest(recorded).get("family")
             except LmcollapseError:
                 return None  # reported as damage by the generation's own check
-            if not isinstance(name, str) or not name.removeprefix("family-").isdigit():
+            position = family_position(name) if isinstance(name, str) else None
+            if position is None:
                 return None  # no family of its own (or not one this layout names)
             if name not in families:
-                folder = run.family(int(name.removeprefix("family-")))
+                folder = run.family(position)
                 return (folder, StageCheck(f"{name}-base", folder.base, MISSING),
                         StageCheck(f"{name}-human", folder.human, MISSING))
             return families[name]

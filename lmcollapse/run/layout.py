@@ -85,6 +85,13 @@ class GenerationDir:
         return sorted(self.synthetic.glob("shard-*.json"))
 
 
+def family_position(name: str) -> int | None:
+    """The chain position a family folder's name stands for ("family-01": 1); None for any other
+    name. The one parser of the names ``RunDir.family`` writes."""
+    digits = name.removeprefix("family-")
+    return int(digits) if digits != name and digits.isascii() and digits.isdigit() else None
+
+
 @dataclass(frozen=True)
 class RunDir:
     root: Path
@@ -116,7 +123,8 @@ class RunDir:
 
     def families_on_disk(self) -> list[RunDir]:
         """The further families' folders (family-01, ...) that exist, in order."""
-        return [RunDir(path) for path in sorted(self.root.glob("family-[0-9][0-9]")) if path.is_dir()]
+        found = [(family_position(path.name), path) for path in self.root.glob("family-*") if path.is_dir()]
+        return [RunDir(path) for position, path in sorted(found) if position]
 
     def generation(self, index: int) -> GenerationDir:
         return GenerationDir(self.root / f"generation-{index:02d}", index)

@@ -147,8 +147,9 @@ def verify_inputs(context: Context, index: int) -> dict[str, str]:
         # Generation 0's model scores the tails; with init=generation-0 a later one starts from its
         # family's first generation (generation 0 without a chain).
         models = {0} if index > 1 and config.evaluate.tails else set()
-        if start != family.run.base_model and start.parent.name != previous.name:
-            models.add(int(start.parent.name.removeprefix("generation-")))
+        first = config.model.first_generation_of(index)
+        if start == run.generation(first).model and first != index - 1:
+            models.add(first)
         for earlier in sorted(models):
             older = run.generation(earlier)
             recorded = recorded_files(read_manifest(older.manifest))

@@ -16,7 +16,7 @@ from lmcollapse.engine.training import steps_per_epoch
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
-from lmcollapse.run.layout import GenerationDir, RunDir
+from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
 from lmcollapse.run.manifests import read_manifest
 
@@ -36,7 +36,7 @@ def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None
         f"human          {state('human', 'complete' if run.human_manifest.is_file() else 'to build')}",
     ]
     positions = range(1, len(config.model.entries)) if config is not None else \
-        [int(f.name.removeprefix("family-")) for f in run.families_on_disk()]
+        [family_position(f.name) for f in run.families_on_disk()]
     for position in positions:  # model.chain: each further family's base and human blocks
         family = run.family(position)
         for stage, marker in (("base", family.base_manifest), ("human", family.human_manifest)):
