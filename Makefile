@@ -26,7 +26,7 @@ STUDY_ARGS = $(if $(strip $(LAUNCHER)),--launcher $(LAUNCHER)) $(if $(strip $(SL
 help:
 	@echo "make run                 the default pipeline ($(PIPELINE)) end to end; prints the metrics table, writes RUN/report/"
 	@echo "make test                the whole test suite (what CI runs)"
-	@echo "make test-fast           the unit tests only, under a minute (end-to-end tests are marked slow)"
+	@echo "make test-fast           the unit tests only, a few minutes (end-to-end tests are marked slow)"
 	@echo "make lint                ruff over the code"
 	@echo "make generation-N        make generations 0..N of RUN complete (resumes, skips what is done)"
 	@echo "make status              every stage of RUN checked against its manifest: complete, damaged, stale, partial, missing"
@@ -104,12 +104,17 @@ config: install
 data: install
 	$(LMC) data --pipeline "$(PIPELINE)"
 
-test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# One pytest-xdist worker per core (TEST_WORKERS=1: one process). A test file runs in one worker,
+# so a module's fixtures (the SLURM cluster, the two-process runs) are built once.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 
-# The unit tests only (the end-to-end ones are marked slow): feedback in under a minute.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)
+
+# The unit tests only (the end-to-end ones are marked slow): a few minutes.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_PARALLEL) $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check lmcollapse tests bench

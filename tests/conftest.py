@@ -9,7 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, micro_run, write_generated_corpus
+# Under pytest-xdist (make test: one worker per core), each worker computes with its share of the
+# cores rather than every worker with all of them, and each subprocess a test starts inherits the
+# share (tests that compare thread counts set OMP_NUM_THREADS themselves). Set before torch loads.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _SHARE = str(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    os.environ.setdefault("OMP_NUM_THREADS", _SHARE)
+    os.environ.setdefault("MKL_NUM_THREADS", _SHARE)
+
+# Tests never reach the network: the hub is off, the corpus comes from LMCOLLAPSE_DATA_DIR. Set
+# when this file is imported, before anything imports datasets or huggingface_hub (they read
+# these variables once, at import; helpers below does), and inherited by every subprocess a test starts.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+# Pretrained bases go to a cache of the test session's own, never the user's ~/.cache/lmcollapse;
+# so do the datasets library's Arrow files: it keys a local folder's cache entry by its files'
+# modification times, and an entry from another session matched a rebuilt corpus's (a stale read).
+os.environ["LMCOLLAPSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmcollapse-test-cache-")
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="lmcollapse-test-datasets-")
+
+from helpers import REPO, micro_run, write_generated_corpus  # noqa: E402  (after the environment above)
 
 
 def _data_dir() -> Path | None:
@@ -26,14 +47,6 @@ if DATA_DIR is None and os.environ.get("CI"):
     raise pytest.UsageError("CI=true but WikiText-2 was not found: set LMCOLLAPSE_DATA_DIR")
 
 
-# Tests never reach the network: the hub is off, the corpus comes from LMCOLLAPSE_DATA_DIR. Set
-# when this file is imported, before any test module imports datasets or huggingface_hub (they
-# read these variables once, at import), and inherited by every subprocess a test starts.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["TOKENIZERS_PARALLELISM"] = "false"
-# Pretrained bases go to a cache of the test session's own, never the user's ~/.cache/lmcollapse.
-os.environ["LMCOLLAPSE_CACHE_DIR"] = tempfile.mkdtemp(prefix="lmcollapse-test-cache-")
 if DATA_DIR is not None:
     os.environ["LMCOLLAPSE_DATA_DIR"] = str(DATA_DIR)
 

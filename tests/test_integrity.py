@@ -70,6 +70,22 @@ def test_an_intact_run_verifies(run):
     assert "verified: every file of every complete stage matches its manifest" in result.stdout
 
 
+def test_every_manifest_records_what_the_numbers_depend_on(run):
+    # On a CPU a run's last digits depend on the CPU model and the thread count (README,
+    # "Reproducibility"): both are in every stage's manifest, beside the versions.
+    import platform
+
+    import torch
+
+    expected = next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), None) if Path("/proc/cpuinfo").exists() else None
+    for manifest in (run.base_manifest, run.generation(0).manifest, run.generation(1).manifest):
+        environment = json.loads(manifest.read_text())
+        assert environment["cpu"] == (expected or platform.processor() or "unknown")
+        assert environment["threads"] == torch.get_num_threads()
+        assert {"torch", "transformers", "lmcollapse"} <= set(environment["versions"])
+
+
 def test_a_manifest_of_an_older_run_that_names_its_files_outputs_is_still_read(run):
     """Generation manifests once named their file map ``outputs`` (base and human: ``files``); a run
     made then verifies as any other (the last generation's: rewriting an earlier one would change

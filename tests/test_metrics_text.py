@@ -71,7 +71,7 @@ def test_self_bleu_of_texts_and_the_seeded_subsample():
     texts = [f"sample {i} says {'the cat sat' if i % 3 else 'a dog ran'} on mat {i % 5}" for i in range(40)]
     tokens = [t.split() for t in texts]
     assert self_bleu(texts, num_samples=None) == pytest.approx(nltk_self_bleu(tokens, 4, "method1"), abs=1e-9)
-    picked = subsample_indices(len(texts), 12, seed=7)
+    picked = subsample_indices(len(texts), 12, seed=7, purpose="self-bleu")
     assert list(picked) == sorted(set(picked.tolist())) and len(picked) == 12
     expected = nltk_self_bleu([tokens[i] for i in picked], 4, "method1")
     assert self_bleu(texts, num_samples=12, seed=7) == pytest.approx(expected, abs=1e-9)
@@ -167,7 +167,7 @@ def test_the_catalogue_is_the_one_list_of_columns_and_each_table_a_view_of_it():
     assert set(REGISTRY) == {n for n, c in COLUMNS.items() if c.kind == "metric"}
     assert list(COLUMNS)[:2] == ["generation", "seed"]
     assert shown_in(TERMINAL) == ["ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50",
-                                  "tail_ppl_p99", "rare_survival", "train_loss", "train_seconds"]
+                                  "tail_ppl_p99", "rare_survival", "mauve", "train_loss", "train_seconds"]
     assert shown_in(HEADLINE) == ["ppl_blocks", "bits_per_byte", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "rare_survival",
                                   "mauve", "watermark_ppl", "watermark_ppl_unbiased", "detector_classifier_auroc",
                                   "detector_perplexity_auroc", "detector_fast_detectgpt_auroc", "detector_watermark_auroc"]

@@ -203,7 +203,7 @@ METRICS = (
         "the last token, or evaluate.mauve_featurizer), quantised together by k-means (N/10 clusters "
         "unless evaluate.mauve_clusters), the area under the divergence frontier (scaling 5), by "
         "mauve.compute_mauve. 1: the two samples are indistinguishable at that resolution.",
-        True, "one score over both samples", 3, shown=(HEADLINE, COMPARED), source=result("mauve")),
+        True, "one score over both samples", 3, shown=(TERMINAL, HEADLINE, COMPARED), source=result("mauve")),
     Metric(
         "watermark_ppl",
         "With generate.watermark: perplexity of the watermarked corpus under the model that wrote it, "

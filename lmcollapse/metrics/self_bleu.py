@@ -55,7 +55,7 @@ def self_bleu(
     """
     corpus = _encode(samples, tokenization)
     if num_samples is not None and num_samples < corpus.num_samples:
-        corpus = corpus.subset(subsample_indices(corpus.num_samples, num_samples, seed))
+        corpus = corpus.subset(subsample_indices(corpus.num_samples, num_samples, seed, "self-bleu"))
     return float(np.mean(self_bleu_scores(corpus, max_n, smoothing)))
 
 

@@ -38,8 +38,20 @@ def environment_record() -> dict:
         "accelerate": accelerate.__version__, "tokenizers": tokenizers.__version__,
     }
     # The thread count is recorded: on a CPU a run's numbers depend on it (float sums in another order).
+    # So is the CPU model: on another one the math libraries pick other vector kernels.
     return {"versions": versions, "git_commit": git_commit(), "machine": platform.machine(),
-            "device": _device_name(), "threads": torch.get_num_threads()}
+            "cpu": cpu_model(), "device": _device_name(), "threads": torch.get_num_threads()}
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux, else what the platform says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def git_commit() -> str | None:

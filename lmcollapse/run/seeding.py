@@ -2,9 +2,10 @@
 
 Every random choice derives its seed from (run seed, purpose, generation, index): data order from
 (seed, "order", generation, epoch), dropout from (seed, "dropout", generation, step, micro-batch),
-sampling from (seed, "generate", generation, shard). A resumed stage therefore draws exactly
-the numbers an uninterrupted one draws, whatever happened before it. Every draw goes through
-this module; ``subsample_indices`` is the one not keyed by purpose (see there).
+sampling from (seed, "generate", generation, shard), the training subset from (subset seed,
+"training-subset"), the self-BLEU subsample from (seed, "self-bleu"). A resumed stage therefore
+draws exactly the numbers an uninterrupted one draws, whatever happened before it, and no two
+purposes share a stream. Every draw goes through this module.
 
     order = rng(seed, "order", generation, epoch).permutation(n)
 """
@@ -32,13 +33,9 @@ def rng(seed: int, *path: int | str) -> np.random.Generator:
     return np.random.default_rng(derive_seed(seed, *path))
 
 
-def subsample_indices(total: int, size: int, seed: int) -> np.ndarray:
-    """A fixed subset of ``size`` of ``range(total)``, in increasing order: the training subset
-    (``data.max_train_blocks`` with ``data.subset_seed``) and the self-BLEU subsample (the run's seed).
-
-    The one draw not keyed by purpose: it uses ``default_rng(seed)`` itself, as every run so far
-    did, so the training subset and the self-BLEU subsample come from one stream when the two seeds
-    are equal. Keying it by purpose would change every training subset, and so every published
-    number; that change waits for the next re-measurement of the README's tables.
-    """
-    return np.sort(np.random.default_rng(seed).choice(total, size=size, replace=False))
+def subsample_indices(total: int, size: int, seed: int, purpose: str) -> np.ndarray:
+    """A fixed subset of ``size`` of ``range(total)``, in increasing order, drawn from the stream of
+    (seed, purpose): the training subset (``data.max_train_blocks`` with ``data.subset_seed``,
+    purpose "training-subset") and the self-BLEU subsample (the run's seed, "self-bleu"). Keyed by
+    purpose so that the two never come from one stream when their seeds are equal."""
+    return np.sort(rng(seed, purpose).choice(total, size=size, replace=False))

@@ -104,7 +104,7 @@ def corpus_text_metrics(config: PipelineConfig, texts: list[str]) -> dict:
         subset = encoded
         if settings.self_bleu_samples is not None and settings.self_bleu_samples < encoded.num_samples:
             # The same indices every generation (corpora keep their size): paired comparisons.
-            subset = encoded.subset(subsample_indices(encoded.num_samples, settings.self_bleu_samples, config.seed))
+            subset = encoded.subset(subsample_indices(encoded.num_samples, settings.self_bleu_samples, config.seed, "self-bleu"))
         scores = self_bleu_scores(subset, settings.self_bleu_max_n, settings.self_bleu_smoothing)
         metrics[self_bleu_column(settings.self_bleu_max_n)] = float(np.mean(scores))
         metrics["self_bleu_samples"] = subset.num_samples

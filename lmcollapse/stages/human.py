@@ -105,7 +105,7 @@ def training_subset(config: PipelineConfig, num_blocks: int) -> np.ndarray:
     """Indices of the train split's blocks that generation 0 trains on (``data.max_train_blocks``)."""
     data = config.data
     if data.max_train_blocks is not None and data.max_train_blocks < num_blocks:
-        return subsample_indices(num_blocks, data.max_train_blocks, data.subset_seed)
+        return subsample_indices(num_blocks, data.max_train_blocks, data.subset_seed, "training-subset")
     return np.arange(num_blocks)
 
 
