@@ -26,7 +26,7 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.table import format_table
 from lmcollapse.report import write_report
 from lmcollapse.run.integrity import COMPLETE, DAMAGED, verify_run
-from lmcollapse.run.layout import RunDir
+from lmcollapse.run.layout import RunDir, family_position
 from lmcollapse.stages.generate import read_synthetic
 from lmcollapse.views.status import describe_status
 
@@ -260,3 +260,16 @@ def test_a_chain_into_a_pretrained_model_folder(tmp_path, small_corpus):
     base = json.loads(run.family(1).base_manifest.read_text())
     assert base["kind"] == "pretrained" and base["vocab_size"] == len(tokenizer)
     assert json.loads(run.generation(2).train_log.read_text())["started_from"] == "generation-01/model"
+
+
+def test_family_folders_are_found_by_their_names_alone(tmp_path):
+    # Only the names RunDir.family writes count as families, in chain order; any other folder
+    # beside them (notes, a copy) is ignored rather than breaking the listing.
+    run = RunDir(tmp_path)
+    for name in ("family-02", "family-01", "family-notes", "family-", "family-²"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "family-03").write_text("a file, not a folder")
+    assert [f.name for f in run.families_on_disk()] == ["family-01", "family-02"]
+    assert [family_position(n) for n in ("family-01", "family-12", "family-notes", "family-", "generation-01")] == \
+        [1, 12, None, None, None]
+    assert run.family(1).root == tmp_path / "family-01" and run.family(0) == run

@@ -123,8 +123,9 @@ class RunDir:
 
     def families_on_disk(self) -> list[RunDir]:
         """The further families' folders (family-01, ...) that exist, in order."""
-        found = [(family_position(path.name), path) for path in self.root.glob("family-*") if path.is_dir()]
-        return [RunDir(path) for position, path in sorted(found) if position]
+        found = [(position, path) for path in self.root.glob("family-*")
+                 if path.is_dir() and (position := family_position(path.name))]
+        return [RunDir(path) for _, path in sorted(found)]
 
     def generation(self, index: int) -> GenerationDir:
         return GenerationDir(self.root / f"generation-{index:02d}", index)
