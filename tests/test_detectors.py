@@ -12,7 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import assert_same_results, build_quietly, micro_config, micro_opt, micro_raw_config, write_pipeline
+from helpers import (
+    assert_same_results,
+    build_quietly,
+    micro_config,
+    micro_opt,
+    micro_raw_config,
+    micro_run,
+    without_timing,
+    write_pipeline,
+)
 from lmcollapse.config import GenerateConfig, ModelConfig, load_config
 from lmcollapse.data.records import read_records
 from lmcollapse.engine.modeling import build_preset_model, load_model, train_bpe_tokenizer
@@ -198,6 +207,40 @@ def test_a_runs_mauve_is_the_reference_on_the_base_models_features(make_micro_ru
     assert recorded["featurizer"].startswith("base model (weights sha256:")
     row = json.loads(run.metrics_json.read_text())["generations"][0]
     assert row["mauve"] == recorded["mauve"] and row["mauve_samples"] == samples
+    # The human row: the fine-tuning blocks against the same held-out draw, whose features were
+    # saved once (human/mauve-heldout-features.npy) and are the ones computed above, to the bit.
+    human_mauve = json.loads(run.human_mauve.read_text())
+    train = read_records(run.human_train)
+    own = final_token_features(base, [np.asarray(train[int(i)]["input_ids"]) for i in
+                                      np.sort(rng(config.seed, "mauve", "human-train").choice(len(train), samples, replace=False))], 8)
+    assert np.array_equal(np.load(run.human_mauve_features), q)
+    assert human_mauve["mauve"] == mauve.compute_mauve(p_features=own, q_features=q, num_buckets=3, seed=config.seed).mauve
+    assert human_mauve["samples"] == samples and human_mauve["featurizer"] == recorded["featurizer"]
+    assert json.loads(run.metrics_json.read_text())["reference"]["human"]["mauve"] == human_mauve["mauve"]
+
+
+@pytest.mark.slow
+def test_the_held_out_side_of_mauve_is_embedded_once_per_run_and_recomputed_when_its_file_differs(tmp_path, small_corpus,
+                                                                                                 monkeypatch):
+    """Generations reuse the held-out features the human row saved; a features file that does not
+    match its record (edited, or from other settings) is not trusted: the held-out side is embedded
+    again, and the generation's mauve is what it was."""
+    from lmcollapse.stages.featurizer import MauveFeaturizer
+
+    embedded = []
+    features = MauveFeaturizer.features
+    monkeypatch.setattr(MauveFeaturizer, "features", lambda self, ids, progress: embedded.append(len(ids))
+                        or features(self, ids, progress))
+    run, config = micro_run(tmp_path, small_corpus, ["evaluate.mauve_clusters=3"], last_generation=1)
+    assert len(embedded) == 2 + 2  # human train and held-out once, then each generation's corpus
+    first = json.loads(run.generation(1).mauve.read_text())
+    np.save(run.human_mauve_features, np.zeros_like(np.load(run.human_mauve_features)))
+    run.generation(1).mauve.unlink()
+    run.generation(1).manifest.unlink()
+    embedded.clear()
+    build_quietly(config, run.root, 1)
+    assert len(embedded) == 2  # the corpus and, the saved file not trusted, the held-out blocks
+    assert without_timing(json.loads(run.generation(1).mauve.read_text())) == without_timing(first)
 
 
 @pytest.mark.slow

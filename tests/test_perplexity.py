@@ -12,6 +12,7 @@ from helpers import micro_opt, token_records
 from lmcollapse.metrics.perplexity import (
     perplexity,
     perplexity_blocks,
+    perplexity_blocks_excluding,
     perplexity_sliding,
     sample_perplexities,
     sliding_windows,
@@ -142,6 +143,36 @@ def test_blocks_without_end_of_text_targets_by_hand(tiny_model):
     assert result.tokens == count < 10 * 15
     assert result.perplexity == pytest.approx(math.exp(total / count), rel=1e-6)
     assert result.perplexity != pytest.approx(perplexity_blocks(tiny_model, stream, 16).perplexity, rel=1e-3)
+
+
+def test_one_pass_for_both_block_perplexities_equals_a_pass_each_to_the_bit(tiny_model):
+    """ppl_blocks and ppl_blocks_no_eos come from one forward pass per batch. Each block's summed NLL
+    equals, bit for bit, a pass whose targets are masked with cross_entropy's ignore_index (the two
+    passes the evaluation made before), at a batch size that leaves a short last batch."""
+    stream = np.random.default_rng(2).integers(3, 50, size=16 * 11)
+    stream[::5] = 2
+    blocks, no_eos = perplexity_blocks_excluding(tiny_model, stream, 16, [(), (2,)], batch_size=4)
+
+    def one_pass(excluded: tuple[int, ...]) -> np.ndarray:
+        sums = []
+        for start in range(0, 11, 4):
+            batch = torch.as_tensor(stream[start * 16:(start + 4) * 16].reshape(-1, 16))
+            targets = torch.full_like(batch, -100)
+            targets[:, :-1] = batch[:, 1:]
+            targets[torch.isin(targets, torch.tensor(excluded, dtype=torch.long))] = -100
+            with torch.no_grad():
+                logits = tiny_model(input_ids=batch, use_cache=False).logits
+            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                                                    reduction="none", ignore_index=-100).view(batch.shape)
+            sums += nll.double().sum(dim=1).tolist()
+        return np.array(sums)
+
+    assert np.array_equal(blocks.sequence_nll, one_pass(()))
+    assert np.array_equal(no_eos.sequence_nll, one_pass((2,)))
+    assert no_eos.tokens < blocks.tokens == 11 * 15
+    assert blocks.settings == {"block_size": 16} and no_eos.settings == {"block_size": 16, "excluded_targets": [2]}
+    alone = perplexity_blocks(tiny_model, stream, 16, batch_size=4, excluded_targets=[2])
+    assert (alone.perplexity, alone.tokens) == (no_eos.perplexity, no_eos.tokens)
 
 
 @pytest.mark.parametrize("family", ["opt", "llama", "gpt2"])

@@ -180,16 +180,27 @@ def perplexity_blocks(model, stream, block_size: int, batch_size: int = 32,
     ``stream``: a token array or a :class:`TokenStream`. Targets whose id is in
     ``excluded_targets`` are not scored (they still serve as context).
     """
+    return perplexity_blocks_excluding(model, stream, block_size, [excluded_targets], batch_size, accelerator, progress,
+                                       precision)[0]
+
+
+def perplexity_blocks_excluding(model, stream, block_size: int, exclusions: Sequence[Sequence[int]],
+                                batch_size: int = 32, accelerator=None, progress: str | None = None,
+                                precision: str = "no") -> list[PerplexityResult]:
+    """:func:`perplexity_blocks` once per set of ``excluded_targets`` in ``exclusions``, from one
+    forward pass per batch: a token's NLL does not depend on which other targets are scored, so
+    each result equals its own call's to the bit, at the cost of one."""
     if block_size < 2:
         raise ValueError("block_size must be at least 2")
     stream = _as_stream(stream)
     count = stream.length // block_size
     if count == 0:
         raise ValueError(f"the text has {stream.length} tokens, fewer than one block of {block_size}")
-    nll, tokens = score_stream(model, iter_blocks(stream, block_size), batch_size, accelerator, progress, count,
-                               precision, excluded_targets)
-    settings = {"block_size": block_size} | ({"excluded_targets": sorted(excluded_targets)} if excluded_targets else {})
-    return _result("blocks", nll, tokens, settings)
+    scored = _score_items(model, iter_blocks(stream, block_size), batch_size, accelerator, progress, count, precision,
+                          exclusions)
+    return [_result("blocks", nll, tokens,
+                    {"block_size": block_size} | ({"excluded_targets": sorted(excluded)} if excluded else {}))
+            for (nll, tokens), excluded in zip(scored, exclusions)]
 
 
 def perplexity_sliding(model, stream, window: int, stride: int, batch_size: int = 32,
@@ -230,11 +241,19 @@ def score_stream(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int
     ``first`` is at least 1, since nothing predicts token 0. Forward passes run at ``precision``
     (``no``: fp32), the evaluation's own setting, whatever the model was trained with.
     """
+    return _score_items(model, items, batch_size, accelerator, progress, total, precision, [excluded_targets])[0]
+
+
+def _score_items(model, items: Iterable[tuple[np.ndarray, int]], batch_size: int, accelerator, progress: str | None,
+                 total: int | None, precision: str,
+                 exclusions: Sequence[Sequence[int]]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`score_stream`'s (NLL, count) arrays once per set of excluded targets, one forward pass per batch."""
     device = next(model.parameters()).device
     scored = map_batches(model, items, batch_size,
-                         lambda batch: _score_batch(model, batch, device, precision, excluded_targets),
+                         lambda batch: _score_batch(model, batch, device, precision, exclusions),
                          accelerator, progress, total)
-    return (np.array([nll for nll, _ in scored], dtype=np.float64), np.array([count for _, count in scored], dtype=np.int64))
+    return [(np.array([item[k][0] for item in scored], dtype=np.float64),
+             np.array([item[k][1] for item in scored], dtype=np.int64)) for k in range(len(exclusions))]
 
 
 @torch.no_grad()
@@ -293,26 +312,32 @@ def right_padded(sequences: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.T
 
 
 def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: str,
-                 excluded_targets: Sequence[int] = ()) -> list[tuple[float, int]]:
+                 exclusions: Sequence[Sequence[int]]) -> list[tuple[tuple[float, int], ...]]:
+    """Each item's (summed NLL, scored tokens), once per set of excluded targets in ``exclusions``."""
     longest = max(len(seq) for seq, _ in batch)
     if longest < 2:
-        return [(0.0, 0)] * len(batch)
+        return [((0.0, 0),) * len(exclusions)] * len(batch)
     ids, mask = right_padded([seq for seq, _ in batch])
     # targets[k, t] is the token that the logits at position t predict (t + 1), or -100 if unscored
     targets = torch.full((len(batch), longest), -100, dtype=torch.long)
     for k, (seq, first) in enumerate(batch):
         start = max(first, 1)
         targets[k, start - 1: len(seq) - 1] = ids[k, start:len(seq)]
-    for token in excluded_targets:
-        targets[targets == token] = -100
-    ids, mask, targets = ids.to(device), mask.to(device), targets.to(device)
+    ids, mask = ids.to(device), mask.to(device)
     with autocast(precision, device):
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # no KV cache to fill
-    token_nll = token_losses(logits, targets)
-    # NOTE: plain Python numbers, not arrays viewing tensors: a small tensor kept alive past the
-    # batch sits on top of the heap, above the freed logits, and glibc cannot give those pages
-    # back; evaluation memory then grew ~3.5 MB a batch (bench/evaluation.py caught it).
-    return list(zip(token_nll.double().sum(dim=1).tolist(), (targets != -100).sum(dim=1).tolist()))
+    token_nll = token_losses(logits, targets.to(device)).double()
+    sums = []
+    for excluded in exclusions:
+        scored = (targets != -100) & ~torch.isin(targets, torch.as_tensor(list(excluded), dtype=torch.long))
+        scored = scored.to(device)
+        # Zero where unscored, as cross_entropy's ignore_index gives: the sums are those of a pass
+        # with these targets set to -100, to the bit.
+        # NOTE: plain Python numbers, not arrays viewing tensors: a small tensor kept alive past the
+        # batch sits on top of the heap, above the freed logits, and glibc cannot give those pages
+        # back; evaluation memory then grew ~3.5 MB a batch (bench/evaluation.py caught it).
+        sums.append(zip(torch.where(scored, token_nll, 0.0).sum(dim=1).tolist(), scored.sum(dim=1).tolist()))
+    return list(zip(*sums))
 
 
 def _result(method: str, nll: np.ndarray, tokens: np.ndarray, settings: dict) -> PerplexityResult:

@@ -102,6 +102,8 @@ def reference_rows(run: RunDir) -> dict[str, dict]:
         reference["base"] = {k: v for k, v in read_manifest(run.base_eval).items() if k.startswith("ppl_") or k == "bits_per_byte"}
     if run.human_manifest.is_file():
         reference["human"] = dict(read_manifest(run.human_manifest).get("text_metrics", {}))
+        if run.human_mauve.is_file():  # human text against human text: the ceiling of a corpus's mauve
+            reference["human"]["mauve"] = read_manifest(run.human_mauve)["mauve"]
     return reference
 
 

@@ -8,6 +8,8 @@
       human/                  train.parquet, heldout.parquet, validation.parquet (token blocks with
                               provenance), manifest.json (sizes, sha256, human-corpus text metrics),
                               README.md (its dataset card: load_dataset("human") loads it)
+      human/mauve.json        MAUVE of human text against itself (evaluate.mauve), and beside it
+                              mauve-heldout-features.npy, the held-out side every generation reuses
       generation-00/
         lineage.json          written first: the manifests it is built on (checked on resume)
         train-set.parquet     exactly what this generation trains on
@@ -107,6 +109,10 @@ class RunDir:
     human_train = child("human", "train.parquet")
     human_heldout = child("human", "heldout.parquet")
     human_validation = child("human", "validation.parquet", doc="Validation blocks (train.select=best-validation only).")
+    human_mauve = child("human", "mauve.json", doc="MAUVE of the human fine-tuning blocks against the held-out blocks "
+                        "(evaluate.mauve; protected like a manifest).")
+    human_mauve_features = child("human", "mauve-heldout-features.npy",
+                                 doc="The held-out side's MAUVE features, computed once for every generation.")
     stale = child("stale", doc="Where stages built on a lineage that no longer exists are moved (never deleted).")
     metrics_csv = child("metrics.csv")
     metrics_json = child("metrics.json")

@@ -36,13 +36,14 @@ from lmcollapse.metrics.ngrams import EncodedCorpus
 from lmcollapse.metrics.perplexity import (
     TokenStream,
     iter_blocks,
-    perplexity_blocks,
+    perplexity_blocks_excluding,
     perplexity_sliding,
     predicted_bytes,
     sample_perplexities,
 )
 from lmcollapse.metrics.self_bleu import self_bleu_scores
-from lmcollapse.run.atomic import atomic_path, read_json, write_json_atomic
+from lmcollapse.run.atomic import atomic_path, read_json, sha256_file, write_json_atomic
+from lmcollapse.run.manifests import write_manifest
 from lmcollapse.run.seeding import rng, subsample_indices
 from lmcollapse.stages.context import Context, Family
 from lmcollapse.stages.featurizer import MauveFeaturizer
@@ -72,12 +73,11 @@ def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path
     stream = TokenStream.from_parquet(family.run.human_heldout)
     batch = config.evaluate.batch_size
     precision = config.evaluate.mixed_precision
-    blocks = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
-                               progress=f"ppl blocks ({label})" if context.progress else None, precision=precision)
-    # The </s> confound: OPT's </s> opens every held-out line but never appears in synthetic text.
-    no_eos = perplexity_blocks(model, stream, config.eval_block_size, batch, context.accelerator,
-                               progress=f"ppl blocks, no </s> ({label})" if context.progress else None,
-                               precision=precision, excluded_targets=end_of_text_ids(family.tokenizer()))
+    # The </s> confound: OPT's </s> opens every held-out line but never appears in synthetic text,
+    # so the blocks are scored with it and without it as a target (one forward pass for both).
+    blocks, no_eos = perplexity_blocks_excluding(model, stream, config.eval_block_size,
+                                                 [(), end_of_text_ids(family.tokenizer())], batch, context.accelerator,
+                                                 f"ppl blocks ({label})" if context.progress else None, precision)
     sliding = perplexity_sliding(model, stream, config.evaluate.window, config.evaluate.stride, batch,
                                  context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
                                  precision=precision)
@@ -151,19 +151,71 @@ def synthetic_mauve(context: Context, index: int, synthetic) -> dict:
     by the run's fixed featurizer (the base model, or evaluate.mauve_featurizer)."""
     config = context.config
     settings = config.evaluate
-    human = [block for block, _ in iter_blocks(TokenStream.from_parquet(context.run.human_heldout), config.eval_block_size)]
-    samples = min(settings.mauve_samples, len(synthetic), len(human))
+    samples = min(settings.mauve_samples, len(synthetic), heldout_block_count(context))
     # Keyed draws: the same records every generation (paired comparisons), independent of other draws.
     chosen = np.sort(rng(config.seed, "mauve", "synthetic").choice(len(synthetic), samples, replace=False))
     # In the featurizer's family (the base's, chain[0]'s), like the human blocks it is compared with.
     chosen_records = as_read_by(context, synthetic.select(chosen), index, context.family(0))
     synthetic_ids = [np.asarray(ids, dtype=np.int64) for ids in chosen_records["input_ids"]]
-    human_ids = [human[int(i)] for i in np.sort(rng(config.seed, "mauve", "human").choice(len(human), samples, replace=False))]
     featurizer = MauveFeaturizer.for_run(context)
-    features = [featurizer.features(ids, f"mauve features ({side})" if context.progress else None)
-                for side, ids in (("synthetic", synthetic_ids), ("human", human_ids))]
-    return mauve_between(*features, settings.mauve_clusters, config.seed) | {
-        "samples": samples, "featurizer": featurizer.label, "feature_dimension": int(features[0].shape[1])}
+    features = featurizer.features(synthetic_ids, "mauve features (synthetic)" if context.progress else None)
+    human = heldout_features(context, featurizer, samples)
+    return mauve_between(features, human, settings.mauve_clusters, config.seed) | {
+        "samples": samples, "featurizer": featurizer.label, "feature_dimension": int(features.shape[1])}
+
+
+def heldout_block_count(context: Context) -> int:
+    return TokenStream.from_parquet(context.run.human_heldout).length // context.config.eval_block_size
+
+
+def heldout_features(context: Context, featurizer: MauveFeaturizer, samples: int) -> np.ndarray:
+    """MAUVE features of a keyed draw of ``samples`` held-out human blocks, the same every
+    generation: read back from what :func:`ensure_human_mauve` saved when it used these settings
+    (same blocks, featurizer, batches and precision: the same numbers), else computed."""
+    key = _heldout_features_key(context, featurizer, samples)
+    run = context.run
+    if run.human_mauve.is_file() and run.human_mauve_features.is_file():
+        saved = read_json(run.human_mauve).get("heldout_features", {})
+        if saved.get("key") == key and saved.get("sha256") == sha256_file(run.human_mauve_features):
+            return np.load(run.human_mauve_features)
+    config = context.config
+    blocks = [block for block, _ in iter_blocks(TokenStream.from_parquet(run.human_heldout), config.eval_block_size)]
+    chosen = np.sort(rng(config.seed, "mauve", "human").choice(len(blocks), samples, replace=False))
+    return featurizer.features([blocks[int(i)] for i in chosen], "mauve features (human)" if context.progress else None)
+
+
+def _heldout_features_key(context: Context, featurizer: MauveFeaturizer, samples: int) -> dict:
+    config = context.config
+    return {"samples": samples, "seed": config.seed, "featurizer": featurizer.label,
+            "eval_block_size": config.eval_block_size, "batch_size": config.evaluate.batch_size,
+            "mixed_precision": config.evaluate.mixed_precision, "processes": context.accelerator.num_processes}
+
+
+def ensure_human_mauve(context: Context) -> None:
+    """MAUVE of human text against human text: a keyed draw of the fine-tuning blocks against the
+    held-out blocks every generation is compared with (the ceiling a corpus is read against, the
+    ``human`` row's ``mauve``), in ``human/mauve.json``; the held-out side's features are kept
+    beside it, so no generation embeds them again."""
+    run, config = context.run, context.config
+    if not config.evaluate.mauve or run.human_mauve.is_file():
+        return
+    train = read_records(run.human_train)
+    samples = min(config.evaluate.mauve_samples, len(train), heldout_block_count(context))
+    featurizer = MauveFeaturizer.for_run(context)
+    chosen = np.sort(rng(config.seed, "mauve", "human-train").choice(len(train), samples, replace=False))
+    train_ids = [np.asarray(ids, dtype=np.int64) for ids in train.select(chosen)["input_ids"]]
+    heldout = heldout_features(context, featurizer, samples)
+    features = featurizer.features(train_ids, "mauve features (human train)" if context.progress else None)
+    if context.main:
+        with atomic_path(run.human_mauve_features) as scratch:
+            with open(scratch, "wb") as handle:
+                np.save(handle, heldout)
+        saved = {"key": _heldout_features_key(context, featurizer, samples), "file": run.human_mauve_features.name,
+                 "sha256": sha256_file(run.human_mauve_features)}
+        write_manifest(run.human_mauve, mauve_between(features, heldout, config.evaluate.mauve_clusters, config.seed) | {
+            "samples": samples, "featurizer": featurizer.label, "compared": "human train blocks vs held-out blocks",
+            "heldout_features": saved})
+    context.accelerator.wait_for_everyone()
 
 
 def watermark_cost(context: Context, index: int, model, synthetic) -> dict:

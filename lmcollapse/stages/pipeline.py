@@ -45,6 +45,7 @@ from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import run_lock
 from lmcollapse.stages.base import ensure_base_and_human, ensure_base_eval
 from lmcollapse.stages.context import Context, make_accelerator
+from lmcollapse.stages.evaluate import ensure_human_mauve
 from lmcollapse.stages.generation import build_generation
 from lmcollapse.stages.preflight import check_same_config, preflight
 from lmcollapse.stages.pretrain import ensure_pretrained_base
@@ -98,6 +99,7 @@ def prepare_run(context: Context, created: bool) -> None:
         raise
     for family in context.families():
         ensure_base_eval(context.in_family(family))
+    ensure_human_mauve(context)  # in the run's featurizer space, like every generation's mauve
 
 
 def prepare_family(context: Context, family) -> None:
