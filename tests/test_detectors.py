@@ -241,6 +241,12 @@ def test_the_held_out_side_of_mauve_is_embedded_once_per_run_and_recomputed_when
     build_quietly(config, run.root, 1)
     assert len(embedded) == 2  # the corpus and, the saved file not trusted, the held-out blocks
     assert without_timing(json.loads(run.generation(1).mauve.read_text())) == without_timing(first)
+    # A complete run made before the human row had a mauve is not touched: no file is added.
+    run.human_mauve.unlink()
+    run.human_mauve_features.unlink()
+    build_quietly(config, run.root, 1)
+    assert not run.human_mauve.exists() and not run.human_mauve_features.exists()
+    assert "mauve" not in json.loads(run.metrics_json.read_text())["reference"]["human"]
 
 
 @pytest.mark.slow

@@ -67,12 +67,15 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
     accelerator = make_accelerator(config)
     context = Context(config, run, accelerator, accept_changed, progress, echo, corpus=corpus)
     writable = is_writable(run)
-    if not writable and has_work(run, last_generation, len(config.model.entries)):
+    work = has_work(run, last_generation, len(config.model.entries))
+    if not writable and work:
         raise read_only_error(run, last_generation, "generations up to {last} are not all complete")
     created = not run.root.exists()  # before the lock, which creates the folder
     with run_lock(run, enabled=accelerator.is_main_process and writable), stop_on_signals():
         prepare_run(context, created)
-        checks = usable_stages(context, last_generation, writable)
+        checks = usable_stages(context, last_generation, writable)  # a stale human stage rebuilt
+        if work:  # a complete run is not touched again (one made before human/mauve.json existed)
+            ensure_human_mauve(context)  # in the run's featurizer space, like every generation's mauve
         build_generations(context, last_generation, checks)
         if context.main and writable:
             refresh_metrics(run, config)  # a deleted or outdated metrics.csv is rebuilt
@@ -99,7 +102,6 @@ def prepare_run(context: Context, created: bool) -> None:
         raise
     for family in context.families():
         ensure_base_eval(context.in_family(family))
-    ensure_human_mauve(context)  # in the run's featurizer space, like every generation's mauve
 
 
 def prepare_family(context: Context, family) -> None:
