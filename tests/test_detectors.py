@@ -30,7 +30,9 @@ from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.curvature import fast_detectgpt_criterion, monte_carlo_criterion, position_statistics
 from lmcollapse.metrics.mauve_score import final_token_features, mauve_between
 from lmcollapse.metrics.perplexity import TokenStream, iter_blocks
+from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.layout import RunDir
+from lmcollapse.run.manifests import MANIFEST_CHECKSUM, write_manifest
 from lmcollapse.run.seeding import rng
 from lmcollapse.stages.generate import read_synthetic
 
@@ -240,6 +242,17 @@ def test_the_held_out_side_of_mauve_is_embedded_once_per_run_and_recomputed_when
     embedded.clear()
     build_quietly(config, run.root, 1)
     assert len(embedded) == 2  # the corpus and, the saved file not trusted, the held-out blocks
+    assert without_timing(json.loads(run.generation(1).mauve.read_text())) == without_timing(first)
+    # A hostile features file whose record was re-signed to match: never unpickled, embedded again.
+    record = {k: v for k, v in json.loads(run.human_mauve.read_text()).items() if k != MANIFEST_CHECKSUM}
+    np.save(run.human_mauve_features, np.array([{"payload": 1}], dtype=object), allow_pickle=True)
+    record["heldout_features"]["sha256"] = sha256_file(run.human_mauve_features)
+    write_manifest(run.human_mauve, record)
+    run.generation(1).mauve.unlink()
+    run.generation(1).manifest.unlink()
+    embedded.clear()
+    build_quietly(config, run.root, 1)
+    assert len(embedded) == 2
     assert without_timing(json.loads(run.generation(1).mauve.read_text())) == without_timing(first)
     # A complete run made before the human row had a mauve is not touched: no file is added.
     run.human_mauve.unlink()

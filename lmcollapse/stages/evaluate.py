@@ -21,6 +21,7 @@ from lmcollapse.data.records import read_records
 from lmcollapse.data.regimes import source_counts
 from lmcollapse.engine.modeling import end_of_text_ids
 from lmcollapse.engine.watermark import watermark_z_scores
+from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import TAIL_QUANTILES, tail_quantile
 from lmcollapse.metrics.columns import (
     GenerationOutcome,
@@ -43,7 +44,7 @@ from lmcollapse.metrics.perplexity import (
 )
 from lmcollapse.metrics.self_bleu import self_bleu_scores
 from lmcollapse.run.atomic import atomic_path, read_json, sha256_file, write_json_atomic
-from lmcollapse.run.manifests import write_manifest
+from lmcollapse.run.manifests import read_manifest, write_manifest
 from lmcollapse.run.seeding import rng, subsample_indices
 from lmcollapse.stages.context import Context, Family
 from lmcollapse.stages.featurizer import MauveFeaturizer
@@ -172,16 +173,29 @@ def heldout_features(context: Context, featurizer: MauveFeaturizer, samples: int
     """MAUVE features of a keyed draw of ``samples`` held-out human blocks, the same every
     generation: read back from what :func:`ensure_human_mauve` saved when it used these settings
     (same blocks, featurizer, batches and precision: the same numbers), else computed."""
-    key = _heldout_features_key(context, featurizer, samples)
     run = context.run
-    if run.human_mauve.is_file() and run.human_mauve_features.is_file():
-        saved = read_json(run.human_mauve).get("heldout_features", {})
-        if saved.get("key") == key and saved.get("sha256") == sha256_file(run.human_mauve_features):
-            return np.load(run.human_mauve_features)
+    saved = _saved_heldout_features(run, _heldout_features_key(context, featurizer, samples))
+    if saved is not None:
+        return saved
     config = context.config
     blocks = [block for block, _ in iter_blocks(TokenStream.from_parquet(run.human_heldout), config.eval_block_size)]
     chosen = np.sort(rng(config.seed, "mauve", "human").choice(len(blocks), samples, replace=False))
     return featurizer.features([blocks[int(i)] for i in chosen], "mauve features (human)" if context.progress else None)
+
+
+def _saved_heldout_features(run, key: dict) -> np.ndarray | None:
+    """The features ensure_human_mauve saved, if its record (checksummed) names these settings and
+    the file's sha256; None for anything else, so they are computed again (never a crash)."""
+    if not (run.human_mauve.is_file() and run.human_mauve_features.is_file()):
+        return None
+    try:
+        saved = read_manifest(run.human_mauve).get("heldout_features", {})
+        if saved.get("key") != key or saved.get("sha256") != sha256_file(run.human_mauve_features):
+            return None
+        features = np.load(run.human_mauve_features, allow_pickle=False)  # never unpickles
+    except (LmcollapseError, OSError, ValueError):
+        return None
+    return features if features.dtype == np.float32 and features.ndim == 2 and len(features) == key["samples"] else None
 
 
 def _heldout_features_key(context: Context, featurizer: MauveFeaturizer, samples: int) -> dict:
