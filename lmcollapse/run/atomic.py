@@ -21,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmcollapse.errors import DiskFull, LmcollapseError
 from lmcollapse.run.failpoints import failpoint
 
@@ -151,6 +153,13 @@ def write_text_atomic(final: Path, text: str) -> None:
 
 def write_json_atomic(final: Path, obj: Any) -> None:
     write_text_atomic(final, canonical_json(obj, indent=2) + "\n")
+
+
+def write_array_atomic(final: Path, array: Any) -> None:
+    """``np.save`` of ``array`` to ``final``, all or nothing."""
+    with atomic_path(final) as scratch:
+        with open(scratch, "wb") as handle:
+            np.save(handle, array)
 
 
 def read_json(path: Path) -> Any:

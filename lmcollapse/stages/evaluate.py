@@ -43,7 +43,7 @@ from lmcollapse.metrics.perplexity import (
     sample_perplexities,
 )
 from lmcollapse.metrics.self_bleu import self_bleu_scores
-from lmcollapse.run.atomic import atomic_path, read_json, sha256_file, write_json_atomic
+from lmcollapse.run.atomic import read_json, sha256_file, write_array_atomic, write_json_atomic
 from lmcollapse.run.manifests import read_manifest, write_manifest
 from lmcollapse.run.seeding import rng, subsample_indices
 from lmcollapse.stages.context import Context, Family
@@ -83,9 +83,7 @@ def heldout_perplexity(context: Context, model, label: str, block_nll_path: Path
                                  context.accelerator, progress=f"ppl sliding ({label})" if context.progress else None,
                                  precision=precision)
     if block_nll_path is not None and context.main:
-        with atomic_path(block_nll_path) as scratch:
-            with open(scratch, "wb") as handle:
-                np.save(handle, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
+        write_array_atomic(block_nll_path, blocks.sequence_nll / np.maximum(blocks.sequence_tokens, 1))
     # Bits per byte over the targets ppl_blocks_no_eos scores: the text's bytes, end-of-text has none.
     text_bytes = predicted_bytes(family.tokenizer(), stream, config.eval_block_size)
     return {"ppl_blocks": blocks.perplexity, "ppl_blocks_no_eos": no_eos.perplexity, "ppl_sliding": sliding.perplexity,
@@ -140,9 +138,7 @@ def synthetic_tails(context: Context, index: int, model, synthetic, values_path:
                                  progress="tails" if context.progress else None,
                                  precision=config.evaluate.mixed_precision)
     if context.main:
-        with atomic_path(values_path) as scratch:
-            with open(scratch, "wb") as handle:
-                np.save(handle, values)
+        write_array_atomic(values_path, values)
     return {tail_column(q): tail_quantile(q)(values) for q in TAIL_QUANTILES} | {
         "scored_by": context.run.generation(0).model.relative_to(context.run.root).as_posix(), "samples": int(np.isfinite(values).sum())}
 
@@ -160,21 +156,22 @@ def synthetic_mauve(context: Context, index: int, synthetic) -> dict:
     synthetic_ids = [np.asarray(ids, dtype=np.int64) for ids in chosen_records["input_ids"]]
     featurizer = MauveFeaturizer.for_run(context)
     features = featurizer.features(synthetic_ids, "mauve features (synthetic)" if context.progress else None)
-    human = heldout_features(context, featurizer, samples)
+    human = heldout_features(context, featurizer, _heldout_features_key(context, featurizer, samples))
     return mauve_between(features, human, settings.mauve_clusters, config.seed) | {
         "samples": samples, "featurizer": featurizer.label, "feature_dimension": int(features.shape[1])}
 
 
 def heldout_block_count(context: Context) -> int:
-    return TokenStream.from_parquet(context.run.human_heldout).length // context.config.eval_block_size
+    """The run's held-out blocks (of ``eval_block_size`` tokens), as its human stage recorded them."""
+    return int(read_manifest(context.run.human_manifest)["heldout"]["blocks"])
 
 
-def heldout_features(context: Context, featurizer: MauveFeaturizer, samples: int) -> np.ndarray:
-    """MAUVE features of a keyed draw of ``samples`` held-out human blocks, the same every
-    generation: read back from what :func:`ensure_human_mauve` saved when it used these settings
-    (same blocks, featurizer, batches and precision: the same numbers), else computed."""
-    run = context.run
-    saved = _saved_heldout_features(run, _heldout_features_key(context, featurizer, samples))
+def heldout_features(context: Context, featurizer: MauveFeaturizer, key: dict) -> np.ndarray:
+    """MAUVE features of a keyed draw of ``key["samples"]`` held-out human blocks, the same every
+    generation: read back from what :func:`ensure_human_mauve` saved under the same ``key`` (same
+    blocks, featurizer, batches and precision: the same numbers), else computed."""
+    run, samples = context.run, key["samples"]
+    saved = _saved_heldout_features(run, key)
     if saved is not None:
         return saved
     config = context.config
@@ -218,13 +215,12 @@ def ensure_human_mauve(context: Context) -> None:
     featurizer = MauveFeaturizer.for_run(context)
     chosen = np.sort(rng(config.seed, "mauve", "human-train").choice(len(train), samples, replace=False))
     train_ids = [np.asarray(ids, dtype=np.int64) for ids in train.select(chosen)["input_ids"]]
-    heldout = heldout_features(context, featurizer, samples)
+    key = _heldout_features_key(context, featurizer, samples)
+    heldout = heldout_features(context, featurizer, key)
     features = featurizer.features(train_ids, "mauve features (human train)" if context.progress else None)
     if context.main:
-        with atomic_path(run.human_mauve_features) as scratch:
-            with open(scratch, "wb") as handle:
-                np.save(handle, heldout)
-        saved = {"key": _heldout_features_key(context, featurizer, samples), "file": run.human_mauve_features.name,
+        write_array_atomic(run.human_mauve_features, heldout)
+        saved = {"key": key, "file": run.human_mauve_features.name,
                  "sha256": sha256_file(run.human_mauve_features)}
         write_manifest(run.human_mauve, mauve_between(features, heldout, config.evaluate.mauve_clusters, config.seed) | {
             "samples": samples, "featurizer": featurizer.label, "compared": "human train blocks vs held-out blocks",

@@ -47,13 +47,13 @@ from lmcollapse.engine.modeling import build_preset_model, count_parameters, loa
 from lmcollapse.engine.training import train_model
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.atomic import (
-    atomic_path,
     canonical_json,
     existing_ancestor,
     files_match,
     remove_path,
     sha256_bytes,
     sha256_file,
+    write_array_atomic,
 )
 from lmcollapse.run.layout import MANIFEST, child
 from lmcollapse.run.manifests import environment_record, read_manifest, recorded_files, write_manifest
@@ -203,9 +203,7 @@ def pretrain(config: PipelineConfig, entry: PretrainedBase, source: SplitSource,
         if settings.max_blocks is not None and settings.max_blocks < len(blocks):
             blocks = blocks[np.sort(rng(settings.seed, "pretrain-subset").permutation(len(blocks))[:settings.max_blocks])]
         model = build_preset_model(config.model, tokenizer, seed=derive_seed(settings.seed, "pretrain-init"))
-        with atomic_path(entry.blocks) as scratch:
-            with open(scratch, "wb") as handle:
-                np.save(handle, blocks.astype(np.int32))
+        write_array_atomic(entry.blocks, blocks.astype(np.int32))
         save_model(model, tokenizer, entry.init)  # last: init/ present means blocks.npy is too
     accelerator.wait_for_everyone()
 
