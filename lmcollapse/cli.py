@@ -331,7 +331,8 @@ def quiet_libraries() -> None:
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
-    for noisy in ("datasets", "transformers", "httpx", "urllib3", "filelock", "huggingface_hub"):
+    # faiss (MAUVE's clustering) logs which of its CPU builds it tried, at INFO, on every import.
+    for noisy in ("datasets", "transformers", "httpx", "urllib3", "filelock", "huggingface_hub", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # accelerate warns on every checkpoint that tied embeddings are saved once: expected for OPT.
     logging.getLogger("accelerate").setLevel(logging.ERROR)
