@@ -54,23 +54,63 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+ASSETS_ENV = "BENCH_ASSETS"
+
+
 def tiny_assets(train_blocks: int = 1024, seed: int = 0):
     """The tiny pipeline's human data without a run directory, as its base/human stage reads it
     (pipelines/tiny.yaml's splits, block size and training subset), tokenized by a 4,096-token BPE
     tokenizer trained on the train split: that many 64-token training blocks, and the held-out
-    split as one token stream."""
+    split as one token stream.
+
+    With ``BENCH_ASSETS`` naming a folder (``make bench`` sets one for its run), the tokenizer and
+    the tokenized splits are made by the first benchmark process that needs them and read back by
+    every later one: training the tokenizer and tokenizing took about 4 s of each process."""
     from lmcollapse.config import load_config
+    from lmcollapse.stages.human import training_subset
+
+    config = load_config(REPO / "pipelines" / "tiny.yaml", [f"data.max_train_blocks={train_blocks}", f"data.subset_seed={seed}"])
+    cache = os.environ.get(ASSETS_ENV)
+    folder = Path(cache) / "tiny" if cache else None
+    if folder is not None and folder.is_dir():
+        from lmcollapse.engine.modeling import load_tokenizer
+
+        tokenizer = load_tokenizer(folder)
+        blocks, heldout = np.load(folder / "train-blocks.npy"), np.load(folder / "heldout.npy")
+    else:
+        tokenizer, blocks, heldout = _tokenized_splits(config)
+        if folder is not None:
+            _save_assets(folder, tokenizer, blocks, heldout)
+    return tokenizer, blocks[training_subset(config, len(blocks))], heldout
+
+
+def _tokenized_splits(config):
     from lmcollapse.data.corpus import CorpusPlan
     from lmcollapse.data.read import cut_into_blocks, tokenize_lines
     from lmcollapse.engine.modeling import train_bpe_tokenizer
-    from lmcollapse.stages.human import HumanText, training_subset
+    from lmcollapse.stages.human import HumanText
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    config = load_config(REPO / "pipelines" / "tiny.yaml", [f"data.max_train_blocks={train_blocks}", f"data.subset_seed={seed}"])
     text = HumanText.read(CorpusPlan(config))
     tokenizer = train_bpe_tokenizer(text.train["text"], 4096, 256)
     blocks = cut_into_blocks(tokenize_lines(text.train, tokenizer), config.data.block_size)
-    return tokenizer, blocks[training_subset(config, len(blocks))], tokenize_lines(text.heldout, tokenizer)
+    return tokenizer, blocks, tokenize_lines(text.heldout, tokenizer)
+
+
+def _save_assets(folder: Path, tokenizer, blocks, heldout) -> None:
+    """Written beside ``folder`` and renamed into place: two processes of a ``+2proc`` variant
+    may both get here, and a reader never sees half a folder."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=".tiny-", dir=folder.parent))
+    tokenizer.save_pretrained(scratch)
+    np.save(scratch / "train-blocks.npy", blocks)
+    np.save(scratch / "heldout.npy", heldout)
+    try:
+        scratch.rename(folder)
+    except OSError:  # another process was first: its folder holds the same assets
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def tiny_model(tokenizer, preset: str = "tiny-opt", seed: int = 0):

@@ -99,17 +99,24 @@ def variant_guide() -> dict:
             "flops": forwarded_flops(model, len(tokens), "sliding")}
 
 
-def variant_write(blocks: str, path: str) -> dict:
-    """Write the first ``blocks`` test blocks as a records file (in its own process)."""
+def write_heldout_files(folder: str) -> list[str]:
+    """The first 1,000 and 3,000 test blocks and all of them, each as a records file (the memory
+    variants' inputs; written here, not timed)."""
+    import datasets
+
     from lmcollapse.data.records import HUMAN, make_records, write_records
 
-    _, tokens = setup(None if blocks == "all" else int(blocks))
-    rows = tokens.reshape(-1, 64)
-    n = len(rows)
-    write_records(make_records({"id": [str(i) for i in range(n)], "source": [HUMAN] * n, "generation": [None] * n,
-                                "parent": [None] * n, "model": [None] * n, "input_ids": rows.tolist(),
-                                "text": [""] * n}), Path(path))
-    return {"blocks": n}
+    datasets.disable_progress_bars()  # this process prints the table
+    _, _, test = tiny_assets(16)
+    paths = []
+    for size in ("1000", "3000", "all"):
+        rows = test[: (len(test) // 64) * 64].reshape(-1, 64)[: None if size == "all" else int(size)]
+        n, path = len(rows), f"{folder}/{size}.parquet"
+        write_records(make_records({"id": [str(i) for i in range(n)], "source": [HUMAN] * n, "generation": [None] * n,
+                                    "parent": [None] * n, "model": [None] * n, "input_ids": rows.tolist(),
+                                    "text": [""] * n}), Path(path))
+        paths.append(path)
+    return paths
 
 
 def variant_memory(path: str) -> dict:
@@ -131,8 +138,7 @@ def main() -> None:
     require_corpus()
     speed = run_variants(Path(__file__), ["speed:blocks", "speed:sliding", "guide"])
     with tempfile.TemporaryDirectory() as scratch:
-        files = [f"{scratch}/{size}.parquet" for size in ("1000", "3000", "all")]
-        run_variants(Path(__file__), [f"write:{size}:{f}" for size, f in zip(("1000", "3000", "all"), files)])
+        files = write_heldout_files(scratch)
         memory = run_variants(Path(__file__), [f"memory:{f}" for f in files])
     peak, how = matmul_peak()
     print(f"evaluation: tiny-opt, batch {BATCH}; blocks of 64; sliding window {WINDOW}, stride {STRIDE}")
@@ -162,8 +168,6 @@ if __name__ == "__main__":
             out = variant_speed(value)
         elif kind == "guide":
             out = variant_guide()
-        elif kind == "write":
-            out = variant_write(*value.split(":", 1))
         else:
             out = variant_memory(value)
         print(json.dumps(out))

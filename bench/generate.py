@@ -20,6 +20,9 @@ process. Ours runs as the command line runs it, with glibc told to keep freed me
 does, and again with the same allocator setting ("reference loop, same allocator"), so the table
 shows how much of the difference is the process's allocator and how much the stage.
 
+On a CPU the sampling cases' stage with the settings before the fast path (multinomial draws, a
+dynamic cache, SDPA) is left out by default; ``--only ours:sample reference:sample`` times it.
+
     python -m bench.generate     # or: make bench
     python -m bench.generate --only reference:beam ours:beam
 """
@@ -178,20 +181,25 @@ def _gpu_memory() -> dict:
 # processes. The steps between (the static cache or the probe for beam search, inverse-cdf +
 # static without eager, batch 128 or 1,024, the probe when sampling: each measured in earlier
 # README tables) are left out of make bench to keep it under ten minutes; --only runs any of them.
+# The sampling cases' stage with multinomial draws, a dynamic cache and SDPA (the settings before
+# the fast path): timed by default on a GPU only, to keep make bench under 10 minutes on a CPU.
+PLAIN_SAMPLING = ["ours:sample", "ours:varlen"]
 VARIANTS = [f"{side}:{case}" for case in CASES for side in ("ours", "reference", "reference+allocator")
-            if (side, case) != ("reference+allocator", "varlen")] + [
+            if (side, case) != ("reference+allocator", "varlen") and f"{side}:{case}" not in PLAIN_SAMPLING] + [
     "ours+icdf:sample", "ours+icdf+static+eager+b256:sample", "ours+icdf+static+eager+2proc:sample",
     "ours+icdf+static+eager+b256:varlen"]
-EXTRA_VARIANTS = ["ours+static:beam", "ours+probe:beam", "ours+icdf+static:sample", "ours+icdf+static+eager:sample",
-                  "ours+icdf+static+eager+b1024:sample", "ours+icdf+static+eager+probe:sample", "ours+icdf:varlen"]
+EXTRA_VARIANTS = PLAIN_SAMPLING + [
+    "ours+static:beam", "ours+probe:beam", "ours+icdf+static:sample", "ours+icdf+static+eager:sample",
+    "ours+icdf+static+eager+b1024:sample", "ours+icdf+static+eager+probe:sample", "ours+icdf:varlen"]
 
 
-def main(variants: list[str]) -> None:
+def main(variants: list[str] | None) -> None:
     import torch
 
     require_corpus()
     if torch.cuda.is_available():  # one process per GPU: the two-process variants are for a CPU's cores
-        variants = [v for v in variants if "+2proc" not in v]
+        variants = [v for v in variants or VARIANTS + PLAIN_SAMPLING if "+2proc" not in v]
+    variants = variants or VARIANTS
     results = run_variants(Path(__file__), variants)
     peak, how = matmul_peak()
     print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")
@@ -223,7 +231,7 @@ def main(variants: list[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant")
-    parser.add_argument("--only", nargs="+", choices=VARIANTS + EXTRA_VARIANTS, default=VARIANTS,
+    parser.add_argument("--only", nargs="+", choices=VARIANTS + EXTRA_VARIANTS, default=None,
                         help="these variants only (a ratio needs its case's reference loop among them)")
     args = parser.parse_args()
     if args.variant:

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from bench.common import ASSETS_ENV
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ["self_bleu", "train", "generate", "evaluation", "pipeline"]
@@ -17,14 +21,21 @@ BENCHMARKS = ["self_bleu", "train", "generate", "evaluation", "pipeline"]
 
 def main(names: list[str]) -> int:
     failed = []
-    for name in names or BENCHMARKS:
-        print(f"\n=== bench/{name}.py", flush=True)
-        started = time.perf_counter()
-        code = subprocess.call([sys.executable, "-m", f"bench.{name}"], cwd=HERE.parent)
-        print(f"=== {name}: {time.perf_counter() - started:.0f} s{'' if code == 0 else f', FAILED ({code})'}", flush=True)
-        if code:
-            failed.append(name)
+    # One tokenizer and one tokenization of the tiny pipeline's splits for every benchmark process.
+    with tempfile.TemporaryDirectory(prefix="lmcollapse-bench-assets-") as assets:
+        for name in names or BENCHMARKS:
+            code = run_one(name, {**os.environ, ASSETS_ENV: assets})
+            if code:
+                failed.append(name)
     return 1 if failed else 0
+
+
+def run_one(name: str, env: dict) -> int:
+    print(f"\n=== bench/{name}.py", flush=True)
+    started = time.perf_counter()
+    code = subprocess.call([sys.executable, "-m", f"bench.{name}"], cwd=HERE.parent, env=env)
+    print(f"=== {name}: {time.perf_counter() - started:.0f} s{'' if code == 0 else f', FAILED ({code})'}", flush=True)
+    return code
 
 
 if __name__ == "__main__":
