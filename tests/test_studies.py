@@ -181,11 +181,11 @@ def test_a_run_built_from_other_settings_is_named_and_nothing_is_launched(study_
     assert tree_hashes(study.root) == before
 
 
-def coordinator_until(path, condition, seconds: float = 300) -> subprocess.Popen:
+def coordinator_until(path, condition, seconds: float = 300, env: dict | None = None) -> subprocess.Popen:
     """``study run`` with two slots in a process of its own, returned once ``condition()`` holds."""
     coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   start_new_session=True)
+                                   start_new_session=True, env={**os.environ, **(env or {})})
     deadline = time.time() + seconds
     while not condition():
         assert time.time() < deadline and coordinator.poll() is None, coordinator.stdout.read()
@@ -218,8 +218,12 @@ def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp
     reference, _ = study_done
     path = write_study(tmp_path, small_corpus)
     study = load_study(path)
+    # Each run pauses 5 s at its second training step (a failpoint its processes inherit), so the
+    # micro runs cannot all finish before Ctrl-C arrives on a busy machine (they did once, in CI).
     coordinator = coordinator_until(
-        path, lambda: any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()))
+        path, lambda: any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()),
+        env={"LMCOLLAPSE_FAILPOINT": "train-step@2=sleep:5"})
+    assert coordinator.poll() is None, coordinator.stdout.read()
     coordinator.send_signal(signal.SIGINT)  # Ctrl-C: the coordinator passes it on, once, to each run
     output, _ = coordinator.communicate(timeout=300)
     assert coordinator.returncode == 130, output
