@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from scipy import stats
@@ -181,9 +182,23 @@ def test_a_run_built_from_other_settings_is_named_and_nothing_is_launched(study_
     assert tree_hashes(study.root) == before
 
 
+# `python -m lmcollapse` as a terminal starts it: SIGINT handled and not blocked. A process inherits
+# an ignored or blocked signal across exec, and a test worker's may have been left so by code that
+# ran in it before (in CI a coordinator started from a worker once never saw its Ctrl-C).
+AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
+                      "signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'lmcollapse'; "
+                      "runpy.run_module('lmcollapse', run_name='__main__', alter_sys=True)")
+
+
+def signal_state(pid: int | str = "self") -> str:
+    """The blocked, ignored and caught signal masks of a process (/proc/PID/status), for messages."""
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def coordinator_until(path, condition, seconds: float = 300, env: dict | None = None) -> subprocess.Popen:
     """``study run`` with two slots in a process of its own, returned once ``condition()`` holds."""
-    coordinator = subprocess.Popen([sys.executable, "-m", "lmcollapse", "study", "run", str(path), "--slots", "2"],
+    coordinator = subprocess.Popen([sys.executable, "-c", AS_FROM_A_TERMINAL, "study", "run", str(path), "--slots", "2"],
                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    start_new_session=True, env={**os.environ, **(env or {})})
     deadline = time.time() + seconds
@@ -224,9 +239,10 @@ def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp
         path, lambda: any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()),
         env={"LMCOLLAPSE_FAILPOINT": "train-step@2=sleep:5"})
     assert coordinator.poll() is None, coordinator.stdout.read()
+    state = f"coordinator: {signal_state(coordinator.pid)}; test process: {signal_state()}"
     coordinator.send_signal(signal.SIGINT)  # Ctrl-C: the coordinator passes it on, once, to each run
     output, _ = coordinator.communicate(timeout=300)
-    assert coordinator.returncode == 130, output
+    assert coordinator.returncode == 130, f"{state}\n{output}"
     assert "the study stopped: every run stopped at a safe point" in output
     status = run_cli("study", "status", str(path)).stdout
     assert "totals: 4 complete" not in status and "failed" not in status, status  # stopped part-way: partial
