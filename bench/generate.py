@@ -197,9 +197,10 @@ def main(variants: list[str] | None) -> None:
     import torch
 
     require_corpus()
-    if torch.cuda.is_available():  # one process per GPU: the two-process variants are for a CPU's cores
-        variants = [v for v in variants or VARIANTS + PLAIN_SAMPLING if "+2proc" not in v]
-    variants = variants or VARIANTS
+    gpu = torch.cuda.is_available()
+    variants = variants or (VARIANTS + PLAIN_SAMPLING if gpu else VARIANTS)
+    if gpu:  # one process per GPU: the two-process variants are for a CPU's cores
+        variants = [v for v in variants if "+2proc" not in v]
     results = run_variants(Path(__file__), variants)
     peak, how = matmul_peak()
     print(f"generation: tiny-opt (opt-125m shape on a GPU), {NEW_TOKENS} new tokens per prompt, batches of {BATCH}")

@@ -234,7 +234,7 @@ def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp
     path = write_study(tmp_path, small_corpus)
     study = load_study(path)
     # Each run pauses 5 s at its second training step (a failpoint its processes inherit), so the
-    # micro runs cannot all finish before Ctrl-C arrives on a busy machine (they did once, in CI).
+    # micro runs cannot all finish before Ctrl-C arrives, however busy the machine.
     coordinator = coordinator_until(
         path, lambda: any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()),
         env={"LMCOLLAPSE_FAILPOINT": "train-step@2=sleep:5"})
