@@ -113,6 +113,17 @@ def _save_assets(folder: Path, tokenizer, blocks, heldout) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def human_records(rows, prefix: str = ""):
+    """Human records holding token rows (a prompt or a held-out block each): what the pipeline's
+    stages read, with no text and no parent."""
+    from lmcollapse.data.records import HUMAN, make_records
+
+    n = len(rows)
+    return make_records({"id": [f"{prefix}{i}" for i in range(n)], "source": [HUMAN] * n, "generation": [None] * n,
+                         "parent": [None] * n, "model": [None] * n, "input_ids": [list(map(int, r)) for r in rows],
+                         "text": [""] * n})
+
+
 def tiny_model(tokenizer, preset: str = "tiny-opt", seed: int = 0):
     from lmcollapse.config import ModelConfig
     from lmcollapse.engine.modeling import build_preset_model

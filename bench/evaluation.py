@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.common import (
     forward_flops,
+    human_records,
     machine,
     matmul_peak,
     model_shape,
@@ -104,17 +105,15 @@ def write_heldout_files(folder: str) -> list[str]:
     variants' inputs; written here, not timed)."""
     import datasets
 
-    from lmcollapse.data.records import HUMAN, make_records, write_records
+    from lmcollapse.data.records import write_records
 
     datasets.disable_progress_bars()  # this process prints the table
     _, _, test = tiny_assets(16)
     paths = []
     for size in ("1000", "3000", "all"):
         rows = test[: (len(test) // 64) * 64].reshape(-1, 64)[: None if size == "all" else int(size)]
-        n, path = len(rows), f"{folder}/{size}.parquet"
-        write_records(make_records({"id": [str(i) for i in range(n)], "source": [HUMAN] * n, "generation": [None] * n,
-                                    "parent": [None] * n, "model": [None] * n, "input_ids": rows.tolist(),
-                                    "text": [""] * n}), Path(path))
+        path = f"{folder}/{size}.parquet"
+        write_records(human_records(rows), Path(path))
         paths.append(path)
     return paths
 

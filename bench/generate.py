@@ -39,6 +39,7 @@ from pathlib import Path
 
 from bench.common import (
     forward_flops,
+    human_records,
     machine,
     matmul_peak,
     model_shape,
@@ -94,7 +95,6 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     import torch
 
     from lmcollapse.config import GenerateConfig, PipelineConfig
-    from lmcollapse.data.records import HUMAN, make_records
     from lmcollapse.engine.sampling import write_synthetic_corpus
     from lmcollapse.stages.pipeline import make_accelerator
 
@@ -110,10 +110,7 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
                             cache_implementation="static" if static else "dynamic",
                             sampler="inverse-cdf" if icdf else "multinomial", batch_probe=probe,
                             attn_implementation="eager" if eager else None)
-    records = make_records({"id": [f"p{i}" for i in range(len(prompts))], "source": [HUMAN] * len(prompts),
-                            "generation": [None] * len(prompts), "parent": [None] * len(prompts),
-                            "model": [None] * len(prompts), "input_ids": [p.tolist() for p in prompts],
-                            "text": [""] * len(prompts)})
+    records = human_records(prompts, prefix="p")
     accelerator = make_accelerator(PipelineConfig())
     scratch = Path(os.environ.get("BENCH_SCRATCH") or tempfile.mkdtemp()) / "synthetic"  # one folder for every process
     started = time.perf_counter()
