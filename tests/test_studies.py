@@ -182,9 +182,12 @@ def test_a_run_built_from_other_settings_is_named_and_nothing_is_launched(study_
     assert tree_hashes(study.root) == before
 
 
-# `python -m lmcollapse` as a terminal starts it: SIGINT handled and not blocked. A process inherits
-# an ignored or blocked signal across exec, and a test worker's may have been left so by code that
-# ran in it before (in CI a coordinator started from a worker once never saw its Ctrl-C).
+# `python -m lmcollapse` as a terminal starts it: SIGINT handled and not blocked. A test session
+# started in the background of a script (`cmd &` in a non-interactive shell, as CI and nohup may
+# start it) has SIGINT ignored from its first instant (every xdist worker's /proc/self/status said
+# so); each process it starts inherits that across exec, and Python leaves an ignored SIGINT
+# ignored, so a coordinator started plainly never saw its Ctrl-C. The runs are not affected: they
+# install their own handlers (stop_on_signals).
 AS_FROM_A_TERMINAL = ("import runpy, signal, sys; signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT]); "
                       "signal.signal(signal.SIGINT, signal.default_int_handler); sys.argv[0] = 'lmcollapse'; "
                       "runpy.run_module('lmcollapse', run_name='__main__', alter_sys=True)")
