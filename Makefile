@@ -105,9 +105,10 @@ data: install
 	$(LMC) data --pipeline "$(PIPELINE)"
 
 # One pytest-xdist worker per core (TEST_WORKERS=1: one process). A test file runs in one worker,
-# so a module's fixtures (the SLURM cluster, the two-process runs) are built once.
+# so a module's fixtures (the SLURM cluster, the two-process runs) are built once; files are handed
+# out in collection order, the longest first (tests/conftest.py: LONGEST_FIRST).
 TEST_WORKERS ?= auto
-PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
+PYTEST_PARALLEL = $(if $(filter-out 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder)
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_PARALLEL) $(PYTEST_ARGS)

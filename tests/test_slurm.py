@@ -98,20 +98,18 @@ def cluster(tmp_path_factory):
     os.environ.pop("SLURM_CONF", None)
 
 
-def signal_running_job(job: str, log: Path, delivered: str, *options: str) -> None:
-    """``scancel [options] job`` once the job runs, until its log shows the signal ``delivered``:
-    SLURM refuses to signal a job that is starting or being requeued ("can not be altered now"),
-    and one refused call must not become a second signal after the job restarts."""
-    def sent() -> bool:
-        if delivered in (log.read_text(errors="replace") if log.is_file() else ""):
-            return True
-        states = subprocess.run(["squeue", "-h", "-r", "-j", job.split("_")[0], "-o", "%i|%T"],
-                                capture_output=True, text=True).stdout
-        if f"{job}|RUNNING" in states:
-            subprocess.run(["scancel", *options, job], capture_output=True)
-            time.sleep(3)  # the signal reaches the job's log within a second or two
-        return delivered in (log.read_text(errors="replace") if log.is_file() else "")
-    wait_for(sent, f"scancel {' '.join(options)} {job} to reach the job", 120)
+def signal_once_running(job: str, *options: str) -> bool:
+    """``scancel [options] job`` if the job runs; True once SLURM took the signal. SLURM refuses to
+    signal a job that is starting or being requeued ("can not be altered now"): a refusal is tried
+    again, a signal taken is never sent twice (a repeated time-limit signal must not reach the
+    job after it is requeued)."""
+    states = subprocess.run(["squeue", "-h", "-r", "-j", job.split("_")[0], "-o", "%i|%T"],
+                            capture_output=True, text=True).stdout
+    return f"{job}|RUNNING" in states and subprocess.run(["scancel", *options, job], capture_output=True).returncode == 0
+
+
+def log_shows(log: Path, line: str) -> bool:
+    return line in (log.read_text(errors="replace") if log.is_file() else "")
 
 
 def start_requeued_job_now(job: str) -> None:
@@ -167,11 +165,13 @@ def test_the_dry_run_prints_the_array_script(cluster, tmp_path, small_corpus):
 
 
 def test_a_study_on_slurm_survives_a_cancelled_job_and_a_time_limit(cluster, tmp_path, small_corpus):
-    # two runs of one generation of 1200 training steps: long enough to be signalled mid-run
+    # Two runs of one generation. Every process of the first submission pauses 10 s at its first
+    # training step (a failpoint the jobs inherit; a sleep changes nothing they compute), so both
+    # signals below land mid-run, however fast the machine trains.
     path = write_study(tmp_path, small_corpus, launcher="slurm", seeds=[0], generations=1,
-                       grid={"train.learning_rate": [0.003, 0.001], "train.epochs": [400]})
+                       grid={"train.learning_rate": [0.003, 0.001], "train.epochs": [20]})
     study = load_study(path)
-    first = run_cli("study", "run", str(path), cwd=tmp_path)
+    first = run_cli("study", "run", str(path), cwd=tmp_path, env={"LMCOLLAPSE_FAILPOINT": "train-step@1=sleep:10"})
     assert first.returncode == 0, first.stdout + first.stderr
     ledger = Ledger.open(study)
     timed, cancelled = study.runs()
@@ -181,14 +181,21 @@ def test_a_study_on_slurm_survives_a_cancelled_job_and_a_time_limit(cluster, tmp
     assert all(s.state in (QUEUED, RUNNING) for s in states), [s.detail for s in states]
     assert any(f"job {jobs[0]}" in s.detail for s in states)
 
-    # A job reaching its time limit: SLURM's warning signal (USR2); the run stops at a safe point,
-    # submitit requeues the job, and the requeued job resumes the run.
-    wait_for(lambda: RunDir(timed.folder).generation(0).train_set.is_file(), "the first run to start")
-    signal_running_job(jobs[0], Path(ledger.get(timed)["output"]), "Requeued job", "--signal=USR2")
+    # Each run is signalled once it trains. The first as at its time limit: SLURM's warning signal
+    # (USR2); the run stops at a safe point, submitit requeues the job, and the requeued job resumes
+    # the run. The second is cancelled by its user: it stays cancelled, its run left partial.
+    timed_log, cancelled_log = Path(ledger.get(timed)["output"]), Path(ledger.get(cancelled)["log"])
+    unsent = {jobs[0]: (timed, ("--signal=USR2",)), jobs[1]: (cancelled, ())}
+
+    def both_signalled() -> bool:
+        for job, (run, options) in list(unsent.items()):
+            if RunDir(run.folder).generation(0).train_set.is_file() and signal_once_running(job, *options):
+                del unsent[job]
+        return not unsent
+    wait_for(both_signalled, "both runs to start training and be signalled")
+    wait_for(lambda: log_shows(timed_log, "Requeued job"), "the time-limit signal to requeue the first job")
     start_requeued_job_now(jobs[0])
-    # A job cancelled by its user mid-run: it stays cancelled, and its run is left partial.
-    wait_for(lambda: RunDir(cancelled.folder).generation(0).train_set.is_file(), "the second run to start")
-    signal_running_job(jobs[1], Path(ledger.get(cancelled)["log"]), "CANCELLED AT")
+    wait_for(lambda: log_shows(cancelled_log, "CANCELLED AT"), "the second job to be cancelled")
     assert {s.run.name: s.state for s in run_states(study)}[timed.name] in (QUEUED, RUNNING)  # being requeued
     wait_for(lambda: all(s.state not in (QUEUED, RUNNING) for s in run_states(study)), "the queue to empty", study=study)
     states = {s.run.name: s for s in run_states(study)}
