@@ -106,6 +106,10 @@ class TrainConfig:
             _require(self.max_grad_norm > 0, "max_grad_norm", "must be positive or null")
         _require(self.human_loss_weight > 0, "human_loss_weight", f"must be positive, got {self.human_loss_weight}")
 
+    def steps_per_epoch(self, blocks: int) -> int:
+        """Optimizer steps in one pass over ``blocks`` (the last batch may be short)."""
+        return -(-blocks // self.batch_size)
+
 
 @dataclass(frozen=True)
 class GenerateConfig:

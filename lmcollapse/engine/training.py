@@ -74,10 +74,6 @@ def epoch_order(seed: int, generation: int, epoch: int, num_blocks: int) -> np.n
     return rng(seed, "order", generation, epoch).permutation(num_blocks)
 
 
-def steps_per_epoch(num_blocks: int, batch_size: int) -> int:
-    return -(-num_blocks // batch_size)
-
-
 LOSS_EVERY = 25  # steps between copies of the losses to the host (and progress-bar loss updates)
 
 
@@ -97,7 +93,7 @@ def train_model(model, sequences: list[np.ndarray], config: TrainConfig, *, seed
         raise LmcollapseError(f"{label}: train.select=best-validation needs validation blocks, and there are none")
     checkpointer = Checkpointer(Path(checkpoint_dir), config.keep_checkpoints)
     model, optimizer, scheduler = _prepare(model, config, seed, generation, accelerator,
-                                           config.epochs * steps_per_epoch(len(sequences), config.batch_size))
+                                           config.epochs * config.steps_per_epoch(len(sequences)))
     loop = _Loop(model, optimizer, scheduler, accelerator, config, checkpointer, sequences, validation, seed,
                  generation, data_fingerprint, pad_id, label, weights)
     loop.resume()
@@ -150,7 +146,7 @@ class _Loop:
             seed, generation, data_fingerprint, pad_id, label
         n = len(sequences)
         self.micro = config.micro_batch_size or math.ceil(config.batch_size / accelerator.num_processes)
-        self.per_epoch = steps_per_epoch(n, config.batch_size)
+        self.per_epoch = config.steps_per_epoch(n)
         self.total_steps = config.epochs * self.per_epoch
         self.weights = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
         self.lengths = np.array([len(s) for s in sequences], dtype=np.int64)

@@ -16,7 +16,6 @@ from lmcollapse.config.corpora import NAMED_CORPORA
 from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.data.locate import SplitSource, check_same_source
 from lmcollapse.data.regimes import describe_regime
-from lmcollapse.engine.training import steps_per_epoch
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import read_manifest
@@ -60,7 +59,7 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
     lines.append(f"regime: {describe_regime(config)}")
 
     micro = train.micro_batch_size or train.batch_size
-    steps = f"{train.epochs * steps_per_epoch(human_blocks, train.batch_size)}" if human_blocks else "?"
+    steps = f"{train.epochs * train.steps_per_epoch(human_blocks)}" if human_blocks else "?"
     exact = "" if run.human_manifest.is_file() else "~"
     lines.append(
         f"train: {train.epochs} epochs, batch {train.batch_size} blocks (micro-batch {micro}), AdamW lr "

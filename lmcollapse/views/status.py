@@ -12,7 +12,6 @@ import shlex
 from lmcollapse.config import PipelineConfig, load_config
 from lmcollapse.engine.checkpointer import Checkpointer
 from lmcollapse.engine.shards import completed_shard, shard_ranges
-from lmcollapse.engine.training import steps_per_epoch
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
@@ -67,7 +66,7 @@ def generation_state(generation: GenerationDir, config: PipelineConfig | None) -
                 import pyarrow.parquet as pq
 
                 blocks = pq.ParquetFile(generation.train_set).metadata.num_rows
-                total = f" of {config.train.epochs * steps_per_epoch(blocks, config.train.batch_size)}"
+                total = f" of {config.train.epochs * config.train.steps_per_epoch(blocks)}"
             done.append(f"training at step {checkpoint.step}{total}")
     sidecars = generation.synthetic_sidecars()
     if sidecars:
