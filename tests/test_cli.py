@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from helpers import REPO, micro_raw_config, run_cli, tree_state, write_pipeline
@@ -19,6 +22,19 @@ def built_run(tmp_path_factory, small_corpus):
     run = folder / "run"
     assert main(["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress"]) == 0
     return pipeline, run
+
+
+def test_a_status_or_a_config_loads_no_model_library(built_run):
+    """What only reads files (a run's status, a resolved config) never loads torch or the HF
+    libraries: each would cost the command seconds to start."""
+    pipeline, run = built_run
+    probe = ("import sys; from lmcollapse.cli import main; code = main(sys.argv[1:]); "
+             "print('loaded:', sorted({'torch', 'transformers', 'datasets', 'accelerate'} & set(sys.modules))); "
+             "sys.exit(code)")
+    for command in (["status", "--run", str(run)], ["config", "--pipeline", str(pipeline)]):
+        result = subprocess.run([sys.executable, "-c", probe, *command], cwd=REPO, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert result.stdout.rstrip().endswith("loaded: []"), (command, result.stdout[-500:])
 
 
 def one_line_error(capsys) -> str:
