@@ -98,14 +98,17 @@ def cluster(tmp_path_factory):
     os.environ.pop("SLURM_CONF", None)
 
 
+def task_states(job: str, fields: str) -> str:
+    """squeue's line for each task of ``job``'s array (``-o fields``), requeued ones included."""
+    return subprocess.run(["squeue", "-h", "-r", "-j", job.split("_")[0], "-o", fields], capture_output=True, text=True).stdout
+
+
 def signal_once_running(job: str, *options: str) -> bool:
     """``scancel [options] job`` if the job runs; True once SLURM took the signal. SLURM refuses to
     signal a job that is starting or being requeued ("can not be altered now"): a refusal is tried
     again, a signal taken is never sent twice (a repeated time-limit signal must not reach the
     job after it is requeued)."""
-    states = subprocess.run(["squeue", "-h", "-r", "-j", job.split("_")[0], "-o", "%i|%T"],
-                            capture_output=True, text=True).stdout
-    return f"{job}|RUNNING" in states and subprocess.run(["scancel", *options, job], capture_output=True).returncode == 0
+    return f"{job}|RUNNING" in task_states(job, "%i|%T") and subprocess.run(["scancel", *options, job], capture_output=True).returncode == 0
 
 
 def log_shows(log: Path, line: str) -> bool:
@@ -116,9 +119,7 @@ def start_requeued_job_now(job: str) -> None:
     """Lift the two-minute hold SLURM puts on a requeued job (its begin time), once it is queued
     again: the requeue itself is what the test is about, not SLURM's wait."""
     def held() -> bool:
-        states = subprocess.run(["squeue", "-h", "-r", "-j", job.split("_")[0], "-o", "%i|%T|%r"],
-                                capture_output=True, text=True).stdout
-        return f"{job}|PENDING|BeginTime" in states
+        return f"{job}|PENDING|BeginTime" in task_states(job, "%i|%T|%r")
     wait_for(held, f"job {job} to be queued again", 120)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, capture_output=True)
 
