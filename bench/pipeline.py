@@ -46,7 +46,7 @@ print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def base_settings() -> tuple[list[str], str]:
     """The overrides the runs use for their base, and a line saying which base that is."""
     from lmcollapse.config import load_config
-    from lmcollapse.stages.pretrain import locate_entry
+    from lmcollapse.stages.base_cache import locate_entry
 
     entry = locate_entry(load_config(REPO / "pipelines" / "tiny.yaml"))
     if entry.is_complete:

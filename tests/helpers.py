@@ -93,6 +93,22 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
                           capture_output=True, text=True, timeout=timeout, start_new_session=True)
 
 
+MODEL_LIBRARIES = ("torch", "transformers", "datasets", "accelerate")
+_REPORTING_LOADED = ("import sys; from lmcollapse.cli import main; code = main(sys.argv[1:]); "
+                     f"print('loaded:', sorted(set({MODEL_LIBRARIES!r}) & set(sys.modules))); sys.exit(code)")
+
+
+def run_cli_light(*args: str) -> subprocess.CompletedProcess:
+    """``run_cli`` for a command that only reads and writes files (a status, a config, a study's
+    coordinator): asserts it loaded none of the model libraries, each seconds to import."""
+    result = subprocess.run([sys.executable, "-c", _REPORTING_LOADED, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=600, start_new_session=True)
+    head, _, loaded = result.stdout.rstrip("\n").rpartition("\n")
+    assert loaded == "loaded: []", (args, result.stdout[-500:], result.stderr[-2000:])
+    result.stdout = head + "\n"
+    return result
+
+
 def write_generated_corpus(folder: Path, seed: int = 0) -> Path:
     """A small corpus folder (train.txt, test.txt) in WikiText-2's raw format, generated here:
     ``= Heading =`` lines, blank lines and paragraphs of Zipf-distributed words, numbers and

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from helpers import micro_run, run_cli, tree_hashes
-from lmcollapse.data.records import RECORD_FEATURES, concatenate, read_records
+from lmcollapse.data.records import concatenate, read_records, record_features
 from lmcollapse.engine.modeling import load_model
 from lmcollapse.run.integrity import COMPLETE, verify_run
 from lmcollapse.run.layout import RunDir
@@ -38,7 +38,7 @@ def test_every_corpus_loads_as_a_dataset_with_its_card(shared_run):
         folder = run.generation(index).synthetic
         loaded = datasets.load_dataset(str(folder), split="train")
         shards = concatenate([read_records(p) for p in run.generation(index).synthetic_shards()])
-        assert loaded.features == RECORD_FEATURES and loaded.to_dict() == shards.to_dict()
+        assert loaded.features == record_features() and loaded.to_dict() == shards.to_dict()
         meta, text = header(folder / CARD)
         assert meta["dataset_info"]["splits"][0]["num_examples"] == len(shards)
         assert meta["tags"] == ["synthetic", "model-collapse", "lmcollapse"] and meta["license"] == "other"

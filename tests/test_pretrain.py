@@ -11,7 +11,7 @@ from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import read_manifest
-from lmcollapse.stages.pretrain import locate_entry
+from lmcollapse.stages.base_cache import locate_entry
 from lmcollapse.views.plan import describe_plan
 
 # End-to-end runs: left out of `make test-fast`.

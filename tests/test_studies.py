@@ -17,12 +17,13 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from helpers import REPO, run_cli, standalone_run, tree_hashes, write_study
+from helpers import REPO, run_cli, run_cli_light, standalone_run, tree_hashes, write_study
 from helpers import study_results as results
 from lmcollapse.cli import main
 from lmcollapse.errors import ConfigError, LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.studies import load_study
+from lmcollapse.studies.ledger import log_path
 from lmcollapse.studies.local import Slot, local_slots
 from lmcollapse.studies.spec import Resources
 
@@ -120,7 +121,7 @@ def study_done(tmp_path_factory, small_corpus):
     """The micro study run by the local launcher with two slots of one thread."""
     folder = tmp_path_factory.mktemp("study")
     path = write_study(folder, small_corpus)
-    result = run_cli("study", "run", str(path), "--slots", "2")
+    result = run_cli_light("study", "run", str(path), "--slots", "2")  # a coordinator loads no model library
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     return load_study(path), result
 
@@ -141,10 +142,11 @@ def test_every_run_of_a_study_equals_the_same_run_made_alone(study_done, tmp_pat
 def test_a_complete_study_launches_nothing_and_reports_its_statistics(study_done):
     study, _ = study_done
     before = {run.name: tree_hashes(run.folder) for run in study.runs()}
-    again = run_cli("study", "run", str(study.path))
+    # the coordinator and the status read files: neither loads torch or the HF libraries
+    again = run_cli_light("study", "run", str(study.path))
     assert again.returncode == 0 and "all 4 runs are complete" in again.stdout
     assert {run.name: tree_hashes(run.folder) for run in study.runs()} == before
-    status = run_cli("study", "status", str(study.path))
+    status = run_cli_light("study", "status", str(study.path))
     assert status.returncode == 0 and "totals: 4 complete" in status.stdout
     report = run_cli("study", "report", str(study.path))
     assert report.returncode == 0, report.stderr[-2000:]
@@ -211,6 +213,14 @@ def coordinator_until(path, condition, seconds: float = 300, env: dict | None = 
     return coordinator
 
 
+def finishes_as_if_uninterrupted(study, reference) -> None:
+    """The same ``study run`` again completes ``study``, every run equal to the uninterrupted study's."""
+    result = run_cli("study", "run", str(study.path), "--slots", "2")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    for ours, theirs in zip(study.runs(), reference.runs()):
+        assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
+
+
 @pytest.mark.slow
 def test_a_killed_coordinator_leaves_a_study_that_finishes_with_the_same_runs(tmp_path, small_corpus, study_done):
     reference, _ = study_done
@@ -223,12 +233,30 @@ def test_a_killed_coordinator_leaves_a_study_that_finishes_with_the_same_runs(tm
     coordinator.wait()
     done = RunDir(first.folder).generation(0).root
     written = {file: file.stat().st_mtime_ns for file in done.rglob("*") if file.is_file()}
-    result = run_cli("study", "run", str(path), "--slots", "2")  # waits for the orphans, then finishes
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    for ours, theirs in zip(study.runs(), reference.runs()):
-        assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
+    finishes_as_if_uninterrupted(study, reference)  # waits for the orphans, then finishes
     # nothing complete was redone: the generation complete at the kill is the same files, untouched
     assert {file: file.stat().st_mtime_ns for file in done.rglob("*") if file.is_file()} == written
+
+
+def stop_part_way(path: Path, study, stop: signal.Signals) -> list:
+    """``study run`` with two slots sent ``stop`` once a run trains; the runs that were training then.
+
+    Each run pauses 5 s at its second training step (a failpoint its processes inherit), so the
+    micro runs cannot all finish before the signal arrives, however busy the machine.
+    """
+    training = lambda: [run for run in study.runs() if RunDir(run.folder).generation(0).train_set.is_file()]  # noqa: E731
+    coordinator = coordinator_until(path, training, env={"LMCOLLAPSE_FAILPOINT": "train-step@2=sleep:5"})
+    assert coordinator.poll() is None, coordinator.stdout.read()
+    state = f"coordinator: {signal_state(coordinator.pid)}; test process: {signal_state()}"
+    were_training = training()
+    coordinator.send_signal(stop)
+    output, _ = coordinator.communicate(timeout=300)
+    assert coordinator.returncode == 130, f"{state}\n{output}"
+    assert "the study stopped: every run stopped at a safe point" in output
+    status = run_cli("study", "status", str(path)).stdout
+    assert "totals: 4 complete" not in status and "failed" not in status, status  # stopped part-way: partial
+    assert "partial" in status, status
+    return were_training
 
 
 @pytest.mark.slow
@@ -236,24 +264,20 @@ def test_ctrl_c_stops_every_run_at_a_safe_point_and_the_same_command_goes_on(tmp
     reference, _ = study_done
     path = write_study(tmp_path, small_corpus)
     study = load_study(path)
-    # Each run pauses 5 s at its second training step (a failpoint its processes inherit), so the
-    # micro runs cannot all finish before Ctrl-C arrives, however busy the machine.
-    coordinator = coordinator_until(
-        path, lambda: any(RunDir(run.folder).generation(0).train_set.is_file() for run in study.runs()),
-        env={"LMCOLLAPSE_FAILPOINT": "train-step@2=sleep:5"})
-    assert coordinator.poll() is None, coordinator.stdout.read()
-    state = f"coordinator: {signal_state(coordinator.pid)}; test process: {signal_state()}"
-    coordinator.send_signal(signal.SIGINT)  # Ctrl-C: the coordinator passes it on, once, to each run
-    output, _ = coordinator.communicate(timeout=300)
-    assert coordinator.returncode == 130, f"{state}\n{output}"
-    assert "the study stopped: every run stopped at a safe point" in output
-    status = run_cli("study", "status", str(path)).stdout
-    assert "totals: 4 complete" not in status and "failed" not in status, status  # stopped part-way: partial
-    assert "partial" in status, status
-    result = run_cli("study", "run", str(path), "--slots", "2")
-    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
-    for ours, theirs in zip(study.runs(), reference.runs()):
-        assert results(RunDir(ours.folder)) == results(RunDir(theirs.folder))
+    stop_part_way(path, study, signal.SIGINT)  # Ctrl-C: the coordinator passes it on, once, to each run
+    finishes_as_if_uninterrupted(study, reference)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_study_as_ctrl_c_does(tmp_path, small_corpus):
+    """``kill <pid>`` of the coordinator (a scheduler's stop, a script's): the same stop as Ctrl-C,
+    each run passed one SIGINT and stopped at its safe point. Resuming from there is the Ctrl-C
+    test's, the same code from here on."""
+    path = write_study(tmp_path, small_corpus)
+    study = load_study(path)
+    for run in stop_part_way(path, study, signal.SIGTERM):
+        log = log_path(study, run).read_text()
+        assert re.search(r"stopped by SIGINT while training generation 0 \(step \d/3\); rerun the same command", log), log
 
 
 @pytest.mark.slow

@@ -15,34 +15,49 @@ Every block of text a generation trains on or writes is one record:
 
     write_records(records, path)      # atomic; returns the file's sha256
     records = read_records(path)      # a datasets.Dataset, in memory
+
+``datasets`` (with pandas, 1 s) is imported by the functions that build or read records, not by
+this module: the tables, ``status`` and a study's coordinator use the labels alone.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import atomic_path, sha256_file
 
+if TYPE_CHECKING:
+    import datasets
+
 HUMAN, SYNTHETIC = "human", "synthetic"
 
-RECORD_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "source": datasets.Value("string"),
-    "generation": datasets.Value("int32"),
-    "parent": datasets.Value("string"),
-    "model": datasets.Value("string"),
-    "input_ids": datasets.List(datasets.Value("int32")),
-    "text": datasets.Value("string"),
-})
+
+@functools.cache
+def record_features() -> datasets.Features:
+    """The columns of every record file, with their types."""
+    import datasets
+
+    return datasets.Features({
+        "id": datasets.Value("string"),
+        "source": datasets.Value("string"),
+        "generation": datasets.Value("int32"),
+        "parent": datasets.Value("string"),
+        "model": datasets.Value("string"),
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "text": datasets.Value("string"),
+    })
 
 
 def make_records(columns: dict[str, list]) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(columns, features=RECORD_FEATURES)
+    import datasets
+
+    return datasets.Dataset.from_dict(columns, features=record_features())
 
 
 def write_records(records: datasets.Dataset, path: Path) -> str:
@@ -54,6 +69,8 @@ def write_records(records: datasets.Dataset, path: Path) -> str:
 
 def read_records(path: Path) -> datasets.Dataset:
     """Read a Parquet file of records into memory (no cache files written anywhere)."""
+    import datasets
+
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
@@ -66,5 +83,7 @@ def read_records(path: Path) -> datasets.Dataset:
 def concatenate(parts: list[datasets.Dataset]) -> datasets.Dataset:
     parts = [p for p in parts if len(p)]
     if not parts:
-        return make_records({name: [] for name in RECORD_FEATURES})
-    return datasets.concatenate_datasets([p.cast(RECORD_FEATURES) for p in parts])
+        return make_records({name: [] for name in record_features()})
+    import datasets
+
+    return datasets.concatenate_datasets([p.cast(record_features()) for p in parts])

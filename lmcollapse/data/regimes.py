@@ -32,14 +32,17 @@ what was chosen.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import datasets
 import numpy as np
 
 from lmcollapse.config import PipelineConfig
 from lmcollapse.data.records import HUMAN, concatenate
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.seeding import rng
+
+if TYPE_CHECKING:
+    import datasets  # the records' type; the plan and the cost estimate use this module without it
 
 
 def assemble_training_set(config: PipelineConfig, generation: int, human_train: datasets.Dataset,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datasets
 
-from lmcollapse.data.records import RECORD_FEATURES
+from lmcollapse.data.records import record_features
 
 
 def retokenized(records: datasets.Dataset, tokenizer, max_tokens: int) -> datasets.Dataset:
@@ -26,5 +26,5 @@ def retokenized(records: datasets.Dataset, tokenizer, max_tokens: int) -> datase
     encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
     ids = [row if row else [tokenizer.eos_token_id] for row in encoded]
     decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    columns = {name: list(records[name]) for name in RECORD_FEATURES if name not in ("input_ids", "text")}
-    return datasets.Dataset.from_dict({**columns, "input_ids": ids, "text": decoded}, features=RECORD_FEATURES)
+    columns = {name: list(records[name]) for name in record_features() if name not in ("input_ids", "text")}
+    return datasets.Dataset.from_dict({**columns, "input_ids": ids, "text": decoded}, features=record_features())

@@ -27,11 +27,12 @@ from lmcollapse.engine.modeling import (
 from lmcollapse.run.atomic import atomic_path, sha256_file, sha256_tree
 from lmcollapse.run.manifests import environment_record, write_manifest
 from lmcollapse.run.seeding import derive_seed
+from lmcollapse.stages.base_cache import PretrainedBase
 from lmcollapse.stages.context import Context
 from lmcollapse.stages.evaluate import heldout_perplexity
 from lmcollapse.stages.human import HumanBlocks, HumanText, write_human
 from lmcollapse.stages.preflight import check_positions_of
-from lmcollapse.stages.pretrain import PretrainedBase, check_entry
+from lmcollapse.stages.pretrain import check_entry
 
 
 def ensure_base_and_human(context: Context, pretrained: PretrainedBase | None = None) -> None:

@@ -27,7 +27,7 @@ import yaml
 
 from lmcollapse.config import PipelineConfig
 from lmcollapse.config.corpora import NAMED_CORPORA
-from lmcollapse.data.records import RECORD_FEATURES
+from lmcollapse.data.records import record_features
 from lmcollapse.metrics.columns import COLUMNS, HEADLINE, shown_in
 from lmcollapse.run.atomic import write_text_atomic
 
@@ -88,7 +88,7 @@ def dataset_header(config: PipelineConfig, files: dict[str, str], sizes: dict[st
         "size_categories": [size_category(sum(size["num_examples"] for size in sizes.values()))],
         "configs": [{"config_name": "default",
                      "data_files": [{"split": split, "path": path} for split, path in files.items()]}],
-        "dataset_info": {"features": RECORD_FEATURES._to_yaml_list(),
+        "dataset_info": {"features": record_features()._to_yaml_list(),
                          "splits": [{"name": split, **size} for split, size in sizes.items()]},
     }
     return "---\n" + yaml.safe_dump(header, sort_keys=False, allow_unicode=True) + "---\n"

@@ -8,7 +8,7 @@ on the cache (the cache's lock would make N-1 of them wait, each holding a slot 
 from __future__ import annotations
 
 from lmcollapse.data.corpus import CorpusPlan
-from lmcollapse.stages.pretrain import locate_entry
+from lmcollapse.stages.base_cache import locate_entry
 from lmcollapse.studies.spec import StudyRun
 
 

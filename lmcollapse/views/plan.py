@@ -19,7 +19,7 @@ from lmcollapse.data.regimes import describe_regime
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import read_manifest
-from lmcollapse.stages.pretrain import locate_entry
+from lmcollapse.stages.base_cache import locate_entry
 from lmcollapse.views import cost
 from lmcollapse.views.status import stage_lines
 
