@@ -56,7 +56,7 @@ def forwarded_flops(model, tokens: int, method: str) -> float:
 
 
 def variant_speed(method: str) -> dict:
-    from lmcollapse.metrics.perplexity import perplexity_blocks, perplexity_sliding
+    from lmcollapse.metrics.perplexities import perplexity_blocks, perplexity_sliding
 
     with_allocator_settings()
     model, tokens = setup(SPEED_BLOCKS)
@@ -120,7 +120,7 @@ def write_heldout_files(folder: str) -> list[str]:
 
 def variant_memory(path: str) -> dict:
     """Both perplexities streamed from the file: what the pipeline does with the held-out split."""
-    from lmcollapse.metrics.perplexity import TokenStream, perplexity_blocks, perplexity_sliding
+    from lmcollapse.metrics.perplexities import TokenStream, perplexity_blocks, perplexity_sliding
 
     with_allocator_settings()  # the pipeline's evaluation runs under the command line's settings
     model, _ = setup(16)

@@ -29,7 +29,7 @@ from lmcollapse.engine.watermark import watermark_key, watermark_z_scores, water
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.curvature import fast_detectgpt_criterion, monte_carlo_criterion, position_statistics
 from lmcollapse.metrics.mauve_score import final_token_features, mauve_between
-from lmcollapse.metrics.perplexity import TokenStream, iter_blocks
+from lmcollapse.metrics.perplexities import TokenStream, iter_blocks
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import MANIFEST_CHECKSUM, write_manifest

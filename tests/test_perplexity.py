@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from helpers import micro_opt, token_records
-from lmcollapse.metrics.perplexity import (
+from helpers import REPO, micro_opt, token_records
+from lmcollapse.metrics.perplexities import (
     perplexity,
     perplexity_blocks,
     perplexity_blocks_excluding,
@@ -109,7 +111,7 @@ def test_public_function_takes_model_and_tokenizer(tiny_model):
 
 def test_streamed_evaluation_equals_the_in_memory_one(tiny_model, stream, tmp_path):
     from lmcollapse.data.records import write_records
-    from lmcollapse.metrics.perplexity import TokenStream, iter_windows, sliding_windows
+    from lmcollapse.metrics.perplexities import TokenStream, iter_windows, sliding_windows
 
     # Chunks of awkward sizes, as a Parquet file of records delivers them.
     pieces = [stream[i:i + 17] for i in range(0, len(stream), 17)]
@@ -181,7 +183,7 @@ def test_predicted_bytes_are_the_bytes_of_every_scored_target(family):
     first (the first is never predicted), end-of-text and other special tokens contributing none;
     counted by hand from each token's own bytes (the byte-level alphabet: one character a byte)."""
     from lmcollapse.engine.modeling import train_bpe_tokenizer
-    from lmcollapse.metrics.perplexity import TokenStream, predicted_bytes
+    from lmcollapse.metrics.perplexities import TokenStream, predicted_bytes
 
     lines = ["The cat sat on the mat .", "Über café naïve — 3 € each", "a dog ran in the park"] * 10
     tokenizer = train_bpe_tokenizer(lines, 300, 64, family)
@@ -202,8 +204,20 @@ def test_predicted_bytes_are_the_bytes_of_every_scored_target(family):
 
 def _first_and_tail_bytes(tokenizer, ids, block: int) -> int:
     """The bytes the block count leaves out: each block's first token and the trailing partial block."""
-    from lmcollapse.metrics.perplexity import byte_lengths
+    from lmcollapse.metrics.perplexities import byte_lengths
 
     lengths = byte_lengths(tokenizer)
     usable = len(ids) // block * block
     return int(lengths[ids[0:usable:block]].sum() + lengths[ids[usable:]].sum())
+
+
+def test_the_package_gives_the_functions_whichever_module_was_imported_first():
+    """``from lmcollapse.metrics import perplexity, self_bleu`` gives the functions, also in a
+    process whose stages imported the modules that compute them first: the perplexities are
+    imported on first use, and a submodule of a function's name would have shadowed it."""
+    probe = ("import inspect, lmcollapse.stages.evaluate; "
+             "from lmcollapse.metrics import perplexity, sample_perplexities, self_bleu, distinct_n; "
+             "print([f.__name__ for f in (perplexity, sample_perplexities, self_bleu, distinct_n) if inspect.isfunction(f)])")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert result.stdout.strip() == "['perplexity', 'sample_perplexities', 'self_bleu', 'distinct_n']", result.stderr[-2000:]
+

@@ -260,7 +260,7 @@ def test_training_validation_and_scoring_build_no_kv_cache(tmp_path, monkeypatch
     # keys and values into a cache nothing reads (on a GPU, a share of the step's kernels).
     from transformers import cache_utils
 
-    from lmcollapse.metrics.perplexity import sample_perplexities
+    from lmcollapse.metrics.perplexities import sample_perplexities
 
     built = []
     original = cache_utils.DynamicCache.__init__

@@ -23,22 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from lmcollapse.metrics.columns import COLUMNS, REGISTRY, TAIL_QUANTILES, Column, shown_in
+from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
+from lmcollapse.metrics.self_bleu import self_bleu, self_bleu_scores
 
-# The functions that compute, imported on first use: the perplexities need torch (2 s to import),
-# which the tables, `status` and a study's coordinator, readers of the catalogue alone, never load.
-_COMPUTED_BY = {
-    "distinct_n": "distinct", "distinct_n_li": "distinct", "distinct_n_per_sample": "distinct",
-    "rare_ngram_survival": "distinct",
-    "PerplexityResult": "perplexity", "perplexity": "perplexity", "perplexity_blocks": "perplexity",
-    "perplexity_sliding": "perplexity", "sample_perplexities": "perplexity",
-    "self_bleu": "self_bleu", "self_bleu_scores": "self_bleu",
-}
+# The perplexities need torch (2 s to import), which the tables, `status` and a study's coordinator,
+# readers of the catalogue alone, never load: imported on first use. (Their module's name is not
+# one of these names: a submodule, once imported, would shadow the function of its name here.)
+_PERPLEXITIES = {"PerplexityResult", "perplexity", "perplexity_blocks", "perplexity_sliding", "sample_perplexities"}
 
 
 def __getattr__(name: str):
-    if name not in _COMPUTED_BY:
+    if name not in _PERPLEXITIES:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_COMPUTED_BY[name]}"), name)
+    return getattr(importlib.import_module(f"{__name__}.perplexities"), name)
 
 
 EVALUATE_MODULES = Path(__file__).resolve().parent.parent / "evaluate_modules"

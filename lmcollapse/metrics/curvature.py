@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from lmcollapse.engine.precision import autocast
-from lmcollapse.metrics.perplexity import map_batches, right_padded
+from lmcollapse.metrics.perplexities import map_batches, right_padded
 
 
 def fast_detectgpt_criterion(model, sequences: Sequence[np.ndarray], batch_size: int, accelerator=None,

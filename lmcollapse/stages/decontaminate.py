@@ -133,7 +133,7 @@ def run_detector(name: str, candidates: datasets.Dataset, config: PipelineConfig
         sequences = scorer.sequences(candidates, removed)
         precision = config.evaluate.mixed_precision
         if name == "perplexity":
-            from lmcollapse.metrics.perplexity import score_sequences
+            from lmcollapse.metrics.perplexities import score_sequences
 
             nll, tokens = score_sequences(scorer.model, sequences, [1] * len(sequences), batch_size, accelerator,
                                           precision=precision)

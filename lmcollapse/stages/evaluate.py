@@ -34,7 +34,7 @@ from lmcollapse.metrics.curvature import position_statistics
 from lmcollapse.metrics.distinct import distinct_n, distinct_n_li, distinct_n_per_sample, rare_ngram_survival
 from lmcollapse.metrics.mauve_score import mauve_between
 from lmcollapse.metrics.ngrams import EncodedCorpus
-from lmcollapse.metrics.perplexity import (
+from lmcollapse.metrics.perplexities import (
     TokenStream,
     iter_blocks,
     perplexity_blocks_excluding,
