@@ -7,6 +7,7 @@ generation in about a second on a CPU, so end-to-end tests exercise the real sta
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -86,11 +87,27 @@ def tree_hashes(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m lmcollapse ...`` in a subprocess (the real entry point, exit codes included)."""
+    """``python -m lmcollapse ...`` in a new process (the real entry point, exit codes included):
+    forked from the tests' fork server where the environment allows (tests/forkserver.py)."""
     full_env = {**os.environ, **(env or {})}
+    if fork_server() is not None:
+        result = fork_server().run(list(args), cwd or REPO, full_env, timeout)
+        if result is not None:
+            return result
     # A session of its own: a failpoint may SIGKILL the command's whole process group.
     return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout, start_new_session=True)
+
+
+@functools.cache
+def fork_server():
+    from forkserver import ForkServer
+
+    return ForkServer(REPO, _SESSION_ENV) if os.environ.get("LMCOLLAPSE_TEST_FORKSERVER", "1") != "0" else None
+
+
+# The environment conftest.py set up, before any test changed it: the fork server's.
+_SESSION_ENV = dict(os.environ)
 
 
 MODEL_LIBRARIES = ("torch", "transformers", "datasets", "accelerate")
