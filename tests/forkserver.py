@@ -55,6 +55,7 @@ RUNTIME_VARIABLES = frozenset({
     "LMCOLLAPSE_FAILPOINT", "LMCOLLAPSE_CACHE_DIR", "LMCOLLAPSE_DATA_DIR", "LMCOLLAPSE_MALLOC",
     "ACCEPT_CHANGED", "PYTEST_CURRENT_TEST",
     "TORCHINDUCTOR_CACHE_DIR",  # read by torch's compiler when it compiles; set in the tests' process once it has
+    "SLURM_CONF",  # read by SLURM's commands, which lmcollapse runs; tests/test_slurm.py sets it for its cluster
 })
 
 # What lmcollapse's command line sets, if unset, at the start of every command (cli.quiet_libraries,
@@ -68,16 +69,18 @@ COMMAND_DEFAULTS = {
 _REAP_SECONDS = 0.02  # how often the server looks for exited children
 
 
-def servable(started: dict[str, str], preloaded: dict[str, str], command: dict[str, str]) -> bool:
-    """Whether a command with this environment may be forked from a server started with the first
-    one, whose environment was the second once its libraries were imported."""
-    for key in (preloaded.keys() | command.keys()) - RUNTIME_VARIABLES:
+def differences(started: dict[str, str], preloaded: dict[str, str], command: dict[str, str]) -> list[str]:
+    """The variables that keep a command with this environment from being forked from a server
+    started with the first one, whose environment was the second once its libraries were imported."""
+    return sorted(
+        key for key in (preloaded.keys() | command.keys()) - RUNTIME_VARIABLES
         # A variable a library sets at import (scikit-learn's KMP_INIT_AT_FORK), or the command line
         # as it starts (COMMAND_DEFAULTS), would be set in a fresh process too, unless the command sets it
-        set_by_import = key not in started and command.get(key) is None
-        if command.get(key) != preloaded.get(key) and not set_by_import:
-            return False
-    return True
+        if command.get(key) != preloaded.get(key) and not (key not in started and command.get(key) is None))
+
+
+def servable(started: dict[str, str], preloaded: dict[str, str], command: dict[str, str]) -> bool:
+    return not differences(started, preloaded, command)
 
 
 def _send(connection: socket.socket, message: dict) -> None:
@@ -154,10 +157,13 @@ class ForkServer:
         self.server.kill()
         self.server.wait()
 
+    def differences(self, env: dict[str, str]) -> list[str]:
+        return differences(self.started, self.preloaded, env)
+
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
         """``subprocess.run([python, -m, lmcollapse, *args], capture_output=True, text=True, ...)``
         in a forked child, or None where the environment rules it out (see ``servable``)."""
-        if not servable(self.started, self.preloaded, env) or self.server.poll() is not None:
+        if self.differences(env) or self.server.poll() is not None:
             return None
         argv = [sys.executable, "-m", "lmcollapse", *args]
         scratch = Path(tempfile.mkdtemp(dir=self.folder))

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +91,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
     """``python -m lmcollapse ...`` in a new process (the real entry point, exit codes included):
     forked from the tests' fork server where the environment allows (tests/forkserver.py)."""
     full_env = {**os.environ, **(env or {})}
-    if fork_server() is not None:
-        result = fork_server().run(list(args), cwd or REPO, full_env, timeout)
+    server = fork_server()
+    if server is not None:
+        drifted = [key for key in server.differences(full_env) if key not in (env or {})]
+        if drifted:  # not what the test asked for: the session's environment changed under it
+            warnings.warn(f"the fork server ran `lmcollapse {' '.join(args[:2])}` alone: {drifted} changed in this "
+                          "test process since the session began (tests/forkserver.py: RUNTIME_VARIABLES)", stacklevel=2)
+        result = server.run(list(args), cwd or REPO, full_env, timeout)
         if result is not None:
             return result
     # A session of its own: a failpoint may SIGKILL the command's whole process group.

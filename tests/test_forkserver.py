@@ -25,8 +25,9 @@ def forked(*args: str, env: dict | None = None, timeout: float = 600, cwd=REPO) 
     server = fork_server()
     if server is None:
         pytest.skip("LMCOLLAPSE_TEST_FORKSERVER=0: every command runs in a process of its own")
-    result = server.run(list(args), cwd, {**os.environ, **(env or {})}, timeout)
-    assert result is not None, "the fork server refused a command in the session's own environment"
+    command_env = {**os.environ, **(env or {})}
+    assert not server.differences(command_env), "the fork server refuses a command in the session's environment"
+    result = server.run(list(args), cwd, command_env, timeout)
     return result
 
 
@@ -71,7 +72,7 @@ def test_only_variables_lmcollapse_reads_as_it_runs_may_differ_from_the_servers(
     assert not servable(started, preloaded, {**preloaded, "KMP_INIT_AT_FORK": "TRUE"})
     assert not servable(started, preloaded, {**preloaded, "HF_HUB_OFFLINE": "0"})
     assert not servable(started, preloaded, {"PATH": "/bin"})
-    assert all(name.startswith(("LMCOLLAPSE_", "PYTEST_", "TORCHINDUCTOR_")) or name == "ACCEPT_CHANGED"
+    assert all(name.startswith(("LMCOLLAPSE_", "PYTEST_", "TORCHINDUCTOR_", "SLURM_")) or name == "ACCEPT_CHANGED"
                for name in RUNTIME_VARIABLES)
 
 
