@@ -56,6 +56,7 @@ RUNTIME_VARIABLES = frozenset({
     "ACCEPT_CHANGED", "PYTEST_CURRENT_TEST",
     "TORCHINDUCTOR_CACHE_DIR",  # read by torch's compiler when it compiles; set in the tests' process once it has
     "SLURM_CONF",  # read by SLURM's commands, which lmcollapse runs; tests/test_slurm.py sets it for its cluster
+    "_TORCHINDUCTOR_PYOBJECT_TENSOR_DATA_PTR",  # set by torch's compiler right before its compiled code reads it
 })
 
 # What lmcollapse's command line sets, if unset, at the start of every command (cli.quiet_libraries,
