@@ -13,14 +13,14 @@ locks and atexit handlers behave as in a process started from nothing.
 What a fork cannot give, and how the helpers keep to what it can:
 - The preloaded libraries read some environment variables once, at import (thread counts, the
   hub's settings). A command is forked only when its environment equals the server's but for
-  ``RUNTIME_VARIABLES``, which only lmcollapse reads, when the command runs; any other difference
+  ``RUNTIME_VARIABLES``, which are read only as a command runs; any other difference
   (a test that sets ``OMP_NUM_THREADS``) runs the command in a process of its own.
 - Children share the server's hash seed, where fresh processes each draw one.
 - Commands that must prove they load no model library (``run_cli_light``), the runs a study's
   coordinator starts, SLURM's jobs and ``accelerate launch`` are real processes in any case.
 
 ``LMCOLLAPSE_TEST_FORKSERVER=0`` runs every command in a process of its own (``make test``
-then takes about twice as long): the suite passes either way.
+took 14 min 11 s that way against 11 min 25 s, measured once each): the suite passes either way.
 
 Protocol, one Unix-socket connection per command: the client sends a JSON line (args, cwd, env,
 stdout and stderr paths), the server answers ``{"pid": ...}`` once the child is forked and
@@ -30,6 +30,7 @@ stdout and stderr paths), the server answers ``{"pid": ...}`` once the child is 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import select
@@ -80,10 +81,6 @@ def differences(started: dict[str, str], preloaded: dict[str, str], command: dic
         if command.get(key) != preloaded.get(key) and not (key not in started and command.get(key) is None))
 
 
-def servable(started: dict[str, str], preloaded: dict[str, str], command: dict[str, str]) -> bool:
-    return not differences(started, preloaded, command)
-
-
 def _send(connection: socket.socket, message: dict) -> None:
     try:
         connection.sendall((json.dumps(message) + "\n").encode())
@@ -119,7 +116,8 @@ def serve(address: str) -> dict:
             _send(waiting[pid], {"status": status})
             waiting.pop(pid).close()
     for pid in waiting:
-        os.killpg(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # exited, not yet reaped
+            os.killpg(pid, signal.SIGKILL)
     raise SystemExit(0)
 
 
@@ -163,7 +161,7 @@ class ForkServer:
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
         """``subprocess.run([python, -m, lmcollapse, *args], capture_output=True, text=True, ...)``
-        in a forked child, or None where the environment rules it out (see ``servable``)."""
+        in a forked child, or None where the environment rules it out (see ``differences``)."""
         if self.differences(env) or self.server.poll() is not None:
             return None
         argv = [sys.executable, "-m", "lmcollapse", *args]

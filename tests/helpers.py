@@ -100,8 +100,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict |
         result = server.run(list(args), cwd or REPO, full_env, timeout)
         if result is not None:
             return result
+    return run_cli_alone(*args, cwd=cwd, timeout=timeout, env=full_env)
+
+
+def run_cli_alone(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``run_cli`` in a process started from nothing, never forked."""
     # A session of its own: a failpoint may SIGKILL the command's whole process group.
-    return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=cwd or REPO, env=full_env,
+    return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=cwd or REPO, env={**os.environ, **(env or {})},
                           capture_output=True, text=True, timeout=timeout, start_new_session=True)
 
 

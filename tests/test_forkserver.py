@@ -11,14 +11,9 @@ import subprocess
 import sys
 
 import pytest
-from forkserver import COMMAND_DEFAULTS, RUNTIME_VARIABLES, servable
+from forkserver import COMMAND_DEFAULTS, RUNTIME_VARIABLES, differences
 
-from helpers import REPO, fork_server, micro_raw_config, write_pipeline
-
-
-def alone(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmcollapse", *args], cwd=REPO, env={**os.environ, **(env or {})},
-                          capture_output=True, text=True, timeout=600, start_new_session=True)
+from helpers import REPO, fork_server, micro_raw_config, run_cli_alone, write_pipeline
 
 
 def forked(*args: str, env: dict | None = None, timeout: float = 600, cwd=REPO) -> subprocess.CompletedProcess:
@@ -27,8 +22,7 @@ def forked(*args: str, env: dict | None = None, timeout: float = 600, cwd=REPO) 
         pytest.skip("LMCOLLAPSE_TEST_FORKSERVER=0: every command runs in a process of its own")
     command_env = {**os.environ, **(env or {})}
     assert not server.differences(command_env), "the fork server refuses a command in the session's environment"
-    result = server.run(list(args), cwd, command_env, timeout)
-    return result
+    return server.run(list(args), cwd, command_env, timeout)
 
 
 @pytest.mark.parametrize("args", [
@@ -37,7 +31,7 @@ def forked(*args: str, env: dict | None = None, timeout: float = 600, cwd=REPO) 
     ("status", "--run", "/nonexistent/run"),
 ])
 def test_a_forked_command_prints_and_exits_as_the_same_command_alone(args):
-    one, other = forked(*args), alone(*args)
+    one, other = forked(*args), run_cli_alone(*args)
     assert (one.returncode, one.stdout, one.stderr) == (other.returncode, other.stdout, other.stderr)
     assert one.args == other.args
 
@@ -65,13 +59,14 @@ def test_a_forked_command_past_its_timeout_is_killed(tmp_path, small_corpus):
 def test_only_variables_lmcollapse_reads_as_it_runs_may_differ_from_the_servers():
     started = {"PATH": "/bin", "OMP_NUM_THREADS": "1"}
     preloaded = {**started, "KMP_INIT_AT_FORK": "FALSE"}  # set by scikit-learn when it is imported
-    assert servable(started, preloaded, dict(preloaded))
-    assert servable(started, preloaded, dict(started))  # a fresh process's import would set it the same
-    assert servable(started, preloaded, {**preloaded, "LMCOLLAPSE_FAILPOINT": "train-step@2", "PYTEST_CURRENT_TEST": "x"})
-    assert not servable(started, preloaded, {**preloaded, "OMP_NUM_THREADS": "2"})  # read when torch loads
-    assert not servable(started, preloaded, {**preloaded, "KMP_INIT_AT_FORK": "TRUE"})
-    assert not servable(started, preloaded, {**preloaded, "HF_HUB_OFFLINE": "0"})
-    assert not servable(started, preloaded, {"PATH": "/bin"})
+    assert differences(started, preloaded, dict(preloaded)) == []
+    assert differences(started, preloaded, dict(started)) == []  # a fresh process's import would set it the same
+    assert differences(started, preloaded, {**preloaded, "LMCOLLAPSE_FAILPOINT": "train-step@2",
+                                            "PYTEST_CURRENT_TEST": "x"}) == []
+    assert differences(started, preloaded, {**preloaded, "OMP_NUM_THREADS": "2"}) == ["OMP_NUM_THREADS"]  # read when torch loads
+    assert differences(started, preloaded, {**preloaded, "KMP_INIT_AT_FORK": "TRUE"}) == ["KMP_INIT_AT_FORK"]
+    assert differences(started, preloaded, {**preloaded, "HF_HUB_OFFLINE": "0"}) == ["HF_HUB_OFFLINE"]
+    assert differences(started, preloaded, {"PATH": "/bin"}) == ["OMP_NUM_THREADS"]
     assert all(name.startswith(("LMCOLLAPSE_", "PYTEST_", "TORCHINDUCTOR_", "_TORCHINDUCTOR_", "SLURM_")) or name == "ACCEPT_CHANGED"
                for name in RUNTIME_VARIABLES)
 
