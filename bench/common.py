@@ -165,11 +165,14 @@ def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[
 
 
 def with_allocator_settings() -> None:
-    """What every lmcollapse command does first (lmcollapse/engine/allocator.py): our side of a benchmark
-    runs as the command line runs it, and an alternative "with the same allocator" does too."""
+    """What every lmcollapse command does first (lmcollapse/engine/allocator.py, and
+    lmcollapse/engine/vector_math.py before it computes): our side of a benchmark runs as the
+    command line runs it, and an alternative "with the same allocator" does too."""
     from lmcollapse.engine.allocator import keep_freed_memory
+    from lmcollapse.engine.vector_math import start_vector_math
 
     keep_freed_memory()
+    start_vector_math()
 
 
 def require_corpus() -> None:

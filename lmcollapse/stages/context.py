@@ -19,6 +19,7 @@ from accelerate.state import AcceleratorState
 from lmcollapse.config import PipelineConfig
 from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.engine.modeling import load_model, load_tokenizer
+from lmcollapse.engine.vector_math import start_vector_math
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.layout import RunDir
 
@@ -110,6 +111,7 @@ class Context:
 
 def make_accelerator(config: PipelineConfig):
     """An ``Accelerator`` for the configured precision on whatever devices exist."""
+    start_vector_math()  # before any stage computes: engine/vector_math.py says why
     if config.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise LmcollapseError("train.mixed_precision=fp16 needs a GPU: use bf16 or no on a CPU")
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
