@@ -2,7 +2,7 @@
 
 Without start_vector_math, the first VML call of a process, split over two threads, took another
 code path for one thread's chunk in 2-6% of processes on the two-core CI machine; forked children
-of one parent that has imported torch but never computed show it at about 1-2%, so the test
+of one parent that has imported torch but never computed show it at 0.5-2%, so the test
 forks many (about ten seconds). Each child starts as a command does (a matrix product, which
 starts the thread pool, then make_accelerator's start_vector_math) and takes the square root of
 4,800 doubles on two threads; every one must equal the parent's result at one thread.

@@ -5,7 +5,7 @@ vector math library (VML), in chunks of 2,048 elements spread over its OpenMP th
 itself up on its first call in a process. When that first call comes from two threads at once,
 one of them sometimes computes its chunk on another code path for that one call: in a tensor of
 4,800 doubles, the 2,400 of one thread's chunk came out different in the last bits (measured on
-the two-core Ice Lake machine: in 2 to 6% of fresh processes, never on the second call, never at
+the two-core Ice Lake machine: in 1 to 6% of fresh processes, never on the second call, never at
 one thread, never after a call on one thread). AdamW's first step takes the square root of a
 4,800-element state (tiny-opt's embeddings), so such a process trained other weights from step 1:
 the resume tests failed now and then at two threads, and a pipeline's numbers could change from
