@@ -1,7 +1,7 @@
 """Two threads compute what one thread computes, in every fresh process (engine/vector_math.py).
 
 Without start_vector_math, the first VML call of a process, split over two threads, took another
-code path for one thread's chunk in 2-6% of processes on the two-core CI machine; forked children
+code path for one thread's chunk in 1-6% of fresh processes on the two-core CI machine; forked children
 of one parent that has imported torch but never computed show it at 0.5-2%, so the test
 forks many (about ten seconds). Each child starts as a command does (a matrix product, which
 starts the thread pool, then make_accelerator's start_vector_math) and takes the square root of
