@@ -164,10 +164,11 @@ def run_variants(script: Path, variants: list[str], timeout: int = 900) -> list[
     return results
 
 
-def with_allocator_settings() -> None:
-    """What every lmcollapse command does first (lmcollapse/engine/allocator.py, and
-    lmcollapse/engine/vector_math.py before it computes): our side of a benchmark runs as the
-    command line runs it, and an alternative "with the same allocator" does too."""
+def start_as_a_command() -> None:
+    """What every lmcollapse command does before it computes: keep freed memory
+    (lmcollapse/engine/allocator.py) and start MKL's vector math on one thread
+    (lmcollapse/engine/vector_math.py). Our side of a benchmark runs as the command line runs it,
+    and an alternative "with the same allocator" does too."""
     from lmcollapse.engine.allocator import keep_freed_memory
     from lmcollapse.engine.vector_math import start_vector_math
 

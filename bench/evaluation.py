@@ -28,9 +28,9 @@ from bench.common import (
     print_table,
     require_corpus,
     run_variants,
+    start_as_a_command,
     tiny_assets,
     tiny_model,
-    with_allocator_settings,
 )
 
 SPEED_BLOCKS = 1000
@@ -58,7 +58,7 @@ def forwarded_flops(model, tokens: int, method: str) -> float:
 def variant_speed(method: str) -> dict:
     from lmcollapse.metrics.perplexities import perplexity_blocks, perplexity_sliding
 
-    with_allocator_settings()
+    start_as_a_command()
     model, tokens = setup(SPEED_BLOCKS)
     started = time.perf_counter()
     if method == "blocks":
@@ -122,7 +122,7 @@ def variant_memory(path: str) -> dict:
     """Both perplexities streamed from the file: what the pipeline does with the held-out split."""
     from lmcollapse.metrics.perplexities import TokenStream, perplexity_blocks, perplexity_sliding
 
-    with_allocator_settings()  # the pipeline's evaluation runs under the command line's settings
+    start_as_a_command()  # the pipeline's evaluation runs under the command line's settings
     model, _ = setup(16)
     before = peak_rss_mb()
     started = time.perf_counter()

@@ -48,9 +48,9 @@ from bench.common import (
     print_table,
     require_corpus,
     run_variants,
+    start_as_a_command,
     tiny_assets,
     tiny_model,
-    with_allocator_settings,
 )
 
 BATCH = 128
@@ -98,7 +98,7 @@ def variant_ours(case: str, static: bool = False, icdf: bool = False, probe: boo
     from lmcollapse.engine.sampling import write_synthetic_corpus
     from lmcollapse.stages.pipeline import make_accelerator
 
-    with_allocator_settings()
+    start_as_a_command()
     tokenizer, prompts = prompts_for(case, count_for(case))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()
@@ -136,7 +136,7 @@ def variant_reference(case: str, same_allocator: bool = False) -> dict:
     import torch
 
     if same_allocator:
-        with_allocator_settings()
+        start_as_a_command()
     tokenizer, prompts = prompts_for(case, count_for(case))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = tiny_model(tokenizer, "opt-125m" if device == "cuda" else "tiny-opt").to(device).eval()

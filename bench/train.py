@@ -33,9 +33,9 @@ from bench.common import (
     print_table,
     require_corpus,
     run_variants,
+    start_as_a_command,
     tiny_assets,
     tiny_model,
-    with_allocator_settings,
 )
 
 
@@ -66,7 +66,7 @@ def variant_ours(compiled: bool = False, warm: bool = False) -> dict:
     from lmcollapse.engine.training import train_model
     from lmcollapse.stages.context import make_accelerator
 
-    with_allocator_settings()
+    start_as_a_command()
     s, tokenizer, blocks = prepare()
     config = TrainConfig(epochs=s["epochs"], batch_size=s["batch"], micro_batch_size=s["micro"], learning_rate=s["lr"],
                          min_learning_rate=0.0, weight_decay=0.01, mixed_precision=s["precision"],
@@ -95,7 +95,7 @@ def variant_trainer(compiled: bool = False, same_allocator: bool = False) -> dic
     from transformers import Trainer, TrainingArguments, default_data_collator
 
     if same_allocator:
-        with_allocator_settings()
+        start_as_a_command()
     s, tokenizer, blocks = prepare()
     model = tiny_model(tokenizer, s["preset"])
     data = datasets.Dataset.from_dict({"input_ids": blocks.tolist(), "labels": blocks.tolist()})
