@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import sys
 
 import mauve
 import numpy as np
@@ -28,7 +30,7 @@ from lmcollapse.engine.modeling import build_preset_model, load_model, train_bpe
 from lmcollapse.engine.watermark import watermark_key, watermark_z_scores, watermarking_config
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics.curvature import fast_detectgpt_criterion, monte_carlo_criterion, position_statistics
-from lmcollapse.metrics.mauve_score import final_token_features, mauve_between
+from lmcollapse.metrics.mauve_score import final_token_features, mauve_between, without_faiss_size_warning
 from lmcollapse.metrics.perplexities import TokenStream, iter_blocks
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.layout import RunDir
@@ -78,6 +80,23 @@ def test_mauve_is_the_reference_implementation_on_the_same_features_and_seeded(f
     assert ours["mauve"] == mauve.compute_mauve(p_features=p, q_features=q, num_buckets=10, seed=7).mauve
     assert mauve_between(p, q, clusters=10, seed=7) == ours  # same seed, same value
     assert ours["clusters"] == 10 and mauve_between(p, q)["clusters"] == 15  # the reference's n/10
+
+
+def test_mauve_prints_nothing_of_faiss_size_warning_and_lets_other_output_through(featurizer, capfd):
+    """faiss warns from C++ whenever it has fewer than 39 points a centroid, which MAUVE's n/10
+    always is: every evaluation printed it. Only that line is held back."""
+    features = final_token_features(featurizer, random_sequences(100, 12, 60, 8), 32)
+    capfd.readouterr()
+    mauve.compute_mauve(p_features=features, q_features=features.copy(), seed=0, verbose=False)
+    assert "WARNING clustering 200 points to 10 centroids" in capfd.readouterr().err  # what faiss does
+    mauve_between(features, features.copy(), seed=0)
+    assert capfd.readouterr().err == ""
+    with without_faiss_size_warning():
+        os.write(2, b"WARNING clustering 5 points to 2 centroids: please provide at least 78 training points\n")
+        os.write(2, b"another library's line\n")
+        print("and Python's", file=sys.stderr)
+    # (under capfd, Python's sys.stderr is pytest's own and may come first)
+    assert sorted(capfd.readouterr().err.splitlines()) == ["and Python's", "another library's line"]
 
 
 def test_features_are_each_texts_last_hidden_state_whatever_the_batch(featurizer):

@@ -15,7 +15,12 @@ features come from one fixed featurizer for the whole run, so generations are co
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -57,7 +62,35 @@ def mauve_between(p_features: np.ndarray, q_features: np.ndarray, clusters: int 
     clusters = clusters or default_clusters(samples)
     if clusters >= samples:
         raise ValueError(f"MAUVE needs fewer clusters ({clusters}) than samples ({samples})")
-    out = mauve.compute_mauve(p_features=p_features, q_features=q_features, num_buckets=clusters, seed=seed,
-                              verbose=False)
+    with without_faiss_size_warning():
+        out = mauve.compute_mauve(p_features=p_features, q_features=q_features, num_buckets=clusters, seed=seed,
+                                  verbose=False)
     return {"mauve": float(out.mauve), "mauve_star": float(out.mauve_star),
             "frontier_integral": float(out.frontier_integral), "clusters": int(clusters), "kmeans_seed": seed}
+
+
+# faiss writes this from C++ whenever it clusters fewer than 39 points per centroid, verbose or
+# not. MAUVE's own heuristic (a tenth of the samples per side: 2,000 points, 100 centroids) is
+# always below that, so every evaluation printed it, though nothing is wrong.
+FAISS_SIZE_WARNING = re.compile(r"WARNING clustering \d+ points to \d+ centroids: please provide at least \d+ training points\n?")
+
+
+@contextmanager
+def without_faiss_size_warning() -> Iterator[None]:
+    """Hold what reaches stderr (file descriptor 2: C++ writes there directly) while the block
+    runs, then pass it on without faiss's size warning; every other line reaches stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            rest = FAISS_SIZE_WARNING.sub("", held.read().decode(errors="replace"))
+            if rest:
+                sys.stderr.write(rest)
+                sys.stderr.flush()
