@@ -53,7 +53,7 @@ def test_every_number_equals_scipys(a, b):
                                    permutation_type="independent", n_resamples=np.inf, vectorized=True)
     if np.ptp(a + b) > 0:
         assert result.p_permutation == pytest.approx(exact.pvalue)
-    assert result.test == ("permutation" if min(len(a), len(b)) < SMALL_N else "welch")
+    assert result.test == ("permutation" if min(len(a), len(b)) < SMALL_N or math.isnan(result.p_welch) else "welch")
     summary = summarize(a)
     assert (summary.n, summary.mean) == (len(a), pytest.approx(np.mean(a)))
     if np.std(a) > 0:
@@ -80,3 +80,39 @@ def test_three_seeds_cannot_reach_significance_by_permutation():
 def test_the_smallest_permutation_p_is_that_of_two_groups_that_do_not_overlap(n, m):
     separated = permutation_p(np.arange(n, dtype=float), np.arange(m, dtype=float) + 100)
     assert smallest_permutation_p(n, m) == pytest.approx(separated)
+
+
+def test_a_group_of_one_value_has_no_p_value_and_no_spread():
+    """A variant with one finite seed (a study still running, the other seeds failed): scipy's
+    permutation test refuses a sample of one; the comparison has no p-value instead of a crash."""
+    result = compare([1.0], [2.0, 3.0, 4.0])
+    assert math.isnan(result.p) and result.test == "permutation"
+    assert result.difference == pytest.approx(-2.0)
+    assert math.isnan(summarize([1.0]).std)  # one value: its spread is unknown, not 0
+
+
+def test_groups_that_do_not_vary_are_decided_by_the_permutation_test_at_any_size():
+    """Five seeds each, every seed the same within a group: Welch's t is undefined (no variance)
+    and the exact permutation test decides: the most extreme of C(10, 5) = 252 relabellings."""
+    result = compare([1.0] * 5, [2.0] * 5)
+    assert math.isnan(result.p_welch) and result.test == "permutation"
+    assert result.p == pytest.approx(2 / 252)
+
+
+def test_holm_counts_only_the_comparisons_that_have_a_p_value():
+    from lmcollapse.report.inference import Inference, infer, inference_tables
+    from lmcollapse.report.runs import Group
+
+    def group(label, values):
+        class Record:
+            def __init__(self, value):
+                self.rows = [{"generation": 0, "ppl_blocks": value, "self_bleu_4": value / 1000}]
+        return Group(label, [Record(v) for v in values])
+
+    found = infer([group("ref", [100.0, 101.0, 102.0]), group("many", [110.0, 111.0, 112.0]), group("one", [120.0])],
+                  ["ppl_blocks", "self_bleu_4"])
+    assert isinstance(found, Inference)
+    pvalues = [d.p for d in found.differences]
+    assert len(pvalues) == 4 and sum(math.isnan(p) for p in pvalues) == 2  # "one" has none
+    assert "Holm over the 2 comparisons" in inference_tables(found)["caption"]
+    assert [d.p_holm for d in found.differences if d.group == "many"] == pytest.approx([0.2, 0.2])

@@ -127,8 +127,9 @@ def inference_tables(found: Inference) -> dict:
                      _p(d.p_welch), _p(d.p_permutation), f"{_p(d.p_holm)} ({d.test})",
                      "-" if math.isnan(d.hedges_g) else f"{d.hedges_g:.2f}", "yes" if d.significant else "no"])
     align = ["l", "l", "r", "r", "r", "r", "r", "r", "r", "l"]
+    tested = sum(not math.isnan(d.p) for d in found.differences if d.generation == generation)
     caption = (f"generation {generation}: each variant against {found.reference}; p adjusted by Holm over the "
-               f"{len(rows)} comparisons of this table")
+               f"{tested} comparisons of this table that have a p-value")
     buffer = io.StringIO()
     fields = [f.name for f in Difference.__dataclass_fields__.values()] + ["significant"]
     writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
@@ -165,7 +166,7 @@ def headline_sentences(found: Inference, generation: int | None = None) -> list[
             f"{_number(abs(d.difference), d.metric)} (95% CI {_number(d.low, d.metric)} to {_number(d.high, d.metric)}; "
             f"n = {d.n} and {d.n_reference} seeds): {verdict} at 0.05 after Holm's adjustment "
             f"(p = {_p(d.p_holm)} by the {d.test} test; Hedges' g {'-' if math.isnan(d.hedges_g) else f'{d.hedges_g:.2f}'}).")
-    comparisons = len(sentences)
+    comparisons = sum(not math.isnan(d.p) for d in found.differences if d.generation == generation)  # Holm's m
     out_of_reach = sorted({(d.n, d.n_reference) for d in found.differences if d.generation == generation
                            and d.test == "permutation" and d.n and d.n_reference
                            and smallest_permutation_p(d.n, d.n_reference) * comparisons >= ALPHA})

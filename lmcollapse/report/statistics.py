@@ -3,9 +3,9 @@
 Per group and generation and metric: n, mean, standard deviation (ddof 1) and a 95% confidence
 interval for the mean (Student's t). Per group against a reference group: the difference of means
 with its 95% confidence interval (Welch's, unequal variances), a two-sided p-value (Welch's t-test;
-where either group has fewer than ``SMALL_N`` seeds, an exact permutation test of the difference of
-means is the one that decides, since with a handful of seeds the t-test's normal assumption cannot be
-checked), Holm's step-down adjustment over every comparison of a table, and Hedges' g (the
+where either group has fewer than ``SMALL_N`` seeds, or neither varies, an exact permutation test of
+the difference of means is the one that decides, since with a handful of seeds the t-test's normal
+assumption cannot be checked), Holm's step-down adjustment over every comparison of a table, and Hedges' g (the
 bias-corrected standardized mean difference).
 
     summary = summarize([160.2, 160.5, 159.9])                  # n, mean, std, low, high
@@ -66,7 +66,7 @@ def summarize(values, confidence: float = CONFIDENCE) -> Summary:
         return Summary(0, math.nan, math.nan, math.nan, math.nan)
     mean = float(x.mean())
     if n < 2:
-        return Summary(1, mean, 0.0, math.nan, math.nan)
+        return Summary(1, mean, math.nan, math.nan, math.nan)  # one value has no spread to estimate
     std = float(x.std(ddof=1))
     half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
@@ -87,14 +87,16 @@ def compare(values, reference, confidence: float = CONFIDENCE) -> Comparison:
         p_welch = float(welch.pvalue)
         low, high = float(interval.low), float(interval.high)
     p_permutation = permutation_p(a, b)
-    test = "permutation" if min(len(a), len(b)) < SMALL_N else "welch"
+    # Welch's test is undefined where neither group varies; the permutation test is exact there too
+    test = "permutation" if min(len(a), len(b)) < SMALL_N or math.isnan(p_welch) else "welch"
     return Comparison(len(a), len(b), difference, low, high, p_welch, p_permutation, test, hedges_g(a, b))
 
 
 def permutation_p(a: np.ndarray, b: np.ndarray) -> float:
     """Two-sided p-value of the difference of means under every relabelling of the seeds (exact
-    where there are at most 100,000, as many seeded resamples otherwise)."""
-    if len(a) < 1 or len(b) < 1 or (len(a) + len(b)) < 3:
+    where there are at most 100,000, as many seeded resamples otherwise); nan where a group has
+    fewer than two values (scipy's condition; with one, no p-value could be below 1/3 anyway)."""
+    if min(len(a), len(b)) < 2:
         return math.nan
     if np.ptp(np.concatenate([a, b])) == 0:
         return 1.0  # every value the same: nothing distinguishes the groups
