@@ -85,7 +85,7 @@ def test_metrics_table_has_a_finite_row_per_generation(staged_run):
     for row in rows:
         for column in ("ppl_blocks", "ppl_sliding", "self_bleu_4", "distinct_2", "tail_ppl_p50", "train_loss"):
             assert math.isfinite(float(row[column])) and float(row[column]) >= 0, column
-    summary = json.loads(run.metrics_json.read_text())
+    summary = json.loads(run.metrics_json.read_text(), parse_constant=lambda c: pytest.fail(f"metrics.json holds {c}"))
     assert summary["reference"]["base"]["ppl_blocks"] > 0 and "distinct_1" in summary["reference"]["human"]
     manifest = json.loads(run.generation(1).manifest.read_text())
     assert manifest["metrics"]["ppl_blocks"] == float(rows[1]["ppl_blocks"])

@@ -120,9 +120,24 @@ def test_regimes_side_by_side_and_the_index_page(study):
     assert "data:\n  corpus:" in index and "regime: keep-fraction" in index  # resolved configs
     assert "| pipeline | seed | git commit | device | versions |" in index
     assert re.search(r"\| micro \(.*\) \| 0, 1, 2 \| 0, 1 \|", index)
-    data = json.loads((out / "metrics.json").read_text())
+    data = strict_json(out / "metrics.json")
     assert data["definitions"]["ppl_blocks"]["higher_is_better"] is False
+    strict_json(out / "statistics.json")
     assert {len(g["seeds"]) for g in data["groups"]} == {2, 3}
+
+
+def strict_json(path):
+    """JSON as other tools parse it: a bare NaN or Infinity (which Python writes) is refused."""
+    def refuse(constant):
+        raise ValueError(f"{path.name} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_undefined_values_are_null_in_the_json_people_read(tmp_path):
+    from lmcollapse.run.atomic import nan_as_null, write_json_atomic
+
+    write_json_atomic(tmp_path / "t.json", nan_as_null({"p": math.nan, "rows": [1.5, math.inf, {"g": -math.inf}], "n": 3}))
+    assert strict_json(tmp_path / "t.json") == {"p": None, "rows": [1.5, None, {"g": None}], "n": 3}
 
 
 def booktabs_errors(tex: str) -> list[str]:

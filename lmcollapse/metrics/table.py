@@ -18,7 +18,7 @@ from pathlib import Path
 
 from lmcollapse.config import PipelineConfig
 from lmcollapse.metrics.columns import COLUMNS, TERMINAL, shown_in
-from lmcollapse.run.atomic import canonical_json, write_text_atomic
+from lmcollapse.run.atomic import canonical_json, nan_as_null, write_text_atomic
 from lmcollapse.run.integrity import STALE, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import read_manifest
@@ -41,7 +41,7 @@ def write_metrics(run: RunDir, rows: list[dict], header: dict) -> None:
     # Written only when missing or different: a complete run that is read again stays untouched
     # (and a read-only one readable), while a deleted or stale table is rebuilt.
     _write_if_changed(run.metrics_csv, buffer.getvalue())
-    _write_if_changed(run.metrics_json, canonical_json({**header, "columns": columns, "generations": rows}, indent=2) + "\n")
+    _write_if_changed(run.metrics_json, canonical_json(nan_as_null({**header, "columns": columns, "generations": rows}), indent=2) + "\n")
 
 
 def _write_if_changed(path: Path, text: str) -> None:

@@ -35,7 +35,7 @@ from lmcollapse.report.runs import (
 )
 from lmcollapse.report.statistics import SMALL_N
 from lmcollapse.report.tables import latex_table, markdown_table
-from lmcollapse.run.atomic import write_json_atomic, write_text_atomic
+from lmcollapse.run.atomic import nan_as_null, write_json_atomic, write_text_atomic
 from lmcollapse.run.manifests import read_manifest
 from lmcollapse.stages.tracking import log_report_figures
 
@@ -129,7 +129,7 @@ def write_report(root: Path, out: Path | None = None, reference: str | None = No
     tables = metrics_tables(groups, metrics)
     for suffix in ("md", "tex", "csv"):
         write_text_atomic(out / f"metrics.{suffix}", tables[suffix] + ("\n" if suffix == "md" else ""))
-    write_json_atomic(out / "metrics.json", tables["json"])
+    write_json_atomic(out / "metrics.json", nan_as_null(tables["json"]))
     comparison = None
     if len(groups) > 1:
         comparison = comparison_tables(groups, metrics)
@@ -146,7 +146,7 @@ def write_report(root: Path, out: Path | None = None, reference: str | None = No
         write_text_atomic(out / "statistics.tex", statistics["tex"])
         write_text_atomic(out / "statistics.csv", statistics["csv"])
         write_text_atomic(out / "intervals.csv", statistics["intervals_csv"])
-        write_json_atomic(out / "statistics.json", statistics["json"])
+        write_json_atomic(out / "statistics.json", nan_as_null(statistics["json"]))
         figures.extend(figure_intervals(found, out))
     page = index_page(root, groups, metrics, comparison, figures, found, title)
     write_text_atomic(out / "index.md", page)

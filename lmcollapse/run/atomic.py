@@ -15,6 +15,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterator
@@ -164,6 +165,19 @@ def write_array_atomic(final: Path, array: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def nan_as_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (nan: a metric that is undefined) as None: the JSON files
+    people read with other tools hold null, since JSON has no NaN (JavaScript's and jq's parsers
+    refuse the bare ``NaN`` Python writes)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: nan_as_null(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nan_as_null(value) for value in obj]
+    return obj
 
 
 def canonical_json(obj: Any, indent: int | None = None) -> str:
