@@ -60,6 +60,16 @@ def test_a_study_expands_into_ordinary_runs_with_readable_folders(tmp_path, smal
     ({"slurm": {"extra": {"hold": False}}}, "slurm.extra.hold: expected text, a whole number or true"),
     ({"slurm": {"partition": ["a", "b"]}}, "slurm.partition: expected text"),
     ({"metrics": ["ppl_blok"]}, "metrics: 'ppl_blok' is not a metric column (did you mean ppl_blocks?)"),
+    ({"metrics": ["ppl_blocks", "ppl_blocks"]}, "metrics: each metric once"),
+    ({"grid": {"seed": [1, 2]}}, "grid: seed is the study's to set, once for every run: use the study file's seeds:"),
+    ({"variants": {"long": {"pipeline": "micro.yaml", "set": {"generations": 9}}}},
+     "variants.long.set: generations is the study's to set"),
+    ({"slurm": {"extra": {"comment\ntouch /tmp/pwned\n#": "x"}}}, "is not an sbatch option's long name"),
+    ({"slurm": {"partition": "gpu\nrm -rf ~"}}, "slurm.partition: 'gpu\\nrm -rf ~' holds a line break"),
+    ({"slurm": {"extra": {"mail-user": "me@x\ntouch /tmp/pwned"}}}, "slurm.extra.mail-user: "),
+    ({"slurm": {"extra": {"output": "/tmp/elsewhere.log"}}}, "slurm.extra.output: the launcher sets --output itself"),
+    ({"slurm": {"extra": {"cpus_per_task": 64}}}, "slurm.extra.cpus_per_task: the launcher sets --cpus-per-task"),
+    ({"slurm": {"array_parallelism": 0}}, "slurm.array_parallelism: must be a whole number of at least 1"),
 ])
 def test_a_bad_study_file_is_refused_in_one_line_before_anything_runs(tmp_path, small_corpus, capsys, changes, message):
     path = write_study(tmp_path, small_corpus, **changes)
@@ -296,3 +306,15 @@ def test_a_failed_run_does_not_stop_the_others_and_status_says_why(tmp_path, sma
     line = next(line for line in status.stdout.splitlines() if "broken/seed-0" in line)
     assert "failed" in line and "fewer than one block" in line and "broken/seed-0.log" in line
     assert "totals: 1 complete, 1 failed" in status.stdout
+
+
+def test_a_multi_process_run_takes_a_free_port_of_its_own():
+    """Runs launched at once on one machine (the local launcher's slots, array tasks sharing a node)
+    must not all meet on accelerate's default port 29500: port 0 is a free one chosen at launch
+    (three launches of 2 processes at once on CPU, by hand: ports 58867, 49351, 33537, all complete)."""
+    from lmcollapse.studies.spec import lmcollapse_command
+
+    command = lmcollapse_command(["generation", "0"], processes=2)
+    assert command[command.index("--main_process_port") + 1] == "0"
+    assert command[-4:] == ["-m", "lmcollapse", "generation", "0"]
+    assert "--main_process_port" not in lmcollapse_command(["generation", "0"], processes=1)

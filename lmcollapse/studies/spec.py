@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import functools
 import itertools
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,10 +80,36 @@ class SlurmOptions:
     for an option without a value (``hold: true`` is ``--hold``)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.array_parallelism, int) or self.array_parallelism < 1:
+            raise ConfigError(f"slurm.array_parallelism: must be a whole number of at least 1, got {self.array_parallelism!r}")
+        for key in ("partition", "account", "qos", "constraint"):
+            _check_sbatch_text(f"slurm.{key}", getattr(self, key))
         for key, value in self.extra.items():
+            if not isinstance(key, str) or not SBATCH_OPTION.fullmatch(key):
+                raise ConfigError(f"slurm.extra: {key!r} is not an sbatch option's long name (letters, digits, - and _, "
+                                  "e.g. mail-type)")
+            if key.replace("_", "-") in SBATCH_SET_BY_LAUNCHER:
+                raise ConfigError(f"slurm.extra.{key}: the launcher sets --{key.replace('_', '-')} itself (from resources, "
+                                  "the study's name and its folder): set it through resources or slurm's own keys")
             if value is False or value is None or isinstance(value, (dict, list, float)):
                 raise ConfigError(f"slurm.extra.{key}: expected text, a whole number or true (an option without a "
                                   f"value), got {value!r}")
+            _check_sbatch_text(f"slurm.extra.{key}", value)
+
+
+SBATCH_OPTION = re.compile(r"[A-Za-z][A-Za-z0-9_-]*")
+# What sbatch_parameters and submitit write into the script: an extra option of the same name would
+# replace it (the job's log, its array, the signal that requeues it before its time limit).
+SBATCH_SET_BY_LAUNCHER = frozenset({
+    "job-name", "time", "nodes", "ntasks-per-node", "cpus-per-task", "mem", "gpus-per-node", "signal", "array",
+    "output", "error", "open-mode", "dependency", "kill-on-invalid-dep", "partition", "account", "qos", "constraint"})
+
+
+def _check_sbatch_text(where: str, value: Any) -> None:
+    """A value becomes one ``#SBATCH`` line: a line break would end it, and sbatch would run what
+    follows as a command (and stop reading the options after it)."""
+    if isinstance(value, str) and any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{where}: {value!r} holds a line break or another control character: write it on one line")
 
 
 @dataclass(frozen=True)
@@ -162,8 +189,11 @@ def lmcollapse_command(argv: list[str], processes: int = 1) -> list[str]:
     (one per GPU the run is given; gloo on a CPU)."""
     if processes == 1:
         return [sys.executable, "-m", "lmcollapse", *argv]
+    # port 0: a free port of its own, chosen at launch; runs started at once on one machine (the local
+    # launcher's slots, array tasks sharing a node) would otherwise all meet on 29500
     return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmcollapse", *argv]
+            "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no",
+            "-m", "lmcollapse", *argv]
 
 
 @dataclass(frozen=True)
@@ -214,6 +244,9 @@ def load_study(path: Path) -> Study:
     names = [v.name for v in variants]
     if spec.reference is not None and spec.reference not in names:
         raise ConfigError(f"{path}: reference: {spec.reference!r} is not a variant of this study ({', '.join(names)})")
+    if len(set(spec.metrics)) != len(spec.metrics):
+        raise ConfigError(f"{path}: metrics: each metric once, got {list(spec.metrics)} (a repeated one would count "
+                          "twice in Holm's adjustment)")
     for metric in spec.metrics:
         if metric not in REGISTRY:
             close = difflib.get_close_matches(metric, list(REGISTRY), n=1)
@@ -226,6 +259,7 @@ def load_study(path: Path) -> Study:
 def _variants(path: Path, spec: StudyFile) -> tuple[Variant, ...]:
     variants = []
     keys = list(spec.grid)
+    _check_not_study_keys(path, "grid", keys)
     for pipeline_name in spec.pipelines:
         pipeline = _pipeline(path, pipeline_name)
         for values in itertools.product(*(spec.grid[k] for k in keys)):
@@ -239,6 +273,7 @@ def _variants(path: Path, spec: StudyFile) -> tuple[Variant, ...]:
         settings = body.get("set") or {}
         if not isinstance(settings, dict):
             raise ConfigError(f"{path}: variants.{name}.set: a mapping of dotted keys to values")
+        _check_not_study_keys(path, f"variants.{name}.set", list(settings))
         overrides = tuple(f"{key}={_yaml_value(value)}" for key, value in settings.items())
         variants.append(Variant(name, _pipeline(path, str(body["pipeline"])), overrides))
     seen: dict[str, Variant] = {}
@@ -247,6 +282,17 @@ def _variants(path: Path, spec: StudyFile) -> tuple[Variant, ...]:
             raise ConfigError(f"{path}: two variants are named {variant.name}: rename one (variants: ...)")
         seen[variant.name] = variant
     return tuple(variants)
+
+
+# Set by the study for every run (StudyRun.overrides): a variant's own value would be overridden.
+STUDY_KEYS = {"seed": "seeds: [...]", "name": "the variant's name", "generations": "generations: N"}
+
+
+def _check_not_study_keys(path: Path, where: str, keys: list) -> None:
+    for key in keys:
+        if key in STUDY_KEYS:
+            raise ConfigError(f"{path}: {where}: {key} is the study's to set, once for every run: use the study "
+                              f"file's {STUDY_KEYS[key]} instead")
 
 
 def _pipeline(study_path: Path, given: str) -> Path:
