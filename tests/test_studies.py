@@ -191,6 +191,10 @@ def test_a_run_built_from_other_settings_is_named_and_nothing_is_launched(study_
     result = run_cli("study", "run", str(path))
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "move " in result.stderr and "or give the variant a new name" in result.stderr
+    # nor are its runs reported under the variants' names: they computed something else
+    report = run_cli("study", "report", str(path))
+    assert report.returncode == 2 and report.stderr.count("\n") == 1, report.stderr
+    assert "every run of study micro-study was built from another config than its variants give now" in report.stderr
     assert tree_hashes(study.root) == before
 
 
