@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -113,6 +114,19 @@ def test_slots_divide_the_machine_by_what_a_run_needs():
         local_slots(Resources(gpus=2), gpus=[0])
     with pytest.raises(LmcollapseError, match="3 slots of 1 core"):
         local_slots(Resources(cpus=1), slots=3, gpus=[], available_cores=2)
+
+
+@pytest.mark.parametrize("listed, gpus", [("0,1", ["0", "1"]), ("GPU-8f0c1d2e,GPU-77aa", ["GPU-8f0c1d2e", "GPU-77aa"]),
+                                          ("MIG-1a2b", ["MIG-1a2b"]), ("", []), ("-1", []), ("2,-1,3", ["2"])])
+def test_the_visible_gpus_are_read_as_cuda_reads_them(monkeypatch, listed, gpus):
+    """Indices or UUIDs (as SLURM and MIG set them), up to the first invalid entry."""
+    from lmcollapse.studies.local import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    assert visible_gpus() == gpus
+    if len(gpus) == 2:
+        (slot,) = local_slots(Resources(gpus=2), gpus=visible_gpus())
+        assert slot.environment()["CUDA_VISIBLE_DEVICES"] == listed
 
 
 def test_the_plan_lists_every_run_and_computes_nothing(tmp_path, small_corpus):
@@ -322,3 +336,85 @@ def test_a_multi_process_run_takes_a_free_port_of_its_own():
     assert command[command.index("--main_process_port") + 1] == "0"
     assert command[-4:] == ["-m", "lmcollapse", "generation", "0"]
     assert "--main_process_port" not in lmcollapse_command(["generation", "0"], processes=1)
+
+
+def test_the_local_dry_run_prints_commands_a_shell_runs_as_the_launcher_would(tmp_path, small_corpus, capsys):
+    """Pasted into a shell, each line is the run's command with its slot's environment, even with a
+    space and a `$` in the study's folder."""
+    from lmcollapse.studies.spec import lmcollapse_command
+
+    root = tmp_path / "my runs" / "$HOME"
+    path = write_study(tmp_path, small_corpus, root=str(root))
+    assert main(["study", "run", str(path), "--slots", "1", "--dry-run"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "OMP_NUM_THREADS=" in line]
+    study = load_study(path)
+    assert len(lines) == len(study.runs()) == 4
+    for line, run in zip(lines, study.runs()):
+        words = shlex.split(line)  # as bash splits it: quotes removed, nothing expanded inside them
+        assert words[:3] == ["OMP_NUM_THREADS=1", "MKL_NUM_THREADS=1", "CUDA_VISIBLE_DEVICES="]
+        assert words[3:] == lmcollapse_command(run.argv()) and str(root / run.variant.name / f"seed-{run.seed}") in words
+    assert not root.exists()  # a dry run builds nothing
+
+
+def test_a_second_coordinator_of_the_same_study_is_refused_in_one_line(tmp_path, small_corpus, capsys):
+    """Two `study run` at once would launch every run twice and overwrite each other's ledger."""
+    from lmcollapse.studies.plan import coordinator_lock
+
+    path = write_study(tmp_path, small_corpus)
+    with coordinator_lock(load_study(path)):  # another coordinator, running
+        assert main(["study", "run", str(path), "--slots", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "is being run by another `study run` (pid " in err
+    assert f"lmcollapse study status {path} shows its runs" in err
+    assert not any((tmp_path / "runs").glob("*/seed-*"))  # nothing launched
+
+
+def test_a_run_launched_by_a_killed_coordinator_counts_as_running_before_it_takes_its_lock(tmp_path, small_corpus):
+    """Between its start and its run lock (imports, preflight) only the ledger's pid tells that a
+    run is under way: a coordinator killed then must not leave it to be launched twice. A pid that
+    now runs something else is not the run."""
+    from lmcollapse.studies.ledger import Ledger, launched_process_alive
+    from lmcollapse.studies.status import RUNNING, run_states
+
+    study = load_study(write_study(tmp_path, small_corpus))
+    first, second = study.runs()[:2]
+    imitation = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "--run", str(first.folder)])
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ledger = Ledger.open(study)
+        ledger.launched(first, launcher="local", pid=imitation.pid)
+        ledger.launched(second, launcher="local", pid=other.pid)
+        assert launched_process_alive(ledger.get(first), first) == f"pid {imitation.pid}"
+        assert launched_process_alive(ledger.get(second), second) is None
+        states = {state.run.name: state for state in run_states(study)}
+        assert states[first.name].state == RUNNING and f"pid {imitation.pid}" in states[first.name].detail
+        assert states[second.name].state != RUNNING
+    finally:
+        for process in (imitation, other):
+            process.kill()
+            process.wait()
+    assert launched_process_alive(ledger.get(first), first) is None  # gone
+
+
+def test_a_failed_runs_error_line_is_its_last_launchs(tmp_path):
+    """Local logs are appended to, launch after launch: an error fixed since is history."""
+    from lmcollapse.studies.ledger import LAUNCH_MARK, last_error_line
+
+    log = tmp_path / "seed-0.log"
+    log.write_text(f"{LAUNCH_MARK} 2026-12-07 10:00:00 (1 thread(s)) ====\nlmcollapse: error: the old problem\n"
+                   f"{LAUNCH_MARK} 2026-12-07 11:00:00 (1 thread(s)) ====\nTraceback (most recent call last):\n"
+                   "  File \"x.py\", line 1\nRuntimeError: the new one\n")
+    assert last_error_line(log) == "RuntimeError: the new one"
+
+
+def test_without_squeue_a_submitted_study_says_so_instead_of_calling_its_jobs_failed(tmp_path, small_corpus, capsys,
+                                                                                    monkeypatch):
+    from lmcollapse.studies.ledger import Ledger
+
+    path = write_study(tmp_path, small_corpus)
+    study = load_study(path)
+    Ledger.open(study).launched(study.runs()[0], launcher="slurm", job_id="4242_0", log=str(tmp_path / "none.log"))
+    monkeypatch.setenv("PATH", str(tmp_path / "no-slurm-here"))
+    assert main(["study", "status", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "squeue is not on PATH" in err and "login node" in err

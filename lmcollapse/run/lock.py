@@ -30,16 +30,22 @@ def run_lock(run: RunDir, enabled: bool = True) -> Iterator[None]:
     if not enabled:
         yield
         return
-    run.root.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    with file_lock(run.lock_file, lambda holder: f"run {run.root} is being written by another process ({holder}): "
+                   "wait for it to finish or stop it; two writers would corrupt the run"):
+        yield
+
+
+@contextlib.contextmanager
+def file_lock(lock_file: Path, refusal) -> Iterator[None]:
+    """``run_lock`` on any lock file: an ``LmcollapseError(refusal(holder))`` at once where another
+    live process holds it."""
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(run.lock_file)
-            raise LmcollapseError(
-                f"run {run.root} is being written by another process ({holder}): wait for it to finish "
-                "or stop it; two writers would corrupt the run") from None
+            raise LmcollapseError(refusal(_read_holder(lock_file))) from None
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())

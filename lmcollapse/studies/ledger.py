@@ -12,6 +12,7 @@ its log is. Only the coordinator writes it (atomically), so a killed coordinator
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,13 +54,33 @@ def log_path(study: Study, run: StudyRun) -> Path:
     return study.state_dir / "logs" / run.variant.name / f"seed-{run.seed}.log"
 
 
+def launched_process_alive(entry: dict, run: StudyRun) -> str | None:
+    """``pid N`` where the local process the ledger names for ``run`` still runs it, else None.
+    Between its start and taking its run's lock (imports, preflight: seconds) only this tells that
+    a killed coordinator's run is under way. The pid must still run a command naming the run's
+    folder: a pid used again by another process is not the run."""
+    pid = entry.get("pid") if entry.get("launcher") == "local" else None
+    if not isinstance(pid, int):
+        return None
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:  # gone (or no /proc: then the run's lock is all there is to go by)
+        return None
+    return f"pid {pid}" if os.fsencode(str(run.folder)) in command else None
+
+
+LAUNCH_MARK = "==== lmcollapse study run: launched"  # begins each launch's part of an appended log
+
+
 def last_error_line(log: Path) -> str:
     """The last line of a log that says what went wrong (``lmcollapse: error: ...``, a traceback's
-    last line), or its last line."""
+    last line), or its last line; of the last launch's part where the log holds several."""
     try:
         lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     except OSError:
         return ""
+    launches = [i for i, line in enumerate(lines) if line.startswith(LAUNCH_MARK)]
+    lines = lines[launches[-1] + 1:] if launches else lines  # the last launch's lines: an earlier error is history
     # lmcollapse's own line first: on SLURM, submitit's traceback of the wrapper comes after it
     for wanted in (lambda line: line.startswith("lmcollapse: error:"), lambda line: "Error" in line.split(":")[0]):
         for line in reversed(lines):

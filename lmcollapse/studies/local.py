@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from lmcollapse.errors import InterruptedStage, LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
-from lmcollapse.studies.ledger import Ledger, last_error_line, log_path
+from lmcollapse.studies.ledger import LAUNCH_MARK, Ledger, last_error_line, launched_process_alive, log_path
 from lmcollapse.studies.spec import Resources, Study, StudyRun, lmcollapse_command
 
 POLL_SECONDS = 0.5
@@ -34,7 +34,7 @@ POLL_SECONDS = 0.5
 
 @dataclass(frozen=True)
 class Slot:
-    gpus: tuple[int, ...]  # the GPUs this slot's run sees (empty on a CPU)
+    gpus: tuple[str | int, ...]  # the GPUs this slot's run sees, as CUDA_VISIBLE_DEVICES names them (none on a CPU)
     threads: int
 
     def environment(self) -> dict[str, str]:
@@ -46,17 +46,23 @@ class Slot:
         return f"GPU {','.join(map(str, self.gpus))}" if self.gpus else f"{self.threads} thread(s)"
 
 
-def visible_gpus() -> list[int]:
-    """The GPUs this process may use (``CUDA_VISIBLE_DEVICES`` honoured), without starting CUDA."""
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use (``CUDA_VISIBLE_DEVICES`` honoured: indices or ``GPU-``/``MIG-``
+    UUIDs, as CUDA reads it, up to its first entry that is neither), without starting CUDA."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
-        return [int(g) for g in listed.split(",") if g.strip().isdigit()]
+        gpus = []
+        for entry in (part.strip() for part in listed.split(",")):
+            if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+                break  # CUDA ignores the rest of the list from an invalid entry on (-1: none at all)
+            gpus.append(entry)
+        return gpus
     try:
         found = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
                                text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return []
-    return [int(line) for line in found.stdout.split() if line.strip().isdigit()] if found.returncode == 0 else []
+    return [line for line in found.stdout.split() if line.isdigit()] if found.returncode == 0 else []
 
 
 def cores() -> int:
@@ -71,7 +77,7 @@ def memory_gb() -> float:
         return float("inf")
 
 
-def local_slots(resources: Resources, slots: int | None = None, gpus: list[int] | None = None,
+def local_slots(resources: Resources, slots: int | None = None, gpus: list[str | int] | None = None,
                 available_cores: int | None = None) -> list[Slot]:
     """The machine divided by what one run needs: GPUs into groups of ``resources.gpus``, or the
     cores into runs of ``resources.cpus`` threads; ``slots`` caps (or, without GPUs, sets) how many."""
@@ -125,7 +131,7 @@ class LocalPool:
         return [i for i in range(len(self.slots)) if i not in self.active and i not in self.elsewhere]
 
     def _start(self, index: int, run: StudyRun) -> None:
-        holder = lock_holder(RunDir(run.folder))
+        holder = lock_holder(RunDir(run.folder)) or launched_process_alive(self.ledger.get(run), run)
         if holder is not None:  # a run another process writes (a killed coordinator's): it has this slot
             self.echo(f"{run.name}: being written by {holder}; waiting for it")
             self.elsewhere[index] = run
@@ -134,6 +140,8 @@ class LocalPool:
         log = log_path(self.study, run)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as output:
+            output.write(f"{LAUNCH_MARK} {time.strftime('%Y-%m-%d %H:%M:%S')} ({slot.describe()}) ====\n".encode())
+            output.flush()
             # A session of its own: Ctrl-C reaches the coordinator alone, which passes each run one SIGINT
             # (a second would stop it at once, without its checkpoint).
             process = subprocess.Popen(lmcollapse_command(run.argv(), self.study.spec.resources.processes), stdout=output,
@@ -158,7 +166,8 @@ class LocalPool:
                 self.echo(f"{run.name}: failed (exit {code}): {last_error_line(log_path(self.study, run))} "
                           f"(log: {log_path(self.study, run)})")
         for index, run in list(self.elsewhere.items()):
-            if lock_holder(RunDir(run.folder)) is None:  # its writer is done: finish it here if it is not complete
+            if lock_holder(RunDir(run.folder)) is None and launched_process_alive(self.ledger.get(run), run) is None:
+                # its writer is done: finish it here if it is not complete
                 del self.elsewhere[index]
                 self._start(index, run)
 

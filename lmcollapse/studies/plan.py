@@ -7,14 +7,16 @@ the launch of what is not complete on the chosen launcher.
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.layout import RunDir
+from lmcollapse.run.lock import file_lock
 from lmcollapse.studies.bases import bases_to_build, pretrain_argv
 from lmcollapse.studies.local import local_slots, run_locally, visible_gpus
-from lmcollapse.studies.spec import Study, StudyRun
+from lmcollapse.studies.spec import Study, StudyRun, lmcollapse_command
 from lmcollapse.studies.status import CHANGED, COMPLETE, QUEUED, RUNNING, run_states
 from lmcollapse.views.cost import duration, this_device
 from lmcollapse.views.plan import BuildEstimate, build_estimate
@@ -84,7 +86,8 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
         if not todo:
             echo(f"study {study.name}: nothing to submit ({len(states) - len(busy)} complete, {len(busy)} in the queue)")
             return 0
-        submit(study, todo, bases_to_build(todo), echo)
+        with coordinator_lock(study):
+            submit(study, todo, bases_to_build(todo), echo)
         return 0
     if launcher != "local":
         raise LmcollapseError(f"--launcher: {launcher!r} is not a launcher: use local or slurm")
@@ -92,16 +95,26 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
     if not study.spec.resources.gpus and (gpus := visible_gpus()):
         echo(f"this machine shows {len(gpus)} GPU(s) and resources.gpus is 0: the runs use the CPU (set resources.gpus: "
              "1 in the study file to give each run a GPU)")
-    if dry_run:
-        for run in todo:
-            echo(" ".join([sys.executable, "-m", "lmcollapse", *run.argv()]))
+    if dry_run:  # each run's command as a slot starts it (its threads and GPUs): a line to paste into a shell
+        for index, run in enumerate(todo):
+            environment = [f"{key}={shlex.quote(value)}" for key, value in chosen[index % len(chosen)].environment().items()]
+            echo(" ".join([*environment, shlex.join(lmcollapse_command(run.argv(), study.spec.resources.processes))]))
         return 0
     if not todo and not busy:
         echo(f"study {study.name}: all {len(states)} runs are complete")
         return 0
-    build_bases(bases_to_build(todo), echo)
-    # Runs being written by another local process (a killed coordinator's) are waited for in the pool.
-    return run_locally(study, todo + [s.run for s in busy if s.state == RUNNING and s.job is None], chosen, echo)
+    with coordinator_lock(study):
+        build_bases(bases_to_build(todo), echo)
+        # Runs being written by another local process (a killed coordinator's) are waited for in the pool.
+        return run_locally(study, todo + [s.run for s in busy if s.state == RUNNING and s.job is None], chosen, echo)
+
+
+def coordinator_lock(study: Study):
+    """One ``study run`` at a time per study: two would launch every run twice and overwrite each
+    other's ledger. Released by the kernel when the coordinator dies (its runs hold their own locks)."""
+    return file_lock(study.state_dir / "coordinator.lock",
+                     lambda holder: f"study {study.name} is being run by another `study run` ({holder}): wait for it "
+                                    f"or stop it; lmcollapse study status {study.path} shows its runs")
 
 
 def build_bases(bases: list[StudyRun], echo=print) -> None:

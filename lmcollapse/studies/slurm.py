@@ -239,8 +239,11 @@ def queue_states(job_ids: list[str]) -> dict[str, str]:
 
     NOTE: the user's whole queue is listed, not ``-j <array id>``: a requeued array task keeps its
     ``<array>_<task>`` name but no longer matches its array's id."""
-    if not job_ids or shutil.which("squeue") is None:
+    if not job_ids:
         return {}
+    if shutil.which("squeue") is None:  # without it a queued job would look ended: failed, launched again
+        raise LmcollapseError(f"this study has runs submitted to SLURM (job {job_ids[0]}...) and squeue is not on PATH, "
+                              "so whether they are queued is unknown: run the command on the cluster's login node")
     found = subprocess.run(["squeue", "-h", "-r", "--me", "-o", "%i|%T"], capture_output=True, text=True, timeout=60)
     if found.returncode != 0:  # an unreachable controller must not make every queued run look failed
         reason = (found.stderr.strip().splitlines() or ["no message"])[-1][:160]

@@ -20,7 +20,7 @@ from lmcollapse.metrics.table import collect_rows
 from lmcollapse.run.integrity import STALE, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
-from lmcollapse.studies.ledger import Ledger, last_error_line
+from lmcollapse.studies.ledger import Ledger, last_error_line, launched_process_alive
 from lmcollapse.studies.slurm import job_ended
 from lmcollapse.studies.spec import Study, StudyRun
 from lmcollapse.views.cost import duration
@@ -84,7 +84,7 @@ def run_state(study: Study, run: StudyRun, ledger: Ledger, queue: dict[str, str]
     if job is not None and job in queue:
         state = QUEUED if queue[job] in ("PENDING", "CONFIGURING", "REQUEUED") else RUNNING
         return RunState(run, state, f"job {job}, {queue[job].lower()}; {_progress(folder, done)}", done, job)
-    holder = lock_holder(folder)
+    holder = lock_holder(folder) or launched_process_alive(entry, run)
     if holder is not None:
         return RunState(run, RUNNING, f"{holder}; {_progress(folder, done)}", done)
     if entry.get("launcher") == "slurm" and job is not None and not job_ended(entry):
