@@ -252,10 +252,11 @@ def index_page(root: Path, groups: list[Group], metrics: list[str], comparison, 
     lines += ["## Figures", ""]
     captions = {
         "perplexity": "Held-out human perplexity of each generation, by both methods (mean and ±1 std band over seeds).",
-        "diversity": "Self-BLEU-4 (lower is more diverse) and distinct-2 of each generation's synthetic corpus; "
-                     "dashed: the human training blocks.",
+        "diversity": "Self-BLEU (lower is more diverse) and distinct-n of each generation's synthetic corpus, the "
+                     "orders in the panels' titles; dashed: the human training blocks.",
         "tails": "Per-sample perplexity of each generation's synthetic corpus under the generation-0 model "
-                 "(the paper's tail histograms).",
+                 "(the paper's tail histograms): the fraction of samples in each bin, bins of equal width on the "
+                 "log axis.",
         "training_loss": "Training loss per optimizer step, one curve per generation.",
         "intervals": "The compared metrics by generation: each group's mean over seeds with its 95% confidence band.",
     }

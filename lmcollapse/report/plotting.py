@@ -23,6 +23,15 @@ from lmcollapse.run.atomic import atomic_path  # noqa: E402
 # Okabe & Ito (2008): distinguishable with every common colour-vision deficiency.
 PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
+LINESTYLES = ["-", "--", ":", "-."]
+
+
+def group_styles(count: int) -> list[tuple[str, str]]:
+    """(colour, line style) for ``count`` groups: the palette's eight colours, then again with the
+    next line style, so a ninth group is drawn (dashed), not dropped."""
+    return [(PALETTE[i % len(PALETTE)], LINESTYLES[(i // len(PALETTE)) % len(LINESTYLES)]) for i in range(count)]
+
+
 STYLE = {
     "figure.figsize": (6.4, 4.0),
     "figure.dpi": 110,
