@@ -361,3 +361,17 @@ def test_a_named_scorer_and_featurizer_read_the_text_with_their_own_tokenizer(tm
     assert all(0.0 <= d["auroc"] <= 1.0 for d in report["detectors"].values())
     mauve_result = json.loads(run.generation(1).mauve.read_text())
     assert mauve_result["featurizer"] == str(other) and mauve_result["feature_dimension"] == MICRO_SHAPE["hidden_size"]
+
+
+def test_an_empty_or_one_token_sequence_scores_nan_whatever_batch_it_is_in():
+    """Nothing is predicted in fewer than two tokens: nan, and its batch-mates' scores unchanged."""
+    from lmcollapse.metrics.perplexities import sample_perplexities
+
+    model = micro_opt(vocab_size=40, dropout=0.0).eval()
+    full = random_sequences(2, 10, 40, 9)
+    short = [np.array([], dtype=np.int64), np.array([5], dtype=np.int64)]
+    for score in (fast_detectgpt_criterion, sample_perplexities):
+        alone = score(model, full, 4)
+        mixed = score(model, [full[0], *short, full[1]], 4)
+        assert np.isnan(mixed[1:3]).all(), score.__name__
+        np.testing.assert_allclose(mixed[[0, 3]], alone, rtol=1e-6)

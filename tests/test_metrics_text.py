@@ -98,13 +98,15 @@ def test_closest_reference_length_uses_the_others_and_nltk_tie_break():
 @given(st.lists(sample, min_size=1, max_size=10), st.integers(min_value=1, max_value=4))
 def test_distinct_n_equals_a_direct_count(samples, n):
     grams = [tuple(s[i:i + n]) for s in samples for i in range(len(s) - n + 1)]
-    expected = len(set(grams)) / len(grams) if grams else 0.0
-    assert distinct_n(samples, n) == pytest.approx(expected, abs=1e-12)
+    expected = len(set(grams)) / len(grams) if grams else math.nan  # no n-gram: undefined, not 0
+    assert distinct_n(samples, n) == pytest.approx(expected, abs=1e-12, nan_ok=True)
     tokens = sum(len(s) for s in samples)
-    assert distinct_n_li(samples, n) == pytest.approx(len(set(grams)) / tokens if tokens else 0.0, abs=1e-12)
+    assert distinct_n_li(samples, n) == pytest.approx(len(set(grams)) / tokens if tokens else math.nan, abs=1e-12,
+                                                      nan_ok=True)
     per_sample = [len(set(g)) / len(g) for g in
                   ([tuple(s[i:i + n]) for i in range(len(s) - n + 1)] for s in samples) if g]
-    assert distinct_n_per_sample(samples, n) == pytest.approx(float(np.mean(per_sample)) if per_sample else 0.0, abs=1e-12)
+    assert distinct_n_per_sample(samples, n) == pytest.approx(float(np.mean(per_sample)) if per_sample else math.nan,
+                                                              abs=1e-12, nan_ok=True)
 
 
 def test_distinct_n_li_divides_by_tokens_by_hand():
@@ -118,7 +120,10 @@ def test_distinct_n_li_divides_by_tokens_by_hand():
     # bigrams (a b) x2 and (b a) only (not "a" + "a b ...").
     samples = [["a"], [], ["a", "b", "a", "b"]]
     assert distinct_n_li(samples, 2) == pytest.approx(2 / 5) and distinct_n(samples, 2) == pytest.approx(2 / 3)
-    assert distinct_n_li(samples, 5) == 0.0 and distinct_n_li([[], []], 1) == 0.0
+    assert distinct_n_li(samples, 5) == 0.0 and math.isnan(distinct_n_li([[], []], 1))  # no 5-gram of 5 tokens; no token
+    assert math.isnan(distinct_n(["a b"], 4)) and math.isnan(distinct_n_per_sample(["a b"], 4))
+    with pytest.raises(TypeError, match="expected a list of texts, got one text"):
+        distinct_n("the cat sat", 1)  # not three one-character samples
 
 
 def test_definitions_say_what_is_computed():

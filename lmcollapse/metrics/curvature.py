@@ -60,8 +60,9 @@ def position_statistics(model, sequences: Sequence[np.ndarray], batch_size: int,
         scored = torch.zeros((len(batch), longest - 1), dtype=torch.float64)  # at t: token t+1 is scored
         banned = torch.zeros((len(batch), longest - 1), dtype=torch.bool)
         for k, (seq, first) in enumerate(batch):
-            scored[k, first - 1:len(seq) - 1] = 1.0
-            banned[k, first - 1:min(first - 1 + excluded_steps, len(seq) - 1)] = True
+            last = max(len(seq) - 1, first - 1)  # an empty sequence scores nothing (len - 1 = -1 would be "to the end")
+            scored[k, first - 1:last] = 1.0
+            banned[k, first - 1:min(first - 1 + excluded_steps, last)] = True
         ids, mask, scored, banned = ids.to(device), mask.to(device), scored.to(device), banned.to(device)
         with autocast(precision, device):
             logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].double()

@@ -21,36 +21,38 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample
+from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample, refuse_one_text
 
 
 def distinct_n(samples: Sequence[str] | Sequence[Sequence[str]] | EncodedCorpus, n: int,
                tokenization: str = "whitespace") -> float:
-    """Distinct n-grams over the total number of n-grams of the corpus (0.0 when it has none)."""
+    """Distinct n-grams over the total number of n-grams of the corpus (nan when it has none:
+    undefined, not 0, which would read as a corpus that repeats itself entirely)."""
     occurrences = _as_corpus(samples, tokenization).ngrams(n)
     if len(occurrences.ids) == 0:
-        return 0.0
+        return float("nan")
     return len(pd.unique(occurrences.ids)) / len(occurrences.ids)
 
 
 def distinct_n_li(samples: Sequence[str] | Sequence[Sequence[str]] | EncodedCorpus, n: int,
                   tokenization: str = "whitespace") -> float:
     """Li et al. (2016)'s distinct-n: distinct n-grams over the total number of tokens of the
-    corpus (0.0 when it has no tokens); n-grams never cross a sample boundary."""
+    corpus (nan when it has no tokens); n-grams never cross a sample boundary."""
     corpus = _as_corpus(samples, tokenization)
     if corpus.num_tokens == 0:
-        return 0.0
+        return float("nan")
     return len(pd.unique(corpus.ngrams(n).ids)) / corpus.num_tokens
 
 
 def distinct_n_per_sample(samples: Sequence[str] | Sequence[Sequence[str]] | EncodedCorpus, n: int,
                           tokenization: str = "whitespace") -> float:
-    """Mean over samples (with at least one n-gram) of distinct / total n-grams in the sample."""
+    """Mean over samples (with at least one n-gram) of distinct / total n-grams in the sample (nan
+    when no sample has one)."""
     corpus = _as_corpus(samples, tokenization)
     occurrences = corpus.ngrams(n)
     totals = np.bincount(occurrences.samples, minlength=corpus.num_samples)
     if not totals.any():
-        return 0.0
+        return float("nan")
     sample, _, _ = count_per_sample(occurrences)
     distinct = np.bincount(sample, minlength=corpus.num_samples)
     has = totals > 0
@@ -81,6 +83,7 @@ def rare_ngram_survival(human: Sequence[str] | Sequence[Sequence[str]], syntheti
 def _as_corpus(samples, tokenization: str) -> EncodedCorpus:
     if isinstance(samples, EncodedCorpus):
         return samples
+    refuse_one_text(samples)
     if all(isinstance(s, str) for s in samples):
         return EncodedCorpus.from_texts(list(samples), tokenization)
     return EncodedCorpus.from_token_lists(samples)

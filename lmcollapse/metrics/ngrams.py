@@ -50,6 +50,13 @@ class NgramOccurrences:
     id_bound: int  # every id is below this
 
 
+def refuse_one_text(samples) -> None:
+    """A corpus is a list of texts (or of token lists): one text on its own would be read as a
+    list of one-character samples."""
+    if isinstance(samples, (str, bytes)):
+        raise TypeError(f"expected a list of texts, got one text ({samples[:40]!r}...): pass [text] for a corpus of one")
+
+
 @dataclass
 class EncodedCorpus:
     """Samples as one int64 token array plus per-sample lengths."""

@@ -322,7 +322,8 @@ def _score_batch(model, batch: list[tuple[np.ndarray, int]], device, precision: 
     targets = torch.full((len(batch), longest), -100, dtype=torch.long)
     for k, (seq, first) in enumerate(batch):
         start = max(first, 1)
-        targets[k, start - 1: len(seq) - 1] = ids[k, start:len(seq)]
+        end = max(len(seq), start)  # an empty sequence scores nothing (len - 1 = -1 would be "to the end")
+        targets[k, start - 1:end - 1] = ids[k, start:end]
     ids, mask = ids.to(device), mask.to(device)
     with autocast(precision, device):
         logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits  # no KV cache to fill

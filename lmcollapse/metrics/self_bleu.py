@@ -31,7 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample
+from lmcollapse.metrics.ngrams import EncodedCorpus, count_per_sample, refuse_one_text
 from lmcollapse.run.seeding import subsample_indices
 
 SUPPORTED_SMOOTHING = ("method0", "method1", "method2", "method3", "method4", "method5", "method7")
@@ -194,6 +194,7 @@ def _method5(p_n: list, five_gram_precision: Fraction) -> list:
 
 
 def _encode(samples: Sequence[str] | Sequence[Sequence[str]], tokenization: str) -> EncodedCorpus:
+    refuse_one_text(samples)
     if all(isinstance(s, str) for s in samples):
         return EncodedCorpus.from_texts(list(samples), tokenization)  # type: ignore[arg-type]
     return EncodedCorpus.from_token_lists(samples)  # type: ignore[arg-type]
