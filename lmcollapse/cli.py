@@ -26,7 +26,7 @@ from lmcollapse.config.shipped import describe_pipelines, resolve_pipeline, ship
 from lmcollapse.engine.allocator import keep_freed_memory
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.atomic import check_folder_target, full_disk_reported
-from lmcollapse.run.layout import RunDir
+from lmcollapse.run.layout import RunDir, refuse_inside_run
 from lmcollapse.studies.commands import add_study_commands
 
 log = logging.getLogger("lmcollapse")
@@ -223,6 +223,7 @@ def command_report(args) -> int:
 
     if args.out is not None:
         check_folder_target(args.out, "--out", "--out report-copy")
+        refuse_inside_run(args.out, "--out", "--out report-copy", allowed="report")
     try:
         with full_disk_reported(args.run):
             out = write_report(args.run, args.out, reference=args.reference)
@@ -243,6 +244,7 @@ def command_export(args) -> int:
     from lmcollapse.report.export import export_run, push_to_hub
 
     check_folder_target(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
+    refuse_inside_run(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
     with full_disk_reported(args.to.parent if args.to.parent != Path("") else Path(".")):
         folder = export_run(RunDir(args.run), args.to)
     print(f"exported {args.run} to {folder}/ (README.md says what is where)")

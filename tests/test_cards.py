@@ -83,3 +83,24 @@ def test_export_is_a_self_contained_copy(shared_run, tmp_path):
     pushed = run_cli("export", "--run", str(run.root), "--to", str(tmp_path / "other"), "--push-to-hub", "me/collapse")
     assert pushed.returncode == 2 and "could not push" in pushed.stderr and "the export itself is complete" in pushed.stderr
     assert (tmp_path / "other" / "README.md").is_file()
+
+
+@pytest.mark.parametrize("where", ["generation-01/eval/secret", "report/leak.txt", "generation-00/outside"])
+def test_an_export_refuses_a_run_that_holds_a_symbolic_link(shared_run, tmp_path, capsys, where):
+    """Copying would follow the link: a file (or a whole tree) from outside the run in the export,
+    and on the hub with --push-to-hub."""
+    import shutil
+
+    from lmcollapse.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(shared_run.root, run, symlinks=True)
+    (run / "report").mkdir(exist_ok=True)
+    outside = tmp_path / "private"
+    outside.mkdir()
+    (outside / "key").write_text("not the run's")
+    (run / where).symlink_to(outside if where.endswith("outside") else outside / "key")
+    assert main(["export", "--run", str(run), "--to", str(tmp_path / "shared")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"holds a symbolic link, {where} -> {outside}" in err and "remove the link" in err
+    assert not (tmp_path / "shared").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import micro_raw_config, run_cli, write_pipeline
+from helpers import micro_raw_config, run_cli, tree_hashes, write_pipeline
 from lmcollapse.cli import main
 from lmcollapse.data.records import read_records
 from lmcollapse.report import Group, RunRecord, aggregate, group_table, write_report
@@ -204,6 +204,15 @@ def test_report_command_and_errors(study, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", "--run", str(tmp_path / "empty")]) == 2
     assert "no complete generation under" in capsys.readouterr().err
+    # --out among a run's own files would overwrite its metrics.csv, or write into a finished stage
+    run = study / "keep" / "seed-0"
+    before = tree_hashes(run)
+    for inside in (run, run / "generation-00", study / "keep" / "seed-1"):
+        assert main(["report", "--run", str(run), "--out", str(inside)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and f"--out {inside} lies inside run " in err and "e.g. --out report-copy" in err
+    assert tree_hashes(run) == before
+    assert main(["report", "--run", str(run), "--out", str(run / "report")]) == 0  # its own report folder: the default
 
 
 @pytest.fixture

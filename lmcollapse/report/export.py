@@ -56,16 +56,18 @@ def export_run(run: RunDir, destination: Path) -> Path:
     partial = [g.name for g in run.generations_on_disk() if g.name not in done]
     uncarded = [folder.relative_to(run.root).as_posix() for folder in [run.human, *(g.synthetic for g in complete)]
                 if not (folder / CARD).is_file()]
+    files = [run.root / name for name in (run.pipeline_file.name, run.metrics_csv.name, run.metrics_json.name)]
+    folders = [run.base, run.human, *(f.root for f in run.families_on_disk()), *(g.root for g in complete), run.report]
+    refuse_links(run, files + folders)
     scratch = temporary_sibling(destination)
     remove_path(scratch)
     try:
         scratch.mkdir(parents=True)
-        for name in (run.pipeline_file.name, run.metrics_csv.name, run.metrics_json.name):
-            if (run.root / name).is_file():
-                shutil.copy2(run.root / name, scratch / name)
+        for path in files:
+            if path.is_file():
+                shutil.copy2(path, scratch / path.name)
         ignore = shutil.ignore_patterns(*LEFT_OUT)
-        for folder in [run.base, run.human, *(f.root for f in run.families_on_disk()), *(g.root for g in complete),
-                       run.report]:
+        for folder in folders:
             if folder.is_dir():
                 shutil.copytree(folder, scratch / folder.name, ignore=ignore)
         write_text_atomic(scratch / "README.md", overview(run, [g.name for g in complete], partial))
@@ -82,6 +84,21 @@ def export_run(run: RunDir, destination: Path) -> Path:
         log.warning("%s have no dataset card (built by an older lmcollapse): load their Parquet files by name",
                     ", ".join(uncarded))
     return destination
+
+
+def refuse_links(run: RunDir, paths: list[Path]) -> None:
+    """An export copies what the run computed, nothing else: a symbolic link anywhere in it (which
+    copying would follow, to a file or a whole tree outside the run) stops it before anything is written."""
+    for path in paths:
+        found = [path] if path.is_symlink() else []
+        if path.is_dir() and not found:
+            for folder, subfolders, names in os.walk(path):
+                found += [Path(folder, name) for name in (*subfolders, *names) if Path(folder, name).is_symlink()]
+        if found:
+            link = found[0]
+            raise LmcollapseError(f"run {run.root} holds a symbolic link, {link.relative_to(run.root)} -> "
+                                  f"{os.readlink(link)}: an export copies the run's own files only; remove the link "
+                                  f"(rm {shlex.quote(str(link))}) and export again")
 
 
 def overview(run: RunDir, generations: list[str], partial: list[str]) -> str:

@@ -146,3 +146,26 @@ class RunDir:
 
     def complete_generations(self) -> list[GenerationDir]:
         return [g for g in self.generations_on_disk() if g.is_complete]
+
+
+def enclosing_run(path: Path) -> RunDir | None:
+    """The run ``path`` is, or lies inside (the nearest folder above it with a pipeline.yaml), or None."""
+    for folder in (Path(path).resolve(), *Path(path).resolve().parents):
+        if RunDir(folder).pipeline_file.is_file():
+            return RunDir(folder)
+    return None
+
+
+def refuse_inside_run(path: Path, what: str, example: str, allowed: str | None = None) -> None:
+    """Refuse, in one line, to write ``path`` where it would land among a run's own files (its
+    tables, a finished stage): only the run's ``allowed`` subfolder (its report/) may hold it."""
+    run = enclosing_run(path)
+    if run is None:
+        return
+    target = Path(path).resolve()
+    if allowed is not None and (target == run.root / allowed or run.root / allowed in target.parents):
+        return
+    from lmcollapse.errors import LmcollapseError
+
+    raise LmcollapseError(f"{what} {path} lies inside run {run.root}: writing there would mix with the run's own files "
+                          f"(its metrics, its stages); choose a folder outside it, e.g. {example}")
