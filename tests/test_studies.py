@@ -418,3 +418,15 @@ def test_without_squeue_a_submitted_study_says_so_instead_of_calling_its_jobs_fa
     assert main(["study", "status", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "squeue is not on PATH" in err and "login node" in err
+
+
+def test_a_text_value_stays_one_value_whatever_it_holds(tmp_path, small_corpus):
+    """An override's words are split where they hold `=`: a variant's text must not become a
+    second setting (here a hidden seed and epochs)."""
+    text = "hi train.epochs=7 seed=9"  # plain YAML: unquoted, its words were three overrides
+    path = write_study(tmp_path, small_corpus, grid={}, variants={"noted": {"pipeline": "micro.yaml",
+                                                                            "set": {"description": text,
+                                                                                    "train.learning_rate": 0.002}}})
+    run = next(run for run in load_study(path).runs() if run.variant.name == "noted")
+    assert run.config.description == text
+    assert (run.config.train.epochs, run.config.seed) == (1, 0)

@@ -301,7 +301,15 @@ def _pipeline(study_path: Path, given: str) -> Path:
 
 
 def _yaml_value(value: Any) -> str:
-    """A value as an override's text: YAML, on one line (lists in brackets)."""
+    """A value as an override's text: YAML on one line (lists in brackets), each text single-quoted
+    so that it stays one value: ``description: "a train.epochs=1"`` would otherwise be read as a
+    second override (an override's words are split where they hold ``=``)."""
+    if isinstance(value, str):
+        return yaml.safe_dump(value, default_style="'", width=10**6).strip().removesuffix("...").strip()
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_yaml_value(key)}: {_yaml_value(item)}" for key, item in value.items()) + "}"
     text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
     return text.removesuffix("\n...").removesuffix("...").strip()
 
