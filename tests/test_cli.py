@@ -70,6 +70,21 @@ def test_bad_corpus_on_a_new_run_leaves_no_run_behind(tmp_path, small_corpus, ca
     assert not run.exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["seed=4294967295"], "seed: must be a whole number from 0 to 2147483647, got 4294967295"),
+    (["data.subset_seed=-1"], "data.subset_seed: must be a whole number from 0 to 2147483647, got -1"),
+    (["pretrain.seed=-3"], "pretrain.seed: must be a whole number from 0 to 2147483647, got -3"),
+])
+def test_a_seed_no_library_takes_is_refused_before_a_run_exists(tmp_path, small_corpus, capsys, overrides, message):
+    """Such seeds passed the config and crashed deep in a stage (numpy, scikit-learn), leaving a
+    pipeline.yaml that the same command without the override then reused."""
+    pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(small_corpus))
+    run = tmp_path / "run"
+    assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress", "--set", *overrides]) == 2
+    assert message in one_line_error(capsys)
+    assert not run.exists()
+
+
 def test_missing_corpus_on_a_new_run(tmp_path, small_corpus, capsys):
     pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(tmp_path / "no-such-corpus"))
     assert main(["generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run")]) == 2
@@ -148,3 +163,16 @@ def test_from_another_folder_without_pipeline_it_says_what_to_do(tmp_path):
     assert list(tmp_path.iterdir()) == []
     hinted = run_cli("config", "--pipeline", "tiny", cwd=tmp_path)  # the hint works when pasted
     assert hinted.returncode == 0 and "name: tiny" in hinted.stdout
+
+
+def test_a_new_run_that_fails_to_prepare_for_any_reason_leaves_nothing(tmp_path, small_corpus, monkeypatch):
+    """Not only bad input: whatever stops the preparation of a run this command created (a bug, a
+    library's error) removes it, so no pipeline.yaml is left for the next command to reuse."""
+    def fails(*args, **kwargs):
+        raise RuntimeError("a library failed")
+
+    monkeypatch.setattr("lmcollapse.stages.pipeline.ensure_base_and_human", fails)
+    pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(small_corpus))
+    with pytest.raises(RuntimeError, match="a library failed"):
+        main(["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run"), "--no-progress"])
+    assert not (tmp_path / "run").exists()

@@ -29,6 +29,7 @@ from lmcollapse.config.stage_sections import (
     TrackConfig,
     TrainConfig,
     _require,
+    _require_seed,
 )
 from lmcollapse.errors import ConfigError
 from lmcollapse.run.atomic import canonical_json, sha256_bytes
@@ -68,7 +69,7 @@ class PipelineConfig:
             resolved = DEFAULT_PRETRAIN_CORPUS if self.model.has_preset else None
             object.__setattr__(self, "pretrain", dataclasses.replace(self.pretrain, corpus=resolved))
         _require(self.generations >= 1, "generations", f"must be at least 1, got {self.generations}")
-        _require(self.seed >= 0, "seed", f"must be 0 or more, got {self.seed}")
+        _require_seed(self.seed, "seed")
         if self.data.regime == "replace":
             _require(self.train.human_loss_weight == 1.0, "train.human_loss_weight",
                      "has no effect with data.regime=replace (no generation mixes human and synthetic records)")

@@ -13,7 +13,7 @@ from typing import Literal
 
 from lmcollapse.config.corpora import HUB_PREFIX, NAMED_CORPORA
 from lmcollapse.config.presets import ARCHITECTURE_PRESETS, PRESET_FAMILIES
-from lmcollapse.config.stage_sections import TrainConfig, _require
+from lmcollapse.config.stage_sections import TrainConfig, _require, _require_seed
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,7 @@ class DataConfig:
     read from two places can differ in format."""
 
     def __post_init__(self) -> None:
+        _require_seed(self.subset_seed, "subset_seed")
         _require(self.block_size >= 2, "block_size", "must be at least 2 (a block predicts block_size - 1 tokens)")
         _require(self.train_split != self.heldout_split, "heldout_split",
                  f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
@@ -292,7 +293,7 @@ class PretrainConfig:
         if self.max_blocks is not None:
             _require(self.max_blocks >= 1, "max_blocks", "must be at least 1 or null")
         self.as_train_config()  # the optimizer and schedule settings, checked as train's are
-        _require(self.seed >= 0, "seed", "must be 0 or more")
+        _require_seed(self.seed, "seed")
 
     @property
     def enabled(self) -> bool:

@@ -20,6 +20,15 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+# The largest seed every library a run hands it to takes (scikit-learn's and numpy's legacy
+# RandomState stop at 2**32 - 1, and MAUVE adds up to 5 to its seed): one bound for every seed key.
+MAX_SEED = 2**31 - 1
+
+
+def _require_seed(value: int, key: str) -> None:
+    _require(isinstance(value, int) and 0 <= value <= MAX_SEED, key, f"must be a whole number from 0 to {MAX_SEED}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class LoraConfig:
     """Low-rank adapters (Hu et al. 2021) through ``peft``: only the adapters train, and the saved

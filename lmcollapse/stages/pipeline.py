@@ -94,9 +94,11 @@ def prepare_run(context: Context, created: bool) -> None:
         accelerator.wait_for_everyone()
         for family in context.families():  # one without model.chain; each family's own with it
             prepare_family(context, family)
-    except LmcollapseError:
-        # A run this command created and could not prepare is removed: bad input leaves
-        # nothing behind (an existing run is never touched here).
+    except Exception:
+        # A run this command created and could not prepare is removed, whatever stopped it: bad
+        # input leaves nothing behind, and no pipeline.yaml of a config that cannot run is kept to
+        # be reused by the next command (an existing run is never touched here; the pretrained
+        # base lives in its cache, not in the run).
         if created and context.main:
             shutil.rmtree(run.root, ignore_errors=True)
         raise

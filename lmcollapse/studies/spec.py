@@ -27,6 +27,7 @@ import yaml
 from lmcollapse.config import PipelineConfig, check_name, load_config, safe_name
 from lmcollapse.config.loading import build_config_section, read_yaml_mapping
 from lmcollapse.config.shipped import resolve_pipeline
+from lmcollapse.config.stage_sections import MAX_SEED
 from lmcollapse.errors import ConfigError
 from lmcollapse.metrics import REGISTRY
 
@@ -233,8 +234,8 @@ def load_study(path: Path) -> Study:
     check_name(spec.name, "name")
     if not spec.pipelines:
         raise ConfigError(f"{path}: pipelines: name at least one pipeline (e.g. pipelines: [tiny])")
-    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0:
-        raise ConfigError(f"{path}: seeds: must be distinct whole numbers of at least 0, got {list(spec.seeds)}")
+    if not spec.seeds or len(set(spec.seeds)) != len(spec.seeds) or min(spec.seeds) < 0 or max(spec.seeds) > MAX_SEED:
+        raise ConfigError(f"{path}: seeds: must be distinct whole numbers from 0 to {MAX_SEED}, got {list(spec.seeds)}")
     for key, values in spec.grid.items():
         if not values:
             raise ConfigError(f"{path}: grid.{key}: an empty list gives no runs: give it at least one value, or remove it")
