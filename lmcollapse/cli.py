@@ -22,6 +22,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from lmcollapse.config.loading import parse_overrides
 from lmcollapse.config.shipped import describe_pipelines, resolve_pipeline, shipped_pipelines
 from lmcollapse.engine.allocator import keep_freed_memory
 from lmcollapse.errors import LmcollapseError
@@ -37,7 +38,7 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser, with_run: bool = Tr
                         help="pipeline YAML, or the name of a shipped one (lmcollapse pipelines lists them) "
                         "(default: the run's own pipeline.yaml when --run names an existing run, else "
                         "pipelines/tiny.yaml here)")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", nargs="*", action="extend", default=[], metavar="KEY=VALUE",
                         help="dotted config overrides, e.g. --set train.epochs=1 seed=3")
     if with_run:
         parser.add_argument("--run", type=Path, default=None,
@@ -45,11 +46,21 @@ def _add_pipeline_arguments(parser: argparse.ArgumentParser, with_run: bool = Tr
         parser.add_argument("--dry-run", action="store_true",
                             help="print the plan (stages, sizes, settings) and compute nothing")
         parser.add_argument("--accept-changed", action="store_true",
-                            default=os.environ.get("ACCEPT_CHANGED", "") not in ("", "0"),
-                            help="use earlier artefacts whose files changed since they were recorded")
+                            help="use earlier artefacts whose files changed since they were recorded "
+                            "(or ACCEPT_CHANGED=1)")
         parser.add_argument("--no-progress", action="store_true", help="no progress bars")
         parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                             help="run the pipeline once per seed into RUN/seed-<seed> (RUN default: runs/<name>-seeds)")
+
+
+def env_flag(name: str) -> bool:
+    """A yes-or-no environment variable: unset, 0, false, no, off are no; 1, true, yes, on are yes."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise LmcollapseError(f"{name}={os.environ[name]!r} is neither yes nor no: set {name}=1 or {name}=0, or unset it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +179,9 @@ def _build(args, last: int | None) -> int:
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:
             raise LmcollapseError(f"--seeds/SEEDS must be distinct non-negative integers, got {args.seeds}")
+        if "seed" in parse_overrides(args.set):
+            raise LmcollapseError("--set seed=... and --seeds/SEEDS both choose the seed: give the seeds with --seeds "
+                                  "(SEEDS=\"0 1 2\") only")
         run_root = args.run if args.run else Path("runs") / f"{config.name}-seeds"
         if RunDir(run_root).pipeline_file.is_file():
             raise LmcollapseError(f"{run_root} is a single run: give SEEDS a folder of its own (RUN=runs/<name>-seeds)")
@@ -179,7 +193,8 @@ def _build(args, last: int | None) -> int:
                 continue
             if last >= seed_config.generations and is_main_process():
                 warn_if_large(seed_config, RunDir(root), last)
-            build(seed_config, root, last, accept_changed=args.accept_changed, progress=not args.no_progress)
+            build(seed_config, root, last, accept_changed=args.accept_changed or env_flag("ACCEPT_CHANGED"),
+                  progress=not args.no_progress)
             if is_main_process():
                 print(f"\n{RunDir(root).metrics_csv}\n{summary_table(RunDir(root))}")
     if args.seeds and not args.dry_run and is_main_process():

@@ -249,3 +249,51 @@ def test_pipeline_file_errors_on_the_command_line(tmp_path, content):
     assert result.stderr.startswith("lmcollapse: error: ") and result.stderr.count("\n") == 1, result.stderr
     assert str(pipeline) in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_every_set_counts_and_a_key_set_twice_is_refused(capsys):
+    """`--set a --set b` kept only the last --set; `--set k=1 k=2` kept the last value silently."""
+    from lmcollapse.cli import main
+
+    assert main(["config", "--pipeline", "tiny", "--set", "train.epochs=2", "--set", "seed=7"]) == 0
+    resolved = capsys.readouterr()
+    assert "seed: 7" in resolved.out and "epochs: 2" in resolved.out
+    assert main(["config", "--pipeline", "tiny", "--set", "train.epochs=2", "train.epochs=3"]) == 2
+    assert "override train.epochs is given twice (train.epochs=2 and train.epochs=3): give it once" in capsys.readouterr().err
+    assert main(["generation", "0", "--pipeline", "tiny", "--seeds", "0", "1", "--set", "seed=3", "--dry-run"]) == 2
+    assert "--set seed=... and --seeds/SEEDS both choose the seed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value, accepted", [("", False), ("0", False), ("false", False), ("No", False), ("off", False),
+                                             ("1", True), ("true", True), ("YES", True), ("on", True)])
+def test_accept_changed_from_the_environment_is_a_yes_or_a_no(monkeypatch, value, accepted):
+    """ACCEPT_CHANGED=false turned accepting changed files on (anything but "" and 0 did)."""
+    from lmcollapse.cli import env_flag
+
+    monkeypatch.setenv("ACCEPT_CHANGED", value)
+    assert env_flag("ACCEPT_CHANGED") is accepted
+
+
+def test_an_unreadable_accept_changed_is_refused(monkeypatch):
+    from lmcollapse.cli import env_flag
+    from lmcollapse.errors import LmcollapseError
+
+    monkeypatch.setenv("ACCEPT_CHANGED", "maybe")
+    with pytest.raises(LmcollapseError, match="ACCEPT_CHANGED='maybe' is neither yes nor no: set ACCEPT_CHANGED=1 or"):
+        env_flag("ACCEPT_CHANGED")
+
+
+def test_a_hint_for_a_folder_make_would_change_calls_the_package(monkeypatch):
+    """make expands `$(...)` in a variable and the Makefile's double quotes let a shell run
+    backticks: such a folder gets the package's command, which a shell passes on unchanged."""
+    import shlex
+    import sys
+
+    from lmcollapse.run.commands import build_command
+
+    monkeypatch.chdir(REPO)
+    assert build_command(Path("runs/tiny"), 2) == "make generation-2 PIPELINE=runs/tiny/pipeline.yaml RUN=runs/tiny"
+    odd = Path("runs/a$(id)`id`")
+    hint = build_command(odd, 2, accept_changed=True)
+    assert shlex.split(hint) == [sys.executable, "-m", "lmcollapse", "generation", "2", "--run", str(odd.resolve()),
+                                 "--accept-changed"]

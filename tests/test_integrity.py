@@ -133,7 +133,11 @@ def test_damage_is_found_by_status_and_stops_generation(run, pipeline, damage, f
     message = last_line(result)
     assert message.startswith(f"lmcollapse: error: {path} {state}")
     # --accept-changed is offered only where it can work: a file that is there and still reads
-    assert ("--accept-changed" in message) == (path.is_file() and unreadable_reason(path) is None)
+    offered = "ACCEPT_CHANGED=1`" in message or "--accept-changed`" in message  # make's form, or the package's
+    assert offered == (path.is_file() and unreadable_reason(path) is None)
+    if offered:
+        assert message.endswith(f"or use it as it is now with `make generation-2 PIPELINE={shlex.quote(str(run.pipeline_file))} "
+                                f"RUN={shlex.quote(str(run.root))} ACCEPT_CHANGED=1`")
     assert tree_hashes(run.root) == before
 
 

@@ -182,6 +182,8 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
                 continue
             if not sep or not key:
                 raise ConfigError(f"override {token!r} is not key=value (e.g. SET=\"train.epochs=1\")")
+            if key in texts:
+                raise ConfigError(f"override {key} is given twice ({key}={texts[key]} and {key}={text}): give it once")
             texts[key], last = text, key
     parsed: dict[str, Any] = {}
     for key, text in texts.items():

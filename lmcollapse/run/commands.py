@@ -19,18 +19,35 @@ def _in_repository() -> bool:
     return Path("Makefile").is_file() and Path("lmcollapse", "__init__.py").is_file()
 
 
-def build_command(run_root: Path, last: int) -> str:
-    """The command that makes generations 0..``last`` of the run at ``run_root`` complete.
+def _make_safe(path: Path) -> bool:
+    """Whether a path survives a make variable: make expands ``$`` in it (``$(id)`` becomes empty),
+    and the Makefile puts it inside double quotes, where a shell still runs backticks."""
+    return not any(c in str(path) for c in '$`"\\')
+
+
+def build_command(run_root: Path, last: int, accept_changed: bool = False) -> str:
+    """The command that makes generations 0..``last`` of the run at ``run_root`` complete
+    (``accept_changed``: using earlier files as they are now).
 
     It names the run's own resolved config (``pipeline.yaml``), so it works for a run built
-    from any pipeline and any ``SET=`` overrides; from outside the repository it calls the
-    package with this interpreter.
+    from any pipeline and any ``SET=`` overrides; from outside the repository, or for a folder
+    whose name make would change, it calls the package with this interpreter.
     """
     run_root = Path(run_root)
-    if _in_repository():
+    if _in_repository() and _make_safe(run_root):
         return (f"make generation-{last} PIPELINE={shlex.quote(str(run_root / 'pipeline.yaml'))} "
-                f"RUN={shlex.quote(str(run_root))}")
-    return f"{shlex.quote(sys.executable)} -m lmcollapse generation {last} --run {shlex.quote(str(run_root.resolve()))}"
+                f"RUN={shlex.quote(str(run_root))}" + (" ACCEPT_CHANGED=1" if accept_changed else ""))
+    return (f"{shlex.quote(sys.executable)} -m lmcollapse generation {last} --run {shlex.quote(str(run_root.resolve()))}"
+            + (" --accept-changed" if accept_changed else ""))
+
+
+def _run_and_last(stage_root: Path, last: int | None) -> tuple[RunDir, int]:
+    """The run a stage folder belongs to, and ``last`` or the highest generation on disk."""
+    parent = stage_root.parent
+    run = RunDir(parent.parent if family_position(parent.name) else parent)
+    if last is None:
+        last = max((g.index for g in run.generations_on_disk()), default=0)
+    return run, last
 
 
 def rebuild_command(stage_root: Path, last: int | None = None) -> str:
@@ -40,9 +57,11 @@ def rebuild_command(stage_root: Path, last: int | None = None) -> str:
     ``<run>/family-NN/base`` or ``human``; ``last`` defaults to the highest generation on disk.
     """
     stage_root = Path(stage_root)
-    parent = stage_root.parent
-    run = RunDir(parent.parent if family_position(parent.name) else parent)
-    if last is None:
-        on_disk = [g.index for g in run.generations_on_disk()]
-        last = max(on_disk, default=0)
+    run, last = _run_and_last(stage_root, last)
     return f"rm -r {shlex.quote(str(stage_root))} && {build_command(run.root, last)}"
+
+
+def accept_changed_command(stage_root: Path) -> str:
+    """Go on with a stage's changed files as they are now: ``build_command`` accepting them."""
+    run, last = _run_and_last(Path(stage_root), None)
+    return build_command(run.root, last, accept_changed=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import canonical_json, changed_files, read_json, sha256_bytes, write_json_atomic
-from lmcollapse.run.commands import rebuild_command
+from lmcollapse.run.commands import accept_changed_command, rebuild_command
 
 
 def environment_record() -> dict:
@@ -142,7 +142,7 @@ def check_unchanged(recorded: dict[str, str], root: Path, what: str, accept_chan
         else:
             state = f"changed (sha256 {actual[:12]}, recorded {recorded[name][:12]})"
         fix = f"restore it, or {rebuild}" if unusable is not None else \
-            f"restore it, {rebuild}, or pass --accept-changed (ACCEPT_CHANGED=1) to use it as it is now"
+            f"restore it, {rebuild}, or use it as it is now with `{accept_changed_command(stage_root or root)}`"
         raise LmcollapseError(f"{path} {state} since {what} completed: {fix}")
     return list(changed)
 
