@@ -318,11 +318,11 @@ def command_theory(args) -> int:
     import time
 
     from lmcollapse.theory import TheorySettings, write_theory_report
+    from lmcollapse.theory.report import checked_settings
 
-    if args.chains < 2 or args.generations < 1 or args.samples < 2 or not 0 <= args.real_fraction < 1:
-        raise LmcollapseError("theory needs --chains >= 2, --generations >= 1, --samples >= 2 and 0 <= --real-fraction < 1")
-    settings = dataclasses.replace(TheorySettings(), chains=args.chains, generations=args.generations,
-                                   samples=args.samples, real_fraction=args.real_fraction, seed=args.seed)
+    check_folder_target(args.out, "--out", "--out runs/theory")
+    settings = checked_settings(dataclasses.replace(TheorySettings(), chains=args.chains, generations=args.generations,
+                                                    samples=args.samples, real_fraction=args.real_fraction, seed=args.seed))
     started = time.perf_counter()
     written = write_theory_report(args.out, settings)
     print((args.out / "theory.md").read_text(encoding="utf-8"))

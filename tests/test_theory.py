@@ -261,3 +261,21 @@ def test_theory_report_writes_figures_and_an_agreeing_table(tmp_path):
     means = {r["estimator"]: float(r["simulated"]) for r in rows if r["statistic"] == "mean σ²" and r["generation"] == "20"}
     medians = {r["estimator"]: float(r["simulated"]) for r in rows if r["statistic"] == "median σ²" and r["generation"] == "20"}
     assert means["unbiased"] > 0.8 and medians["unbiased"] < 0.6 and means["mle"] < 0.5
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["--seed", "-1"], "--seed must be a whole number from 0 to 2147483647, got -1"),
+    (["--chains", "100000000000"], "needs ~"),
+    (["--chains", "1"], "theory needs --chains >= 2"),
+])
+def test_theory_refuses_what_it_cannot_simulate_in_one_line_and_writes_nothing(tmp_path, capsys, arguments, message):
+    from lmcollapse.cli import main
+
+    out = tmp_path / "theory"
+    assert main(["theory", "--out", str(out), *arguments]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err
+    assert not out.exists()
+    (tmp_path / "a-file").write_text("")
+    assert main(["theory", "--out", str(tmp_path / "a-file")]) == 2
+    assert "is a file, not a folder: choose a folder, e.g. --out runs/theory" in capsys.readouterr().err

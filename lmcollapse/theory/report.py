@@ -31,6 +31,30 @@ class TheorySettings:
     seed: int = 0
 
 
+def checked_settings(settings: TheorySettings) -> TheorySettings:
+    """``settings``, or a one-line error naming what cannot be simulated (here, or at all)."""
+    import os
+
+    from lmcollapse.config.stage_sections import MAX_SEED
+    from lmcollapse.errors import LmcollapseError
+
+    s = settings
+    if s.chains < 2 or s.generations < 1 or s.samples < 2 or not 0 <= s.real_fraction < 1:
+        raise LmcollapseError("theory needs --chains >= 2, --generations >= 1, --samples >= 2 and 0 <= --real-fraction < 1")
+    if not 0 <= s.seed <= MAX_SEED:
+        raise LmcollapseError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {s.seed}")
+    # float64 arrays of chains x samples (a generation's draws, a few at once) and chains x generations (the estimates)
+    needed = 8 * s.chains * (4 * s.samples + 2 * s.generations)
+    try:
+        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        memory = math.inf
+    if needed > memory / 2:
+        raise LmcollapseError(f"--chains {s.chains} x --samples {s.samples} x --generations {s.generations} needs "
+                              f"~{needed / 1e9:.0f} GB of memory and this machine has {memory / 1e9:.0f} GB: lower --chains")
+    return settings
+
+
 QUANTILES = (0.05, 0.25, 0.75, 0.95)  # of σ²_n over chains, in the estimators' table
 
 
