@@ -213,6 +213,9 @@ def test_report_command_and_errors(study, tmp_path, capsys):
         assert "\n" not in err and f"--out {inside} lies inside run " in err and "e.g. --out report-copy" in err
     assert tree_hashes(run) == before
     assert main(["report", "--run", str(run), "--out", str(run / "report")]) == 0  # its own report folder: the default
+    # a reference that is not one of the report's groups is refused, not ignored (one run: one group)
+    assert main(["report", "--run", str(run), "--reference", "bogus"]) == 2
+    assert "reference 'bogus' has no complete run in this report (its groups: " in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -430,3 +430,19 @@ def test_a_text_value_stays_one_value_whatever_it_holds(tmp_path, small_corpus):
     run = next(run for run in load_study(path).runs() if run.variant.name == "noted")
     assert run.config.description == text
     assert (run.config.train.epochs, run.config.seed) == (1, 0)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["plan", "--launcher", "slurm"], "--launcher is an option of study run, not of study plan: leave it out"),
+    (["report", "--dry-run"], "--dry-run is an option of study run, not of study report"),
+    (["status", "--out", "x"], "--out is an option of study report, not of study status"),
+    (["plan", "--slots", "2"], "--slots is an option of study run and study status, not of study plan"),
+    (["run", "--launcher", "slurm", "--slots", "2", "--dry-run"], "--slots is the local launcher's: on SLURM"),
+])
+def test_a_study_option_the_action_does_not_read_is_refused(tmp_path, small_corpus, capsys, arguments, message):
+    """Accepted and ignored, `study plan --launcher slurm` printed the local plan."""
+    path = write_study(tmp_path, small_corpus)
+    action, *options = arguments
+    assert main(["study", action, str(path), *options]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from lmcollapse.run.atomic import full_disk_reported
+from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.atomic import check_folder_target, full_disk_reported
+from lmcollapse.run.layout import refuse_inside_run
 
 
 def add_study_commands(verbs) -> None:
@@ -33,6 +35,11 @@ def command_study(args) -> int:
     from lmcollapse.config.shipped import resolve_study
     from lmcollapse.studies import describe_study_status, load_study, plan_study, run_study, write_study_report
 
+    given = {"--launcher": args.launcher is not None, "--slots": args.slots is not None, "--dry-run": args.dry_run,
+             "--out": args.out is not None}
+    for option in (o for o, present in given.items() if present and o not in TAKES[args.action]):
+        taken_by = " and ".join(f"study {action}" for action, options in TAKES.items() if option in options)
+        raise LmcollapseError(f"{option} is an option of {taken_by}, not of study {args.action}: leave it out")
     study = load_study(resolve_study(args.file))
     if args.action == "plan":
         print(plan_study(study))
@@ -42,12 +49,19 @@ def command_study(args) -> int:
         print(text)
         return 0
     if args.action == "report":
+        if args.out is not None:
+            check_folder_target(args.out, "--out", "--out report-copy")
+            refuse_inside_run(args.out, "--out", "--out report-copy")
         out = write_study_report(study, args.out)
         print((out / "index.md").read_text(encoding="utf-8").split("## Figures")[0].rstrip())
         print(f"\nreport written to {out}/ (index.md and .html, statistics.md/.csv/.tex/.json, metrics, figures)")
         return 0
     with full_disk_reported(study.root):
         return run_study(study, args.launcher, args.slots, args.dry_run)
+
+
+# The options each action reads; any other is refused rather than accepted and ignored.
+TAKES = {"plan": (), "run": ("--launcher", "--slots", "--dry-run"), "status": ("--slots",), "report": ("--out",)}
 
 
 def command_studies(args) -> int:

@@ -67,6 +67,9 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
     """Launch every run that is not complete (nor running or queued already); 0 if all completed
     (local) or were submitted (SLURM)."""
     launcher = launcher or study.spec.launcher
+    if launcher == "slurm" and slots is not None:
+        raise LmcollapseError("--slots is the local launcher's: on SLURM, slurm.array_parallelism in the study file caps "
+                              "how many runs run at once")
     states = run_states(study)
     changed = [s for s in states if s.state == CHANGED]
     if changed:
