@@ -175,6 +175,8 @@ def _build(args, last: int | None) -> int:
 
     config, run_root = _load(args)
     last = config.generations - 1 if last is None else last
+    if last < 0:  # the dry run too: it plans what the command would do
+        raise LmcollapseError(f"generation {last} does not exist: generations count from 0")
     runs = [(config, run_root)]
     if args.seeds:
         if len(set(args.seeds)) != len(args.seeds) or min(args.seeds) < 0:

@@ -176,3 +176,16 @@ def test_a_new_run_that_fails_to_prepare_for_any_reason_leaves_nothing(tmp_path,
     with pytest.raises(RuntimeError, match="a library failed"):
         main(["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run"), "--no-progress"])
     assert not (tmp_path / "run").exists()
+
+
+def test_the_dry_run_refuses_what_the_command_refuses_and_stays_short(built_run, capsys):
+    """`generation -1 --dry-run` exited 0; `generation 100000000 --dry-run` printed a line per generation."""
+    pipeline, run = built_run
+    before = tree_state(run)
+    assert main(["generation", "-1", "--pipeline", str(pipeline), "--run", str(run), "--dry-run"]) == 2
+    assert "generation -1 does not exist: generations count from 0" in one_line_error(capsys)
+    assert main(["generation", "100000000", "--pipeline", str(pipeline), "--run", str(run), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) < 60 and lines[-1] == "  generation-10 .. generation-100000000: missing (99999991 generations)"
+    assert "  generation-00  complete" in lines and "  generation-01  missing" in lines
+    assert tree_state(run) == before

@@ -41,9 +41,15 @@ def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None
         for stage, marker in (("base", family.base_manifest), ("human", family.human_manifest)):
             name = f"{family.name}-{stage}"
             lines.append(f"{name:<14} {state(name, 'complete' if marker.is_file() else 'to build')}")
-    for index in range(last_generation + 1):
+    # every generation on disk and the next, at least the first ten; the missing ones after them in
+    # one line (`generation 100000000 --dry-run` printed a line for each)
+    shown = min(last_generation, max(max((g.index for g in run.generations_on_disk()), default=-1) + 1, 9))
+    for index in range(shown + 1):
         generation = run.generation(index)
         lines.append(f"{generation.name:<14} {state(generation.name, generation_state(generation, config))}")
+    if last_generation > shown:
+        lines.append(f"{run.generation(shown + 1).name} .. {run.generation(last_generation).name}: missing "
+                     f"({last_generation - shown} generations)")
     return lines
 
 
