@@ -297,3 +297,48 @@ def test_a_hint_for_a_folder_make_would_change_calls_the_package(monkeypatch):
     hint = build_command(odd, 2, accept_changed=True)
     assert shlex.split(hint) == [sys.executable, "-m", "lmcollapse", "generation", "2", "--run", str(odd.resolve()),
                                  "--accept-changed"]
+
+
+def test_status_hints_outside_the_repository_call_the_package(tmp_path, monkeypatch, capsys):
+    """`make ...` works from the repository only; elsewhere the hint is this interpreter's command,
+    and a study's folder (runs two levels down) is a folder of runs, not a place for a new one."""
+    import shlex
+    import sys
+
+    from lmcollapse.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study" / "variant" / "seed-0").mkdir(parents=True)
+    (tmp_path / "study" / "variant" / "seed-0" / "pipeline.yaml").write_text("name: x\n")
+    assert main(["status", "--run", "study"]) == 2
+    hint = capsys.readouterr().err.strip().split("status checks one run: ")[1]
+    assert shlex.split(hint) == [sys.executable, "-m", "lmcollapse", "status", "--run", "study/variant/seed-0"]
+    assert main(["status", "--run", "empty"]) == 2
+    hint = capsys.readouterr().err.strip().split("start one with ")[1]
+    assert shlex.split(hint) == [sys.executable, "-m", "lmcollapse", "generation", "0", "--pipeline", "tiny", "--run", "empty"]
+
+
+def test_a_folder_named_like_a_shipped_pipeline_does_not_hide_it(tmp_path, monkeypatch):
+    """The hint `--pipeline tiny`, given where a tiny/ folder exists (a study's variant folder),
+    said "pipeline file tiny is a directory"."""
+    from lmcollapse.config.shipped import resolve_pipeline, shipped_pipelines
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert resolve_pipeline("tiny") == shipped_pipelines()["tiny"]
+    (tmp_path / "mine").mkdir()
+    assert resolve_pipeline("mine") == Path("mine")  # a folder not named like a shipped one: the caller says what it is
+
+
+def test_a_study_hint_is_make_in_the_repository_and_the_package_elsewhere(tmp_path, monkeypatch):
+    import shlex
+    import sys
+
+    from lmcollapse.run.commands import study_command
+
+    monkeypatch.chdir(REPO)
+    assert study_command("status", Path("studies/regimes.yaml")) == "make study-status STUDY=studies/regimes.yaml"
+    assert shlex.split(study_command("run", Path("my study.yaml"), "--dry-run")) == \
+        [sys.executable, "-m", "lmcollapse", "study", "run", "my study.yaml", "--dry-run"]  # make's target takes no --dry-run
+    monkeypatch.chdir(tmp_path)
+    assert shlex.split(study_command("run", Path("s.yaml"))) == [sys.executable, "-m", "lmcollapse", "study", "run", "s.yaml"]

@@ -58,6 +58,9 @@ def test_a_study_expands_into_ordinary_runs_with_readable_folders(tmp_path, smal
     ({"launcher": "cloud"}, "launcher: expected one of local, slurm"),
     ({"pipelines": ["no-such-pipeline"]}, "pipeline no-such-pipeline not found"),
     ({"name": "../escape"}, "name: '../escape' is not a name"),
+    ({"variants": {"../../escaped": {"pipeline": "micro.yaml"}}},
+     "variants: '../../escaped' is not a name: use letters, digits, '-', '_' and '.' (not '.' or '..'), rename the "
+     "variant in the study file, e.g. escaped"),
     ({"slurm": {"extra": {"hold": False}}}, "slurm.extra.hold: expected text, a whole number or true"),
     ({"slurm": {"partition": ["a", "b"]}}, "slurm.partition: expected text"),
     ({"metrics": ["ppl_blok"]}, "metrics: 'ppl_blok' is not a metric column (did you mean ppl_blocks?)"),
@@ -365,7 +368,7 @@ def test_a_second_coordinator_of_the_same_study_is_refused_in_one_line(tmp_path,
         assert main(["study", "run", str(path), "--slots", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "is being run by another `study run` (pid " in err
-    assert f"lmcollapse study status {path} shows its runs" in err
+    assert f"make study-status STUDY={path} shows its runs" in err  # from the repository: make's form
     assert not any((tmp_path / "runs").glob("*/seed-*"))  # nothing launched
 
 

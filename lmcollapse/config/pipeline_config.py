@@ -176,12 +176,13 @@ class PipelineConfig:
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]+")
 
 
-def check_name(name: str, key: str) -> None:
-    """Refuse a name that is not a plain folder name (``runs/<name>`` must stay under ``runs/``)."""
-    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
-        raise ConfigError(
-            f"{key}: {name!r} is not a name: use letters, digits, '-', '_' and '.' (not '.' or '..'), e.g. "
-            f"{key}={safe_name(name)}; to write the run elsewhere, choose its folder with RUN=... (--run)")
+def check_name(name: str, key: str, fix: str | None = None) -> None:
+    """Refuse a name that is not a plain folder name (``runs/<name>`` must stay under ``runs/``);
+    ``fix`` says how to give another (default: the ``key=`` override and RUN=...)."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        fix = fix or (f"e.g. {key}={safe_name(str(name))}; to write the run elsewhere, choose its folder with RUN=... "
+                      "(--run)")
+        raise ConfigError(f"{key}: {name!r} is not a name: use letters, digits, '-', '_' and '.' (not '.' or '..'), {fix}")
 
 
 def safe_name(text: str) -> str:

@@ -49,11 +49,13 @@ def resolve_pipeline(given: str | Path, kind: str = "pipelines") -> Path:
     """``given`` as a path when it exists; else a shipped pipeline (or study) named by it (``tiny``,
     ``tiny.yaml`` or ``pipelines/tiny.yaml``); else a one-line error listing the shipped ones."""
     path = Path(given).expanduser()
-    if path.exists():
-        return path
     name = path.name[:-len(".yaml")] if path.name.endswith(".yaml") else path.name
     found = shipped(kind)
-    if (path.parent in (Path("."), Path(kind))) and name in found:
+    shipped_name = path.parent in (Path("."), Path(kind)) and name in found
+    # a file by that name wins; a folder by that name (runs/tiny, a study's tiny/) does not hide the shipped one
+    if path.exists() and not (path.is_dir() and shipped_name):
+        return path
+    if shipped_name:
         return found[name]
     known = ", ".join(found) or "none found"
     singular = kind.rstrip("s").replace("studie", "study")

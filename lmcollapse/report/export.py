@@ -23,6 +23,7 @@ from pathlib import Path
 from lmcollapse.config import load_config
 from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import remove_path, temporary_sibling, write_text_atomic
+from lmcollapse.run.commands import build_command
 from lmcollapse.run.integrity import COMPLETE, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
@@ -51,7 +52,7 @@ def export_run(run: RunDir, destination: Path) -> Path:
     complete = [g for g in run.complete_generations() if checks.get(g.name) and checks[g.name].state == COMPLETE]
     if not complete:
         raise LmcollapseError(f"run {run.root} has no complete, intact generation to export yet: build one first "
-                              f"(make generation-0 RUN={shlex.quote(str(run.root))})")
+                              f"({build_command(run.root, 0)})")
     done = {g.name for g in complete}
     partial = [g.name for g in run.generations_on_disk() if g.name not in done]
     uncarded = [folder.relative_to(run.root).as_posix() for folder in [run.human, *(g.synthetic for g in complete)]

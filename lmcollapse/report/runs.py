@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lmcollapse.config import PipelineConfig, load_config
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.metrics.table import collect_rows, reference_rows
-from lmcollapse.run.commands import build_command
+from lmcollapse.run.commands import build_command, start_command
 from lmcollapse.run.layout import RunDir
 
 MAX_DEPTH = 3
@@ -73,8 +72,7 @@ def discover_runs(root: Path, only: list[Path] | None = None) -> list[RunRecord]
     records = [_record(RunDir(path)) for path in found]
     records = [r for r in records if r.rows]
     if not records:
-        first = (build_command(found[0], 0) if found
-                 else f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(root))}")
+        first = build_command(found[0], 0) if found else start_command(root)
         raise LmcollapseError(f"no complete generation under {root}: build one first, e.g. {first}")
     return records
 

@@ -41,6 +41,29 @@ def build_command(run_root: Path, last: int, accept_changed: bool = False) -> st
             + (" --accept-changed" if accept_changed else ""))
 
 
+def start_command(run_root: Path) -> str:
+    """The command that starts a new run of the tiny pipeline at ``run_root``."""
+    if _in_repository() and _make_safe(run_root):
+        return f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run_root))}"
+    return f"{shlex.quote(sys.executable)} -m lmcollapse generation 0 --pipeline tiny --run {shlex.quote(str(run_root))}"
+
+
+def status_command(run_root: Path) -> str:
+    """The command that checks the run at ``run_root``."""
+    if _in_repository() and _make_safe(run_root):
+        return f"make status RUN={shlex.quote(str(run_root))}"
+    return f"{shlex.quote(sys.executable)} -m lmcollapse status --run {shlex.quote(str(run_root))}"
+
+
+def study_command(action: str, study_file: Path, *extra: str) -> str:
+    """The command that runs ``lmcollapse study <action>`` on a study file (``make study...`` from
+    the repository, where it takes no ``extra`` options)."""
+    target = {"run": "study", "plan": "study-plan", "status": "study-status", "report": "study-report"}[action]
+    if not extra and _in_repository() and _make_safe(study_file):
+        return f"make {target} STUDY={shlex.quote(str(study_file))}"
+    return " ".join([shlex.quote(sys.executable), "-m lmcollapse study", action, shlex.quote(str(study_file)), *extra])
+
+
 def _run_and_last(stage_root: Path, last: int | None) -> tuple[RunDir, int]:
     """The run a stage folder belongs to, and ``last`` or the highest generation on disk."""
     parent = stage_root.parent

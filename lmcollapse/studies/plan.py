@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.commands import study_command
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import file_lock
 from lmcollapse.studies.bases import bases_to_build, pretrain_argv
@@ -74,7 +75,7 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
     changed = [s for s in states if s.state == CHANGED]
     if changed:
         raise LmcollapseError(f"{changed[0].run.name}: {changed[0].detail}"
-                              + (f" ({len(changed) - 1} more run(s) too: lmcollapse study status {study.path})"
+                              + (f" ({len(changed) - 1} more run(s) too: {study_command('status', study.path)})"
                                  if len(changed) > 1 else ""))
     todo = [s.run for s in states if s.state not in (COMPLETE, RUNNING, QUEUED)]
     busy = [s for s in states if s.state in (RUNNING, QUEUED)]
@@ -117,7 +118,7 @@ def coordinator_lock(study: Study):
     other's ledger. Released by the kernel when the coordinator dies (its runs hold their own locks)."""
     return file_lock(study.state_dir / "coordinator.lock",
                      lambda holder: f"study {study.name} is being run by another `study run` ({holder}): wait for it "
-                                    f"or stop it; lmcollapse study status {study.path} shows its runs")
+                                    f"or stop it; {study_command('status', study.path)} shows its runs")
 
 
 def build_bases(bases: list[StudyRun], echo=print) -> None:

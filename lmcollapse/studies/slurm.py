@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from lmcollapse.errors import LmcollapseError, error_reason
+from lmcollapse.run.commands import study_command
 from lmcollapse.studies.bases import pretrain_argv
 from lmcollapse.studies.ledger import Ledger
 from lmcollapse.studies.spec import Study, StudyRun, lmcollapse_command
@@ -135,7 +136,7 @@ def check_cluster(study: Study, count: int = 1) -> None:
     if tried.returncode != 0:
         reason = (tried.stderr.strip().splitlines() or ["no message"])[-1].removeprefix("sbatch: error: ")[:200]
         raise LmcollapseError(f"sbatch refuses the study's jobs ({reason}): fix the study file's slurm or resources "
-                              f"options; see the script with lmcollapse study run {study.path} --dry-run")
+                              f"options; see the script with {study_command('run', study.path, '--dry-run')}")
 
 
 class Partition:
@@ -208,7 +209,7 @@ def submit(study: Study, todo: list[StudyRun], bases: list[StudyRun], echo=print
         return _submit(study, todo, bases, executor, parameters, echo)
     except submitit.core.utils.FailedJobError as err:  # sbatch refused what --test-only accepted
         raise LmcollapseError(f"sbatch refused the jobs ({error_reason(err)}): check the study's slurm options, "
-                              f"e.g. lmcollapse study run {study.path} --dry-run") from None
+                              f"e.g. {study_command('run', study.path, '--dry-run')}") from None
 
 
 def _submit(study: Study, todo: list[StudyRun], bases: list[StudyRun], executor, parameters: dict, echo) -> list[str]:

@@ -268,7 +268,7 @@ def _variants(path: Path, spec: StudyFile) -> tuple[Variant, ...]:
             suffix = "".join(f"--{key}-{safe_name(str(value))}" for key, value in zip(keys, values))
             variants.append(Variant(safe_name(Path(pipeline_name).stem) + suffix, pipeline, overrides))
     for name, body in spec.variants.items():
-        check_name(name, f"variants.{name}")
+        check_name(name, "variants", f"rename the variant in the study file, e.g. {safe_name(str(name))}")
         if not isinstance(body, dict) or set(body) - {"pipeline", "set"} or "pipeline" not in body:
             raise ConfigError(f"{path}: variants.{name}: write {{pipeline: <name or path>, set: {{key: value}}}}")
         settings = body.get("set") or {}

@@ -17,6 +17,7 @@ from lmcollapse.config.pipeline_config import result_affecting_differences
 from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.metrics.columns import STAGE_SECONDS
 from lmcollapse.metrics.table import collect_rows
+from lmcollapse.run.commands import study_command
 from lmcollapse.run.integrity import STALE, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
@@ -149,5 +150,5 @@ def describe_study_status(study: Study, slots: int | None = None) -> tuple[str, 
     elif left:
         lines.append(f"time left: {left} generation(s) to build (no generation of this study is complete yet to time)")
     if counts[FAILED]:
-        lines.append(f"failed runs are resumed by the same command: lmcollapse study run {study.path}")
+        lines.append(f"failed runs are resumed by the same command: {study_command('run', study.path)}")
     return "\n".join(lines), counts[COMPLETE] == len(states)

@@ -7,13 +7,11 @@ Nothing is written: it reads markers, checkpoints and shard sidecars.
 
 from __future__ import annotations
 
-import shlex
-
 from lmcollapse.config import PipelineConfig, load_config
 from lmcollapse.engine.checkpointer import Checkpointer
 from lmcollapse.engine.shards import completed_shard, shard_ranges
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.run.commands import build_command
+from lmcollapse.run.commands import build_command, start_command, status_command
 from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
 from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
@@ -95,12 +93,13 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     if run.root.exists() and not run.root.is_dir():
         raise LmcollapseError(f"RUN={run.root} is a file, not a run folder: name the folder of a run, e.g. RUN=runs/tiny")
     if not run.pipeline_file.is_file():
-        below = sorted(run.root.glob("*/pipeline.yaml")) if run.root.is_dir() else []
-        if below:  # a folder of seeds or regimes
+        # a folder of seeds or regimes, or a study's (variant/seed-k)
+        below = sorted([*run.root.glob("*/pipeline.yaml"), *run.root.glob("*/*/pipeline.yaml")]) \
+            if run.root.is_dir() else []
+        if below:
             raise LmcollapseError(f"{run.root} is a folder of runs, and status checks one run: "
-                                  f"make status RUN={shlex.quote(str(below[0].parent))}")
-        raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with "
-                              f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run.root))}")
+                                  f"{status_command(below[0].parent)}")
+        raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with {start_command(run.root)}")
     config = load_config(run.pipeline_file)
     checks = {c.name: c for c in verify_run(run, quick=quick)}
     on_disk = [g.index for g in run.generations_on_disk()]
