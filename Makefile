@@ -44,7 +44,7 @@ help:
 	@echo "make bench               the benchmarks in bench/"
 	@echo "make bench-first-run     the first make run on a fresh clone, and a later one (~10 min)"
 	@echo "make bench-study         a 2 x 2 study one run at a time against the local launcher with two slots"
-	@echo "make gpu-check           on one CUDA GPU: two generations of the paper pipeline at OPT-125m size + make bench (<10 min)"
+	@echo "make gpu-check           on one CUDA GPU: two generations of the paper pipeline at OPT-125m size + make bench (<10 min; RUN= default runs/gpu-check)"
 	@echo "variables: PIPELINE=$(PIPELINE) RUN=$(RUN) SET=\"key=value ...\" SEEDS=\"0 1 2\" STUDY=$(STUDY) REFERENCE=<pipeline> (make report)"
 
 install: $(BIN)/.installed
@@ -145,7 +145,7 @@ bench-study: install
 # pipelines/gpu-check.yaml (the paper pipeline at OPT-125m size), then make bench's training and
 # generation benchmarks in their GPU mode. Writes runs/gpu-check/ and runs/gpu-check.gpu-memory.csv.
 gpu-check: install
-	PYTHON="$(BIN)/python" RUN="$(or $(GPU_RUN),runs/gpu-check)" bash bench/gpu_check.sh
+	PYTHON="$(BIN)/python" RUN="$(or $(GPU_RUN),$(if $(filter command line,$(origin RUN)),$(RUN)),runs/gpu-check)" bash bench/gpu_check.sh
 
 theory: install
 	$(LMC) theory

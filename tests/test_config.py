@@ -342,3 +342,20 @@ def test_a_study_hint_is_make_in_the_repository_and_the_package_elsewhere(tmp_pa
         [sys.executable, "-m", "lmcollapse", "study", "run", "my study.yaml", "--dry-run"]  # make's target takes no --dry-run
     monkeypatch.chdir(tmp_path)
     assert shlex.split(study_command("run", Path("s.yaml"))) == [sys.executable, "-m", "lmcollapse", "study", "run", "s.yaml"]
+
+
+def test_overrides_are_not_silently_reinterpreted_by_yaml():
+    """seed=010 ran seed 8 (YAML 1.1 octal); description=run #3 stored "run" (a comment);
+    heldout_split=no said "expected text, got False" with no way out; train.lr suggested lora."""
+    from lmcollapse.config.loading import parse_overrides
+
+    with pytest.raises(ConfigError, match=r"override seed=010: YAML reads a number with a leading 0 as octal \(8\): "
+                                          r"write seed=10, or quote it as text \(seed='010'\)"):
+        parse_overrides(["seed=010"])
+    assert parse_overrides(["description=run #3 of 5"]) == {"description": "run #3 of 5"}
+    assert parse_overrides(["seed=0", "train.learning_rate=0.003"]) == {"seed": 0, "train.learning_rate": 0.003}
+    with pytest.raises(ConfigError, match=r"data.heldout_split: expected text, got False \(YAML reads yes, no, on and "
+                                          r"off as true or false\): quote it, e.g. data.heldout_split='no'"):
+        load_config(REPO / "pipelines" / "tiny.yaml", ["data.heldout_split=no"])
+    with pytest.raises(ConfigError, match=r"unknown config key train.lr \(did you mean train.learning_rate\?\)"):
+        load_config(REPO / "pipelines" / "tiny.yaml", ["train.lr=0.1"])

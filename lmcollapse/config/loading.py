@@ -187,11 +187,22 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
             texts[key], last = text, key
     parsed: dict[str, Any] = {}
     for key, text in texts.items():
+        if OCTAL_LOOKING.fullmatch(text):
+            raise ConfigError(f"override {key}={text}: YAML reads a number with a leading 0 as octal "
+                              f"({yaml.safe_load(text)}): write {key}={int(text.replace('_', ''), 10)}, or quote it "
+                              f"as text ({key}='{text}')")
+        if COMMENT.search(text) and not text.startswith(("'", '"')):
+            parsed[key] = text  # YAML would drop everything from the '#' on: on a command line it is text
+            continue
         try:
             parsed[key] = yaml.safe_load(text) if text else ""
         except yaml.YAMLError:
             parsed[key] = text
     return parsed
+
+
+OCTAL_LOOKING = re.compile(r"[-+]?0[0-9_]+")
+COMMENT = re.compile(r"(^|\s)#")
 
 
 def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -221,7 +232,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     data = {aliases.get(key, key): value for key, value in data.items()}
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
+            close = [COMMON_NAMES[key]] if COMMON_NAMES.get(key) in names else difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {prefix}{close[0]}?)" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"unknown config key {prefix}{key}{hint}")
     kwargs = {name: _coerce(hints[name], data[name], f"{prefix}{name}") for name in names if name in data}
@@ -230,6 +241,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     except ConfigError as err:
         # __post_init__ names keys relative to its own section.
         raise ConfigError(f"{prefix}{err}") from None
+
+
+# Names people type for a setting that spelling alone does not lead to.
+COMMON_NAMES = {"lr": "learning_rate", "wd": "weight_decay", "bs": "batch_size", "temp": "temperature"}
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -291,6 +306,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
+        if isinstance(value, bool):  # YAML 1.1 reads yes/no/on/off/y/n as booleans
+            raise ConfigError(f"{key}: expected text, got {value!r} (YAML reads yes, no, on and off as true or false): "
+                              f"quote it, e.g. {key}='{'yes' if value else 'no'}'")
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected text, got {value!r}")
         return value
