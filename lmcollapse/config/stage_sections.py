@@ -243,8 +243,10 @@ class EvaluateConfig:
     window: int = 128
     """Context window of ``ppl_sliding``."""
     stride: int = 64
-    """Step between sliding windows; every token is scored once, with up to window-1 tokens of
-    context. stride = window reproduces the block method."""
+    """Step between sliding windows. Below ``window``, every token but the text's first is scored
+    once, with up to window-1 tokens of context. At ``window``, each window is scored on its own
+    as the block method scores a block (its first token predicted by nothing, so not scored), the
+    last, shorter window included."""
     batch_size: int = 64
     """Sequences per forward pass while evaluating."""
     self_bleu_samples: int | None = 1000

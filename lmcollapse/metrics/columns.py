@@ -153,8 +153,9 @@ METRICS = (
         source=result("perplexity")),
     Metric(
         "ppl_sliding",
-        "Perplexity on the held-out human split with a sliding window: every token scored once "
-        "with up to window-1 tokens of context; exp of the mean NLL.",
+        "Perplexity on the held-out human split with a sliding window: every token after the first "
+        "scored once with up to window-1 tokens of context (for a stride below the window); exp of the "
+        "mean NLL.",
         False, "token-weighted mean NLL, exponentiated", 2, shown=(TERMINAL, HEADLINE), source=result("perplexity")),
     *(Metric(
         self_bleu_column(n),

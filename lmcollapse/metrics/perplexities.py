@@ -205,7 +205,8 @@ def perplexity_blocks_excluding(model, stream, block_size: int, exclusions: Sequ
 
 def perplexity_sliding(model, stream, window: int, stride: int, batch_size: int = 32,
                        accelerator=None, progress: str | None = None, precision: str = "no") -> PerplexityResult:
-    """Sliding windows of ``window`` tokens every ``stride`` tokens; each token scored once."""
+    """Sliding windows of ``window`` tokens every ``stride`` tokens; each token after the first
+    scored once where ``stride`` < ``window`` (at ``stride`` = ``window`` each window's first is not)."""
     stream = _as_stream(stream)
     if stream.length < 2:
         raise ValueError("the text needs at least 2 tokens")
