@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import logging
 import math
@@ -404,3 +405,23 @@ def test_the_diversity_figure_shows_the_orders_a_pipeline_computes():
 
     assert diversity_metrics(groups(["self_bleu_4", "distinct_2", "distinct_1"])) == ("self_bleu_4", "distinct_2")
     assert diversity_metrics(groups(["self_bleu_2", "self_bleu_3", "distinct_1"])) == ("self_bleu_3", "distinct_1")
+
+
+@pytest.mark.parametrize("order, expected", [("value", ["<0.001", "0.5 [0.1, 0.9]", "2 (b)", "10 (a)", "-"]),
+                                             ("-value", ["10 (a)", "2 (b)", "0.5 [0.1, 0.9]", "<0.001", "-"])])
+def test_the_html_tables_sort_numbers_with_their_labels_as_numbers_and_empty_cells_last(tmp_path, order, expected):
+    """Descending put "-" first, and "10 (tiny-llama)" sorted before "2 (...)" as text."""
+    if browser() is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI runs the HTML check: install Debian's chromium package (.ci/run does)")
+        pytest.skip("headless check skipped: no chromium on PATH (apt-get install chromium)")
+    from lmcollapse.report.html import html_page
+
+    table = "| value | label |\n| --- | --- |\n" + "".join(f"| {v} | {k} |\n" for k, v in enumerate(
+        ["2 (b)", "-", "10 (a)", "<0.001", "0.5 [0.1, 0.9]"]))
+    page = tmp_path / "index.html"
+    page.write_text(html_page(table, tmp_path, "sorting"), encoding="utf-8")
+    loaded = headless("--dump-dom", page.as_uri() + f"#sort={order}")
+    assert loaded.returncode == 0 and 'data-sortable="ready"' in loaded.stdout, loaded.stderr[-2000:]
+    cells = [re.findall(r"<td[^>]*>(.*?)</td>", row)[0] for row in re.findall(r"<tr>(.*?)</tr>", loaded.stdout, re.S)[1:]]
+    assert [html.unescape(cell) for cell in cells] == expected

@@ -28,16 +28,21 @@ code { background: #f6f6f6; padding: 0 0.2em; }
 """
 
 # Sorting: a click on a header sorts its table's body rows by that column, ascending, then
-# descending; numbers compare as numbers (a leading "±" part or arrows ignored), text as text,
-# "-" and empty cells last. data-sortable="ready" on <body> says the script ran.
+# descending; numbers compare as numbers (what follows a leading number, a "±" spread, an "[a, b]"
+# interval, a "(label)", is ignored; "<0.001" sorts just below 0.001), text as text, "-" and
+# empty cells last in either order. data-sortable="ready" on <body> says the script ran.
 SCRIPT = r"""
 (function () {
   function key(cell) {
     var text = cell.textContent.trim();
     if (text === "" || text === "-") return null;
-    // a number, or a mean with its spread ("160.51 \u00b1 2.3 (3)"); anything else is text
-    var match = /^([-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?)(?:\s*\u00b1.*)?$/.exec(text);
-    return match ? Number(match[1].replace(/,/g, "")) : text.toLowerCase();
+    // a number, alone or leading: a mean with its spread ("160.51 \u00b1 2.3 (3)"), with its interval
+    // ("0.12 [0.10, 0.14]"), a generation with its family ("10 (tiny-llama)"), a bound ("<0.001");
+    // anything else is text
+    var match = /^(<?)([-+]?(?:\d[\d,]*)?\.?\d+(?:[eE][-+]?\d+)?)(?:\s*[\u00b1\[(].*)?$/.exec(text);
+    if (!match) return text.toLowerCase();
+    var value = Number(match[2].replace(/,/g, ""));
+    return match[1] ? value - Math.abs(value) * 1e-9 : value;
   }
   function compare(a, b) {
     if (a === null) return b === null ? 0 : 1;
@@ -50,8 +55,9 @@ SCRIPT = r"""
     if (!body) return;
     var rows = Array.prototype.slice.call(body.rows);
     rows.sort(function (r, s) {
-      var order = compare(key(r.cells[column]), key(s.cells[column]));
-      return descending ? -order : order;
+      var a = key(r.cells[column]), b = key(s.cells[column]);
+      if (a === null || b === null) return compare(a, b);  // empty cells last, whichever the order
+      return descending ? -compare(a, b) : compare(a, b);
     });
     rows.forEach(function (row) { body.appendChild(row); });
     Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
