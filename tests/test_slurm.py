@@ -154,7 +154,8 @@ def test_resources_slurm_cannot_satisfy_are_refused_before_anything_is_submitted
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
 
 
-def test_the_dry_run_prints_the_array_script(cluster, tmp_path, small_corpus):
+def test_the_dry_run_prints_the_array_script(tmp_path, small_corpus):
+    """No cluster needed: the script is submitit's, written from the study file's resources."""
     path = write_study(tmp_path, small_corpus, launcher="slurm", slurm={"qos": "normal", "extra": {"exclude": "node9"}})
     result = run_cli("study", "run", str(path), "--dry-run")
     assert result.returncode == 0, result.stderr
