@@ -261,7 +261,8 @@ def command_export(args) -> int:
     from lmcollapse.report.export import export_run, push_to_hub
 
     check_folder_target(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
-    refuse_inside_run(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
+    if not (args.to.is_dir() and any(args.to.iterdir())):  # a non-empty one is refused as such (export_run)
+        refuse_inside_run(args.to, "--to", f"--to exports/{args.run.name or 'run'}")
     with full_disk_reported(args.to.parent if args.to.parent != Path("") else Path(".")):
         folder = export_run(RunDir(args.run), args.to)
     print(f"exported {args.run} to {folder}/ (README.md says what is where)")

@@ -30,9 +30,12 @@ def pretrain_corpus(tmp_path_factory, data_dir):
 
 
 def pretrained_overrides(folder, *more):
-    return [f"pretrain.corpus={folder}", "pretrain.split=train", "pretrain.block_size=16", "pretrain.max_blocks=64",
-            "pretrain.epochs=2", "pretrain.batch_size=8", "pretrain.learning_rate=3.0e-3",
-            "pretrain.min_learning_rate=1.0e-4", "pretrain.warmup_steps=2", "pretrain.checkpoint_every=2", *more]
+    """The micro pretraining settings, ``more`` replacing any of them (a key may be given once)."""
+    settings = [f"pretrain.corpus={folder}", "pretrain.split=train", "pretrain.block_size=16", "pretrain.max_blocks=64",
+                "pretrain.epochs=2", "pretrain.batch_size=8", "pretrain.learning_rate=3.0e-3",
+                "pretrain.min_learning_rate=1.0e-4", "pretrain.warmup_steps=2", "pretrain.checkpoint_every=2"]
+    replaced = {override.partition("=")[0] for override in more}
+    return [s for s in settings if s.partition("=")[0] not in replaced] + list(more)
 
 
 def quiet_build(config, root, last=0):

@@ -361,7 +361,7 @@ def test_the_local_dry_run_prints_commands_a_shell_runs_as_the_launcher_would(tm
 
 def test_a_second_coordinator_of_the_same_study_is_refused_in_one_line(tmp_path, small_corpus, capsys):
     """Two `study run` at once would launch every run twice and overwrite each other's ledger."""
-    from lmcollapse.studies.plan import coordinator_lock
+    from lmcollapse.studies.ledger import coordinator_lock
 
     path = write_study(tmp_path, small_corpus)
     with coordinator_lock(load_study(path)):  # another coordinator, running

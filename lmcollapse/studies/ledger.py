@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lmcollapse.run.atomic import read_json, write_json_atomic
+from lmcollapse.run.commands import study_command
+from lmcollapse.run.lock import file_lock
 from lmcollapse.studies.spec import Study, StudyRun
 
 
@@ -46,6 +48,14 @@ class Ledger:
 
     def save(self) -> None:
         write_json_atomic(self.path, {"runs": self.runs})
+
+
+def coordinator_lock(study: Study):
+    """One ``study run`` at a time per study: two would launch every run twice and overwrite each
+    other's ledger. Released by the kernel when the coordinator dies (its runs hold their own locks)."""
+    return file_lock(study.state_dir / "coordinator.lock",
+                     lambda holder: f"study {study.name} is being run by another `study run` ({holder}): wait for it "
+                                    f"or stop it; {study_command('status', study.path)} shows its runs")
 
 
 def log_path(study: Study, run: StudyRun) -> Path:

@@ -14,8 +14,8 @@ import sys
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.commands import study_command
 from lmcollapse.run.layout import RunDir
-from lmcollapse.run.lock import file_lock
 from lmcollapse.studies.bases import bases_to_build, pretrain_argv
+from lmcollapse.studies.ledger import coordinator_lock
 from lmcollapse.studies.local import local_slots, run_locally, visible_gpus
 from lmcollapse.studies.spec import Study, StudyRun, lmcollapse_command
 from lmcollapse.studies.status import CHANGED, COMPLETE, QUEUED, RUNNING, run_states
@@ -90,8 +90,7 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
         if not todo:
             echo(f"study {study.name}: nothing to submit ({len(states) - len(busy)} complete, {len(busy)} in the queue)")
             return 0
-        with coordinator_lock(study):
-            submit(study, todo, bases_to_build(todo), echo)
+        submit(study, todo, bases_to_build(todo), echo)  # under the coordinator's lock, once the cluster checks out
         return 0
     if launcher != "local":
         raise LmcollapseError(f"--launcher: {launcher!r} is not a launcher: use local or slurm")
@@ -111,14 +110,6 @@ def run_study(study: Study, launcher: str | None = None, slots: int | None = Non
         build_bases(bases_to_build(todo), echo)
         # Runs being written by another local process (a killed coordinator's) are waited for in the pool.
         return run_locally(study, todo + [s.run for s in busy if s.state == RUNNING and s.job is None], chosen, echo)
-
-
-def coordinator_lock(study: Study):
-    """One ``study run`` at a time per study: two would launch every run twice and overwrite each
-    other's ledger. Released by the kernel when the coordinator dies (its runs hold their own locks)."""
-    return file_lock(study.state_dir / "coordinator.lock",
-                     lambda holder: f"study {study.name} is being run by another `study run` ({holder}): wait for it "
-                                    f"or stop it; {study_command('status', study.path)} shows its runs")
 
 
 def build_bases(bases: list[StudyRun], echo=print) -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.commands import study_command
 from lmcollapse.studies.bases import pretrain_argv
-from lmcollapse.studies.ledger import Ledger
+from lmcollapse.studies.ledger import Ledger, coordinator_lock
 from lmcollapse.studies.spec import Study, StudyRun, lmcollapse_command
 
 SIGNAL_DELAY_SECONDS = 120  # the warning before the time limit: enough to finish a step and save
@@ -206,7 +206,8 @@ def submit(study: Study, todo: list[StudyRun], bases: list[StudyRun], echo=print
     parameters = sbatch_parameters(study)
     executor.update_parameters(**parameters)
     try:
-        return _submit(study, todo, bases, executor, parameters, echo)
+        with coordinator_lock(study):  # taken once the cluster checks out: a refused study leaves no folder
+            return _submit(study, todo, bases, executor, parameters, echo)
     except submitit.core.utils.FailedJobError as err:  # sbatch refused what --test-only accepted
         raise LmcollapseError(f"sbatch refused the jobs ({error_reason(err)}): check the study's slurm options, "
                               f"e.g. {study_command('run', study.path, '--dry-run')}") from None
