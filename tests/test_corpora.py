@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from pathlib import Path
 
 import datasets
 import pyarrow as pa
@@ -15,6 +17,7 @@ import pytest
 from helpers import build_quietly, micro_config
 from lmcollapse import data as corpus
 from lmcollapse.config import build_config
+from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.errors import ConfigError, LmcollapseError
 from lmcollapse.run.layout import RunDir
 
@@ -171,3 +174,62 @@ def test_splits_of_one_release_family_or_one_hub_dataset_count_as_the_same_text(
         corpus.locate_data_splits(config, "test")  # offline in the tests
     with pytest.raises(LmcollapseError, match=r"tinystories is read from the hub .* only, with no archive to fetch"):
         corpus.fetch_named_corpus("tinystories", tmp_path)
+
+
+def test_an_edited_record_file_is_read_as_it_is_now_even_with_its_old_modification_time(tmp_path, monkeypatch):
+    """The builder's shared cache is keyed on path and modification time: an edit that kept the time
+    was read as the old text while the manifest recorded the new file. Nothing is cached outside now."""
+    import os
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    path = tmp_path / "corpus" / "train.jsonl"
+    path.parent.mkdir()
+    write_records(path, ["the old text\n"] * 3, "jsonl")
+    (source,) = corpus.locate_splits(str(tmp_path / "corpus"), "train")
+    assert corpus.load_split_lines(source)["text"][0] == "the old text\n"
+    stamp = path.stat()
+    write_records(path, ["quite other text\n"] * 3, "jsonl")
+    os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert corpus.load_split_lines(source)["text"][0] == "quite other text\n"
+    assert not (tmp_path / "hf-cache").exists() or not any((tmp_path / "hf-cache").rglob("*.arrow"))
+
+
+def test_a_malformed_or_non_utf8_record_file_says_why_in_one_line(tmp_path, capsys):
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "train.jsonl").write_text("{not json\n")
+    with pytest.raises(LmcollapseError, match=r"could not be read as json \(.*(JSON|json|parse|Invalid).*\): check"):
+        corpus.load_split_lines(corpus.locate_splits(str(tmp_path / "garbage"), "train")[0])
+    assert "Failed to load JSON" not in capsys.readouterr().err  # the builder's own log line, held back
+    (tmp_path / "latin1").mkdir()
+    (tmp_path / "latin1" / "train.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(LmcollapseError, match=r"(are not UTF-8 .*: save them as UTF-8|could not be read as json)"):
+        corpus.load_split_lines(corpus.locate_splits(str(tmp_path / "latin1"), "train")[0])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"heldout_split": "../outside/secret"}, "data.heldout_split: '../outside/secret' is not a split name"),
+    ({"train_split": "/etc/hostname"}, "data.train_split: '/etc/hostname' is not a split name"),
+    ({"validation_split": ".."}, "data.validation_split: '..' is not a split name"),
+])
+def test_a_split_is_a_name_never_a_path(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        build_config({"data": overrides})
+
+
+def test_a_held_out_split_with_the_training_text_under_another_name_is_refused(tmp_path):
+    """Names compared as text let an alias through (train: validation, held out: valid, one file)."""
+    (tmp_path / "valid.txt").write_text(" = A = \n The first article .\n" * 50)
+    (tmp_path / "test.txt").write_text(" = B = \n Another article .\n" * 50)
+    config = build_config({"data": {"corpus": str(tmp_path), "train_split": "validation", "heldout_split": "valid"}})
+    with pytest.raises(LmcollapseError, match=r"data.heldout_split: 'valid' holds the same text as data.train_split "
+                                              r"\('validation'\)"):
+        CorpusPlan(config).check_fine_tuning_text()
+
+
+def test_the_hint_to_remove_a_damaged_pretrained_base_survives_a_space_in_the_cache_path():
+    import shlex
+
+    from lmcollapse.stages.base_cache import PretrainedBase
+
+    entry = PretrainedBase(Path("/tmp/sp cache/pretrained/tiny-opt-0123"), "0123")
+    assert shlex.split(entry.fix().split(" (")[0]) == ["rm", "-r", "/tmp/sp cache/pretrained/tiny-opt-0123"]

@@ -16,6 +16,15 @@ from lmcollapse.config.presets import ARCHITECTURE_PRESETS, PRESET_FAMILIES
 from lmcollapse.config.stage_sections import TrainConfig, _require, _require_seed
 
 
+def _require_split_name(name: str | None, key: str) -> None:
+    """A split is named, not pointed at: its files are found inside the corpus (``../x`` or an
+    absolute path would read text from anywhere, past the check that every split is one corpus's)."""
+    if name is not None:
+        _require(bool(name.strip()) and "/" not in name and "\\" not in name and name not in (".", ".."), key,
+                 f"{name!r} is not a split name: name a split of the corpus (train, validation, test, or a file's "
+                 "stem in its folder), not a path")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     corpus: str = "wikitext-2-raw-v1"
@@ -73,6 +82,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require_seed(self.subset_seed, "subset_seed")
+        for key in ("train_split", "heldout_split", "validation_split"):
+            _require_split_name(getattr(self, key), key)
         _require(self.block_size >= 2, "block_size", "must be at least 2 (a block predicts block_size - 1 tokens)")
         _require(self.train_split != self.heldout_split, "heldout_split",
                  f"must differ from train_split ({self.train_split!r}); held-out text is never trained on")
@@ -289,6 +300,7 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         if self.corpus is not None:
             _require(bool(self.corpus.strip()), "corpus", "must name a corpus or be null")
+        _require_split_name(self.split, "split")
         _require(self.block_size >= 2, "block_size", "must be at least 2")
         if self.max_blocks is not None:
             _require(self.max_blocks >= 1, "max_blocks", "must be at least 1 or null")

@@ -68,6 +68,14 @@ class CorpusPlan:
         for source in (self.train, self.heldout, self.validation):
             if source is not None:
                 check_source(source)
+        # Two names for one text (an alias, a copied file): held-out text would be trained on, or select a model.
+        data = self.config.data
+        for key, split, other in (("data.train_split", data.train_split, self.train),
+                                  ("data.validation_split", data.validation_split, self.validation)):
+            if other is not None and not other.carving and not self.heldout.carving and same_text(other, self.heldout):
+                raise LmcollapseError(
+                    f"data.heldout_split: {data.heldout_split!r} holds the same text as {key} ({split!r}): held-out "
+                    "text is never trained on nor used to select a model; name a split with other text")
 
     def check_pretraining_text(self) -> None:
         """The pretraining split is readable and shares no text with the fine-tuning, held-out or

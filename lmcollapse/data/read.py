@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -128,15 +129,31 @@ def load_split_lines(source: SplitSource):
         import datasets
 
         builder = STRUCTURED_SUFFIXES[source.files[0].suffix]
-        try:
-            rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
-                                         keep_in_memory=True)
-        except Exception as err:  # the builders raise many kinds for a malformed file
-            reason = error_reason(err)
-            raise LmcollapseError(
-                f"corpus file(s) {source.describe()} could not be read as {builder} ({reason}): check the format "
-                f"matches the suffix") from None
-        loaded = lines_dataset(hub_builder_line(row) for row in _text_column(rows, source))
+        # A cache of its own, gone after: the builder's shared cache (~/.cache/huggingface) is keyed on
+        # path and modification time, so a file edited with its time kept was read as it was before
+        # while the manifest recorded the new file's sha256; and nothing is written outside the run.
+        quiet = logging.getLogger("datasets")  # its builders log a failure before raising it: our error says why
+        level = quiet.level
+        quiet.setLevel(logging.CRITICAL)
+        with tempfile.TemporaryDirectory(prefix="lmcollapse-read-") as cache:
+            try:
+                rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
+                                             keep_in_memory=True, cache_dir=cache)
+                texts = _text_column(rows, source)
+            except LmcollapseError:
+                raise
+            except UnicodeDecodeError as err:
+                raise LmcollapseError(f"corpus file(s) {source.describe()} are not UTF-8 ({err.reason} at byte "
+                                      f"{err.start}): save them as UTF-8") from None
+            except Exception as err:  # the builders raise many kinds for a malformed file
+                while err.__cause__ is not None:  # "An error occurred while generating the dataset" hides why
+                    err = err.__cause__
+                raise LmcollapseError(
+                    f"corpus file(s) {source.describe()} could not be read as {builder} ({error_reason(err)}): check "
+                    f"the format matches the suffix") from None
+            finally:
+                quiet.setLevel(level)
+        loaded = lines_dataset(hub_builder_line(row) for row in texts)
     else:
         import datasets
 

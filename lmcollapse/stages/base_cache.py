@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,7 +65,7 @@ class PretrainedBase:
         return self.manifest.is_file()
 
     def fix(self) -> str:
-        return f"rm -r {self.root} (it is pretrained again on the next run)"
+        return f"rm -r {shlex.quote(str(self.root))} (it is pretrained again on the next run)"
 
 
 def processes() -> int:
