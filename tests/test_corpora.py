@@ -233,3 +233,15 @@ def test_the_hint_to_remove_a_damaged_pretrained_base_survives_a_space_in_the_ca
 
     entry = PretrainedBase(Path("/tmp/sp cache/pretrained/tiny-opt-0123"), "0123")
     assert shlex.split(entry.fix().split(" (")[0]) == ["rm", "-r", "/tmp/sp cache/pretrained/tiny-opt-0123"]
+
+
+def test_an_invalid_byte_just_after_a_character_cut_by_a_read_is_reported_where_it_is(tmp_path):
+    """The file is read in chunks of 1 MiB; a character cut by a chunk's end and a bad byte after
+    it raised an IndexError instead of the one-line error."""
+    from lmcollapse.data.read import check_text_file
+
+    body = b"a" * ((1 << 20) - 1) + "\u00e9".encode() + b"\xff" + b"more text\n"  # é's two bytes straddle the cut
+    path = tmp_path / "train.txt"
+    path.write_bytes(body)
+    with pytest.raises(LmcollapseError, match=rf"is not UTF-8 \(invalid byte 0xff at offset {(1 << 20) + 1}\)"):
+        check_text_file(path)

@@ -64,9 +64,11 @@ def check_text_file(path: Path) -> None:
             try:
                 text = decoder.decode(chunk)
             except UnicodeDecodeError as err:
+                # err.object is what the decoder held: the bytes of a character the last chunk cut, then this chunk
+                held = len(err.object) - len(chunk)
                 raise LmcollapseError(
-                    f"corpus file {path} is not UTF-8 (invalid byte 0x{chunk[err.start]:02x} at offset "
-                    f"{offset + err.start}): re-encode it as UTF-8, e.g. iconv -t UTF-8") from None
+                    f"corpus file {path} is not UTF-8 (invalid byte 0x{err.object[err.start]:02x} at offset "
+                    f"{offset - held + err.start}): re-encode it as UTF-8, e.g. iconv -t UTF-8") from None
             has_text = has_text or bool(text.strip())
             offset += len(chunk)
         try:
