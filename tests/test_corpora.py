@@ -245,3 +245,18 @@ def test_an_invalid_byte_just_after_a_character_cut_by_a_read_is_reported_where_
     path.write_bytes(body)
     with pytest.raises(LmcollapseError, match=rf"is not UTF-8 \(invalid byte 0xff at offset {(1 << 20) + 1}\)"):
         check_text_file(path)
+
+
+def test_a_corpus_that_is_a_fifo_and_a_cache_that_is_a_file_are_refused_in_one_line(tmp_path, monkeypatch):
+    import os
+
+    from lmcollapse.stages.base_cache import PretrainedBase
+    from lmcollapse.stages.pretrain import check_writable
+
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(LmcollapseError, match=r"is neither a folder nor a regular file: point data.corpus at a folder"):
+        corpus.locate_splits(str(tmp_path / "pipe"), "train")
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("LMCOLLAPSE_CACHE_DIR", str(tmp_path / "a-file"))
+    with pytest.raises(LmcollapseError, match=r"is not a folder \(.*a-file is a file\): set LMCOLLAPSE_CACHE_DIR="):
+        check_writable(PretrainedBase(tmp_path / "a-file" / "pretrained" / "tiny-opt-0123", "0123"))

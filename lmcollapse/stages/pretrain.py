@@ -70,6 +70,9 @@ def ensure_pretrained_base(config: PipelineConfig, accelerator, corpus: CorpusPl
 
 def check_writable(entry: PretrainedBase) -> None:
     parent = existing_ancestor(entry.root)
+    if not parent.is_dir():  # LMCOLLAPSE_CACHE_DIR names a file, or a path under one
+        raise LmcollapseError(f"the pretrained-model cache {cache_root()} is not a folder ({parent} is a file): "
+                              f"set {CACHE_ENV}=<a writable folder>")
     if not os.access(parent, os.W_OK):
         raise LmcollapseError(f"the pretrained-model cache {cache_root()} is not writable ({parent} is read-only): "
                               f"set {CACHE_ENV}=<a writable folder>")
