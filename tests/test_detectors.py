@@ -327,6 +327,7 @@ def test_human_blocks_are_rarely_flagged_by_the_watermark_detector(make_micro_ru
     (["evaluate.mauve_clusters=30"], "evaluate.mauve_clusters: is 30 but MAUVE compares 12 texts a side"),
     (["decontaminate.measure=[watermark]", "data.regime=accumulate", "decontaminate.enabled=true"],
      "decontaminate.detector: watermark finds the run's own watermark, but generate.watermark is false"),
+    (["decontaminate.watermark_threshold=-1000"], "decontaminate.watermark_threshold: must be a positive z-score"),
 ])
 def test_a_bad_detector_or_mauve_setting_stops_in_one_line_before_anything_runs(tmp_path, small_corpus, capsys,
                                                                                  overrides, message):
@@ -375,3 +376,12 @@ def test_an_empty_or_one_token_sequence_scores_nan_whatever_batch_it_is_in():
         mixed = score(model, [full[0], *short, full[1]], 4)
         assert np.isnan(mixed[1:3]).all(), score.__name__
         np.testing.assert_allclose(mixed[[0, 3]], alone, rtol=1e-6)
+
+
+def test_the_plan_describes_the_watermark_detector_as_it_works():
+    """No probability, no fitting on labelled candidates: a z-score above a threshold."""
+    from lmcollapse.data.regimes import describe_regime
+
+    config = load_config(None, ["data.regime=accumulate", "decontaminate.enabled=true", "decontaminate.detector=watermark",
+                                "generate.watermark=true", "decontaminate.watermark_threshold=5"])
+    assert "decontaminated by the watermark detector (drop a watermark z-score > 5)" in describe_regime(config)

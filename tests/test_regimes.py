@@ -293,3 +293,18 @@ def test_accumulate_and_decontamination_end_to_end(tmp_path, small_corpus):
         assert [r["id"] for r in corpus[k]] == [f"g{k:02d}-{i:07d}" for i in range(24)]
         assert rows[k]["decontam_recall"] == report["recall"] and rows[k]["train_blocks"] == len(train)
         assert rows[k]["decontam_recall_no_eos"] == report["without_end_of_text_cue"]["recall"]
+
+
+def test_decontamination_that_drops_everything_stops_before_an_empty_training_set_is_written(tmp_path, small_corpus):
+    """It used to write an empty training set, fail in training with no fix named, and leave a run
+    whose own config could never build the generation."""
+    from lmcollapse.errors import LmcollapseError
+
+    config = micro_config(small_corpus, ["data.regime=accumulate", "train.epochs=1", "decontaminate.enabled=true",
+                                         "decontaminate.threshold=0.000001"])
+    run = RunDir(tmp_path / "everything-dropped")
+    build_quietly(config, run.root, 0)
+    with pytest.raises(LmcollapseError, match=r"generation 1: decontamination dropped every record of the training set.*"
+                                              r"decontaminate.threshold \(1e-06\) cannot build it; start a new RUN="):
+        build_quietly(config, run.root, 1)
+    assert not run.generation(1).train_set.exists()

@@ -5,6 +5,7 @@ every impossible value refused with a :class:`ConfigError` naming the key.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -331,6 +332,8 @@ class DecontaminateConfig:
 
     def __post_init__(self) -> None:
         _require(0.0 < self.threshold < 1.0, "threshold", f"must be between 0 and 1, got {self.threshold}")
+        _require(math.isfinite(self.watermark_threshold) and self.watermark_threshold > 0, "watermark_threshold",
+                 f"must be a positive z-score (Kirchenbauer et al. use 4), got {self.watermark_threshold}")
         _require(0.0 < self.labelled_fraction < 1.0, "labelled_fraction",
                  f"must be between 0 and 1, got {self.labelled_fraction}")
         for name in self.measure:

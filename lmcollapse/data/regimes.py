@@ -164,6 +164,9 @@ def describe_regime(config: PipelineConfig) -> str:
         text += f"; human records weigh {config.train.human_loss_weight:g}x in the loss"
     if config.decontaminate.enabled:
         d = config.decontaminate
-        text += (f"; decontaminated by a {d.detector} detector (drop P(synthetic) > {d.threshold:g}, "
-                 f"fitted on {d.labelled_fraction:.0%} labelled candidates)")
+        if d.detector == "watermark":  # no fitting: the key is known, the z-score decides
+            text += f"; decontaminated by the watermark detector (drop a watermark z-score > {d.watermark_threshold:g})"
+        else:
+            text += (f"; decontaminated by a {d.detector} detector (drop P(synthetic) > {d.threshold:g}, "
+                     f"fitted on {d.labelled_fraction:.0%} labelled candidates)")
     return text

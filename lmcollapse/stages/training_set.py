@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from lmcollapse.data.records import read_records, write_records
 from lmcollapse.data.regimes import assemble_training_set
+from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.stages.context import Context
 from lmcollapse.stages.decontaminate import filter_candidates
@@ -26,6 +27,14 @@ def ensure_training_set(context: Context, index: int):
         candidates = assemble_training_set(config, index, human_train, lambda g: read_synthetic_as(context, g, family))
         if config.decontaminate.enabled and index > 0:
             candidates = filter_candidates(context, index, candidates)
+            if len(candidates) == 0:  # refused before anything is written: no empty training set left on disk
+                setting = "decontaminate.watermark_threshold" if config.decontaminate.detector == "watermark" \
+                    else "decontaminate.threshold"
+                raise LmcollapseError(
+                    f"generation {index}: decontamination dropped every record of the training set, so there is "
+                    f"nothing to train on: this run's {setting} ({getattr(config.decontaminate, setting.split('.')[1])}) "
+                    "cannot build it; start a new RUN=... with a setting that keeps some, or remove "
+                    f"{generation.root} and the generations after it to go on with another")
         write_records(candidates, generation.train_set)
     context.accelerator.wait_for_everyone()
     return read_records(generation.train_set), sha256_file(generation.train_set)
