@@ -189,3 +189,17 @@ def test_the_dry_run_refuses_what_the_command_refuses_and_stays_short(built_run,
     assert len(lines) < 60 and lines[-1] == "  generation-10 .. generation-100000000: missing (99999991 generations)"
     assert "  generation-00  complete" in lines and "  generation-01  missing" in lines
     assert tree_state(run) == before
+
+
+def test_a_command_killed_while_writing_a_new_runs_pipeline_yaml_is_resumed_by_the_same_command(tmp_path, small_corpus):
+    """What it left (.pipeline.yaml.tmp) made the folder "not empty and holds no pipeline.yaml" for good."""
+    from helpers import run_cli_alone
+
+    pipeline = write_pipeline(tmp_path / "p.yaml", micro_raw_config(small_corpus, ["train.epochs=1"]))
+    run = tmp_path / "run"
+    args = ("-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run), "--no-progress")
+    killed = run_cli_alone(*args, env={"LMCOLLAPSE_FAILPOINT": "write:pipeline.yaml"})
+    assert killed.returncode == -9 and (run / ".pipeline.yaml.tmp").exists(), killed.stderr[-2000:]
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert (run / "pipeline.yaml").is_file() and not (run / ".pipeline.yaml.tmp").exists()

@@ -359,3 +359,18 @@ def test_overrides_are_not_silently_reinterpreted_by_yaml():
         load_config(REPO / "pipelines" / "tiny.yaml", ["data.heldout_split=no"])
     with pytest.raises(ConfigError, match=r"unknown config key train.lr \(did you mean train.learning_rate\?\)"):
         load_config(REPO / "pipelines" / "tiny.yaml", ["train.lr=0.1"])
+
+
+def test_a_rebuild_hint_in_a_run_named_like_a_chain_family_names_that_run(tmp_path):
+    """family-NN/base and family-NN/human belong to the chain run above; a run folder that is
+    itself named family-01 got a hint that deleted its generation and rebuilt in its parent."""
+    from lmcollapse.run.commands import rebuild_command
+
+    run = tmp_path / "family-01"
+    (run / "generation-01").mkdir(parents=True)
+    hint = rebuild_command(run / "generation-01")
+    assert f"--run {run}" in hint or f"RUN={run}" in hint
+    chain = tmp_path / "chain"
+    (chain / "family-01" / "base").mkdir(parents=True)
+    hint = rebuild_command(chain / "family-01" / "base")
+    assert (f"--run {chain}" in hint or f"RUN={chain}" in hint) and "family-01 " not in hint.split("&&")[1]

@@ -260,3 +260,19 @@ def test_a_corpus_that_is_a_fifo_and_a_cache_that_is_a_file_are_refused_in_one_l
     monkeypatch.setenv("LMCOLLAPSE_CACHE_DIR", str(tmp_path / "a-file"))
     with pytest.raises(LmcollapseError, match=r"is not a folder \(.*a-file is a file\): set LMCOLLAPSE_CACHE_DIR="):
         check_writable(PretrainedBase(tmp_path / "a-file" / "pretrained" / "tiny-opt-0123", "0123"))
+
+
+def test_re_encoding_leaves_the_tokenizer_as_it_found_it(tmp_path):
+    """A fast tokenizer keeps the truncation of its last call and saves it in tokenizer.json: a chain's
+    model saved after re-encoding differed from the same model saved by a resumed run (which skips it)."""
+    from helpers import token_records
+    from lmcollapse.data.retokenize import retokenized
+    from lmcollapse.engine.modeling import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["the cat sat on the mat", "a dog ran in the park"] * 30, 280, 64, "gpt2")
+    records = token_records([[5, 6, 7, 8, 9, 10, 11, 12]] * 3)
+    records = records.map(lambda r: {"text": "the cat sat on the mat and a dog ran in the park"})
+    tokenizer.save_pretrained(tmp_path / "before")
+    assert all(len(ids) <= 4 for ids in retokenized(records, tokenizer, 4)["input_ids"])
+    tokenizer.save_pretrained(tmp_path / "after")
+    assert (tmp_path / "after" / "tokenizer.json").read_bytes() == (tmp_path / "before" / "tokenizer.json").read_bytes()

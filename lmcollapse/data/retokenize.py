@@ -24,6 +24,11 @@ def retokenized(records: datasets.Dataset, tokenizer, max_tokens: int) -> datase
     only special tokens) becomes the reader's end-of-text token, so no record is empty."""
     texts = list(records["text"])
     encoded = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+    # A fast tokenizer keeps the truncation it was last called with, and saves it in tokenizer.json:
+    # a model saved after this call, and one saved by a resumed run that skipped it, would differ.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
     ids = [row if row else [tokenizer.eos_token_id] for row in encoded]
     decoded = tokenizer.batch_decode(ids, skip_special_tokens=True)
     columns = {name: list(records[name]) for name in record_features() if name not in ("input_ids", "text")}

@@ -67,7 +67,10 @@ def study_command(action: str, study_file: Path, *extra: str) -> str:
 def _run_and_last(stage_root: Path, last: int | None) -> tuple[RunDir, int]:
     """The run a stage folder belongs to, and ``last`` or the highest generation on disk."""
     parent = stage_root.parent
-    run = RunDir(parent.parent if family_position(parent.name) else parent)
+    # a chain family's base/ or human/ (<run>/family-NN/base) belongs to the run above; anything else,
+    # even in a run folder that happens to be named family-NN, to the folder it is in
+    in_family = family_position(parent.name) and stage_root.name in ("base", "human")
+    run = RunDir(parent.parent if in_family else parent)
     if last is None:
         last = max((g.index for g in run.generations_on_disk()), default=0)
     return run, last

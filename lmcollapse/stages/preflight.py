@@ -29,7 +29,9 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
     if run.pipeline_file.is_file():
         check_same_config(config, run)
     elif run.root.is_dir():
-        strangers = [p.name for p in run.root.iterdir() if p.name != ".lock"]
+        # the lock, and what a command killed while writing pipeline.yaml left (.pipeline.yaml.tmp)
+        strangers = [p.name for p in run.root.iterdir() if p.name != ".lock" and not
+                     (p.name.startswith(".") and p.name.endswith(".tmp"))]
         if strangers:
             raise LmcollapseError(
                 f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
