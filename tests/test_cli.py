@@ -203,3 +203,23 @@ def test_a_command_killed_while_writing_a_new_runs_pipeline_yaml_is_resumed_by_t
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (run / "pipeline.yaml").is_file() and not (run / ".pipeline.yaml.tmp").exists()
+
+
+def test_an_edited_pipeline_yaml_is_found_before_it_mixes_two_configs_in_one_run(tmp_path, small_corpus, capsys):
+    """The run's own pipeline.yaml is the config of its next generation: edited after generations
+    were built (seed 0 -> 5), the next one was built with the new settings on the old lineage."""
+    from helpers import micro_run
+
+    run, _ = micro_run(tmp_path, small_corpus, ["train.epochs=1"], last_generation=0)
+    capsys.readouterr()
+    text = run.pipeline_file.read_text()
+    assert "\nseed: 0\n" in text
+    run.pipeline_file.write_text(text.replace("\nseed: 0\n", "\nseed: 5\n"))
+    before = tree_state(run.root)
+    assert main(["generation", "1", "--run", str(run.root), "--no-progress"]) == 2
+    assert f"{run.pipeline_file} was edited after generation-00 was built with it" in one_line_error(capsys)
+    assert main(["status", "--run", str(run.root)]) == 1
+    assert "was edited after generation-00 was built with it" in capsys.readouterr().out
+    assert tree_state(run.root) == before
+    run.pipeline_file.write_text(text.replace("# Resolved", "# Still the resolved"))  # comments are not settings
+    assert main(["-q", "generation", "1", "--run", str(run.root), "--no-progress"]) == 0

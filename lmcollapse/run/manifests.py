@@ -21,6 +21,39 @@ from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import canonical_json, changed_files, read_json, sha256_bytes, write_json_atomic
 from lmcollapse.run.commands import accept_changed_command, rebuild_command
 
+PIPELINE_DIGEST = "pipeline_yaml_sha256"
+
+
+def pipeline_digest(pipeline_file: Path) -> str:
+    """sha256 of a run's pipeline.yaml as data (its comments, which name the run's folder, left
+    out): every generation records it, so an edit of the file after it was built is seen."""
+    import yaml
+
+    return sha256_bytes(canonical_json(yaml.safe_load(Path(pipeline_file).read_text(encoding="utf-8"))).encode())
+
+
+def edited_pipeline(run) -> str | None:
+    """The first complete generation whose recorded pipeline.yaml differs from the run's file now
+    (the file was edited after it was built: the next generation would mix two configs), or None.
+    Generations written before the record existed are not compared."""
+    if not run.pipeline_file.is_file():
+        return None
+    now = None
+    for generation in run.complete_generations():
+        try:
+            recorded = read_json(generation.manifest).get(PIPELINE_DIGEST)
+        except (OSError, ValueError):
+            continue  # a damaged manifest is reported as such
+        if recorded is None:
+            continue
+        try:
+            now = now or pipeline_digest(run.pipeline_file)
+        except Exception:  # noqa: BLE001 - unreadable YAML: loading the config says what is wrong
+            return None
+        if recorded != now:
+            return generation.name
+    return None
+
 
 def environment_record() -> dict:
     """Package versions, git commit, machine: what a reader needs to trust a number."""

@@ -17,8 +17,10 @@ from lmcollapse.run.integrity import lineage_record
 from lmcollapse.run.layout import MANIFEST
 from lmcollapse.run.manifests import (
     FILES,
+    PIPELINE_DIGEST,
     check_unchanged,
     environment_record,
+    pipeline_digest,
     read_manifest,
     recorded_files,
     write_manifest,
@@ -89,6 +91,7 @@ def write_generation_manifest(context: Context, index: int, consumed: dict, trai
                    if not name.startswith(("checkpoints/", ".")) and name != MANIFEST}
         write_manifest(generation.manifest, {
             "generation": index, "run": run.name, "config_fingerprint": config.fingerprint(), "seed": config.seed,
+            PIPELINE_DIGEST: pipeline_digest(run.pipeline_file),
             **lineage_record(run, index, family_folder(context, index)), "consumed": consumed,
             "mixed_precision": stage_precisions(config),
             "processes": context.accelerator.num_processes, "generate_batch_size": generate_batch_size(context, index),

@@ -16,7 +16,7 @@ from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import check_folder_target, read_json
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.layout import RunDir
-from lmcollapse.run.manifests import read_manifest
+from lmcollapse.run.manifests import edited_pipeline, read_manifest
 from lmcollapse.stages.tracking import check_trackers
 
 
@@ -27,6 +27,7 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
     check_trackers(config)
     check_folder_target(run.root, "RUN=", f"RUN=runs/{config.name}")
     if run.pipeline_file.is_file():
+        check_pipeline_unedited(run)
         check_same_config(config, run)
     elif run.root.is_dir():
         # the lock, and what a command killed while writing pipeline.yaml left (.pipeline.yaml.tmp)
@@ -92,6 +93,14 @@ def check_positions_of(config: PipelineConfig, model_config: dict) -> None:
     positions = model_config.get("max_position_embeddings") or model_config.get("n_positions")
     if positions:
         check_trained_positions(config, int(positions), f"max_position_embeddings of {config.model.name}")
+
+
+def check_pipeline_unedited(run: RunDir) -> None:
+    edited = edited_pipeline(run)
+    if edited is not None:
+        raise LmcollapseError(
+            f"{run.pipeline_file} was edited after {edited} was built with it: the next generation would mix two "
+            f"configs; put back the settings it was built with (git, a backup), or start a new RUN=... for the new ones")
 
 
 def check_same_config(config: PipelineConfig, run: RunDir) -> None:

@@ -15,7 +15,7 @@ from lmcollapse.run.commands import build_command, start_command, status_command
 from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
 from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
-from lmcollapse.run.manifests import read_manifest
+from lmcollapse.run.manifests import edited_pipeline, read_manifest
 
 
 def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None,
@@ -123,7 +123,11 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
         lines.append(f"next: all {last + 1} generations are complete; {build_command(run.root, last + 1)} builds one more")
     if not run.metrics_csv.is_file() and complete:
         lines.append(f"metrics.csv is missing: {build_command(run.root, max(complete))} rebuilds it")
-    healthy = not any(c.state in (DAMAGED, STALE) for c in checks.values())
+    edited = edited_pipeline(run)
+    if edited is not None:
+        lines.append(f"problem: {run.pipeline_file} was edited after {edited} was built with it (building stops on it): "
+                     "put back the settings it was built with, or start a new RUN=... for the new ones")
+    healthy = edited is None and not any(c.state in (DAMAGED, STALE) for c in checks.values())
     if not healthy:
         lines.append("problems found: see the damaged/stale lines above")
     elif not quick:
