@@ -223,3 +223,23 @@ def test_an_edited_pipeline_yaml_is_found_before_it_mixes_two_configs_in_one_run
     assert tree_state(run.root) == before
     run.pipeline_file.write_text(text.replace("# Resolved", "# Still the resolved"))  # comments are not settings
     assert main(["-q", "generation", "1", "--run", str(run.root), "--no-progress"]) == 0
+
+
+def test_a_stray_shard_in_a_complete_generation_is_found_and_never_read(tmp_path, small_corpus, capsys):
+    """A shard the manifest does not record was read as part of the corpus (34 blocks instead of 24)."""
+    import shutil
+
+    from helpers import micro_run
+
+    run, _ = micro_run(tmp_path, small_corpus, ["train.epochs=1"], last_generation=1)
+    capsys.readouterr()
+    synthetic = run.generation(0).synthetic
+    stray = synthetic / "shard-00009.parquet"
+    shutil.copy(synthetic / "shard-00000.parquet", stray)
+    shutil.rmtree(run.generation(1).root)
+    assert main(["status", "--run", str(run.root)]) == 1
+    assert f"{stray} is not one of the shards generation-00 recorded" in capsys.readouterr().out
+    assert main(["generation", "1", "--run", str(run.root), "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert str(stray) in err and f"rm {stray}" in err
+    assert not run.generation(1).root.exists()

@@ -114,6 +114,19 @@ def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, q
     return StageCheck(name, root, COMPLETE)
 
 
+def _stray_shards(generation) -> StageCheck | None:
+    """A corpus shard in a complete generation that its manifest does not record (copied in, left by
+    hand): the corpus is read by its shards' names, so it would be read as part of it."""
+    recorded = recorded_files(read_manifest(generation.manifest))
+    stray = [p for p in generation.synthetic_shards() if p.relative_to(generation.root).as_posix() not in recorded]
+    if not stray:
+        return None
+    fix = f"rm {shlex.quote(str(stray[0]))}"
+    return StageCheck(generation.name, generation.root, DAMAGED,
+                      f"{stray[0]} is not one of the shards {generation.name} recorded (it would be read as part of "
+                      f"its corpus): remove it ({fix})", fix)
+
+
 def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     """Check base, human and every generation on disk, in order; see the module docstring."""
     base = _stage_check("base", run.base, run.base_manifest, run.base_model, quick, {})
@@ -149,6 +162,8 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
                         "family_human_manifest_sha256": (paths["family_human_manifest_sha256"], family[2])}
         check = _stage_check(generation.name, generation.root, generation.manifest, generation.root, quick,
                              parents, started=generation.lineage)
+        if check.state == COMPLETE:
+            check = _stray_shards(generation) or check
         checks.append(check)
         previous = check
     return checks
