@@ -140,6 +140,13 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
             base = StageCheck("base", run.base, DAMAGED, str(err), fix)
     human = _stage_check("human", run.human, run.human_manifest, run.human, quick,
                          {"base_manifest_sha256": (run.base_manifest, base)})
+    if human.usable and run.human_mauve.is_file():
+        try:  # recomputed on its own, as the base's evaluation is: the human blocks need not be rebuilt for it
+            last = max([g.index for g in run.generations_on_disk()], default=0)
+            fix = f"rm {shlex.quote(str(run.human_mauve))} && {build_command(run.root, last)}"
+            read_manifest(run.human_mauve, fix=fix)
+        except LmcollapseError as err:
+            human = StageCheck("human", run.human, DAMAGED, str(err), fix)
     checks = [base, human]
     families = {}  # a chain's further families (family-01/...): their base and human stages
     for folder in run.families_on_disk():
