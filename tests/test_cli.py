@@ -264,3 +264,12 @@ def test_an_edited_human_mauve_is_damage_mended_by_removing_that_file_alone(tmp_
     assert run.human_mauve.read_bytes() == original
     assert tree_hashes(run.generation(1).root) == generations and not (run.root / "stale").exists()
     assert main(["status", "--run", str(run.root)]) == 0
+
+
+def test_the_way_on_with_the_runs_own_config_builds_the_generation_asked_for(built_run, capsys):
+    """`generation 3 --set ...` refused: the way on named generation 1 (the pipeline's last)."""
+    from lmcollapse.run.commands import build_command
+
+    pipeline, run = built_run
+    assert main(["generation", "3", "--run", str(run), "--no-progress", "--set", "train.epochs=2"]) == 2
+    assert one_line_error(capsys).endswith(f"go on with the run's own: {build_command(run, 3)}")

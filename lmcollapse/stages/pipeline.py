@@ -63,7 +63,7 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
         raise LmcollapseError(f"generation {last_generation} does not exist: generations count from 0")
     run = RunDir(Path(run_root))
     corpus = CorpusPlan(config)  # located once, here, for preflight and every stage
-    preflight(config, run, corpus)
+    preflight(config, run, corpus, last_generation)
     accelerator = make_accelerator(config)
     context = Context(config, run, accelerator, accept_changed, progress, echo, corpus=corpus)
     writable = is_writable(run)

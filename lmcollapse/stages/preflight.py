@@ -20,7 +20,7 @@ from lmcollapse.run.manifests import edited_pipeline, read_manifest
 from lmcollapse.stages.tracking import check_trackers
 
 
-def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = None) -> None:
+def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = None, last: int | None = None) -> None:
     """Cheap checks before anything is created: the run folder, the config it was built with, and
     the inputs the stages still to do will read (the corpus and model folder, until they are in)."""
     corpus = corpus or CorpusPlan(config)
@@ -28,7 +28,7 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
     check_folder_target(run.root, "RUN=", f"RUN=runs/{config.name}")
     if run.pipeline_file.is_file():
         check_pipeline_unedited(run)
-        check_same_config(config, run)
+        check_same_config(config, run, last)
     elif run.root.is_dir():
         # the lock, and what a command killed while writing pipeline.yaml left (.pipeline.yaml.tmp)
         strangers = [p.name for p in run.root.iterdir() if p.name != ".lock" and not
@@ -103,7 +103,9 @@ def check_pipeline_unedited(run: RunDir) -> None:
             f"configs; put back the settings it was built with (git, a backup), or start a new RUN=... for the new ones")
 
 
-def check_same_config(config: PipelineConfig, run: RunDir) -> None:
+def check_same_config(config: PipelineConfig, run: RunDir, last: int | None = None) -> None:
+    """Refuse ``config`` where the run was built from another; the way on builds up to ``last`` (the
+    generation asked for; default the pipeline's last) with the run's own."""
     recorded = load_config(run.pipeline_file)
     differences = result_affecting_differences(recorded, config)
     if differences:
@@ -111,4 +113,5 @@ def check_same_config(config: PipelineConfig, run: RunDir) -> None:
         more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
         raise LmcollapseError(
             f"run {run.root} was built from a different config ({shown}{more}): choose a new RUN=... for "
-            f"these settings, or go on with the run's own: {build_command(run.root, config.generations - 1)}")
+            f"these settings, or go on with the run's own: "
+            f"{build_command(run.root, recorded.generations - 1 if last is None else last)}")
