@@ -276,3 +276,14 @@ def test_re_encoding_leaves_the_tokenizer_as_it_found_it(tmp_path):
     assert all(len(ids) <= 4 for ids in retokenized(records, tokenizer, 4)["input_ids"])
     tokenizer.save_pretrained(tmp_path / "after")
     assert (tmp_path / "after" / "tokenizer.json").read_bytes() == (tmp_path / "before" / "tokenizer.json").read_bytes()
+
+
+def test_a_hub_id_is_never_a_local_path(tmp_path, monkeypatch):
+    """datasets reads a local folder of that name first: the text was recorded as the hub's, unhashed."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c" / "jsonl_ok").mkdir(parents=True)
+    with pytest.raises(LmcollapseError, match=r"names a folder here \(c/jsonl_ok\).*set data.corpus=c/jsonl_ok"):
+        corpus.locate_splits("hub:c/jsonl_ok", "train")
+    for odd in ("hub:../x", "hub:owner/..", "hub:/abs"):
+        with pytest.raises(LmcollapseError, match=r"a hub dataset is written hub:owner/name"):
+            corpus.locate_splits(odd, "train")

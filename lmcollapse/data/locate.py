@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -207,8 +208,11 @@ def locate_split(corpus: str, split: str, text_column: str = "text", hub_config:
                            text_column=named.text_column)
     if corpus.startswith(HUB_PREFIX):
         path = corpus[len(HUB_PREFIX):]
-        if path.count("/") != 1 or not all(path.split("/")):
+        if path.count("/") != 1 or not all(HUB_NAME.fullmatch(part) for part in path.split("/")):
             raise LmcollapseError(f"data.corpus {corpus!r}: a hub dataset is written hub:owner/name")
+        if Path(path).exists():  # datasets would read the local folder, recorded as the hub's and unhashed
+            raise LmcollapseError(f"data.corpus {corpus!r} names a folder here ({path}), which would be read in the "
+                                  f"hub dataset's stead: set data.corpus={path} to read that folder, or run elsewhere")
         return SplitSource(corpus, split, hub=(path, hub_config), text_column=text_column)
     path = Path(corpus).expanduser()
     if is_broken_link(path):
@@ -287,6 +291,9 @@ def locate_data_splits(config, *splits: str) -> tuple[SplitSource, ...]:
         else:
             sources.append(located[split])
     return tuple(sources)
+
+
+HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one part of owner/name: no "..", no path
 
 
 def _has_split(data, split: str, options: dict) -> bool:
