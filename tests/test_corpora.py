@@ -287,3 +287,16 @@ def test_a_hub_id_is_never_a_local_path(tmp_path, monkeypatch):
     for odd in ("hub:../x", "hub:owner/..", "hub:/abs"):
         with pytest.raises(LmcollapseError, match=r"a hub dataset is written hub:owner/name"):
             corpus.locate_splits(odd, "train")
+
+
+def test_no_text_of_a_record_file_vanishes_silently(tmp_path):
+    """CSV cells NA, null, None... became "" (pandas' missing values); a JSONL record without the
+    text column became "" too."""
+    (tmp_path / "csv").mkdir()
+    (tmp_path / "csv" / "train.csv").write_text("text\nNA\nnull\nNone\nn/a\nthe cat sat\n")
+    (source,) = corpus.locate_splits(str(tmp_path / "csv"), "train")
+    assert [t.strip() for t in corpus.load_split_lines(source)["text"]] == ["NA", "null", "None", "n/a", "the cat sat"]
+    (tmp_path / "jsonl").mkdir()
+    (tmp_path / "jsonl" / "train.jsonl").write_text('{"text": "first"}\n{"title": "no text"}\n')
+    with pytest.raises(LmcollapseError, match=r"record 2 of corpus .* has no 'text' value: give every record its text"):
+        corpus.load_split_lines(corpus.locate_splits(str(tmp_path / "jsonl"), "train")[0])

@@ -139,8 +139,10 @@ def load_split_lines(source: SplitSource):
         quiet.setLevel(logging.CRITICAL)
         with tempfile.TemporaryDirectory(prefix="lmcollapse-read-") as cache:
             try:
+                # CSV: "NA", "null", "None", "n/a"... are text here, not pandas' missing values
+                options = {"keep_default_na": False} if builder == "csv" else {}
                 rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
-                                             keep_in_memory=True, cache_dir=cache)
+                                             keep_in_memory=True, cache_dir=cache, **options)
                 texts = _text_column(rows, source)
             except LmcollapseError:
                 raise
@@ -218,7 +220,13 @@ def _text_column(rows, source: SplitSource) -> list[str]:
         raise LmcollapseError(
             f"column {column!r} of corpus {source.describe()} is not text{where}: set data.text_column to a column "
             "holding text in every record, or fix that record")
-    values = ["" if value is None else value for value in rows[column]]
+    values = list(rows[column])
+    missing = next((i for i, value in enumerate(values) if value is None), None)
+    if missing is not None and source.is_local:  # a record without its text: read as "", it vanished silently
+        raise LmcollapseError(
+            f"record {missing + 1} of corpus {source.describe()} has no {column!r} value: give every record its text, "
+            "or remove the records without one")
+    values = ["" if value is None else value for value in values]
     if source.records:
         values = [value if not value.strip() or value.endswith("\n") else value + "\n" for value in values]
     return values
