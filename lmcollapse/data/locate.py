@@ -233,8 +233,7 @@ def locate_split(corpus: str, split: str, text_column: str = "text", hub_config:
                 "data.carve_fraction (e.g. 0.05) to carve it from the file, or name a folder holding the split")
         return SplitSource(corpus, split, (path,), text_column=text_column)
     if not path.is_dir():  # a FIFO, a device (/dev/null): nothing to read splits from
-        raise LmcollapseError(f"corpus {corpus!r} is neither a folder nor a regular file: point data.corpus at a folder "
-                              "of text or record files, or at one such file")
+        raise LmcollapseError(f"corpus {corpus!r} is neither a folder nor a regular file: point data.corpus at a folder")
     return SplitSource(corpus, split, _split_files_in_folder(path, split), text_column=text_column)
 
 

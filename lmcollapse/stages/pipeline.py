@@ -74,21 +74,13 @@ def build(config: PipelineConfig, run_root: Path, last_generation: int, *, accep
     with run_lock(run, enabled=accelerator.is_main_process and writable), stop_on_signals():
         prepare_run(context, created)
         checks = usable_stages(context, last_generation, writable)  # a stale human stage rebuilt
-        # A complete run made before human/mauve.json existed is not touched again; one whose file was
-        # removed (its generations have a mauve) gets it back, the mend status suggests for a damaged one.
-        if work or (writable and not run.human_mauve.is_file() and generations_have_mauve(run)):
+        if work:  # a complete run is not touched again (one made before human/mauve.json existed)
             ensure_human_mauve(context)  # in the run's featurizer space, like every generation's mauve
         build_generations(context, last_generation, checks)
         if context.main and writable:
             refresh_metrics(run, config)  # a deleted or outdated metrics.csv is rebuilt
         rows = collect_rows(run)
     return rows
-
-
-def generations_have_mauve(run: RunDir) -> bool:
-    """Whether the run's first complete generation measured MAUVE (so the run had human/mauve.json)."""
-    complete = run.complete_generations()
-    return bool(complete) and "mauve" in read_json(complete[0].manifest).get("metrics", {})
 
 
 def prepare_run(context: Context, created: bool) -> None:
