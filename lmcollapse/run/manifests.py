@@ -55,6 +55,14 @@ def edited_pipeline(run) -> str | None:
     return None
 
 
+def physical_memory_bytes() -> float:
+    """This machine's memory in bytes, as the OS reports it (infinite where it does not)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return float("inf")
+
+
 def environment_record() -> dict:
     """Package versions, git commit, machine: what a reader needs to trust a number."""
     import accelerate

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from lmcollapse.errors import InterruptedStage, LmcollapseError
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
+from lmcollapse.run.manifests import physical_memory_bytes
 from lmcollapse.studies.ledger import LAUNCH_MARK, Ledger, last_error_line, launched_process_alive, log_path
 from lmcollapse.studies.spec import Resources, Study, StudyRun, lmcollapse_command
 
@@ -71,10 +72,7 @@ def cores() -> int:
 
 def memory_gb() -> float:
     """This machine's memory, GB (as Linux reports it; infinite where it does not)."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return float("inf")
+    return physical_memory_bytes() / 2**30
 
 
 def local_slots(resources: Resources, slots: int | None = None, gpus: list[str | int] | None = None,

@@ -33,10 +33,9 @@ class TheorySettings:
 
 def checked_settings(settings: TheorySettings) -> TheorySettings:
     """``settings``, or a one-line error naming what cannot be simulated (here, or at all)."""
-    import os
-
     from lmcollapse.config.stage_sections import MAX_SEED
     from lmcollapse.errors import LmcollapseError
+    from lmcollapse.run.manifests import physical_memory_bytes
 
     s = settings
     if s.chains < 2 or s.generations < 1 or s.samples < 2 or not 0 <= s.real_fraction < 1:
@@ -45,10 +44,7 @@ def checked_settings(settings: TheorySettings) -> TheorySettings:
         raise LmcollapseError(f"--seed must be a whole number from 0 to {MAX_SEED}, got {s.seed}")
     # float64 arrays of chains x samples (a generation's draws, a few at once) and chains x generations (the estimates)
     needed = 8 * s.chains * (4 * s.samples + 2 * s.generations)
-    try:
-        memory = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        memory = math.inf
+    memory = physical_memory_bytes()
     if needed > memory / 2:
         raise LmcollapseError(f"--chains {s.chains} x --samples {s.samples} x --generations {s.generations} needs "
                               f"~{needed / 1e9:.0f} GB of memory and this machine has {memory / 1e9:.0f} GB: lower --chains")
