@@ -25,6 +25,15 @@ def _make_safe(path: Path) -> bool:
     return not any(c in str(path) for c in '$`"\\')
 
 
+def _pasteable(path: Path, make: str | None, *package: str) -> str:
+    """``make`` from the repository, where the path survives a make variable (and there is a make
+    form); else the package's command (``python -m lmcollapse`` and ``package``, each quoted) with
+    this interpreter."""
+    if make is not None and _in_repository() and _make_safe(path):
+        return make
+    return " ".join([shlex.quote(sys.executable), "-m", "lmcollapse", *map(shlex.quote, package)])
+
+
 def build_command(run_root: Path, last: int, accept_changed: bool = False) -> str:
     """The command that makes generations 0..``last`` of the run at ``run_root`` complete
     (``accept_changed``: using earlier files as they are now).
@@ -34,34 +43,29 @@ def build_command(run_root: Path, last: int, accept_changed: bool = False) -> st
     whose name make would change, it calls the package with this interpreter.
     """
     run_root = Path(run_root)
-    if _in_repository() and _make_safe(run_root):
-        return (f"make generation-{last} PIPELINE={shlex.quote(str(run_root / 'pipeline.yaml'))} "
-                f"RUN={shlex.quote(str(run_root))}" + (" ACCEPT_CHANGED=1" if accept_changed else ""))
-    return (f"{shlex.quote(sys.executable)} -m lmcollapse generation {last} --run {shlex.quote(str(run_root.resolve()))}"
-            + (" --accept-changed" if accept_changed else ""))
+    make = (f"make generation-{last} PIPELINE={shlex.quote(str(run_root / 'pipeline.yaml'))} "
+            f"RUN={shlex.quote(str(run_root))}" + (" ACCEPT_CHANGED=1" if accept_changed else ""))
+    return _pasteable(run_root, make, "generation", str(last), "--run", str(run_root.resolve()),
+                      *(["--accept-changed"] if accept_changed else []))
 
 
 def start_command(run_root: Path) -> str:
     """The command that starts a new run of the tiny pipeline at ``run_root``."""
-    if _in_repository() and _make_safe(run_root):
-        return f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run_root))}"
-    return f"{shlex.quote(sys.executable)} -m lmcollapse generation 0 --pipeline tiny --run {shlex.quote(str(run_root))}"
+    return _pasteable(run_root, f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run_root))}",
+                      "generation", "0", "--pipeline", "tiny", "--run", str(run_root))
 
 
 def status_command(run_root: Path) -> str:
     """The command that checks the run at ``run_root``."""
-    if _in_repository() and _make_safe(run_root):
-        return f"make status RUN={shlex.quote(str(run_root))}"
-    return f"{shlex.quote(sys.executable)} -m lmcollapse status --run {shlex.quote(str(run_root))}"
+    return _pasteable(run_root, f"make status RUN={shlex.quote(str(run_root))}", "status", "--run", str(run_root))
 
 
 def study_command(action: str, study_file: Path, *extra: str) -> str:
     """The command that runs ``lmcollapse study <action>`` on a study file (``make study...`` from
     the repository, where it takes no ``extra`` options)."""
     target = {"run": "study", "plan": "study-plan", "status": "study-status", "report": "study-report"}[action]
-    if not extra and _in_repository() and _make_safe(study_file):
-        return f"make {target} STUDY={shlex.quote(str(study_file))}"
-    return " ".join([shlex.quote(sys.executable), "-m lmcollapse study", action, shlex.quote(str(study_file)), *extra])
+    make = None if extra else f"make {target} STUDY={shlex.quote(str(study_file))}"  # make's targets take no options
+    return _pasteable(study_file, make, "study", action, str(study_file), *extra)
 
 
 def _run_and_last(stage_root: Path, last: int | None) -> tuple[RunDir, int]:
