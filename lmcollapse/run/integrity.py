@@ -127,26 +127,29 @@ def _stray_shards(generation) -> StageCheck | None:
                       f"its corpus): remove it ({fix})", fix)
 
 
+def _side_record(check: StageCheck, path: Path, fix: str) -> StageCheck:
+    """``check``, or its stage damaged (mended by ``fix``) where a record kept beside the stage and
+    protected like a manifest (the base's evaluation, the human row's mauve) no longer reads."""
+    if not (check.usable and path.is_file()):
+        return check
+    try:
+        read_manifest(path, fix=fix)
+    except LmcollapseError as err:
+        return StageCheck(check.name, check.root, DAMAGED, str(err), fix)
+    return check
+
+
 def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     """Check base, human and every generation on disk, in order; see the module docstring."""
     base = _stage_check("base", run.base, run.base_manifest, run.base_model, quick, {})
-    evaluation = run.base_eval
-    if base.usable and evaluation.is_file():
-        try:  # recomputed on its own: the base model need not be rebuilt for it
-            last = max([g.index for g in run.generations_on_disk()], default=0)
-            fix = f"rm {shlex.quote(str(evaluation))} && {build_command(run.root, last)}"
-            read_manifest(evaluation, fix=fix)
-        except LmcollapseError as err:
-            base = StageCheck("base", run.base, DAMAGED, str(err), fix)
+    last = max([g.index for g in run.generations_on_disk()], default=0)
+    # recomputed on its own: the base model need not be rebuilt for it
+    base = _side_record(base, run.base_eval, f"rm {shlex.quote(str(run.base_eval))} && {build_command(run.root, last)}")
     human = _stage_check("human", run.human, run.human_manifest, run.human, quick,
                          {"base_manifest_sha256": (run.base_manifest, base)})
-    if human.usable and run.human_mauve.is_file():
-        try:  # a reference value (the human row's mauve): removing it leaves the row without one, nothing stale
-            fix = (f"rm {shlex.quote(str(run.human_mauve))} (the human row's mauve is then left out; a new run "
-                   "computes it)")
-            read_manifest(run.human_mauve, fix=fix)
-        except LmcollapseError as err:
-            human = StageCheck("human", run.human, DAMAGED, str(err), fix)
+    # a reference value (the human row's mauve): removing it leaves the row without one, nothing stale
+    human = _side_record(human, run.human_mauve, f"rm {shlex.quote(str(run.human_mauve))} (the human row's mauve is then "
+                                                 "left out; a new run computes it)")
     checks = [base, human]
     families = {}  # a chain's further families (family-01/...): their base and human stages
     for folder in run.families_on_disk():
