@@ -74,14 +74,25 @@ def _values(group: Group, generation: int, metric: str) -> list:
     return [row.get(metric) for record in group.runs for row in record.rows if row["generation"] == generation]
 
 
+def check_reference(groups: list[Group], reference: str | None) -> None:
+    """Refuse a ``reference`` that names none of ``groups`` (None: the first group, always there)."""
+    labels = [g.label for g in groups]
+    if reference is not None and reference not in labels:
+        raise LmcollapseError(f"reference {reference!r} has no complete run in this report (its groups: {', '.join(labels)}): "
+                              "build its runs first, or name one of them (report --reference, a study's reference:)")
+
+
+def holm_count(found: Inference, generation: int) -> int:
+    """Holm's m at ``generation``: the comparisons that have a p-value (a group with one value has none)."""
+    return sum(not math.isnan(d.p) for d in found.differences if d.generation == generation)
+
+
 def infer(groups: list[Group], metrics: list[str], reference: str | None = None) -> Inference:
     """Intervals for every group, and differences of every other group from ``reference`` (a
     group's label; default the first group), Holm-adjusted within each generation."""
     labels = [g.label for g in groups]
     reference = reference or labels[0]
-    if reference not in labels:
-        raise LmcollapseError(f"reference {reference!r} has no complete run in this report (its groups: {', '.join(labels)}): "
-                              "build its runs first, or name one of them (report --reference, a study's reference:)")
+    check_reference(groups, reference)
     base = groups[labels.index(reference)]
     generations = sorted({row["generation"] for g in groups for r in g.runs for row in r.rows})
     intervals, differences = [], []
@@ -127,7 +138,7 @@ def inference_tables(found: Inference) -> dict:
                      _p(d.p_welch), _p(d.p_permutation), f"{_p(d.p_holm)} ({d.test})",
                      "-" if math.isnan(d.hedges_g) else f"{d.hedges_g:.2f}", "yes" if d.significant else "no"])
     align = ["l", "l", "r", "r", "r", "r", "r", "r", "r", "l"]
-    tested = sum(not math.isnan(d.p) for d in found.differences if d.generation == generation)
+    tested = holm_count(found, generation)
     caption = (f"generation {generation}: each variant against {found.reference}; p adjusted by Holm over the "
                f"{tested} comparisons of this table that have a p-value")
     buffer = io.StringIO()
@@ -166,7 +177,7 @@ def headline_sentences(found: Inference, generation: int | None = None) -> list[
             f"{_number(abs(d.difference), d.metric)} (95% CI {_number(d.low, d.metric)} to {_number(d.high, d.metric)}; "
             f"n = {d.n} and {d.n_reference} seeds): {verdict} at 0.05 after Holm's adjustment "
             f"(p = {_p(d.p_holm)} by the {d.test} test; Hedges' g {'-' if math.isnan(d.hedges_g) else f'{d.hedges_g:.2f}'}).")
-    comparisons = sum(not math.isnan(d.p) for d in found.differences if d.generation == generation)  # Holm's m
+    comparisons = holm_count(found, generation)
     out_of_reach = sorted({(d.n, d.n_reference) for d in found.differences if d.generation == generation
                            and d.test == "permutation" and d.n and d.n_reference
                            and smallest_permutation_p(d.n, d.n_reference) * comparisons >= ALPHA})

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from lmcollapse.config import config_to_yaml
 from lmcollapse.data.records import concatenate, read_records
-from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics import REGISTRY
 from lmcollapse.metrics.columns import COMPARED, HEADLINE, STAGE_SECONDS, shown_in
 from lmcollapse.metrics.table import generation_label
@@ -24,7 +23,7 @@ from lmcollapse.report.figures import (
     figure_training_loss,
 )
 from lmcollapse.report.html import html_page
-from lmcollapse.report.inference import Inference, headline_sentences, infer, inference_tables
+from lmcollapse.report.inference import Inference, check_reference, headline_sentences, infer, inference_tables
 from lmcollapse.report.runs import (
     Group,
     aggregate,
@@ -124,10 +123,7 @@ def write_report(root: Path, out: Path | None = None, reference: str | None = No
     runs below ``root`` to report, default all)."""
     root = Path(root)
     groups = group_runs(discover_runs(root, only))
-    if reference is not None and reference not in [g.label for g in groups]:
-        raise LmcollapseError(f"reference {reference!r} has no complete run in this report (its groups: "
-                              f"{', '.join(g.label for g in groups)}): build its runs first, or name one of them "
-                              "(report --reference, a study's reference:)")
+    check_reference(groups, reference)
     out = Path(out) if out else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     metrics = present_metrics(groups)
