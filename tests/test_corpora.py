@@ -200,10 +200,14 @@ def test_a_malformed_or_non_utf8_record_file_says_why_in_one_line(tmp_path, caps
     with pytest.raises(LmcollapseError, match=r"could not be read as json \(.*(JSON|json|parse|Invalid).*\): check"):
         corpus.load_split_lines(corpus.locate_splits(str(tmp_path / "garbage"), "train")[0])
     assert "Failed to load JSON" not in capsys.readouterr().err  # the builder's own log line, held back
-    (tmp_path / "latin1").mkdir()
-    (tmp_path / "latin1" / "train.jsonl").write_bytes('{"text": "caf\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(LmcollapseError, match=r"(are not UTF-8 .*: save them as UTF-8|could not be read as json)"):
-        corpus.load_split_lines(corpus.locate_splits(str(tmp_path / "latin1"), "train")[0])
+    # the offset is the file's, which a user can seek to, not the position within one value
+    for suffix, text in (("jsonl", '{"text": "first line"}\n{"text": "caf\u00e9"}\n'),
+                         ("csv", "text\nfirst line\ncaf\u00e9 au lait\n")):
+        (tmp_path / f"latin1-{suffix}").mkdir()
+        (tmp_path / f"latin1-{suffix}" / f"train.{suffix}").write_bytes(text.encode("latin-1"))
+        offset = text.index("\u00e9")  # one byte a character here, so the index is the byte offset
+        with pytest.raises(LmcollapseError, match=rf"train.{suffix} is not UTF-8 \(invalid byte 0xe9 at offset {offset}\)"):
+            corpus.load_split_lines(corpus.locate_splits(str(tmp_path / f"latin1-{suffix}"), "train")[0])
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -56,6 +56,14 @@ def check_text_file(path: Path) -> None:
         raise broken_link_error(path)
     if not path.is_file():
         raise LmcollapseError(f"corpus file {path} not found: check data.corpus and {DATA_DIR_ENV}")
+    size, has_text = check_utf8(path)
+    if size == 0 or not has_text:
+        raise LmcollapseError(f"corpus file {path} is empty: point data.corpus at text, or remove the file")
+
+
+def check_utf8(path: Path) -> tuple[int, bool]:
+    """The size of ``path`` and whether it holds any non-whitespace text; a one-line error naming
+    the first byte that is not UTF-8, at its offset in the file."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
     has_text = False
@@ -76,8 +84,7 @@ def check_text_file(path: Path) -> None:
         except UnicodeDecodeError:
             raise LmcollapseError(
                 f"corpus file {path} is not UTF-8 (truncated character at the end): re-encode it as UTF-8") from None
-    if offset == 0 or not has_text:
-        raise LmcollapseError(f"corpus file {path} is empty: point data.corpus at text, or remove the file")
+    return offset, has_text
 
 
 def hub_builder_line(row: str) -> str:
@@ -146,12 +153,16 @@ def load_split_lines(source: SplitSource):
                 texts = _text_column(rows, source)
             except LmcollapseError:
                 raise
-            except UnicodeDecodeError as err:
-                raise LmcollapseError(f"corpus file(s) {source.describe()} are not UTF-8 ({err.reason} at byte "
-                                      f"{err.start}): save them as UTF-8") from None
             except Exception as err:  # the builders raise many kinds for a malformed file
                 while err.__cause__ is not None:  # "An error occurred while generating the dataset" hides why
                     err = err.__cause__
+                if isinstance(err, UnicodeDecodeError):
+                    # its position counts within one value or block; the file's own offset is what a user can find
+                    for path in source.files:
+                        if path.suffix != ".parquet":  # parquet's bytes are not text; JSON's and CSV's are
+                            check_utf8(path)
+                    raise LmcollapseError(f"corpus file(s) {source.describe()} are not UTF-8 ({err.reason} in a text "
+                                          "value): save them as UTF-8") from None
                 raise LmcollapseError(
                     f"corpus file(s) {source.describe()} could not be read as {builder} ({error_reason(err)}): check "
                     f"the format matches the suffix") from None
