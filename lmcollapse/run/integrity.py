@@ -141,8 +141,9 @@ def _side_record(check: StageCheck, path: Path, fix: str) -> StageCheck:
 
 def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     """Check base, human and every generation on disk, in order; see the module docstring."""
+    generations = run.generations_on_disk()
     base = _stage_check("base", run.base, run.base_manifest, run.base_model, quick, {})
-    last = max([g.index for g in run.generations_on_disk()], default=0)
+    last = max([g.index for g in generations], default=0)
     # recomputed on its own: the base model need not be rebuilt for it
     base = _side_record(base, run.base_eval, f"rm {shlex.quote(str(run.base_eval))} && {build_command(run.root, last)}")
     human = _stage_check("human", run.human, run.human_manifest, run.human, quick,
@@ -159,7 +160,7 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
         families[folder.name] = (folder, family_base, family_human)
         checks += [family_base, family_human]
     previous = human
-    for generation in run.generations_on_disk():
+    for generation in generations:
         before = run.generation(generation.index - 1)
         if generation.index > 0 and previous.name != before.name:  # a generation missing in between
             previous = StageCheck(before.name, before.root, MISSING)
