@@ -111,7 +111,7 @@ def test_bad_records_are_one_line_errors(tmp_path):
     (tmp_path / "broken" / "train.parquet").write_text("not parquet")
     with pytest.raises(LmcollapseError, match=r"could not be read as parquet .*: check the format matches the suffix"):
         corpus.load_split_lines(corpus.locate_splits(str(tmp_path / "broken"), "train")[0])
-    with pytest.raises(corpus.MissingSplit, match=r"no split 'test'.*data.carve_fraction"):
+    with pytest.raises(corpus.MissingSplit, match=r"no split 'test'.*it holds"):
         corpus.locate_splits(str(tmp_path), "test")
     (tmp_path / "mixed" / "train").mkdir(parents=True)
     write_records(tmp_path / "mixed" / "train" / "a.jsonl", documents(3, 0), "jsonl")
@@ -122,6 +122,50 @@ def test_bad_records_are_one_line_errors(tmp_path):
         build_config({"data": {"carve_fraction": 0.7}})
     with pytest.raises(LmcollapseError, match=r"a hub dataset is written hub:owner/name"):
         corpus.locate_splits("hub:just-a-name", "train")
+
+
+def test_carving_is_offered_for_a_split_it_can_give_and_refused_where_it_would_carve_nothing(tmp_path):
+    (tmp_path / "only-test").mkdir()
+    write_records(tmp_path / "only-test" / "test.jsonl", documents(20, 0), "jsonl")
+    (tmp_path / "only-train").mkdir()
+    write_records(tmp_path / "only-train" / "train.jsonl", documents(20, 0), "jsonl")
+    (tmp_path / "both").mkdir()
+    for split in ("train", "test"):
+        write_records(tmp_path / "both" / f"{split}.jsonl", documents(20, 1), "jsonl")
+
+    def config(folder, *overrides):
+        return build_config({"data": {"corpus": str(tmp_path / folder), "train_split": "train",
+                                      **dict(overrides)}})
+    # a missing held-out split: carving is the way on
+    with pytest.raises(corpus.MissingSplit, match=r"no split 'test'.*; or set data.carve_fraction \(e.g. 0.05\) to "
+                                                  r"carve it from the train split 'train'$"):
+        corpus.locate_data_splits(config("only-train"), "train", "test")
+    # a missing train split: carving cannot give it, set or not, and is not offered
+    for overrides in ((), (("carve_fraction", 0.1),)):
+        with pytest.raises(corpus.MissingSplit, match=r"no split 'train'") as raised:
+            corpus.locate_data_splits(config("only-test", *overrides), "train", "test")
+        assert "carve" not in str(raised.value)
+    # every carvable split there: the fraction would be ignored, so it is refused
+    with pytest.raises(LmcollapseError, match=r"^data.carve_fraction=0.1 would carve nothing: corpus .*both has its own "
+                                              r"'test' split: leave data.carve_fraction out \(or set it to null\)$"):
+        corpus.locate_data_splits(config("both", ("carve_fraction", 0.1)), "train", "test")
+
+
+def test_a_text_column_on_lines_of_text_is_refused_not_ignored(tmp_path):
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.txt").write_text("some words\n" * 5)
+    config = build_config({"data": {"corpus": str(tmp_path), "train_split": "train", "text_column": "body"}})
+    with pytest.raises(LmcollapseError, match=r"^data.text_column='body' names a column of records, but .* is lines of "
+                                              r"text \(train.txt, test.txt\), which have no columns: leave "
+                                              r"data.text_column out$"):
+        CorpusPlan(config).check_fine_tuning_text()
+    (tmp_path / "records").mkdir()
+    for split in ("train", "test"):  # records: the column is read
+        write_records(tmp_path / "records" / f"{split}.jsonl", documents(5, 0), "jsonl")
+    records = build_config({"data": {"corpus": str(tmp_path / "records"), "train_split": "train",
+                                     "text_column": "body"}})
+    with pytest.raises(LmcollapseError, match=r"has no column 'body'"):
+        corpus.load_split_lines(CorpusPlan(records).train)
 
 
 @pytest.mark.slow
@@ -260,6 +304,11 @@ def test_a_corpus_that_is_a_fifo_and_a_cache_that_is_a_file_are_refused_in_one_l
     os.mkfifo(tmp_path / "pipe")
     with pytest.raises(LmcollapseError, match=r"is neither a folder nor a regular file: point data.corpus at a folder"):
         corpus.locate_splits(str(tmp_path / "pipe"), "train")
+    (tmp_path / "folder").mkdir()  # a split that is a FIFO: named as such, not "no split ... it holds test.txt"
+    (tmp_path / "folder" / "train.txt").write_text("words\n")
+    os.mkfifo(tmp_path / "folder" / "test.txt")
+    with pytest.raises(LmcollapseError, match=r"test.txt is not a regular file \(a FIFO, a socket or a device\)"):
+        corpus.locate_splits(str(tmp_path / "folder"), "train", "test")
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("LMCOLLAPSE_CACHE_DIR", str(tmp_path / "a-file"))
     with pytest.raises(LmcollapseError, match=r"is not a folder \(.*a-file is a file\): set LMCOLLAPSE_CACHE_DIR="):

@@ -9,6 +9,7 @@ pipeline reads located once per command (``corpus.CorpusPlan``), text records wi
     lines = data.load_split_lines(source)
 """
 
+from lmcollapse.data.carving import locate_data_splits
 from lmcollapse.data.locate import (
     CORPUS_SUFFIXES,
     DATA_DIR_ENV,
@@ -18,7 +19,6 @@ from lmcollapse.data.locate import (
     SplitSource,
     check_same_source,
     data_roots,
-    locate_data_splits,
     locate_split,
     locate_splits,
     same_text,

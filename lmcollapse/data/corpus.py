@@ -14,17 +14,10 @@ from __future__ import annotations
 from functools import cached_property
 
 from lmcollapse.config import PipelineConfig
-from lmcollapse.data.locate import SplitSource, check_same_source, locate_data_splits, locate_splits, same_text
+from lmcollapse.data.carving import locate_data_splits, separate_validation_split
+from lmcollapse.data.locate import SplitSource, check_same_source, locate_splits, same_text
 from lmcollapse.data.read import check_source
 from lmcollapse.errors import LmcollapseError
-
-
-def separate_validation_split(config: PipelineConfig) -> str | None:
-    """The split validation blocks come from when it is not the train split (best-validation only)."""
-    split = config.data.validation_split
-    if config.train.select != "best-validation" or split in (None, config.data.train_split):
-        return None
-    return split
 
 
 class CorpusPlan:
@@ -68,14 +61,25 @@ class CorpusPlan:
         for source in (self.train, self.heldout, self.validation):
             if source is not None:
                 check_source(source)
-        # Two names for one text (an alias, a copied file): held-out text would be trained on, or select a model.
+        self.check_text_column()
         data = self.config.data
+        # Two names for one text (an alias, a copied file): held-out text would be trained on, or select a model.
         for key, split, other in (("data.train_split", data.train_split, self.train),
                                   ("data.validation_split", data.validation_split, self.validation)):
             if other is not None and not other.carving and not self.heldout.carving and same_text(other, self.heldout):
                 raise LmcollapseError(
                     f"data.heldout_split: {data.heldout_split!r} holds the same text as {key} ({split!r}): held-out "
                     "text is never trained on nor used to select a model; name a split with other text")
+
+    def check_text_column(self) -> None:
+        """``data.text_column`` is refused where no split has columns (lines of text), rather than ignored."""
+        data = self.config.data
+        sources = [source for source in (self.train, self.heldout, self.validation) if source is not None]
+        if data.text_column != "text" and all(source.is_local and not source.structured for source in sources):
+            raise LmcollapseError(
+                f"data.text_column={data.text_column!r} names a column of records, but {data.corpus} is lines of text "
+                f"({', '.join(dict.fromkeys(path.name for source in sources for path in source.files))}), which "
+                "have no columns: leave data.text_column out")
 
     def check_pretraining_text(self) -> None:
         """The pretraining split is readable and shares no text with the fine-tuning, held-out or

@@ -3,14 +3,14 @@
 folder of text files (a split is ``<split>.txt``/``.raw``/``.tokens``, ``wiki.<split>.*``,
 ``<split>.jsonl``/``.json``/``.csv``/``.parquet``, or a sub-folder ``<split>/`` of such files);
 or one such file, the train split. Nothing is read here (``read.py`` reads); a split the corpus
-lacks can be carved from its train split (``data.carve_fraction``).
+lacks can be carved from its train split (``data.carve_fraction``, ``carving.py``).
 
 The train and held-out splits should come from one place: ``locate_splits`` prefers a folder
 holding both, ``SplitSource.record()`` says where a split came from and in which format, and
 ``check_same_source`` refuses a pair read from two places unless ``data.mixed_sources`` is set.
 
     source = locate_split("wikitext-2-raw-v1", "validation")
-    train, heldout = locate_data_splits(config, "validation", "test")
+    train, heldout = locate_splits("wikitext-2-raw-v1", "validation", "test")
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from lmcollapse.config.corpora import HUB_PREFIX, NAMED_CORPORA
-from lmcollapse.errors import LmcollapseError, error_reason
+from lmcollapse.errors import LmcollapseError
 
 DATA_DIR_ENV = "LMCOLLAPSE_DATA_DIR"
 TEXT_SUFFIXES = (".txt", ".raw", ".tokens")
@@ -46,7 +46,12 @@ MIXED_SOURCES_FIX = ("put both splits in one folder (e.g. set LMCOLLAPSE_DATA_DI
 
 
 class MissingSplit(LmcollapseError):
-    """The corpus has no such split (``data.carve_fraction`` can carve it from the train split)."""
+    """The corpus has no such split. Whether ``data.carve_fraction`` can give it depends on the
+    config (the train split cannot be carved from itself): ``carving.locate_data_splits`` says."""
+
+    def __init__(self, message: str, split: str):
+        super().__init__(message)
+        self.split = split
 
 
 @dataclass(frozen=True)
@@ -192,9 +197,7 @@ def locate_split(corpus: str, split: str, text_column: str = "text", hub_config:
     if corpus in NAMED_CORPORA:
         named = NAMED_CORPORA[corpus]
         if split not in named.files:
-            raise MissingSplit(
-                f"corpus {corpus} has no split {split!r}: use one of {', '.join(named.files)}, or set "
-                f"data.carve_fraction (e.g. 0.05) to carve it from the train split")
+            raise MissingSplit(f"corpus {corpus} has no split {split!r}: use one of {', '.join(named.files)}", split)
         searched = []
         for root in data_roots():
             for folder in named.folders:
@@ -228,9 +231,8 @@ def locate_split(corpus: str, split: str, text_column: str = "text", hub_config:
                 f"corpus file {corpus!r} is not one of {', '.join(CORPUS_SUFFIXES)}: name a folder of such files, "
                 "or a file with one of these suffixes")
         if split not in SPLIT_ALIASES["train"]:
-            raise MissingSplit(
-                f"corpus {corpus!r} is one file, the train split: it has no {split!r} split; set "
-                "data.carve_fraction (e.g. 0.05) to carve it from the file, or name a folder holding the split")
+            raise MissingSplit(f"corpus {corpus!r} is one file, the train split: it has no {split!r} split; name a "
+                               "folder holding the split", split)
         return SplitSource(corpus, split, (path,), text_column=text_column)
     if not path.is_dir():  # a FIFO, a device (/dev/null): nothing to read splits from
         raise LmcollapseError(f"corpus {corpus!r} is neither a folder nor a regular file: point data.corpus at a folder")
@@ -261,59 +263,7 @@ def locate_splits(corpus: str, *splits: str, text_column: str = "text",
     return tuple(locate_split(corpus, split, text_column, hub_config) for split in splits)
 
 
-def locate_data_splits(config, *splits: str) -> tuple[SplitSource, ...]:
-    """``locate_splits`` for the fine-tuning corpus of ``config`` (a ``PipelineConfig``): its text
-    column and hub config, and, with ``data.carve_fraction``, the held-out split (and, with
-    ``train.select: best-validation``, the validation split) the corpus lacks carved from its train
-    split, and the train split without those rows. Which splits are carved does not depend on which
-    are asked for, so every caller sees one partition."""
-    data = config.data
-    options = dict(text_column=data.text_column, hub_config=data.hub_config)
-    if not data.carve_fraction:
-        return locate_splits(data.corpus, *splits, **options)
-    wanted = [data.heldout_split]
-    if config.train.select == "best-validation" and data.validation_split not in (None, data.train_split):
-        wanted.append(data.validation_split)
-    missing = [split for split in wanted if not _has_split(data, split, options)]
-    present = [s for s in splits if s not in missing]
-    located = dict(zip(present, locate_splits(data.corpus, *present, **options))) if present else {}
-    if missing and data.train_split not in located:
-        (located[data.train_split],) = locate_splits(data.corpus, data.train_split, **options)
-    sources = []
-    for split in splits:
-        if split in missing:
-            carving = Carving(data.train_split, data.carve_fraction, data.subset_seed, missing.index(split), len(missing))
-            sources.append(dataclasses.replace(located[data.train_split], split=split, carving=carving))
-        elif split == data.train_split and missing:
-            carving = Carving(data.train_split, data.carve_fraction, data.subset_seed, None, len(missing))
-            sources.append(dataclasses.replace(located[split], carving=carving))
-        else:
-            sources.append(located[split])
-    return tuple(sources)
-
-
 HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # one part of owner/name: no "..", no path
-
-
-def _has_split(data, split: str, options: dict) -> bool:
-    """Whether the corpus has ``split``: by its files, its table entry, or (a hub dataset) the
-    split names the hub, or datasets' cache, gives."""
-    if data.corpus.startswith(HUB_PREFIX) and data.corpus not in NAMED_CORPORA:
-        import datasets
-
-        path = data.corpus[len(HUB_PREFIX):]
-        try:
-            return split in datasets.get_dataset_split_names(path, data.hub_config)
-        except Exception as err:  # offline, unknown id, gated
-            reason = error_reason(err)
-            raise LmcollapseError(
-                f"data.carve_fraction: the splits of {data.corpus} could not be listed ({reason}): run where the hub is "
-                "reachable, or set data.heldout_split to a split the dataset has") from None
-    try:
-        locate_splits(data.corpus, split, **options)
-    except MissingSplit:
-        return False
-    return True
 
 
 def same_text(a: SplitSource, b: SplitSource) -> bool:
@@ -363,6 +313,10 @@ def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
     broken = [path for path in named if is_broken_link(path)]
     if broken:
         raise broken_link_error(broken[0])
+    special = [path for path in named if path.exists() and not path.is_file()]  # a FIFO, a socket, a device
+    if special:
+        raise LmcollapseError(f"corpus file {special[0]} is not a regular file (a FIFO, a socket or a device), so "
+                              "it cannot be read twice or hashed: replace it with a file of the text")
     candidates = folders + [path for path in named if path.is_file()]
     if len(candidates) > 1:
         shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in candidates)
@@ -384,8 +338,7 @@ def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
     present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
     raise MissingSplit(
         f"corpus folder {folder} has no split {split!r}: expected {names[0]}.txt (or .raw, .tokens, .jsonl, "
-        f".json, .csv, .parquet) or a folder {names[0]}/ of such files; it holds {present} (or set "
-        "data.carve_fraction to carve the split from the train split)")
+        f".json, .csv, .parquet) or a folder {names[0]}/ of such files; it holds {present}", split)
 
 
 def _one_format(files: tuple[Path, ...], split: str) -> tuple[Path, ...]:

@@ -135,40 +135,7 @@ def load_split_lines(source: SplitSource):
         loaded = lines_dataset(line for path in source.files for line in read_lines(path))
     elif source.is_local:
         check_source(source)
-        import datasets
-
-        builder = STRUCTURED_SUFFIXES[source.files[0].suffix]
-        # A cache of its own, gone after: the builder's shared cache (~/.cache/huggingface) is keyed on
-        # path and modification time, so a file edited with its time kept was read as it was before
-        # while the manifest recorded the new file's sha256; and nothing is written outside the run.
-        quiet = logging.getLogger("datasets")  # its builders log a failure before raising it: our error says why
-        level = quiet.level
-        quiet.setLevel(logging.CRITICAL)
-        with tempfile.TemporaryDirectory(prefix="lmcollapse-read-") as cache:
-            try:
-                # CSV: "NA", "null", "None", "n/a"... are text here, not pandas' missing values
-                options = {"keep_default_na": False} if builder == "csv" else {}
-                rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
-                                             keep_in_memory=True, cache_dir=cache, **options)
-                texts = _text_column(rows, source)
-            except LmcollapseError:
-                raise
-            except Exception as err:  # the builders raise many kinds for a malformed file
-                while err.__cause__ is not None:  # "An error occurred while generating the dataset" hides why
-                    err = err.__cause__
-                if isinstance(err, UnicodeDecodeError):
-                    # its position counts within one value or block; the file's own offset is what a user can find
-                    for path in source.files:
-                        if path.suffix != ".parquet":  # parquet's bytes are not text; JSON's and CSV's are
-                            check_utf8(path)
-                    raise LmcollapseError(f"corpus file(s) {source.describe()} are not UTF-8 ({err.reason} in a text "
-                                          "value): save them as UTF-8") from None
-                raise LmcollapseError(
-                    f"corpus file(s) {source.describe()} could not be read as {builder} ({error_reason(err)}): check "
-                    f"the format matches the suffix") from None
-            finally:
-                quiet.setLevel(level)
-        loaded = lines_dataset(hub_builder_line(row) for row in texts)
+        loaded = lines_dataset(hub_builder_line(row) for row in _read_record_files(source))
     else:
         import datasets
 
@@ -207,6 +174,44 @@ def load_split_lines(source: SplitSource):
     if not any(line.strip() for line in loaded["text"]):
         raise LmcollapseError(f"corpus {source.corpus} split {source.split!r} is empty ({source.describe()})")
     return loaded
+
+
+def _read_record_files(source: SplitSource) -> list[str]:
+    """The text column of a split's local files of records, with one-line errors for a malformed file."""
+    import datasets
+
+    builder = STRUCTURED_SUFFIXES[source.files[0].suffix]
+    # A cache of its own, gone after: the builder's shared cache (~/.cache/huggingface) is keyed on
+    # path and modification time, so a file edited with its time kept was read as it was before
+    # while the manifest recorded the new file's sha256; and nothing is written outside the run.
+    quiet = logging.getLogger("datasets")  # its builders log a failure before raising it: our error says why
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    with tempfile.TemporaryDirectory(prefix="lmcollapse-read-") as cache:
+        try:
+            # CSV: "NA", "null", "None", "n/a"... are text here, not pandas' missing values
+            options = {"keep_default_na": False} if builder == "csv" else {}
+            rows = datasets.load_dataset(builder, data_files=[str(p) for p in source.files], split="train",
+                                         keep_in_memory=True, cache_dir=cache, **options)
+            texts = _text_column(rows, source)
+        except LmcollapseError:
+            raise
+        except Exception as err:  # the builders raise many kinds for a malformed file
+            while err.__cause__ is not None:  # "An error occurred while generating the dataset" hides why
+                err = err.__cause__
+            if isinstance(err, UnicodeDecodeError):
+                # its position counts within one value or block; the file's own offset is what a user can find
+                for path in source.files:
+                    if path.suffix != ".parquet":  # parquet's bytes are not text; JSON's and CSV's are
+                        check_utf8(path)
+                raise LmcollapseError(f"corpus file(s) {source.describe()} are not UTF-8 ({err.reason} in a text "
+                                      "value): save them as UTF-8") from None
+            raise LmcollapseError(
+                f"corpus file(s) {source.describe()} could not be read as {builder} ({error_reason(err)}): check "
+                f"the format matches the suffix") from None
+        finally:
+            quiet.setLevel(level)
+    return texts
 
 
 def _text_column(rows, source: SplitSource) -> list[str]:

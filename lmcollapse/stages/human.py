@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from lmcollapse.config import PipelineConfig
-from lmcollapse.data.corpus import CorpusPlan, separate_validation_split
+from lmcollapse.data.carving import separate_validation_split
+from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.data.locate import SplitSource, check_same_source
 from lmcollapse.data.read import cut_into_blocks, load_split_lines, tokenize_lines
 from lmcollapse.data.records import HUMAN, make_records, write_records

@@ -49,6 +49,7 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
     human_blocks = sizes.human_blocks
     try:
         check_same_source(*sizes.sources, allow_mixed=data.mixed_sources)
+        corpus.check_text_column()
     except LmcollapseError as err:
         lines.append(f"  WARNING: building would stop: {err}")
     for (role, split), source, size, blocks in zip((("train", data.train_split), ("held out", data.heldout_split)),
