@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 # What a micro `generation` imports from outside lmcollapse, by its entry points (the rest comes
@@ -151,6 +152,7 @@ class ForkServer:
             raise RuntimeError(f"the tests' fork server did not start (exit status {self.server.wait()}); "
                                "its error is above, or run the tests with LMCOLLAPSE_TEST_FORKSERVER=0")
         self.preloaded = json.loads(ready)
+        self.reported_exit = False
 
     def close(self) -> None:
         self.server.kill()
@@ -162,7 +164,13 @@ class ForkServer:
     def run(self, args: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess | None:
         """``subprocess.run([python, -m, lmcollapse, *args], capture_output=True, text=True, ...)``
         in a forked child, or None where the environment rules it out (see ``differences``)."""
-        if self.differences(env) or self.server.poll() is not None:
+        if self.server.poll() is not None:
+            if not self.reported_exit:  # once: every command from here on is slower, and the suite should say why
+                self.reported_exit = True
+                warnings.warn(f"the tests' fork server exited (status {self.server.returncode}): every command from "
+                              "here on runs in a process of its own, as with LMCOLLAPSE_TEST_FORKSERVER=0", stacklevel=3)
+            return None
+        if self.differences(env):
             return None
         argv = [sys.executable, "-m", "lmcollapse", *args]
         scratch = Path(tempfile.mkdtemp(dir=self.folder))

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 
 import pytest
 from forkserver import COMMAND_DEFAULTS, RUNTIME_VARIABLES, differences
@@ -54,6 +55,23 @@ def test_a_forked_command_past_its_timeout_is_killed(tmp_path, small_corpus):
         forked("-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(tmp_path / "run"), "--no-progress",
                env={"LMCOLLAPSE_FAILPOINT": "*=sleep:60"}, timeout=3)
     assert forked("config", "--pipeline", str(pipeline)).returncode == 0
+
+
+def test_a_server_that_died_says_so_once_and_every_command_still_runs(tmp_path):
+    from forkserver import ForkServer
+
+    from helpers import _SESSION_ENV
+
+    server = ForkServer(REPO, _SESSION_ENV)
+    server.server.kill()
+    server.server.wait()
+    with pytest.warns(UserWarning, match=r"fork server exited \(status -9\): every command from here on runs in a "
+                                         r"process of its own"):
+        assert server.run(["config", "--pipeline", "pipelines/tiny.yaml"], REPO, dict(os.environ), 60) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        assert server.run(["config", "--pipeline", "pipelines/tiny.yaml"], REPO, dict(os.environ), 60) is None
+    server.close()
 
 
 def test_only_variables_lmcollapse_reads_as_it_runs_may_differ_from_the_servers():
