@@ -158,6 +158,8 @@ def test_bf16_training_generates_at_the_configured_precision_interrupted_or_not(
     ("train-step@3=sigterm", "SIGTERM", "while training generation 0 (step 3/6)"),
     ("generate-batch@1=sigint", "SIGINT", "while generating generation 0's corpus (shard 1)"),
     ("eval-batch@1=sigterm", "SIGTERM", "while evaluating"),
+    # after generation 0's last safe point (its manifest is being written): generation 1 is not begun
+    ("write:manifest.json@3=sigint", "SIGINT", "before generation 1"),
 ])
 def test_sigint_and_sigterm_stop_cleanly_and_resume(reference, pipeline, tmp_path, point, signal_name, where):
     run = RunDir(tmp_path / "run")
@@ -169,6 +171,8 @@ def test_sigint_and_sigterm_stop_cleanly_and_resume(reference, pipeline, tmp_pat
         assert (run.generation(0).checkpoints / "step-000003").is_dir()  # the step in hand was saved
     if "generating" in where:
         assert (run.generation(0).synthetic / "shard-00000.json").is_file()  # the shard in hand was finished
+    if "before" in where:
+        assert run.generation(0).is_complete and not run.generation(1).root.exists()
     assert lock_holder(run) is None
     assert lmc(pipeline, run.root, 1).returncode == 0
     assert_same_results(reference, run)

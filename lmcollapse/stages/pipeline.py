@@ -40,7 +40,7 @@ from lmcollapse.metrics.table import collect_rows, format_table, refresh_metrics
 from lmcollapse.run.atomic import existing_ancestor, read_json, write_text_atomic
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.integrity import COMPLETE, DAMAGED, STALE, StageCheck, verify_run
-from lmcollapse.run.interrupts import stop_on_signals
+from lmcollapse.run.interrupts import check_stop, stop_on_signals
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import run_lock
 from lmcollapse.stages.base import ensure_base_and_human, ensure_base_eval
@@ -168,6 +168,9 @@ def build_generations(context: Context, last_generation: int, checks: dict[str, 
                 log.info("%s is complete%s; skipping it", generation.name,
                          "" if check.state == COMPLETE else f" but {check.state}, used as it is (--accept-changed)")
                 continue
+            # a stop asked for after the last safe point of the generation before (its last evaluation
+            # batch) stops here, before this generation's training set is drawn
+            check_stop(f"before generation {index}", accelerator=context.accelerator)
             if not opened:
                 tracker, opened = RunTracker.open(config, run, context.main), True
             row = build_generation(context, index)
