@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+import shlex
+
 import pytest
 
 from helpers import REPO, micro_raw_config, run_cli, run_cli_light, tree_state, write_pipeline
 from lmcollapse.cli import main
+from lmcollapse.run.layout import RunDir
 
 # End-to-end runs: left out of `make test-fast`.
 pytestmark = pytest.mark.slow
@@ -217,12 +221,66 @@ def test_an_edited_pipeline_yaml_is_found_before_it_mixes_two_configs_in_one_run
     run.pipeline_file.write_text(text.replace("\nseed: 0\n", "\nseed: 5\n"))
     before = tree_state(run.root)
     assert main(["generation", "1", "--run", str(run.root), "--no-progress"]) == 2
-    assert f"{run.pipeline_file} was edited after generation-00 was built with it" in one_line_error(capsys)
+    assert f"{run.pipeline_file} was edited after its human stage was built with it" in one_line_error(capsys)
     assert main(["status", "--run", str(run.root)]) == 1
-    assert "was edited after generation-00 was built with it" in capsys.readouterr().out
+    assert "was edited after its human stage was built with it" in capsys.readouterr().out
     assert tree_state(run.root) == before
     run.pipeline_file.write_text(text.replace("# Resolved", "# Still the resolved"))  # comments are not settings
     assert main(["-q", "generation", "1", "--run", str(run.root), "--no-progress"]) == 0
+
+
+def test_a_lost_pipeline_yaml_is_written_back_by_the_config_that_built_the_run_and_by_no_other(
+        tmp_path, small_corpus, capsys):
+    """A deleted pipeline.yaml left the run with no way back ("not empty: choose a new RUN"). The
+    stages record the file's settings: the command that built the run writes it back."""
+    pipeline = write_pipeline(tmp_path / "micro.yaml", micro_raw_config(small_corpus, ["train.epochs=1"]))
+    run = RunDir(tmp_path / "run")
+    args = ["-q", "generation", "0", "--pipeline", str(pipeline), "--run", str(run.root), "--no-progress"]
+    assert main(args) == 0
+    capsys.readouterr()
+    original = run.pipeline_file.read_text()
+    run.pipeline_file.unlink()
+    before = tree_state(run.root)
+    assert main(["status", "--run", str(run.root)]) == 2
+    assert re.fullmatch(rf"lmcollapse: error: run {re.escape(str(run.root))} has lost its pipeline.yaml; its human "
+                        r"stage recorded the settings it was built with, and only those write it back: run the "
+                        r"command that built the run \(the same pipeline and --set overrides\); or choose a new "
+                        r"RUN=... for other settings", one_line_error(capsys))
+    assert main([*args[:2], "1", *args[3:], "--set", "seed=5"]) == 2  # another config: refused, nothing written
+    assert "has lost its pipeline.yaml; its human stage recorded the settings" in one_line_error(capsys)
+    assert tree_state(run.root) == before
+    assert main([*args[:2], "1", *args[3:]]) == 0  # the same config: written back, and the run goes on
+    assert run.pipeline_file.read_text() == original and run.generation(1).is_complete
+    assert main(["status", "--run", str(run.root)]) == 0
+
+
+def test_a_lost_pipeline_yaml_of_a_shipped_pipeline_is_named_with_the_command_that_writes_it_back(tmp_path):
+    from lmcollapse.config import config_to_yaml, load_config
+    from lmcollapse.run.manifests import PIPELINE_DIGEST, pipeline_text_digest, write_manifest
+    from lmcollapse.stages.run_file import lost_pipeline_error
+
+    run = RunDir(tmp_path / "my run")
+    run.human.mkdir(parents=True)
+    digest = pipeline_text_digest(config_to_yaml(load_config(REPO / "pipelines" / "tiny-keep10.yaml")))
+    write_manifest(run.human_manifest, {PIPELINE_DIGEST: digest})
+    message = str(lost_pipeline_error(run, "human", digest))
+    command = message.split("write it back: ")[1].split("; or choose")[0]
+    assert shlex.split(command) == ["make", "generation-4", f"PIPELINE={REPO / 'pipelines' / 'tiny-keep10.yaml'}",
+                                    f"RUN={run.root}"]
+
+
+def test_the_pipeline_yaml_header_follows_a_moved_run_and_its_settings_do_not_change(tmp_path, small_corpus):
+    from helpers import micro_run
+
+    run, _ = micro_run(tmp_path, small_corpus, ["train.epochs=1"], last_generation=0, name="first")
+    body = run.pipeline_file.read_text().split("\n", 2)[2]
+    moved = RunDir(tmp_path / "moved here")
+    run.root.rename(moved.root)
+    assert main(["-q", "generation", "0", "--run", str(moved.root), "--no-progress"]) == 0
+    header, command, rest = moved.pipeline_file.read_text().split("\n", 2)
+    assert rest == body and "first" not in header + command
+    assert shlex.split(command.removeprefix("#   "))[-1] == f"RUN={moved.root}"
+    assert main(["status", "--run", str(moved.root)]) == 0
 
 
 def test_a_stray_shard_in_a_complete_generation_is_found_and_never_read(tmp_path, small_corpus, capsys):

@@ -49,6 +49,13 @@ def build_command(run_root: Path, last: int, accept_changed: bool = False) -> st
                       *(["--accept-changed"] if accept_changed else []))
 
 
+def pipeline_command(pipeline: Path, run_root: Path, last: int) -> str:
+    """The command that builds generations 0..``last`` of the run at ``run_root`` from ``pipeline``."""
+    make = f"make generation-{last} PIPELINE={shlex.quote(str(pipeline))} RUN={shlex.quote(str(run_root))}"
+    return _pasteable(run_root, make if _make_safe(Path(pipeline)) else None, "generation", str(last),
+                      "--pipeline", str(pipeline), "--run", str(run_root))
+
+
 def start_command(run_root: Path) -> str:
     """The command that starts a new run of the tiny pipeline at ``run_root``."""
     return _pasteable(run_root, f"make generation-0 PIPELINE=pipelines/tiny.yaml RUN={shlex.quote(str(run_root))}",

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from lmcollapse.errors import LmcollapseError, error_reason
@@ -26,32 +27,43 @@ PIPELINE_DIGEST = "pipeline_yaml_sha256"
 
 def pipeline_digest(pipeline_file: Path) -> str:
     """sha256 of a run's pipeline.yaml as data (its comments, which name the run's folder, left
-    out): every generation records it, so an edit of the file after it was built is seen."""
+    out): the human stage and every generation record it, so an edit of the file after they were
+    built is seen, and a lost file can be written back from the config that matches it."""
+    return pipeline_text_digest(Path(pipeline_file).read_text(encoding="utf-8"))
+
+
+def pipeline_text_digest(text: str) -> str:
+    """``pipeline_digest`` of a pipeline.yaml's text."""
     import yaml
 
-    return sha256_bytes(canonical_json(yaml.safe_load(Path(pipeline_file).read_text(encoding="utf-8"))).encode())
+    return sha256_bytes(canonical_json(yaml.safe_load(text)).encode())
+
+
+def recorded_pipeline_digests(run) -> Iterator[tuple[str, str]]:
+    """(stage, digest) for the human stage and each complete generation that recorded the
+    pipeline.yaml it was built with; stages written before the record existed are left out."""
+    for name, manifest in [("human", run.human_manifest)] + [(g.name, g.manifest) for g in run.complete_generations()]:
+        try:
+            recorded = read_json(manifest).get(PIPELINE_DIGEST) if manifest.is_file() else None
+        except (OSError, ValueError):
+            continue  # a damaged manifest is reported as such
+        if recorded is not None:
+            yield name, recorded
 
 
 def edited_pipeline(run) -> str | None:
-    """The first complete generation whose recorded pipeline.yaml differs from the run's file now
-    (the file was edited after it was built: the next generation would mix two configs), or None.
-    Generations written before the record existed are not compared."""
+    """The first stage whose recorded pipeline.yaml differs from the run's file now (the file was
+    edited after it was built: the next generation would mix two configs), or None."""
     if not run.pipeline_file.is_file():
         return None
     now = None
-    for generation in run.complete_generations():
-        try:
-            recorded = read_json(generation.manifest).get(PIPELINE_DIGEST)
-        except (OSError, ValueError):
-            continue  # a damaged manifest is reported as such
-        if recorded is None:
-            continue
+    for stage, recorded in recorded_pipeline_digests(run):
         try:
             now = now or pipeline_digest(run.pipeline_file)
         except Exception:  # noqa: BLE001 - unreadable YAML: loading the config says what is wrong
             return None
         if recorded != now:
-            return generation.name
+            return stage
     return None
 
 

@@ -22,7 +22,7 @@ from lmcollapse.data.records import HUMAN, make_records, write_records
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.atomic import sha256_file
 from lmcollapse.run.integrity import lineage_record
-from lmcollapse.run.manifests import write_manifest
+from lmcollapse.run.manifests import PIPELINE_DIGEST, pipeline_digest, write_manifest
 from lmcollapse.run.seeding import rng as derive_rng
 from lmcollapse.run.seeding import subsample_indices
 from lmcollapse.stages.cards import CARD, write_human_card
@@ -85,7 +85,7 @@ def write_human(context: Context, text: HumanText, blocks: HumanBlocks, started:
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(blocks.train)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
     write_manifest(run.human_manifest, {
-        **lineage_record(run, None),
+        **lineage_record(run, None), PIPELINE_DIGEST: pipeline_digest(run.pipeline_file),
         "train": {**_split_record(data.train_split, text.train_source, len(train)),
                   "blocks_in_split": len(blocks.train), "tokens_in_split": int(len(blocks.train_stream))},
         "heldout": {**_split_record(data.heldout_split, text.heldout_source, len(heldout)),

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from accelerate.utils import broadcast_object_list
 
-from lmcollapse.config import PipelineConfig, config_to_yaml
+from lmcollapse.config import PipelineConfig
 from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics.table import collect_rows, format_table, refresh_metrics
@@ -43,12 +43,14 @@ from lmcollapse.run.integrity import COMPLETE, DAMAGED, STALE, StageCheck, verif
 from lmcollapse.run.interrupts import check_stop, stop_on_signals
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import run_lock
+from lmcollapse.run.manifests import recorded_pipeline_digests
 from lmcollapse.stages.base import ensure_base_and_human, ensure_base_eval
 from lmcollapse.stages.context import Context, make_accelerator
 from lmcollapse.stages.evaluate import ensure_human_mauve
 from lmcollapse.stages.generation import build_generation
 from lmcollapse.stages.preflight import check_same_config, preflight
 from lmcollapse.stages.pretrain import ensure_pretrained_base
+from lmcollapse.stages.run_file import pipeline_yaml_text, refresh_header
 from lmcollapse.stages.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -246,9 +248,11 @@ def retire_stale(context: Context, stale: list, last_generation: int) -> None:
 
 def open_run(config: PipelineConfig, run: RunDir) -> None:
     """Create the run with its resolved config, or check that ``config`` is the one it was built with."""
+    text = pipeline_yaml_text(config, run)
     if run.pipeline_file.is_file():
         check_same_config(config, run)  # again, now under the lock
+        refresh_header(run, text)
         return
-    header = (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
-              f"#   {build_command(run.root, config.generations - 1)}\n")
-    write_text_atomic(run.pipeline_file, header + config_to_yaml(config))
+    if next(recorded_pipeline_digests(run), None):  # a run that lost the file: preflight found this config recorded
+        log.info("writing back %s: this config is the one the run's stages recorded", run.pipeline_file)
+    write_text_atomic(run.pipeline_file, text)

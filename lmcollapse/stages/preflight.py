@@ -16,7 +16,8 @@ from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.run.atomic import check_folder_target, read_json
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.layout import RunDir
-from lmcollapse.run.manifests import edited_pipeline, read_manifest
+from lmcollapse.run.manifests import read_manifest
+from lmcollapse.stages.run_file import check_lost_pipeline, check_pipeline_unedited
 from lmcollapse.stages.tracking import check_trackers
 
 
@@ -34,9 +35,7 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
         strangers = [p.name for p in run.root.iterdir() if p.name != ".lock" and not
                      (p.name.startswith(".") and p.name.endswith(".tmp"))]
         if strangers:
-            raise LmcollapseError(
-                f"{run.root} is not empty and holds no pipeline.yaml (it has {', '.join(sorted(strangers)[:4])}): "
-                "choose a new RUN=... for this pipeline")
+            check_lost_pipeline(config, run, strangers)
     if not run.human_manifest.is_file():
         corpus.check_fine_tuning_text()
     folder = Path(config.model.name).expanduser()
@@ -93,14 +92,6 @@ def check_positions_of(config: PipelineConfig, model_config: dict) -> None:
     positions = model_config.get("max_position_embeddings") or model_config.get("n_positions")
     if positions:
         check_trained_positions(config, int(positions), f"max_position_embeddings of {config.model.name}")
-
-
-def check_pipeline_unedited(run: RunDir) -> None:
-    edited = edited_pipeline(run)
-    if edited is not None:
-        raise LmcollapseError(
-            f"{run.pipeline_file} was edited after {edited} was built with it: the next generation would mix two "
-            f"configs; put back the settings it was built with (git, a backup), or start a new RUN=... for the new ones")
 
 
 def check_same_config(config: PipelineConfig, run: RunDir, last: int | None = None) -> None:

@@ -15,7 +15,8 @@ from lmcollapse.run.commands import build_command, start_command, status_command
 from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
 from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
-from lmcollapse.run.manifests import edited_pipeline, read_manifest
+from lmcollapse.run.manifests import edited_pipeline, read_manifest, recorded_pipeline_digests
+from lmcollapse.stages.run_file import lost_pipeline_error
 
 
 def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None = None,
@@ -99,6 +100,9 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
         if below:
             raise LmcollapseError(f"{run.root} is a folder of runs, and status checks one run: "
                                   f"{status_command(below[0].parent)}")
+        recorded = next(recorded_pipeline_digests(run), None)
+        if recorded is not None:
+            raise lost_pipeline_error(run, *recorded)
         raise LmcollapseError(f"{run.root} is not a run (no pipeline.yaml): start one with {start_command(run.root)}")
     config = load_config(run.pipeline_file)
     checks = {c.name: c for c in verify_run(run, quick=quick)}
@@ -125,7 +129,7 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
         lines.append(f"metrics.csv is missing: {build_command(run.root, max(complete))} rebuilds it")
     edited = edited_pipeline(run)
     if edited is not None:
-        lines.append(f"problem: {run.pipeline_file} was edited after {edited} was built with it (building stops on it): "
+        lines.append(f"problem: {run.pipeline_file} was edited after its {edited} stage was built with it (building stops on it): "
                      "put back the settings it was built with, or start a new RUN=... for the new ones")
     healthy = edited is None and not any(c.state in (DAMAGED, STALE) for c in checks.values())
     if not healthy:
