@@ -145,10 +145,14 @@ def test_carving_is_offered_for_a_split_it_can_give_and_refused_where_it_would_c
         with pytest.raises(corpus.MissingSplit, match=r"no split 'train'") as raised:
             corpus.locate_data_splits(config("only-test", *overrides), "train", "test")
         assert "carve" not in str(raised.value)
-    # every carvable split there: the fraction would be ignored, so it is refused
+    # every carvable split there: the fraction would be ignored, so a new run refuses it
+    carving_nothing = config("both", ("carve_fraction", 0.1))
     with pytest.raises(LmcollapseError, match=r"^data.carve_fraction=0.1 would carve nothing: corpus .*both has its own "
                                               r"'test' split: leave data.carve_fraction out \(or set it to null\)$"):
-        corpus.locate_data_splits(config("both", ("carve_fraction", 0.1)), "train", "test")
+        CorpusPlan(carving_nothing).check_settings_read()
+    # ...and a run built with one before it was refused reads its splits as it did: whole, uncarved
+    train, heldout = corpus.locate_data_splits(carving_nothing, "train", "test")
+    assert (train.carving, heldout.carving) == (None, None) and heldout.files == (tmp_path / "both" / "test.jsonl",)
 
 
 def test_a_text_column_on_lines_of_text_is_refused_not_ignored(tmp_path):
@@ -158,7 +162,7 @@ def test_a_text_column_on_lines_of_text_is_refused_not_ignored(tmp_path):
     with pytest.raises(LmcollapseError, match=r"^data.text_column='body' names a column of records, but .* is lines of "
                                               r"text \(train.txt, test.txt\), which have no columns: leave "
                                               r"data.text_column out$"):
-        CorpusPlan(config).check_fine_tuning_text()
+        CorpusPlan(config).check_settings_read()
     (tmp_path / "records").mkdir()
     for split in ("train", "test"):  # records: the column is read
         write_records(tmp_path / "records" / f"{split}.jsonl", documents(5, 0), "jsonl")
@@ -309,6 +313,16 @@ def test_a_corpus_that_is_a_fifo_and_a_cache_that_is_a_file_are_refused_in_one_l
     os.mkfifo(tmp_path / "folder" / "test.txt")
     with pytest.raises(LmcollapseError, match=r"test.txt is not a regular file \(a FIFO, a socket or a device\)"):
         corpus.locate_splits(str(tmp_path / "folder"), "train", "test")
+    (tmp_path / "folder" / "test.txt").unlink()
+    (tmp_path / "folder" / "test.txt").mkdir()  # a folder with a file's name: named, not skipped
+    with pytest.raises(LmcollapseError, match=r"test.txt is a folder: the 'test' split is one file test.txt, or a "
+                                              r"folder of files named test/; rename it"):
+        corpus.locate_splits(str(tmp_path / "folder"), "train", "test")
+    (tmp_path / "parts" / "train").mkdir(parents=True)  # a FIFO among a split folder's files: not skipped
+    (tmp_path / "parts" / "train" / "a.txt").write_text("words\n")
+    os.mkfifo(tmp_path / "parts" / "train" / "b.txt")
+    with pytest.raises(LmcollapseError, match=r"b.txt is not a regular file"):
+        corpus.locate_splits(str(tmp_path / "parts"), "train")
     (tmp_path / "a-file").write_text("")
     monkeypatch.setenv("LMCOLLAPSE_CACHE_DIR", str(tmp_path / "a-file"))
     with pytest.raises(LmcollapseError, match=r"is not a folder \(.*a-file is a file\): set LMCOLLAPSE_CACHE_DIR="):

@@ -5,7 +5,8 @@ carved from its train split (``locate.Carving`` says which rows), and the train 
     train, heldout = locate_data_splits(config, "train", "test")
 
 A fraction that would carve nothing (the corpus has every such split) is refused rather than
-ignored; without one, a missing split that could be carved says so.
+ignored (``check_carves_something``, for a new run); without one, a missing split that could be
+carved says so.
 """
 
 from __future__ import annotations
@@ -49,11 +50,8 @@ def locate_data_splits(config, *splits: str) -> tuple[SplitSource, ...]:
                                f"{data.train_split!r}", err.split) from None
     (train,) = locate_splits(data.corpus, data.train_split, **options)  # what everything is carved from
     missing = [split for split in wanted if not _has_split(data, split, options)]
-    if not missing:
-        raise LmcollapseError(
-            f"data.carve_fraction={data.carve_fraction:g} would carve nothing: corpus {data.corpus} has its own "
-            f"{' and '.join(repr(split) for split in wanted)} split{'s' if len(wanted) > 1 else ''}: leave "
-            "data.carve_fraction out (or set it to null)")
+    if not missing:  # nothing to carve: a new run refuses the fraction (check_carves_something), an older run read so
+        return locate_splits(data.corpus, *splits, **options)
     present = [s for s in splits if s not in missing]
     located = dict(zip(present, locate_splits(data.corpus, *present, **options))) if present else {}
     located.setdefault(data.train_split, train)  # a named corpus's folder holding every split asked for wins
@@ -68,6 +66,22 @@ def locate_data_splits(config, *splits: str) -> tuple[SplitSource, ...]:
         else:
             sources.append(located[split])
     return tuple(sources)
+
+
+def check_carves_something(config) -> None:
+    """A ``data.carve_fraction`` that would carve nothing (the corpus has every carvable split) is
+    refused, not ignored; checked before a run's human stage is built (a run built earlier with one
+    goes on as it was built)."""
+    data = config.data
+    if not data.carve_fraction:
+        return
+    options = dict(text_column=data.text_column, hub_config=data.hub_config)
+    wanted = carvable_splits(config)
+    if all(_has_split(data, split, options) for split in wanted):
+        raise LmcollapseError(
+            f"data.carve_fraction={data.carve_fraction:g} would carve nothing: corpus {data.corpus} has its own "
+            f"{' and '.join(repr(split) for split in wanted)} split{'s' if len(wanted) > 1 else ''}: leave "
+            "data.carve_fraction out (or set it to null)")
 
 
 def _has_split(data, split: str, options: dict) -> bool:

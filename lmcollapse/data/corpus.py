@@ -6,6 +6,7 @@ read the splits it located.
 
     corpus = CorpusPlan(config)
     corpus.check_fine_tuning_text()          # found in one place, readable: one-line errors otherwise
+    corpus.check_settings_read()             # no setting accepted and ignored
     lines = load_split_lines(corpus.train)
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from functools import cached_property
 
 from lmcollapse.config import PipelineConfig
-from lmcollapse.data.carving import locate_data_splits, separate_validation_split
+from lmcollapse.data.carving import check_carves_something, locate_data_splits, separate_validation_split
 from lmcollapse.data.locate import SplitSource, check_same_source, locate_splits, same_text
 from lmcollapse.data.read import check_source
 from lmcollapse.errors import LmcollapseError
@@ -61,7 +62,6 @@ class CorpusPlan:
         for source in (self.train, self.heldout, self.validation):
             if source is not None:
                 check_source(source)
-        self.check_text_column()
         data = self.config.data
         # Two names for one text (an alias, a copied file): held-out text would be trained on, or select a model.
         for key, split, other in (("data.train_split", data.train_split, self.train),
@@ -71,8 +71,11 @@ class CorpusPlan:
                     f"data.heldout_split: {data.heldout_split!r} holds the same text as {key} ({split!r}): held-out "
                     "text is never trained on nor used to select a model; name a split with other text")
 
-    def check_text_column(self) -> None:
-        """``data.text_column`` is refused where no split has columns (lines of text), rather than ignored."""
+    def check_settings_read(self) -> None:
+        """Settings that would be accepted and ignored are refused, before a run's human stage is
+        built (a run built earlier with one goes on as it was built): ``data.text_column`` where no
+        split has columns (lines of text), a ``data.carve_fraction`` that would carve nothing."""
+        check_carves_something(self.config)
         data = self.config.data
         sources = [source for source in (self.train, self.heldout, self.validation) if source is not None]
         if data.text_column != "text" and all(source.is_local and not source.structured for source in sources):

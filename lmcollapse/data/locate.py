@@ -313,10 +313,7 @@ def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
     broken = [path for path in named if is_broken_link(path)]
     if broken:
         raise broken_link_error(broken[0])
-    special = [path for path in named if path.exists() and not path.is_file()]  # a FIFO, a socket, a device
-    if special:
-        raise LmcollapseError(f"corpus file {special[0]} is not a regular file (a FIFO, a socket or a device), so "
-                              "it cannot be read twice or hashed: replace it with a file of the text")
+    _refuse_unreadable(named, split)
     candidates = folders + [path for path in named if path.is_file()]
     if len(candidates) > 1:
         shown = ", ".join(p.name + ("/" if p.is_dir() else "") for p in candidates)
@@ -329,6 +326,7 @@ def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
         broken = [path for path in entries if is_broken_link(path)]
         if broken:
             raise broken_link_error(broken[0])
+        _refuse_unreadable(entries, split)
         files = [p for p in entries if p.is_file()]
         if files:
             return _one_format(tuple(files), split)
@@ -339,6 +337,18 @@ def _split_files_in_folder(folder: Path, split: str) -> tuple[Path, ...]:
     raise MissingSplit(
         f"corpus folder {folder} has no split {split!r}: expected {names[0]}.txt (or .raw, .tokens, .jsonl, "
         f".json, .csv, .parquet) or a folder {names[0]}/ of such files; it holds {present}", split)
+
+
+def _refuse_unreadable(paths: list[Path], split: str) -> None:
+    """A corpus file name that is not a regular file is named, never skipped: a folder called
+    ``test.txt``, or a FIFO, a socket or a device (read once, never hashed)."""
+    for path in paths:
+        if path.is_dir():
+            raise LmcollapseError(f"corpus file {path} is a folder: the {split!r} split is one file {path.name}, or a "
+                                  f"folder of files named {split}/; rename it")
+        if path.exists() and not path.is_file():
+            raise LmcollapseError(f"corpus file {path} is not a regular file (a FIFO, a socket or a device), so it "
+                                  "cannot be read twice or hashed: replace it with a file of the text")
 
 
 def _one_format(files: tuple[Path, ...], split: str) -> tuple[Path, ...]:

@@ -85,7 +85,9 @@ def write_human(context: Context, text: HumanText, blocks: HumanBlocks, started:
     context.say(f"human: {len(train)} training blocks of {data.block_size} tokens "
                 f"(of {len(blocks.train)}), {len(heldout)} held-out blocks of {config.eval_block_size}")
     write_manifest(run.human_manifest, {
-        **lineage_record(run, None), PIPELINE_DIGEST: pipeline_digest(run.pipeline_file),
+        **lineage_record(run, None),
+        # the run's settings; a chain's further families (family-NN/) have no pipeline.yaml: the run's human records it
+        **({PIPELINE_DIGEST: pipeline_digest(run.pipeline_file)} if run.pipeline_file.is_file() else {}),
         "train": {**_split_record(data.train_split, text.train_source, len(train)),
                   "blocks_in_split": len(blocks.train), "tokens_in_split": int(len(blocks.train_stream))},
         "heldout": {**_split_record(data.heldout_split, text.heldout_source, len(heldout)),

@@ -50,7 +50,7 @@ from lmcollapse.stages.evaluate import ensure_human_mauve
 from lmcollapse.stages.generation import build_generation
 from lmcollapse.stages.preflight import check_same_config, preflight
 from lmcollapse.stages.pretrain import ensure_pretrained_base
-from lmcollapse.stages.run_file import pipeline_yaml_text, refresh_header
+from lmcollapse.stages.run_file import pipeline_yaml_text
 from lmcollapse.stages.tracking import RunTracker
 
 log = logging.getLogger(__name__)
@@ -248,11 +248,9 @@ def retire_stale(context: Context, stale: list, last_generation: int) -> None:
 
 def open_run(config: PipelineConfig, run: RunDir) -> None:
     """Create the run with its resolved config, or check that ``config`` is the one it was built with."""
-    text = pipeline_yaml_text(config, run)
     if run.pipeline_file.is_file():
         check_same_config(config, run)  # again, now under the lock
-        refresh_header(run, text)
         return
     if next(recorded_pipeline_digests(run), None):  # a run that lost the file: preflight found this config recorded
         log.info("writing back %s: this config is the one the run's stages recorded", run.pipeline_file)
-    write_text_atomic(run.pipeline_file, text)
+    write_text_atomic(run.pipeline_file, pipeline_yaml_text(config, run))

@@ -38,6 +38,7 @@ def preflight(config: PipelineConfig, run: RunDir, corpus: CorpusPlan | None = N
             check_lost_pipeline(config, run, strangers)
     if not run.human_manifest.is_file():
         corpus.check_fine_tuning_text()
+        corpus.check_settings_read()
     folder = Path(config.model.name).expanduser()
     if not run.base_manifest.is_file() and not config.model.is_preset and (folder.exists() or folder.is_symlink()):
         check_model_folder(folder, config.model.trust_remote_code)

@@ -1,6 +1,6 @@
 """A run's own pipeline.yaml, the config its next generation is built from: its text, the check
-that it is the file the run's stages recorded (never edited after them), a way back when it is
-lost, and a header that follows the run when its folder moves.
+that it is the file the run's stages recorded (never edited after them), and a way back when it
+is lost.
 
     text = pipeline_yaml_text(config, run)
     check_pipeline_unedited(run)           # one-line error: edited after a stage recorded it
@@ -10,41 +10,22 @@ Light: ``status`` reads it, and loads no model library.
 
 from __future__ import annotations
 
-import re
-import shlex
 from pathlib import Path
 
 from lmcollapse.config import PipelineConfig, config_to_yaml, load_config
 from lmcollapse.config.shipped import shipped_pipelines
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.run.atomic import write_text_atomic
 from lmcollapse.run.commands import build_command, pipeline_command
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import edited_pipeline, pipeline_text_digest, recorded_pipeline_digests
 
-HEADER_LINES = 2
-
 
 def pipeline_yaml_text(config: PipelineConfig, run: RunDir) -> str:
     """A run's pipeline.yaml: the resolved config, under a header naming the command that extends
-    the run where it is now (a comment: no digest counts it)."""
+    the run where it is created (a comment: no digest counts it; after a move, status prints the
+    command for where the run is, and the file is never rewritten)."""
     return (f"# Resolved config of run {run.name}, exactly as used. Rebuild or extend it with:\n"
             f"#   {build_command(run.root, config.generations - 1)}\n") + config_to_yaml(config)
-
-
-def refresh_header(run: RunDir, text: str) -> None:
-    """Point the header's command at the run where it is now, when it names another folder (the
-    run was moved). Only the header's own lines are replaced; the settings below are kept as they are."""
-    lines = run.pipeline_file.read_text(encoding="utf-8").splitlines(keepends=True)
-    ours = len(lines) >= HEADER_LINES and lines[0].startswith("# Resolved config of run ") and lines[1].startswith("#   ")
-    names = {form(str(path)) for path in (run.root, run.root.resolve()) for form in (str, shlex.quote)}
-    if not ours or any(re.search(rf"(RUN=|--run ){re.escape(name)}(\s|$)", lines[1]) for name in names):
-        return
-    header = text.splitlines(keepends=True)[:HEADER_LINES]
-    try:
-        write_text_atomic(run.pipeline_file, "".join(header + lines[HEADER_LINES:]))
-    except OSError:  # a read-only run: the header is a comment, and status prints the commands that work
-        pass
 
 
 def check_pipeline_unedited(run: RunDir) -> None:
@@ -74,7 +55,8 @@ def lost_pipeline_error(run: RunDir, stage: str, digest: str) -> LmcollapseError
     if shipped is not None:
         way = pipeline_command(shipped, run.root, load_config(shipped).generations - 1)
     else:
-        way = "run the command that built the run (the same pipeline and --set overrides)"
+        way = ("run the command that built the run (the same pipeline and --set overrides; a run built by an older "
+               "lmcollapse may match none: restore the file from a backup)")
     return LmcollapseError(f"run {run.root} has lost its pipeline.yaml; its {stage} stage recorded the settings it was "
                            f"built with, and only those write it back: {way}; or choose a new RUN=... for other settings")
 

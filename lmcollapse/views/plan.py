@@ -47,11 +47,14 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
     lines.extend(_model_lines(config, run, corpus))
     sizes = corpus_sizes(corpus, run)
     human_blocks = sizes.human_blocks
-    try:
-        check_same_source(*sizes.sources, allow_mixed=data.mixed_sources)
-        corpus.check_text_column()
-    except LmcollapseError as err:
-        lines.append(f"  WARNING: building would stop: {err}")
+    checks = [lambda: check_same_source(*sizes.sources, allow_mixed=data.mixed_sources)]
+    if not run.human_manifest.is_file():  # as preflight: a run built earlier goes on as it was built
+        checks.append(corpus.check_settings_read)
+    for check in checks:
+        try:
+            check()
+        except LmcollapseError as err:
+            lines.append(f"  WARNING: building would stop: {err}")
     for (role, split), source, size, blocks in zip((("train", data.train_split), ("held out", data.heldout_split)),
                                                    sizes.sources, sizes.split_bytes, sizes.split_blocks):
         lines.append(f"{role}: {data.corpus} {split} <- {source.describe()} ({size / 1e6:.2f} MB, ~{blocks} blocks)")
