@@ -100,8 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="then upload the copy as a hub dataset repository (needs the network and a token)")
     export.set_defaults(func=command_export)
 
-    status = verbs.add_parser("status", help="per stage: complete, damaged, stale, partial or missing (every file "
-                              "checked against its manifest; exit 1 if anything is damaged or stale); what comes next")
+    status = verbs.add_parser("status", help="per stage: complete, damaged, stale, pending, partial or missing (every "
+                              "file checked against its manifest; exit 1 if anything is damaged, stale or pending); "
+                              "what comes next")
     status.add_argument("--run", type=Path, required=True)
     status.add_argument("--quick", action="store_true",
                         help="check that files are present, not their sha256 (manifests and lineage are still checked)")

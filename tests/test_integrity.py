@@ -175,30 +175,62 @@ def test_a_deleted_metrics_table_is_rebuilt_by_the_next_command(run, reference, 
     assert run.metrics_csv.read_bytes() == reference.metrics_csv.read_bytes()
 
 
-def test_a_rebuilt_parent_makes_its_descendants_stale_and_they_are_rebuilt(run, reference, pipeline):
-    """Deleting generation 0 and rebuilding it must not leave generations 1..2 complete on the old lineage."""
+def test_a_parent_rebuilt_byte_identical_keeps_its_descendants(run, reference, pipeline):
+    """Deleting generation 0 (the mend of a damaged file) and rebuilding it sent generations 1..2
+    to stale/ and retrained them, though generation 0 came out the same: its manifest holds timings.
+    They wait for it instead, and are kept when its files are the same."""
     shutil.rmtree(run.generation(0).root)
     result = status(run)
     assert result.returncode == 1
     lines = result.stdout.splitlines()
     assert "generation-00  missing" in lines
-    assert any(line.startswith("generation-01  stale: built on generation-00, which is missing now") for line in lines)
-    assert any(line.startswith("generation-02  stale: built on generation-01, which is stale now") for line in lines)
-
-    result = generation(pipeline, run, 0)  # generation 0 again: a new manifest, so 1 and 2 are stale
-    assert result.returncode == 0, result.stderr[-2000:]
-    warning = next(line for line in result.stderr.splitlines() if "built on a stage that has changed" in line)
-    assert warning.startswith("lmcollapse: generation-01, generation-02 were built on a stage that has changed since")
-    command = warning.split("`")[1]
-    assert command == f"make generation-2 PIPELINE={shlex.quote(str(run.pipeline_file))} RUN={shlex.quote(str(run.root))}"
-    assert sorted(p.name for p in (run.root / "stale").iterdir()) == ["generation-01", "generation-02"]
-    with open(run.metrics_csv) as handle:  # the table holds only the current lineage
-        assert [int(r["generation"]) for r in csv.DictReader(handle)] == [0]
-    result = status(run)
-    assert result.returncode == 0 and "would build generation-01" in result.stdout
+    assert any(line.startswith("generation-01  pending: built on generation-00, which is missing now: kept until it "
+                               "is complete again, then used as it is if its files come out the same, else moved to "
+                               "stale/") for line in lines), lines
+    assert any(line.startswith("generation-02  pending: built on generation-01, which is pending now") for line in lines)
+    kept = {index: tree_hashes(run.generation(index).root) for index in (1, 2)}
 
     result = generation(pipeline, run, 2)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "built on a stage that has changed" not in result.stderr and not (run.root / "stale").exists()
+    assert {index: tree_hashes(run.generation(index).root) for index in (1, 2)} == kept  # not rebuilt, not rewritten
+    assert status(run).returncode == 0
+    with open(run.metrics_csv) as handle:
+        assert [int(r["generation"]) for r in csv.DictReader(handle)] == [0, 1, 2]
+    for name in ("model/model.safetensors", "synthetic/shard-00000.parquet", "eval/tails.npy"):
+        assert sha256_file(run.generation(0).root / name) == sha256_file(reference.generation(0).root / name)
+
+
+@pytest.mark.parametrize("recorded", ["other files", "an older run's record"])
+def test_a_parent_rebuilt_with_other_files_makes_its_descendants_stale_and_they_are_rebuilt(
+        run, reference, pipeline, recorded):
+    """Generation 1 records generation 0's files as other than they come out (as on another machine),
+    or records only its manifest (a run built before files were recorded): it and generation 2 are
+    moved to stale/ once generation 0 is rebuilt, and rebuilt on it."""
+    from lmcollapse.run.manifests import read_manifest, write_manifest
+
+    manifest = read_manifest(run.generation(1).manifest)
+    manifest.pop("manifest_sha256", None)
+    if recorded == "other files":
+        manifest["parent_files_sha256"] = "0" * 64
+    else:
+        manifest = {k: v for k, v in manifest.items() if not k.endswith("_files_sha256")}
+    write_manifest(run.generation(1).manifest, manifest)
+    shutil.rmtree(run.generation(0).root)
+
+    result = generation(pipeline, run, 0)  # generation 0 alone: 1 and 2 wait, untouched
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not (run.root / "stale").exists()
+    lines = status(run).stdout.splitlines()
+    assert any(line.startswith("generation-01  stale: built on an earlier generation-00 (its files changed since)")
+               for line in lines), lines
+    assert any(line.startswith("generation-02  stale: built on generation-01, which is stale now") for line in lines)
+
+    result = generation(pipeline, run, 2)
+    assert result.returncode == 0, result.stderr[-2000:]
+    warning = next(line for line in result.stderr.splitlines() if "built on a stage that has changed" in line)
+    assert warning.startswith("lmcollapse: generation-01, generation-02 were built on a stage that has changed since")
+    assert sorted(p.name for p in (run.root / "stale").iterdir()) == ["generation-01", "generation-02"]
     assert status(run).returncode == 0
     # Rebuilt deterministically: the same results as the reference.
     for index in (0, 1, 2):
@@ -270,28 +302,47 @@ def test_a_read_only_run_can_be_read_but_not_extended(reference, pipeline, tmp_p
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_an_interrupted_generation_on_a_rebuilt_parent_is_started_afresh(run, reference, pipeline, tmp_path):
-    """Generation 3 stops mid-training; then generation 1 is rebuilt. Resuming generation 3 from
-    its old checkpoints would finish it on generation 2's *old* corpus: it must be stale instead."""
+def test_an_interrupted_generation_on_a_rebuilt_parent(run, reference, pipeline, tmp_path):
+    """Generation 3 stops mid-training; then generation 1 is deleted and rebuilt. Resuming generation 3
+    from its old checkpoints would finish it on generation 2's *old* corpus where generation 1 came
+    out different; where it came out the same, the lineage is the one it started on, and it resumes."""
+    from lmcollapse.run.manifests import read_manifest, write_manifest
+
     uninterrupted = RunDir(tmp_path / "uninterrupted")
     shutil.copytree(reference.root, uninterrupted.root)
     assert generation(pipeline, uninterrupted, 3).returncode == 0
 
     result = run_cli("-q", "generation", "3", "--pipeline", str(pipeline), "--run", str(run.root), "--no-progress",
-                     env={"LMCOLLAPSE_FAILPOINT": "train-step@2"})
+                     env={"LMCOLLAPSE_FAILPOINT": "train-step@3"})
     assert result.returncode != 0 and run.generation(3).lineage.is_file() and not run.generation(3).is_complete
-    shutil.rmtree(run.generation(1).root)
-    lines = status(run).stdout.splitlines()
-    assert any(line.startswith("generation-03  stale: built on generation-02, which is stale now") for line in lines), lines
+    assert (run.generation(3).checkpoints / "step-000002").is_dir()  # what a resume would start from
+    interrupted = tmp_path / "interrupted"
+    shutil.copytree(run.root, interrupted)
+    for different in (False, True):
+        if different:  # generation 2 records generation 1's files as other than they come out
+            shutil.rmtree(run.root)
+            shutil.copytree(interrupted, run.root)
+            manifest = read_manifest(run.generation(2).manifest)
+            manifest.pop("manifest_sha256", None)
+            write_manifest(run.generation(2).manifest, manifest | {"parent_files_sha256": "0" * 64})
+        shutil.rmtree(run.generation(1).root)
+        lines = status(run).stdout.splitlines()
+        assert any(line.startswith("generation-03  pending: built on generation-02, which is pending now")
+                   for line in lines), lines
 
-    result = generation(pipeline, run, 3)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(p.name for p in (run.root / "stale").iterdir()) == ["generation-02", "generation-03"]
-    log = json.loads((run.generation(3).model / "train_log.json").read_text())
-    assert log["resumed_from_step"] is None  # started afresh, not from the old lineage's checkpoint
-    for index in (1, 2, 3):
-        for name in ("model/model.safetensors", "synthetic/shard-00000.parquet", "eval/tails.npy"):
-            assert sha256_file(run.generation(index).root / name) == sha256_file(uninterrupted.generation(index).root / name)
+        result = generation(pipeline, run, 3)
+        assert result.returncode == 0, result.stderr[-2000:]
+        log = json.loads((run.generation(3).model / "train_log.json").read_text())
+        if different:
+            assert sorted(p.name for p in (run.root / "stale").iterdir()) == ["generation-02", "generation-03"]
+            assert log["resumed_from_step"] is None  # started afresh, not from the old lineage's checkpoint
+        else:
+            assert not (run.root / "stale").exists()
+            assert log["resumed_from_step"] is not None  # the same lineage: its checkpoint is good
+        for index in (1, 2, 3):
+            for name in ("model/model.safetensors", "synthetic/shard-00000.parquet", "eval/tails.npy"):
+                assert sha256_file(run.generation(index).root / name) == \
+                    sha256_file(uninterrupted.generation(index).root / name)
 
 
 def test_a_damaged_base_stops_before_anything_is_moved(run, pipeline):

@@ -6,11 +6,17 @@ A complete stage is
   edited (every manifest carries the sha256 of its own contents);
 * ``stale`` when the stage it was built on is no longer the one it recorded: the human data on
   another base model, generation 0 on other human data or another base, generation k on another
-  generation k-1 (rebuilt, deleted, or itself stale). A stale generation's numbers belong to a
-  lineage that no longer exists; ``make generation-N`` moves it to ``<run>/stale/`` and rebuilds it.
-  A partial generation is checked against the ``lineage.json`` it wrote when it started, so an
-  interrupted generation is never finished on a training set of the old lineage. A damaged
-  parent does not make its children stale: the damage is reported, and restoring it mends both.
+  generation k-1 (rebuilt with other files, or itself stale). A stale generation's numbers belong
+  to a lineage that no longer exists; ``make generation-N`` moves it to ``<run>/stale/`` and
+  rebuilds it. A stage records its parents' manifests and, apart, their files (the manifest holds
+  timings too): a parent rebuilt with the same files, byte for byte, is the same lineage;
+* ``pending`` when a stage it was built on is missing or partial (deleted to be rebuilt, or being
+  rebuilt): it is kept until that stage is complete again, then used as it is if the files came out
+  the same, else stale. Runs recorded before the files were only compare manifests.
+
+A partial generation is checked against the ``lineage.json`` it wrote when it started, so an
+interrupted generation is never finished on a training set of the old lineage. A damaged parent
+does not make its children stale: the damage is reported, and restoring it mends both.
 
     for check in verify_run(RunDir(Path("runs/tiny"))):          # files hashed
         print(check.name, check.state, check.problem)
@@ -19,17 +25,18 @@ A complete stage is
 
 from __future__ import annotations
 
+import fnmatch
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from lmcollapse.errors import LmcollapseError
-from lmcollapse.run.atomic import sha256_file
+from lmcollapse.run.atomic import canonical_json, sha256_bytes, sha256_file
 from lmcollapse.run.commands import build_command, rebuild_command
 from lmcollapse.run.layout import RunDir, family_position
 from lmcollapse.run.manifests import check_unchanged, read_manifest, recorded_files
 
-COMPLETE, DAMAGED, STALE, PARTIAL, MISSING = "complete", "damaged", "stale", "partial", "missing"
+COMPLETE, DAMAGED, STALE, PENDING, PARTIAL, MISSING = "complete", "damaged", "stale", "pending", "partial", "missing"
 
 
 @dataclass(frozen=True)
@@ -65,12 +72,36 @@ def lineage(run: RunDir, index: int | None, family: RunDir | None = None) -> dic
 def lineage_record(run: RunDir, index: int | None, family: RunDir | None = None) -> dict[str, str]:
     """What a stage's manifest records of its lineage, at the time it completes (and the folder of
     its family, when it has one of its own)."""
-    record = {key: sha256_file(path) for key, path in lineage(run, index, family).items()}
+    record = {}
+    for key, path in lineage(run, index, family).items():
+        record[key] = sha256_file(path)
+        record[files_key(key)] = files_digest(path)
     return record | ({"family": family.name} if family is not None else {})
 
 
-def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]) -> str | None:
-    """Why a stage that recorded ``recorded`` (manifest sha256 by key) is stale, or None.
+def files_key(field: str) -> str:
+    """Where a lineage record keeps the digest of a parent's files (``parent_manifest_sha256`` ->
+    ``parent_files_sha256``)."""
+    return field.replace("_manifest_sha256", "_files_sha256")
+
+
+# Files that record how a stage went rather than what it made: their timings differ on every
+# rebuild; the cards describe the rest. A parent's lineage is its weights, tokenizer, corpus,
+# blocks and arrays.
+MEASUREMENTS = ("eval/*.json", "*/train_log.json", "synthetic/shard-*.json", "lineage.json", "README.md", "*/README.md")
+
+
+def files_digest(manifest: Path) -> str:
+    """sha256 of what a stage made, as its manifest records it (names and sha256), measurements
+    and cards left out: equal for a stage rebuilt byte-identical, though its manifest differs."""
+    made = {name: digest for name, digest in recorded_files(read_manifest(manifest)).items()
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in MEASUREMENTS)}
+    return sha256_bytes(canonical_json(made).encode())
+
+
+def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]) -> tuple[str, str] | None:
+    """(STALE or PENDING, why) for a stage that recorded ``recorded`` (its parents' manifest sha256
+    and files digest by key), or None where its lineage holds.
 
     A damaged parent does not make its children stale: the damage is reported on the parent, and
     restoring it (or accepting it) leaves the children as they were.
@@ -78,10 +109,19 @@ def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]
     for field, (path, parent) in parents.items():
         if parent.state == DAMAGED:
             continue
-        if parent.state in (STALE, MISSING, PARTIAL):
-            return f"built on {parent.name}, which is {parent.state} now"
-        if not path.is_file() or sha256_file(path) != recorded.get(field):
-            return f"built on an earlier {parent.name} (its manifest changed since)"
+        if parent.state == STALE:
+            return STALE, f"built on {parent.name}, which is stale now"
+        if parent.state in (MISSING, PARTIAL, PENDING):
+            return PENDING, (f"built on {parent.name}, which is {parent.state} now: kept until it is complete again, "
+                             "then used as it is if its files come out the same, else moved to stale/")
+        if sha256_file(path) == recorded.get(field):
+            continue
+        try:
+            same_files = recorded.get(files_key(field)) == files_digest(path)
+        except LmcollapseError:  # an unreadable parent manifest is reported as damage on the parent
+            same_files = False
+        if not same_files:
+            return STALE, f"built on an earlier {parent.name} (its files changed since)"
     return None
 
 
@@ -98,7 +138,7 @@ def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, q
             except LmcollapseError as err:
                 return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
             if problem:
-                return StageCheck(name, root, STALE, problem)
+                return StageCheck(name, root, *problem)
         return StageCheck(name, root, PARTIAL)
     try:
         manifest = read_manifest(manifest_path)
@@ -106,7 +146,7 @@ def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, q
         return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
     problem = _lineage_problem(manifest, parents)
     if problem:
-        return StageCheck(name, root, STALE, problem)
+        return StageCheck(name, root, *problem)
     try:
         check_unchanged(recorded_files(manifest), files_root, name, accept_changed=False, stage_root=root, quick=quick)
     except LmcollapseError as err:

@@ -39,7 +39,7 @@ from lmcollapse.errors import LmcollapseError
 from lmcollapse.metrics.table import collect_rows, format_table, refresh_metrics
 from lmcollapse.run.atomic import existing_ancestor, read_json, write_text_atomic
 from lmcollapse.run.commands import build_command
-from lmcollapse.run.integrity import COMPLETE, DAMAGED, STALE, StageCheck, verify_run
+from lmcollapse.run.integrity import COMPLETE, DAMAGED, PENDING, STALE, StageCheck, verify_run
 from lmcollapse.run.interrupts import check_stop, stop_on_signals
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import run_lock
@@ -165,6 +165,8 @@ def build_generations(context: Context, last_generation: int, checks: dict[str, 
     try:
         for index in range(last_generation + 1):
             generation = run.generation(index)
+            if generation.name in checks and checks[generation.name].state == PENDING:
+                checks = settle_pending(context, generation.name, last_generation)
             if generation.is_complete:
                 check = checks[generation.name]
                 log.info("%s is complete%s; skipping it", generation.name,
@@ -185,6 +187,23 @@ def build_generations(context: Context, last_generation: int, checks: dict[str, 
     finally:
         if tracker is not None:
             tracker.finish()
+
+
+def settle_pending(context: Context, name: str, last_generation: int) -> dict[str, StageCheck]:
+    """Every stage checked again, now that the stage ``name`` waited for is complete: ``name`` is
+    used as it is if that stage's files came out the same, else it (and what was built on it) is
+    moved to stale/ and rebuilt."""
+    checks = verified_stages(context)
+    check = checks[name]
+    if check.state == PENDING:  # what it waits for is built before it, so this is not expected
+        raise LmcollapseError(f"{name} is still {check.state} ({check.problem}): run `status` and report it")
+    if check.state == STALE:
+        if context.main:
+            retire_stale(context, [c for c in checks.values() if c.state == STALE], last_generation)
+        context.accelerator.wait_for_everyone()
+    else:
+        log.info("%s is kept: what it was built on came out the same, byte for byte", name)
+    return checks
 
 
 def verified_stages(context: Context) -> dict:

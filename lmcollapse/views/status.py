@@ -12,7 +12,7 @@ from lmcollapse.engine.checkpointer import Checkpointer
 from lmcollapse.engine.shards import completed_shard, shard_ranges
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.commands import build_command, start_command, status_command
-from lmcollapse.run.integrity import DAMAGED, STALE, StageCheck, verify_run
+from lmcollapse.run.integrity import DAMAGED, PENDING, STALE, StageCheck, verify_run
 from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
 from lmcollapse.run.manifests import edited_pipeline, read_manifest, recorded_pipeline_digests
@@ -25,7 +25,7 @@ def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None
     or stale says so, with the problem and the command that mends it."""
     def state(name: str, fallback: str) -> str:
         check = (checks or {}).get(name)
-        if check is not None and check.state in (DAMAGED, STALE):
+        if check is not None and check.state in (DAMAGED, STALE, PENDING):
             return f"{check.state}: {check.problem}"
         return fallback
 
@@ -112,7 +112,7 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     holder = lock_holder(run)
     lines.append(f"writer: {holder}" if holder else "writer: none (the run is not being written)")
     lines.extend(stage_lines(run, last, config, checks))
-    complete = [g.index for g in run.complete_generations() if checks[g.name].state != STALE]
+    complete = [g.index for g in run.complete_generations() if checks[g.name].state not in (STALE, PENDING)]
     first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
     damaged = [c for c in checks.values() if c.state == DAMAGED]
     if damaged:  # building would stop on it: the mend comes first
@@ -131,9 +131,9 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     if edited is not None:
         lines.append(f"problem: {run.pipeline_file} was edited after its {edited} stage was built with it (building stops on it): "
                      "put back the settings it was built with, or start a new RUN=... for the new ones")
-    healthy = edited is None and not any(c.state in (DAMAGED, STALE) for c in checks.values())
+    healthy = edited is None and not any(c.state in (DAMAGED, STALE, PENDING) for c in checks.values())
     if not healthy:
-        lines.append("problems found: see the damaged/stale lines above")
+        lines.append("problems found: see the damaged/stale/pending lines above")
     elif not quick:
         lines.append("verified: every file of every complete stage matches its manifest")
     return "\n".join(lines), healthy
