@@ -185,8 +185,8 @@ def test_a_parent_rebuilt_byte_identical_keeps_its_descendants(run, reference, p
     lines = result.stdout.splitlines()
     assert "generation-00  missing" in lines
     assert any(line.startswith("generation-01  pending: built on generation-00, which is missing now: kept until it "
-                               "is complete again, then used as it is if its files come out the same, else moved to "
-                               "stale/") for line in lines), lines
+                               "is complete again, then used as it is if what it read comes out the same, else moved "
+                               "to stale/") for line in lines), lines
     assert any(line.startswith("generation-02  pending: built on generation-01, which is pending now") for line in lines)
     kept = {index: tree_hashes(run.generation(index).root) for index in (1, 2)}
 
@@ -201,18 +201,27 @@ def test_a_parent_rebuilt_byte_identical_keeps_its_descendants(run, reference, p
         assert sha256_file(run.generation(0).root / name) == sha256_file(reference.generation(0).root / name)
 
 
-@pytest.mark.parametrize("recorded", ["other files", "an older run's record"])
+@pytest.mark.parametrize("recorded, why", [
+    ("other files", "built on an earlier generation-00 (its files changed since)"),
+    ("an older run's record", "built on an earlier generation-00 (its manifest changed since, and this stage's record "
+                              "predates digests of files, so only manifests compare)"),
+    ("another file read", "built on files that changed since (human/train.parquet: not what it read)"),
+])
 def test_a_parent_rebuilt_with_other_files_makes_its_descendants_stale_and_they_are_rebuilt(
-        run, reference, pipeline, recorded):
+        run, reference, pipeline, recorded, why):
     """Generation 1 records generation 0's files as other than they come out (as on another machine),
-    or records only its manifest (a run built before files were recorded): it and generation 2 are
-    moved to stale/ once generation 0 is rebuilt, and rebuilt on it."""
+    or records only its manifest (a run built before files were recorded), or read a file of an older
+    stage that is not what it is now (the human blocks, which generation 0's files do not cover): it
+    and generation 2 are moved to stale/ once generation 0 is rebuilt, and rebuilt on it."""
     from lmcollapse.run.manifests import read_manifest, write_manifest
 
     manifest = read_manifest(run.generation(1).manifest)
     manifest.pop("manifest_sha256", None)
     if recorded == "other files":
         manifest["parent_files_sha256"] = "0" * 64
+    elif recorded == "another file read":
+        assert "human/train.parquet" in manifest["consumed"]
+        manifest["consumed"]["human/train.parquet"] = "0" * 64
     else:
         manifest = {k: v for k, v in manifest.items() if not k.endswith("_files_sha256")}
     write_manifest(run.generation(1).manifest, manifest)
@@ -222,8 +231,7 @@ def test_a_parent_rebuilt_with_other_files_makes_its_descendants_stale_and_they_
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (run.root / "stale").exists()
     lines = status(run).stdout.splitlines()
-    assert any(line.startswith("generation-01  stale: built on an earlier generation-00 (its files changed since)")
-               for line in lines), lines
+    assert f"generation-01  stale: {why}" in lines, lines
     assert any(line.startswith("generation-02  stale: built on generation-01, which is stale now") for line in lines)
 
     result = generation(pipeline, run, 2)
@@ -300,6 +308,32 @@ def test_a_read_only_run_can_be_read_but_not_extended(reference, pipeline, tmp_p
         assert tree_hashes(run.root) == before
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_pending_generation_is_checked_for_damage_before_it_is_kept(run, pipeline):
+    """Generation 1 waits for generation 0; its own files were never hashed while it waited, so a
+    changed file in it was kept, and reported as used "--accept-changed" though nobody asked."""
+    path = run.generation(1).root / "eval" / "perplexity.json"
+    path.write_text(path.read_text() + " ")
+    shutil.rmtree(run.generation(0).root)
+    before = tree_hashes(run.generation(1).root)
+    result = generation(pipeline, run, 2)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert last_line(result).startswith(f"lmcollapse: error: {path} changed (sha256 ")
+    assert " since generation-01 completed: restore it, rebuild it with " in last_line(result)
+    assert run.generation(0).is_complete and tree_hashes(run.generation(1).root) == before
+    assert generation(pipeline, run, 2, "--accept-changed").returncode == 0  # accepted: kept as it is
+
+
+def test_status_of_a_run_with_pending_generations_names_what_comes_first(run):
+    shutil.rmtree(run.base)
+    lines = status(run).stdout.splitlines()
+    assert "human          pending: built on base, which is missing now: rebuilt with it by the next make generation-N" \
+        in lines, lines
+    assert any(line.startswith("generation-00  pending: built on human, which is pending now") for line in lines)
+    next_line = next(line for line in lines if line.startswith("next: "))
+    assert next_line.endswith(" would build base, then keep each pending stage whose inputs come out byte-identical "
+                              "(else move it to stale/ and rebuild it)")
 
 
 def test_an_interrupted_generation_on_a_rebuilt_parent(run, reference, pipeline, tmp_path):

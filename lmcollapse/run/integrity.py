@@ -88,24 +88,65 @@ def files_key(field: str) -> str:
 # Files that record how a stage went rather than what it made: their timings differ on every
 # rebuild; the cards describe the rest. A parent's lineage is its weights, tokenizer, corpus,
 # blocks and arrays.
-MEASUREMENTS = ("eval/*.json", "*/train_log.json", "synthetic/shard-*.json", "lineage.json", "README.md", "*/README.md")
+MEASUREMENTS = ("eval/*.json", "*/train_log.json", "synthetic/shard-*.json", "synthetic/batch_probe.json", "lineage.json",
+                "README.md", "*/README.md")
 
 
 def files_digest(manifest: Path) -> str:
     """sha256 of what a stage made, as its manifest records it (names and sha256), measurements
     and cards left out: equal for a stage rebuilt byte-identical, though its manifest differs."""
-    made = {name: digest for name, digest in recorded_files(read_manifest(manifest)).items()
-            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in MEASUREMENTS)}
+    made = {name: digest for name, digest in recorded_files(read_manifest(manifest)).items() if not _measurement(name)}
     return sha256_bytes(canonical_json(made).encode())
 
 
-def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]) -> tuple[str, str] | None:
+def _measurement(name: str) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in MEASUREMENTS)
+
+
+def _consumed_changed(run: RunDir, consumed: dict[str, str]) -> str | None:
+    """The first file a generation read (its ``consumed`` record: an earlier stage's file by its
+    path in the run) whose stage records another sha256 now, measurements left out; or None. A
+    generation reads older stages directly (accumulated corpora, the human blocks, generation 0's
+    model), which its parent's files do not cover."""
+    recorded: dict[Path, dict[str, str] | None] = {}
+    for key, digest in consumed.items():
+        manifest, name = _recorded_at(run, key)
+        if _measurement(name):
+            continue
+        if manifest not in recorded:
+            try:
+                recorded[manifest] = recorded_files(read_manifest(manifest))
+            except LmcollapseError:  # gone or unreadable: not what was read
+                recorded[manifest] = None
+        if recorded[manifest] is None or recorded[manifest].get(name) != digest:
+            return key
+    return None
+
+
+def _recorded_at(run: RunDir, key: str) -> tuple[Path, str]:
+    """The manifest that records a consumed file (``human/train.parquet``, ``base/model/...``,
+    ``family-01/human/...``, ``generation-03/synthetic/...``) and the file's name in it."""
+    parts = key.split("/")
+    stages = run
+    if family_position(parts[0]) is not None:  # a chain's further family
+        stages, parts = run.family(family_position(parts[0])), parts[1:]
+    if parts[0] == "human":
+        return stages.human_manifest, "/".join(parts[1:])
+    if parts[:2] == ["base", "model"]:
+        return stages.base_manifest, "/".join(parts[2:])
+    return run.generation(int(parts[0].removeprefix("generation-"))).manifest, "/".join(parts[1:])
+
+
+def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]],
+                     run: RunDir | None = None) -> tuple[str, str] | None:
     """(STALE or PENDING, why) for a stage that recorded ``recorded`` (its parents' manifest sha256
-    and files digest by key), or None where its lineage holds.
+    and files digest by key; a generation's ``consumed`` files, ``run`` given), or None where its
+    lineage holds.
 
     A damaged parent does not make its children stale: the damage is reported on the parent, and
     restoring it (or accepting it) leaves the children as they were.
     """
+    rebuilt = False  # a parent rebuilt since, with the same files
     for field, (path, parent) in parents.items():
         if parent.state == DAMAGED:
             continue
@@ -113,20 +154,29 @@ def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]
             return STALE, f"built on {parent.name}, which is stale now"
         if parent.state in (MISSING, PARTIAL, PENDING):
             return PENDING, (f"built on {parent.name}, which is {parent.state} now: kept until it is complete again, "
-                             "then used as it is if its files come out the same, else moved to stale/")
+                             "then used as it is if what it read comes out the same, else moved to stale/")
         if sha256_file(path) == recorded.get(field):
             continue
+        if files_key(field) not in recorded:
+            return STALE, (f"built on an earlier {parent.name} (its manifest changed since, and this stage's record "
+                           "predates digests of files, so only manifests compare)")
         try:
-            same_files = recorded.get(files_key(field)) == files_digest(path)
+            same_files = recorded[files_key(field)] == files_digest(path)
         except LmcollapseError:  # an unreadable parent manifest is reported as damage on the parent
             same_files = False
         if not same_files:
             return STALE, f"built on an earlier {parent.name} (its files changed since)"
+        rebuilt = True
+    if rebuilt and run is not None:  # the parent's files are not all a generation read
+        changed = _consumed_changed(run, recorded["consumed"]) if "consumed" in recorded else "its record"
+        if changed is not None:
+            return STALE, f"built on files that changed since ({changed}: not what it read)"
     return None
 
 
 def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, quick: bool,
-                 parents: dict[str, tuple[Path, StageCheck]], started: Path | None = None) -> StageCheck:
+                 parents: dict[str, tuple[Path, StageCheck]], started: Path | None = None,
+                 run: RunDir | None = None) -> StageCheck:
     if not manifest_path.is_file():
         if not root.exists():
             return StageCheck(name, root, MISSING)
@@ -134,7 +184,7 @@ def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, q
         # would finish it on a training set or checkpoints of the old lineage.
         if started is not None and started.is_file():
             try:
-                problem = _lineage_problem(read_manifest(started), parents)
+                problem = _lineage_problem(read_manifest(started), parents, run)
             except LmcollapseError as err:
                 return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
             if problem:
@@ -144,7 +194,9 @@ def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, q
         manifest = read_manifest(manifest_path)
     except LmcollapseError as err:
         return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
-    problem = _lineage_problem(manifest, parents)
+    problem = _lineage_problem(manifest, parents, run)
+    if problem and problem[0] == PENDING and "human" in name:  # ensure_base_and_human rebuilds it with its base
+        problem = (PENDING, problem[1].split(":")[0] + ": rebuilt with it by the next make generation-N")
     if problem:
         return StageCheck(name, root, *problem)
     try:
@@ -212,7 +264,7 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
             parents |= {"family_base_manifest_sha256": (paths["family_base_manifest_sha256"], family[1]),
                         "family_human_manifest_sha256": (paths["family_human_manifest_sha256"], family[2])}
         check = _stage_check(generation.name, generation.root, generation.manifest, generation.root, quick,
-                             parents, started=generation.lineage)
+                             parents, started=generation.lineage, run=run)
         if check.state == COMPLETE:
             check = _stray_shards(generation) or check
         checks.append(check)

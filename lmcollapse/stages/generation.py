@@ -37,7 +37,7 @@ def build_generation(context: Context, index: int) -> dict:
     """Generation ``index``, stage by stage; a stage already done is read back, not redone."""
     generation = context.run.generation(index)
     consumed = verify_inputs(context, index)
-    mark_lineage(context, index)
+    mark_lineage(context, index, consumed)
     train_set, train_sha = ensure_training_set(context, index)
     memory: dict[str, float] = {}  # on a GPU: each stage's peak, as this invocation ran it
     with gpu_memory_peak(memory, "train_gpu_peak_gb"):
@@ -71,13 +71,14 @@ def write_cards(context: Context, index: int, train_set, shards: list[dict], row
     context.accelerator.wait_for_everyone()
 
 
-def mark_lineage(context: Context, index: int) -> None:
-    """Record what the generation is built on before anything else: a partial generation whose
-    parent changes later is then known to be stale (integrity.verify_run), never finished on the
-    old lineage."""
+def mark_lineage(context: Context, index: int, consumed: dict[str, str]) -> None:
+    """Record what the generation is built on, and every file it reads, before anything else: a
+    partial generation whose parent changes later is then known to be stale (integrity.verify_run),
+    never finished on the old lineage."""
     generation = context.run.generation(index)
     if context.main and not generation.lineage.is_file():
-        write_manifest(generation.lineage, lineage_record(context.run, index, family_folder(context, index)))
+        write_manifest(generation.lineage, lineage_record(context.run, index, family_folder(context, index))
+                       | {"consumed": consumed})
     context.accelerator.wait_for_everyone()
 
 

@@ -43,7 +43,7 @@ from lmcollapse.run.integrity import COMPLETE, DAMAGED, PENDING, STALE, StageChe
 from lmcollapse.run.interrupts import check_stop, stop_on_signals
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import run_lock
-from lmcollapse.run.manifests import recorded_pipeline_digests
+from lmcollapse.run.manifests import check_unchanged, read_manifest, recorded_files, recorded_pipeline_digests
 from lmcollapse.stages.base import ensure_base_and_human, ensure_base_eval
 from lmcollapse.stages.context import Context, make_accelerator
 from lmcollapse.stages.evaluate import ensure_human_mauve
@@ -193,7 +193,9 @@ def settle_pending(context: Context, name: str, last_generation: int) -> dict[st
     """Every stage checked again, now that the stage ``name`` waited for is complete: ``name`` is
     used as it is if that stage's files came out the same, else it (and what was built on it) is
     moved to stale/ and rebuilt."""
-    checks = verified_stages(context)
+    # lineage from the manifests alone; the files of the one kept are hashed below (a pending stage's
+    # files were never checked: its lineage was decided first), the others' where they are read
+    checks = verified_stages(context, quick=True)
     check = checks[name]
     if check.state == PENDING:  # what it waits for is built before it, so this is not expected
         raise LmcollapseError(f"{name} is still {check.state} ({check.problem}): run `status` and report it")
@@ -201,15 +203,21 @@ def settle_pending(context: Context, name: str, last_generation: int) -> dict[st
         if context.main:
             retire_stale(context, [c for c in checks.values() if c.state == STALE], last_generation)
         context.accelerator.wait_for_everyone()
-    else:
-        log.info("%s is kept: what it was built on came out the same, byte for byte", name)
+        return checks
+    generation = context.run.generation(int(name.removeprefix("generation-")))
+    if check.state == DAMAGED and not context.accept_changed:
+        raise LmcollapseError(check.problem)
+    if generation.is_complete:
+        check_unchanged(recorded_files(read_manifest(generation.manifest)), generation.root, name,
+                        context.accept_changed)
+    log.info("%s is kept: what it read came out the same, byte for byte", name)
     return checks
 
 
-def verified_stages(context: Context) -> dict:
+def verified_stages(context: Context, quick: bool = False) -> dict:
     """``verify_run`` on the main process, the same answer on every process (no process hashes
     files that the main process may be about to move)."""
-    checks = [{c.name: c for c in verify_run(context.run)} if context.main else None]
+    checks = [{c.name: c for c in verify_run(context.run, quick=quick)} if context.main else None]
     if context.accelerator.num_processes > 1:
         broadcast_object_list(checks)
     return checks[0]

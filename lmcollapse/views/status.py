@@ -12,7 +12,7 @@ from lmcollapse.engine.checkpointer import Checkpointer
 from lmcollapse.engine.shards import completed_shard, shard_ranges
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.commands import build_command, start_command, status_command
-from lmcollapse.run.integrity import DAMAGED, PENDING, STALE, StageCheck, verify_run
+from lmcollapse.run.integrity import DAMAGED, MISSING, PARTIAL, PENDING, STALE, StageCheck, verify_run
 from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
 from lmcollapse.run.manifests import edited_pipeline, read_manifest, recorded_pipeline_digests
@@ -115,9 +115,15 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     complete = [g.index for g in run.complete_generations() if checks[g.name].state not in (STALE, PENDING)]
     first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
     damaged = [c for c in checks.values() if c.state == DAMAGED]
+    pending = [c for c in checks.values() if c.state == PENDING]
     if damaged:  # building would stop on it: the mend comes first
         lines.append(f"next: mend {damaged[0].name} first (building stops on it): restore the file named above, or "
                      f"rebuild it: {damaged[0].fix}")
+    elif pending:
+        # what the first pending stage waits for (a missing generation has no check of its own)
+        waited = next((c.name for c in checks.values() if c.state in (MISSING, PARTIAL)), run.generation(first_missing).name)
+        lines.append(f"next: {build_command(run.root, last)} would build {waited}, then keep each pending stage "
+                     "whose inputs come out byte-identical (else move it to stale/ and rebuild it)")
     elif first_missing <= last:
         state = generation_state(run.generation(first_missing), config)
         action = "resume" if state.startswith("partial") else "build"
