@@ -334,6 +334,8 @@ def test_status_of_a_run_with_pending_generations_names_what_comes_first(run):
     next_line = next(line for line in lines if line.startswith("next: "))
     assert next_line.endswith(" would build base, then keep each pending stage whose inputs come out byte-identical "
                               "(else move it to stale/ and rebuild it)")
+    plan = run_cli("generation", "2", "--run", str(run.root), "--dry-run").stdout.splitlines()  # as the build sees it
+    assert any(line.startswith("  generation-02  pending: built on generation-01, which is pending now") for line in plan)
 
 
 def test_an_interrupted_generation_on_a_rebuilt_parent(run, reference, pipeline, tmp_path):

@@ -17,6 +17,7 @@ from lmcollapse.data.corpus import CorpusPlan
 from lmcollapse.data.locate import SplitSource, check_same_source
 from lmcollapse.data.regimes import describe_regime
 from lmcollapse.errors import LmcollapseError
+from lmcollapse.run.integrity import verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import read_manifest
 from lmcollapse.stages.base_cache import locate_entry
@@ -89,7 +90,9 @@ def describe_plan(config: PipelineConfig, run: RunDir, last_generation: int, dev
         f"words: {ev.text_tokenization}")
     lines.extend(_cost_lines(corpus, sizes, last_generation + 1, device))
     lines.append("stages:")
-    lines.extend(f"  {line}" for line in stage_lines(run, last_generation, config))
+    # each stage's lineage as the build will see it (damaged, stale, pending), files checked for presence only
+    checks = {c.name: c for c in verify_run(run, quick=True)} if run.pipeline_file.is_file() else None
+    lines.extend(f"  {line}" for line in stage_lines(run, last_generation, config, checks))
     return "\n".join(lines)
 
 
