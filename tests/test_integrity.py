@@ -189,6 +189,13 @@ def test_a_parent_rebuilt_byte_identical_keeps_its_descendants(run, reference, p
                                "to stale/") for line in lines), lines
     assert any(line.startswith("generation-02  pending: built on generation-01, which is pending now") for line in lines)
     kept = {index: tree_hashes(run.generation(index).root) for index in (1, 2)}
+    # what a report leaves out, it says (here nothing is left: it stops, "no complete generation")
+    report = run_cli("report", "--run", str(run.root))
+    warning = next(line for line in report.stderr.splitlines() if "left out of the report" in line)
+    assert warning.startswith(f"lmcollapse: {run.root}: generation-01, generation-02 left out of the report (pending: "
+                              "built on generation-00, which is missing now")
+    assert warning.endswith(f"; make generation-2 PIPELINE={shlex.quote(str(run.pipeline_file))} "
+                            f"RUN={shlex.quote(str(run.root))} settles them")
 
     result = generation(pipeline, run, 2)
     assert result.returncode == 0, result.stderr[-2000:]
