@@ -137,11 +137,17 @@ def _recorded_at(run: RunDir, key: str) -> tuple[Path, str]:
     return run.generation(int(parts[0].removeprefix("generation-"))).manifest, "/".join(parts[1:])
 
 
-def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]],
-                     run: RunDir | None = None) -> tuple[str, str] | None:
+# What becomes of a pending stage once what it waits for is complete: a generation is settled by
+# the build; the human blocks are rebuilt with their base (ensure_base_and_human).
+SETTLED = "kept until it is complete again, then used as it is if what it read comes out the same, else moved to stale/"
+REBUILT_WITH_BASE = "rebuilt with it by the next make generation-N"
+
+
+def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]], run: RunDir | None = None,
+                     pending: str = SETTLED) -> tuple[str, str] | None:
     """(STALE or PENDING, why) for a stage that recorded ``recorded`` (its parents' manifest sha256
     and files digest by key; a generation's ``consumed`` files, ``run`` given), or None where its
-    lineage holds.
+    lineage holds (``pending``: what becomes of it while a parent is missing or partial).
 
     A damaged parent does not make its children stale: the damage is reported on the parent, and
     restoring it (or accepting it) leaves the children as they were.
@@ -153,8 +159,7 @@ def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]
         if parent.state == STALE:
             return STALE, f"built on {parent.name}, which is stale now"
         if parent.state in (MISSING, PARTIAL, PENDING):
-            return PENDING, (f"built on {parent.name}, which is {parent.state} now: kept until it is complete again, "
-                             "then used as it is if what it read comes out the same, else moved to stale/")
+            return PENDING, f"built on {parent.name}, which is {parent.state} now: {pending}"
         if sha256_file(path) == recorded.get(field):
             continue
         if files_key(field) not in recorded:
@@ -176,7 +181,7 @@ def _lineage_problem(recorded: dict, parents: dict[str, tuple[Path, StageCheck]]
 
 def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, quick: bool,
                  parents: dict[str, tuple[Path, StageCheck]], started: Path | None = None,
-                 run: RunDir | None = None) -> StageCheck:
+                 run: RunDir | None = None, pending: str = SETTLED) -> StageCheck:
     if not manifest_path.is_file():
         if not root.exists():
             return StageCheck(name, root, MISSING)
@@ -194,9 +199,7 @@ def _stage_check(name: str, root: Path, manifest_path: Path, files_root: Path, q
         manifest = read_manifest(manifest_path)
     except LmcollapseError as err:
         return StageCheck(name, root, DAMAGED, str(err), rebuild_command(root))
-    problem = _lineage_problem(manifest, parents, run)
-    if problem and problem[0] == PENDING and "human" in name:  # ensure_base_and_human rebuilds it with its base
-        problem = (PENDING, problem[1].split(":")[0] + ": rebuilt with it by the next make generation-N")
+    problem = _lineage_problem(manifest, parents, run, pending)
     if problem:
         return StageCheck(name, root, *problem)
     try:
@@ -239,7 +242,7 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     # recomputed on its own: the base model need not be rebuilt for it
     base = _side_record(base, run.base_eval, f"rm {shlex.quote(str(run.base_eval))} && {build_command(run.root, last)}")
     human = _stage_check("human", run.human, run.human_manifest, run.human, quick,
-                         {"base_manifest_sha256": (run.base_manifest, base)})
+                         {"base_manifest_sha256": (run.base_manifest, base)}, pending=REBUILT_WITH_BASE)
     # a reference value (the human row's mauve): removing it leaves the row without one, nothing stale
     human = _side_record(human, run.human_mauve, f"rm {shlex.quote(str(run.human_mauve))} (the human row's mauve is then "
                                                  "left out; a new run computes it)")
@@ -248,7 +251,8 @@ def verify_run(run: RunDir, quick: bool = False) -> list[StageCheck]:
     for folder in run.families_on_disk():
         family_base = _stage_check(f"{folder.name}-base", folder.base, folder.base_manifest, folder.base_model, quick, {})
         family_human = _stage_check(f"{folder.name}-human", folder.human, folder.human_manifest, folder.human, quick,
-                                    {"base_manifest_sha256": (folder.base_manifest, family_base)})
+                                    {"base_manifest_sha256": (folder.base_manifest, family_base)},
+                                    pending=REBUILT_WITH_BASE)
         families[folder.name] = (folder, family_base, family_human)
         checks += [family_base, family_human]
     previous = human
