@@ -19,7 +19,7 @@ from pathlib import Path
 from lmcollapse.config import PipelineConfig
 from lmcollapse.metrics.columns import COLUMNS, TERMINAL, shown_in
 from lmcollapse.run.atomic import canonical_json, nan_as_null, write_text_atomic
-from lmcollapse.run.integrity import PENDING, STALE, verify_run
+from lmcollapse.run.integrity import off_lineage, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.manifests import read_manifest
 
@@ -89,12 +89,13 @@ def _fmt(column: str, value) -> str:
     return str(value)
 
 
-def collect_rows(run: RunDir) -> list[dict]:
+def collect_rows(run: RunDir, checks: list | None = None) -> list[dict]:
     """The metrics rows of the complete generations, in order; a stale generation (built on a
     lineage that no longer exists) is left out, as is a pending one (what it was built on is being
-    rebuilt); an edited manifest is an error."""
-    stale = {c.name for c in verify_run(run, quick=True) if c.state in (STALE, PENDING)}
-    return [read_manifest(g.manifest)["metrics"] for g in run.complete_generations() if g.name not in stale]
+    rebuilt); an edited manifest is an error. ``checks``: the run's ``verify_run``, where the caller
+    has it."""
+    left_out = off_lineage(verify_run(run, quick=True) if checks is None else checks)
+    return [read_manifest(g.manifest)["metrics"] for g in run.complete_generations() if g.name not in left_out]
 
 
 def reference_rows(run: RunDir) -> dict[str, dict]:

@@ -90,7 +90,7 @@ def _runs_below(folder: Path, depth: int) -> list[Path]:
 
 
 def _record(run: RunDir) -> RunRecord:
-    from lmcollapse.run.integrity import DAMAGED, PENDING, STALE, verify_run
+    from lmcollapse.run.integrity import DAMAGED, OFF_LINEAGE, verify_run
 
     # Everything a report reads (manifests, training logs, tails) is checked against its manifest
     # first; stale and pending generations are left out of the rows by collect_rows, and said so.
@@ -98,13 +98,13 @@ def _record(run: RunDir) -> RunRecord:
     damaged = [check for check in checks if check.state == DAMAGED]
     if damaged:
         raise LmcollapseError(damaged[0].problem)
-    left = [check for check in checks if check.state in (STALE, PENDING) and check.name.startswith("generation-")]
+    left = [check for check in checks if check.state in OFF_LINEAGE and check.name.startswith("generation-")]
     if left:
         last = max(g.index for g in run.generations_on_disk())
         log.warning("%s: %s left out of the report (%s: %s); %s settles %s", run.root,
                     ", ".join(c.name for c in left), left[0].state, left[0].problem, build_command(run.root, last),
                     "it" if len(left) == 1 else "them")
-    return RunRecord(run, load_config(run.pipeline_file), collect_rows(run), reference_rows(run))
+    return RunRecord(run, load_config(run.pipeline_file), collect_rows(run, checks), reference_rows(run))
 
 
 def group_runs(records: list[RunRecord]) -> list[Group]:

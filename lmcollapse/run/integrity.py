@@ -37,6 +37,8 @@ from lmcollapse.run.layout import RunDir, family_position
 from lmcollapse.run.manifests import check_unchanged, read_manifest, recorded_files
 
 COMPLETE, DAMAGED, STALE, PENDING, PARTIAL, MISSING = "complete", "damaged", "stale", "pending", "partial", "missing"
+# Complete on disk, but not (or not yet) on the run's lineage: left out of its rows and counts.
+OFF_LINEAGE = (STALE, PENDING)
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,11 @@ class StageCheck:
     @property
     def usable(self) -> bool:
         return self.state == COMPLETE
+
+
+def off_lineage(checks) -> set[str]:
+    """The names of the stages among ``checks`` (``verify_run``'s) that are stale or pending."""
+    return {check.name for check in checks if check.state in OFF_LINEAGE}
 
 
 def lineage(run: RunDir, index: int | None, family: RunDir | None = None) -> dict[str, Path]:

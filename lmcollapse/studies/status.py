@@ -18,7 +18,7 @@ from lmcollapse.errors import LmcollapseError, error_reason
 from lmcollapse.metrics.columns import STAGE_SECONDS
 from lmcollapse.metrics.table import collect_rows
 from lmcollapse.run.commands import study_command
-from lmcollapse.run.integrity import PENDING, STALE, verify_run
+from lmcollapse.run.integrity import off_lineage, verify_run
 from lmcollapse.run.layout import RunDir
 from lmcollapse.run.lock import lock_holder
 from lmcollapse.studies.ledger import Ledger, last_error_line, launched_process_alive
@@ -47,9 +47,9 @@ def complete_generations(run: StudyRun) -> int:
     folder = RunDir(run.folder)
     if not folder.pipeline_file.is_file():
         return 0
-    stale = {c.name for c in verify_run(folder, quick=True) if c.state in (STALE, PENDING)}
+    left_out = off_lineage(verify_run(folder, quick=True))
     done = 0
-    while folder.generation(done).is_complete and folder.generation(done).name not in stale:
+    while folder.generation(done).is_complete and folder.generation(done).name not in left_out:
         done += 1
     return done
 

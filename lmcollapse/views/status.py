@@ -12,7 +12,16 @@ from lmcollapse.engine.checkpointer import Checkpointer
 from lmcollapse.engine.shards import completed_shard, shard_ranges
 from lmcollapse.errors import LmcollapseError
 from lmcollapse.run.commands import build_command, start_command, status_command
-from lmcollapse.run.integrity import DAMAGED, MISSING, PARTIAL, PENDING, STALE, StageCheck, verify_run
+from lmcollapse.run.integrity import (
+    DAMAGED,
+    MISSING,
+    OFF_LINEAGE,
+    PARTIAL,
+    PENDING,
+    StageCheck,
+    off_lineage,
+    verify_run,
+)
 from lmcollapse.run.layout import GenerationDir, RunDir, family_position
 from lmcollapse.run.lock import lock_holder
 from lmcollapse.run.manifests import edited_pipeline, read_manifest, recorded_pipeline_digests
@@ -25,7 +34,7 @@ def stage_lines(run: RunDir, last_generation: int, config: PipelineConfig | None
     or stale says so, with the problem and the command that mends it."""
     def state(name: str, fallback: str) -> str:
         check = (checks or {}).get(name)
-        if check is not None and check.state in (DAMAGED, STALE, PENDING):
+        if check is not None and (check.state == DAMAGED or check.state in OFF_LINEAGE):
             return f"{check.state}: {check.problem}"
         return fallback
 
@@ -112,7 +121,8 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     holder = lock_holder(run)
     lines.append(f"writer: {holder}" if holder else "writer: none (the run is not being written)")
     lines.extend(stage_lines(run, last, config, checks))
-    complete = [g.index for g in run.complete_generations() if checks[g.name].state not in (STALE, PENDING)]
+    left_out = off_lineage(checks.values())
+    complete = [g.index for g in run.complete_generations() if g.name not in left_out]
     first_missing = next((i for i in range(last + 2) if i not in complete), last + 1)
     damaged = [c for c in checks.values() if c.state == DAMAGED]
     pending = [c for c in checks.values() if c.state == PENDING]
@@ -137,7 +147,7 @@ def describe_status(run: RunDir, quick: bool = False) -> tuple[str, bool]:
     if edited is not None:
         lines.append(f"problem: {run.pipeline_file} was edited after its {edited} stage was built with it (building stops on it): "
                      "put back the settings it was built with, or start a new RUN=... for the new ones")
-    healthy = edited is None and not any(c.state in (DAMAGED, STALE, PENDING) for c in checks.values())
+    healthy = edited is None and not any(c.state == DAMAGED or c.state in OFF_LINEAGE for c in checks.values())
     if not healthy:
         lines.append("problems found: see the damaged/stale/pending lines above")
     elif not quick:
