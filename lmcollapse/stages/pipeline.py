@@ -41,7 +41,7 @@ from lmcollapse.run.atomic import existing_ancestor, read_json, write_text_atomi
 from lmcollapse.run.commands import build_command
 from lmcollapse.run.integrity import COMPLETE, DAMAGED, PENDING, STALE, StageCheck, verify_run
 from lmcollapse.run.interrupts import check_stop, stop_on_signals
-from lmcollapse.run.layout import RunDir
+from lmcollapse.run.layout import GenerationDir, RunDir
 from lmcollapse.run.lock import run_lock
 from lmcollapse.run.manifests import check_unchanged, read_manifest, recorded_files, recorded_pipeline_digests
 from lmcollapse.stages.base import ensure_base_and_human, ensure_base_eval
@@ -166,7 +166,7 @@ def build_generations(context: Context, last_generation: int, checks: dict[str, 
         for index in range(last_generation + 1):
             generation = run.generation(index)
             if generation.name in checks and checks[generation.name].state == PENDING:
-                checks = settle_pending(context, generation.name, last_generation)
+                checks = settle_pending(context, generation, last_generation)
             if generation.is_complete:
                 check = checks[generation.name]
                 log.info("%s is complete%s; skipping it", generation.name,
@@ -189,13 +189,14 @@ def build_generations(context: Context, last_generation: int, checks: dict[str, 
             tracker.finish()
 
 
-def settle_pending(context: Context, name: str, last_generation: int) -> dict[str, StageCheck]:
-    """Every stage checked again, now that the stage ``name`` waited for is complete: ``name`` is
-    used as it is if that stage's files came out the same, else it (and what was built on it) is
-    moved to stale/ and rebuilt."""
+def settle_pending(context: Context, generation: GenerationDir, last_generation: int) -> dict[str, StageCheck]:
+    """Every stage checked again, now that the stage ``generation`` waited for is complete: it is
+    used as it is if what it read came out the same, else it (and what was built on it) is moved
+    to stale/ and rebuilt."""
     # lineage from the manifests alone; the files of the one kept are hashed below (a pending stage's
     # files were never checked: its lineage was decided first), the others' where they are read
     checks = verified_stages(context, quick=True)
+    name = generation.name
     check = checks[name]
     if check.state == PENDING:  # what it waits for is built before it, so this is not expected
         raise LmcollapseError(f"{name} is still {check.state} ({check.problem}): run `status` and report it")
@@ -204,7 +205,6 @@ def settle_pending(context: Context, name: str, last_generation: int) -> dict[st
             retire_stale(context, [c for c in checks.values() if c.state == STALE], last_generation)
         context.accelerator.wait_for_everyone()
         return checks
-    generation = context.run.generation(int(name.removeprefix("generation-")))
     if check.state == DAMAGED and not context.accept_changed:
         raise LmcollapseError(check.problem)
     if generation.is_complete:
